@@ -1,0 +1,21 @@
+//! wsgate: a WebSocket server built to hold a million connections per box.
+//!
+//! The crate is laid out like the architecture:
+//! - [`protocol`]: the sans-IO RFC 6455 core (handshake, frame codec, message
+//!   reassembly, close rules). No sockets, no clocks.
+//! - [`server`]: the IO side: SO_REUSEPORT listeners, one mio event loop per
+//!   worker thread, connections in a slab, write queues.
+//! - [`app`]: what a connection's messages mean (echo, pub/sub).
+//! - [`config`]: the command line.
+//! - [`limits`]: the process's descriptor budget.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod app;
+pub mod config;
+pub mod limits;
+pub mod protocol;
+pub mod server;
+
+pub use config::Config;
+pub use server::{start, ServerHandle};

@@ -1,0 +1,82 @@
+//! The `wsgate` binary: parse the command line, start the workers, wait for
+//! SIGTERM/SIGINT, drain, exit 0. A second signal exits at once.
+
+use std::process::ExitCode;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+use tracing_subscriber::EnvFilter;
+
+use wsgate::{limits, Config};
+
+fn main() -> ExitCode {
+    let config = match Config::from_args(std::env::args_os()) {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
+        }
+    };
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log_level.clone());
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+
+    let nofile = match limits::raise_nofile_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not read RLIMIT_NOFILE");
+            0
+        }
+    };
+    let workers = config.worker_count();
+    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot install signal handlers");
+            return ExitCode::FAILURE;
+        }
+    };
+    let server = match wsgate::start(config.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(listen = %config.listen, error = %e, "cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        listen = %server.local_addr(),
+        path = %config.path,
+        workers,
+        app = ?config.app,
+        nofile,
+        capacity = limits::connection_capacity(nofile, workers),
+        "wsgate listening (capacity = connections RLIMIT_NOFILE allows)"
+    );
+
+    // The first signal starts the drain; a second one exits at once.
+    let (first_tx, first_rx) = crossbeam_channel::bounded::<()>(1);
+    std::thread::spawn(move || {
+        let mut seen = 0;
+        for sig in signals.forever() {
+            seen += 1;
+            if seen == 1 {
+                tracing::info!(signal = sig, "shutting down: closing connections with 1001");
+                let _ = first_tx.send(());
+            } else {
+                tracing::warn!("second signal: exiting now");
+                std::process::exit(1);
+            }
+        }
+    });
+    let _ = first_rx.recv();
+    server.shutdown();
+    server.join();
+    tracing::info!("drained; bye");
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,511 @@
+//! The receive side of a WebSocket connection: turns raw bytes into messages
+//! and control frames (RFC 6455 §5.4, §5.5, §8.1).
+//!
+//! Owns frame sequencing (continuations, interleaved control frames), payload
+//! unmasking, message reassembly, incremental UTF-8 validation of text, size
+//! limits, and the validation of close payloads. It streams: bytes are
+//! consumed as they arrive, a frame never needs to be held whole, and a
+//! message that arrives in one read is handed out without any copy. It must
+//! not do IO or decide what to *send*; the event loop reacts to [`Event`]s.
+//!
+//! Memory: an idle receiver is a few dozen inline bytes. The reassembly buffer
+//! ([`Partial`]) exists only while a message or control frame is incomplete,
+//! and comes from and goes back to a [`PartialPool`].
+
+use super::close::{CloseCode, CloseFrame};
+use super::frame::{FrameError, FrameHeader, OpCode, Role, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
+use super::mask::apply_mask;
+use super::utf8::Utf8Validator;
+
+/// The two kinds of data message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MessageKind {
+    Text,
+    Binary,
+}
+
+impl MessageKind {
+    pub fn opcode(self) -> OpCode {
+        match self {
+            MessageKind::Text => OpCode::Text,
+            MessageKind::Binary => OpCode::Binary,
+        }
+    }
+}
+
+/// What the peer said. Borrowed data is valid until the next `feed`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event<'a> {
+    /// A complete message; text is valid UTF-8.
+    Message(MessageKind, &'a [u8]),
+    Ping(&'a [u8]),
+    Pong(&'a [u8]),
+    /// A valid close frame. The receiver ignores everything after it.
+    Close(CloseFrame<'a>),
+}
+
+/// A violation that ends the connection, with the close code to send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ProtocolError {
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("continuation frame without a message in progress")]
+    UnexpectedContinuation,
+    #[error("new data frame while a fragmented message is in progress")]
+    ExpectedContinuation,
+    #[error("text message is not valid UTF-8")]
+    InvalidUtf8,
+    #[error("frame exceeds the size limit")]
+    FrameTooBig,
+    #[error("message exceeds the size limit")]
+    MessageTooBig,
+    #[error("message has too many fragments")]
+    TooManyFragments,
+    #[error("invalid close frame (answered with {0})")]
+    BadClose(CloseCode),
+}
+
+impl ProtocolError {
+    /// The close code this error is answered with.
+    pub fn close_code(&self) -> CloseCode {
+        match self {
+            ProtocolError::Frame(_)
+            | ProtocolError::UnexpectedContinuation
+            | ProtocolError::ExpectedContinuation => CloseCode::PROTOCOL_ERROR,
+            ProtocolError::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            ProtocolError::FrameTooBig
+            | ProtocolError::MessageTooBig
+            | ProtocolError::TooManyFragments => CloseCode::MESSAGE_TOO_BIG,
+            ProtocolError::BadClose(code) => *code,
+        }
+    }
+}
+
+/// Receive limits. Defaults follow the conformance suite's needs (16 MiB).
+#[derive(Debug, Clone, Copy)]
+pub struct ReceiverLimits {
+    pub max_frame_bytes: u64,
+    pub max_message_bytes: u64,
+    pub max_fragments: u32,
+}
+
+impl Default for ReceiverLimits {
+    fn default() -> Self {
+        ReceiverLimits {
+            max_frame_bytes: 16 << 20,
+            max_message_bytes: 16 << 20,
+            max_fragments: u32::MAX,
+        }
+    }
+}
+
+/// Heap state of an incomplete message or control frame.
+#[derive(Debug, Default)]
+pub struct Partial {
+    msg: Vec<u8>,
+    utf8: Utf8Validator,
+    fragments: u32,
+    control: Vec<u8>,
+}
+
+/// A small free list of [`Partial`]s, one per worker, so that connections
+/// borrow reassembly buffers only while they need them.
+#[derive(Debug)]
+pub struct PartialPool {
+    free: Vec<Box<Partial>>,
+    max_pooled: usize,
+    /// Buffers that grew past this are shrunk before being pooled, so a
+    /// burst of 16 MiB messages does not pin 16 MiB per pooled buffer.
+    keep_capacity: usize,
+}
+
+impl PartialPool {
+    pub fn new(max_pooled: usize, keep_capacity: usize) -> Self {
+        PartialPool {
+            free: Vec::new(),
+            max_pooled,
+            keep_capacity,
+        }
+    }
+
+    fn get(&mut self) -> Box<Partial> {
+        self.free.pop().unwrap_or_default()
+    }
+
+    fn put(&mut self, mut p: Box<Partial>) {
+        if self.free.len() >= self.max_pooled {
+            return;
+        }
+        p.msg.clear();
+        p.msg.shrink_to(self.keep_capacity);
+        p.control.clear();
+        p.utf8 = Utf8Validator::new();
+        p.fragments = 0;
+        self.free.push(p);
+    }
+
+    pub fn pooled(&self) -> usize {
+        self.free.len()
+    }
+}
+
+impl Default for PartialPool {
+    fn default() -> Self {
+        PartialPool::new(64, 64 * 1024)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum State {
+    Header,
+    Payload {
+        opcode: OpCode,
+        fin: bool,
+        remaining: u64,
+        mask: [u8; 4],
+        mask_off: u8,
+        /// The whole payload is in the current input: hand it out in place.
+        direct: bool,
+    },
+    /// A close frame was received or an error occurred: ignore the rest.
+    Done,
+}
+
+/// Per-connection receive state machine (server role: frames must be masked).
+#[derive(Debug)]
+pub struct Receiver {
+    state: State,
+    hdr: [u8; MAX_HEADER_LEN],
+    hdr_len: u8,
+    /// Kind of the message being reassembled, if one is in progress.
+    in_message: Option<MessageKind>,
+    partial: Option<Box<Partial>>,
+}
+
+impl Default for Receiver {
+    fn default() -> Self {
+        Receiver::new()
+    }
+}
+
+impl Receiver {
+    pub fn new() -> Self {
+        Receiver {
+            state: State::Header,
+            hdr: [0; MAX_HEADER_LEN],
+            hdr_len: 0,
+            in_message: None,
+            partial: None,
+        }
+    }
+
+    /// True while a message is only partly received (the connection holds a
+    /// reassembly buffer).
+    pub fn holds_buffer(&self) -> bool {
+        self.partial.is_some()
+    }
+
+    /// True once a close frame was received or an error ended the stream.
+    pub fn is_done(&self) -> bool {
+        matches!(self.state, State::Done)
+    }
+
+    /// Gives any reassembly buffer back to the pool (when the connection closes).
+    pub fn release(&mut self, pool: &mut PartialPool) {
+        if let Some(p) = self.partial.take() {
+            pool.put(p);
+        }
+    }
+
+    /// Consumes `input` (unmasking it in place) and reports what it contains.
+    ///
+    /// Every byte is consumed: an incomplete header is kept inline, an
+    /// incomplete payload is reassembled in a pooled buffer. After a close
+    /// frame or an error, further input is ignored.
+    pub fn feed(
+        &mut self,
+        input: &mut [u8],
+        limits: &ReceiverLimits,
+        pool: &mut PartialPool,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), ProtocolError> {
+        let result = self.feed_inner(input, limits, pool, on_event);
+        if result.is_err() {
+            self.state = State::Done;
+        }
+        // Idle again: the reassembly buffer goes back to the pool.
+        if self.in_message.is_none() && matches!(self.state, State::Header | State::Done) {
+            self.release(pool);
+        }
+        result
+    }
+
+    fn feed_inner(
+        &mut self,
+        input: &mut [u8],
+        limits: &ReceiverLimits,
+        pool: &mut PartialPool,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), ProtocolError> {
+        let mut pos = 0;
+        loop {
+            match self.state {
+                State::Done => return Ok(()),
+                State::Header => {
+                    if pos == input.len() {
+                        return Ok(());
+                    }
+                    let Some(header) = self.read_header(input, &mut pos)? else {
+                        return Ok(());
+                    };
+                    self.begin_frame(header, input.len() - pos, limits, pool)?;
+                }
+                State::Payload { .. } => {}
+            }
+            let State::Payload {
+                opcode,
+                fin,
+                remaining,
+                mask,
+                mask_off,
+                direct,
+            } = self.state
+            else {
+                continue;
+            };
+            let n = remaining.min((input.len() - pos) as u64) as usize;
+            let chunk = &mut input[pos..pos + n];
+            let next_off = apply_mask(chunk, mask, mask_off as usize) as u8;
+            pos += n;
+            let remaining = remaining - n as u64;
+            if direct {
+                debug_assert_eq!(remaining, 0);
+                self.state = State::Header;
+                self.complete_direct(opcode, chunk, on_event)?;
+                continue;
+            }
+            self.append_chunk(opcode, chunk)?;
+            if remaining > 0 {
+                self.state = State::Payload {
+                    opcode,
+                    fin,
+                    remaining,
+                    mask,
+                    mask_off: next_off,
+                    direct,
+                };
+                return Ok(());
+            }
+            self.state = State::Header;
+            self.complete_buffered(opcode, fin, on_event)?;
+        }
+    }
+
+    /// Decodes the next header, from the inline stash if one is pending.
+    fn read_header(
+        &mut self,
+        input: &[u8],
+        pos: &mut usize,
+    ) -> Result<Option<FrameHeader>, ProtocolError> {
+        let avail = &input[*pos..];
+        if self.hdr_len == 0 {
+            return match FrameHeader::decode(avail, Role::Server, 0)? {
+                Some((h, n)) => {
+                    *pos += n;
+                    Ok(Some(h))
+                }
+                None => {
+                    // Incomplete headers are < 14 bytes: keep them inline.
+                    self.hdr[..avail.len()].copy_from_slice(avail);
+                    self.hdr_len = avail.len() as u8;
+                    *pos = input.len();
+                    Ok(None)
+                }
+            };
+        }
+        let old = self.hdr_len as usize;
+        let take = (MAX_HEADER_LEN - old).min(avail.len());
+        self.hdr[old..old + take].copy_from_slice(&avail[..take]);
+        match FrameHeader::decode(&self.hdr[..old + take], Role::Server, 0)? {
+            Some((h, n)) => {
+                *pos += n - old;
+                self.hdr_len = 0;
+                Ok(Some(h))
+            }
+            None => {
+                self.hdr_len = (old + take) as u8;
+                *pos += take;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Checks a header against the message sequence and the limits, and sets
+    /// up the payload state.
+    fn begin_frame(
+        &mut self,
+        h: FrameHeader,
+        available: usize,
+        limits: &ReceiverLimits,
+        pool: &mut PartialPool,
+    ) -> Result<(), ProtocolError> {
+        let whole_here = h.payload_len <= available as u64;
+        let direct = match h.opcode {
+            OpCode::Ping | OpCode::Pong | OpCode::Close => {
+                if !whole_here {
+                    let p = self.partial.get_or_insert_with(|| pool.get());
+                    p.control.clear();
+                }
+                whole_here
+            }
+            OpCode::Text | OpCode::Binary => {
+                if self.in_message.is_some() {
+                    return Err(ProtocolError::ExpectedContinuation);
+                }
+                if h.payload_len > limits.max_frame_bytes {
+                    return Err(ProtocolError::FrameTooBig);
+                }
+                if h.payload_len > limits.max_message_bytes {
+                    return Err(ProtocolError::MessageTooBig);
+                }
+                let kind = if h.opcode == OpCode::Text {
+                    MessageKind::Text
+                } else {
+                    MessageKind::Binary
+                };
+                if h.fin && whole_here {
+                    true
+                } else {
+                    self.in_message = Some(kind);
+                    let p = self.partial.get_or_insert_with(|| pool.get());
+                    p.msg.clear();
+                    p.utf8 = Utf8Validator::new();
+                    p.fragments = 1;
+                    false
+                }
+            }
+            OpCode::Continuation => {
+                if self.in_message.is_none() {
+                    return Err(ProtocolError::UnexpectedContinuation);
+                }
+                if h.payload_len > limits.max_frame_bytes {
+                    return Err(ProtocolError::FrameTooBig);
+                }
+                let p = self.partial.get_or_insert_with(|| pool.get());
+                if p.msg.len() as u64 + h.payload_len > limits.max_message_bytes {
+                    return Err(ProtocolError::MessageTooBig);
+                }
+                p.fragments = p.fragments.saturating_add(1);
+                if p.fragments > limits.max_fragments {
+                    return Err(ProtocolError::TooManyFragments);
+                }
+                false
+            }
+        };
+        self.state = State::Payload {
+            opcode: h.opcode,
+            fin: h.fin,
+            remaining: h.payload_len,
+            mask: h.mask.unwrap_or([0; 4]),
+            mask_off: 0,
+            direct,
+        };
+        Ok(())
+    }
+
+    /// Appends (unmasked) payload bytes to the reassembly buffer.
+    fn append_chunk(&mut self, opcode: OpCode, chunk: &[u8]) -> Result<(), ProtocolError> {
+        let Some(p) = self.partial.as_mut() else {
+            // begin_frame always sets up a Partial for buffered frames.
+            return Err(ProtocolError::UnexpectedContinuation);
+        };
+        if opcode.is_control() {
+            p.control.extend_from_slice(chunk);
+        } else {
+            if self.in_message == Some(MessageKind::Text) {
+                p.utf8.feed(chunk).map_err(|_| ProtocolError::InvalidUtf8)?;
+            }
+            p.msg.extend_from_slice(chunk);
+        }
+        Ok(())
+    }
+
+    /// A frame whose whole payload was in the input: no copy.
+    fn complete_direct(
+        &mut self,
+        opcode: OpCode,
+        payload: &[u8],
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), ProtocolError> {
+        match opcode {
+            OpCode::Text => {
+                std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?;
+                on_event(Event::Message(MessageKind::Text, payload));
+            }
+            OpCode::Binary => on_event(Event::Message(MessageKind::Binary, payload)),
+            _ => self.control(opcode, payload, on_event)?,
+        }
+        Ok(())
+    }
+
+    /// The last byte of a buffered frame arrived.
+    fn complete_buffered(
+        &mut self,
+        opcode: OpCode,
+        fin: bool,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), ProtocolError> {
+        let Some(mut p) = self.partial.take() else {
+            return Err(ProtocolError::UnexpectedContinuation);
+        };
+        let result = if opcode.is_control() {
+            let r = self.control(opcode, &p.control, on_event);
+            p.control.clear();
+            r
+        } else if fin {
+            let kind = self.in_message.take();
+            match kind {
+                Some(MessageKind::Text) => match p.utf8.finish() {
+                    Ok(()) => {
+                        on_event(Event::Message(MessageKind::Text, &p.msg));
+                        Ok(())
+                    }
+                    Err(_) => Err(ProtocolError::InvalidUtf8),
+                },
+                Some(MessageKind::Binary) => {
+                    on_event(Event::Message(MessageKind::Binary, &p.msg));
+                    Ok(())
+                }
+                None => Err(ProtocolError::UnexpectedContinuation),
+            }
+            .inspect(|_| p.msg.clear())
+        } else {
+            Ok(())
+        };
+        self.partial = Some(p);
+        result
+    }
+
+    fn control(
+        &mut self,
+        opcode: OpCode,
+        payload: &[u8],
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), ProtocolError> {
+        debug_assert!(payload.len() <= MAX_CONTROL_PAYLOAD);
+        match opcode {
+            OpCode::Ping => on_event(Event::Ping(payload)),
+            OpCode::Pong => on_event(Event::Pong(payload)),
+            OpCode::Close => {
+                let frame = CloseFrame::parse(payload).map_err(ProtocolError::BadClose)?;
+                self.state = State::Done;
+                on_event(Event::Close(frame));
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;

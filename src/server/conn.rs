@@ -1,0 +1,210 @@
+//! One client connection (a slab entry): its socket and protocol state, and
+//! what happens to the bytes it receives.
+//!
+//! Owns the per-connection phase machine (handshake → open → closing) and
+//! turns protocol events into output bytes. It writes replies into the
+//! worker's shared output buffer and never touches the socket for reading;
+//! the worker owns reading, writing, timers and the slab.
+//!
+//! Memory: an idle open connection is this struct alone. `head` exists only
+//! while an upgrade request arrives in pieces, `wq` only while the socket is
+//! backed up, and the receiver's reassembly buffer only mid-message.
+
+use mio::net::TcpStream;
+
+use crate::app;
+use crate::config::AppKind;
+use crate::protocol::close::close_payload;
+use crate::protocol::frame::write_server_frame;
+use crate::protocol::handshake::{parse_request, write_accept_response, HandshakeConfig};
+use crate::protocol::message::PartialPool;
+use crate::protocol::{CloseCode, Event, OpCode, Receiver, ReceiverLimits};
+
+use super::stats::WorkerStats;
+use super::write_queue::WriteQueue;
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Waiting for (the rest of) the HTTP upgrade request.
+    Handshake,
+    /// Exchanging frames.
+    Open,
+    /// Our last bytes (a close frame or an HTTP error) are queued. Input is
+    /// discarded. Once they are flushed the write side is shut down, and the
+    /// socket is closed when the peer closes its side or the timeout fires.
+    Closing { write_shut: bool },
+}
+
+/// What the worker must do after a connection handled its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Keep,
+    /// The connection entered [`Phase::Closing`]: start its close timer.
+    StartedClosing,
+}
+
+/// Per-worker state a connection borrows while it handles input.
+pub struct Ctx<'a> {
+    pub out: &'a mut Vec<u8>,
+    pub pool: &'a mut PartialPool,
+    pub limits: &'a ReceiverLimits,
+    pub handshake: &'a HandshakeConfig,
+    pub stats: &'a WorkerStats,
+    pub app: AppKind,
+}
+
+pub struct Conn {
+    pub stream: TcpStream,
+    /// Distinguishes this connection from earlier users of the same slab slot.
+    pub serial: u32,
+    pub phase: Phase,
+    /// Reading stops while more than the outbound cap is queued (backpressure).
+    pub read_paused: bool,
+    pub rx: Receiver,
+    /// The upgrade request so far, when it did not arrive in one read.
+    pub head: Option<Vec<u8>>,
+    pub wq: Option<Box<WriteQueue>>,
+}
+
+enum HeadStatus {
+    NeedMore,
+    Done(Transition),
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream, serial: u32) -> Conn {
+        Conn {
+            stream,
+            serial,
+            phase: Phase::Handshake,
+            read_paused: false,
+            rx: Receiver::new(),
+            head: None,
+            wq: None,
+        }
+    }
+
+    pub fn queued_bytes(&self) -> usize {
+        self.wq.as_ref().map_or(0, |q| q.len_bytes())
+    }
+
+    /// Handles bytes just read from the socket (may be unmasked in place).
+    pub fn on_bytes(&mut self, data: &mut [u8], cx: &mut Ctx<'_>) -> Transition {
+        match self.phase {
+            Phase::Handshake => self.on_handshake_bytes(data, cx),
+            Phase::Open => self.on_frames(data, cx),
+            Phase::Closing { .. } => Transition::Keep,
+        }
+    }
+
+    fn on_handshake_bytes(&mut self, data: &mut [u8], cx: &mut Ctx<'_>) -> Transition {
+        if let Some(mut head) = self.head.take() {
+            // parse_request refuses heads over the cap, so this stays bounded.
+            head.extend_from_slice(data);
+            match self.try_upgrade(&mut head, cx) {
+                HeadStatus::NeedMore => {
+                    self.head = Some(head);
+                    Transition::Keep
+                }
+                HeadStatus::Done(t) => t,
+            }
+        } else {
+            match self.try_upgrade(data, cx) {
+                HeadStatus::NeedMore => {
+                    self.head = Some(data.to_vec());
+                    Transition::Keep
+                }
+                HeadStatus::Done(t) => t,
+            }
+        }
+    }
+
+    fn try_upgrade(&mut self, buf: &mut [u8], cx: &mut Ctx<'_>) -> HeadStatus {
+        let head_len = match parse_request(buf, cx.handshake) {
+            Ok(None) => return HeadStatus::NeedMore,
+            Ok(Some(req)) => {
+                write_accept_response(&req, cx.out);
+                req.head_len
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "upgrade refused");
+                cx.stats.handshake_failures.inc();
+                cx.out.extend_from_slice(&e.response());
+                self.phase = Phase::Closing { write_shut: false };
+                return HeadStatus::Done(Transition::StartedClosing);
+            }
+        };
+        self.phase = Phase::Open;
+        cx.stats.upgraded.inc();
+        // Bytes pipelined after the head are the first frame bytes.
+        let rest = &mut buf[head_len..];
+        HeadStatus::Done(if rest.is_empty() {
+            Transition::Keep
+        } else {
+            self.on_frames(rest, cx)
+        })
+    }
+
+    fn on_frames(&mut self, data: &mut [u8], cx: &mut Ctx<'_>) -> Transition {
+        let mut peer_close: Option<CloseCode> = None;
+        let out = &mut *cx.out;
+        let stats = cx.stats;
+        let app_kind = cx.app;
+        let result = self.rx.feed(data, cx.limits, cx.pool, &mut |ev| match ev {
+            Event::Message(kind, payload) => {
+                stats.messages_in.inc();
+                match app_kind {
+                    AppKind::Echo => app::echo::on_message(kind, payload, out),
+                }
+                stats.messages_out.inc();
+            }
+            Event::Ping(payload) => write_server_frame(out, OpCode::Pong, payload),
+            Event::Pong(_) => {}
+            Event::Close(frame) => peer_close = Some(frame.reply_code()),
+        });
+        match result {
+            Err(e) => {
+                tracing::debug!(error = %e, "protocol error");
+                stats.protocol_errors.inc();
+                self.start_close(e.close_code(), &e.to_string(), cx.out);
+                Transition::StartedClosing
+            }
+            Ok(()) => match peer_close {
+                // Echo the peer's code (§5.5.1); then we close the TCP first.
+                Some(code) => {
+                    self.start_close(code, "", cx.out);
+                    Transition::StartedClosing
+                }
+                None => Transition::Keep,
+            },
+        }
+    }
+
+    /// Queues a close frame and stops sending anything else.
+    pub fn start_close(&mut self, code: CloseCode, reason: &str, out: &mut Vec<u8>) {
+        let (payload, n) = close_payload(code, reason);
+        write_server_frame(out, OpCode::Close, &payload[..n]);
+        self.phase = Phase::Closing { write_shut: false };
+    }
+
+    /// Returns heap buffers to the worker's pool before the slot is freed.
+    pub fn release(&mut self, pool: &mut PartialPool) {
+        self.rx.release(pool);
+        self.head = None;
+        self.wq = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_idle_connection_is_small() {
+        // The slab stores Conn inline; this is the user-space cost of an idle
+        // connection (plus the slab's per-entry tag).
+        let size = std::mem::size_of::<Conn>();
+        assert!(size <= 128, "Conn grew to {size} bytes");
+    }
+}
