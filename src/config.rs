@@ -12,6 +12,9 @@ use clap::{Parser, ValueEnum};
 /// Which application runs on each connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AppKind {
+    /// The JSON pub/sub protocol: echo, broadcast, subscribe, publish, ping.
+    #[value(name = "pubsub")]
+    PubSub,
     /// Echo every message back with its opcode (used by the conformance suite).
     Echo,
 }
@@ -37,8 +40,21 @@ pub struct Config {
     pub pin_cores: bool,
 
     /// Application served on each connection.
-    #[arg(long, env = "WSGATE_APP", value_enum, default_value = "echo")]
+    #[arg(long, env = "WSGATE_APP", value_enum, default_value = "pubsub")]
     pub app: AppKind,
+
+    /// Admin HTTP listener (publish API, health), or "off". Keep it off the public network.
+    #[arg(long, env = "WSGATE_ADMIN_LISTEN", default_value = "127.0.0.1:9090", value_parser = parse_optional_addr)]
+    // Spelled out so clap treats "off" as a value, not the flag as optional.
+    pub admin_listen: ::std::option::Option<SocketAddr>,
+
+    /// Longest topic name, in bytes.
+    #[arg(long, env = "WSGATE_MAX_TOPIC_BYTES", default_value_t = 256)]
+    pub max_topic_bytes: usize,
+
+    /// Most topics one connection may subscribe to.
+    #[arg(long, env = "WSGATE_MAX_SUBSCRIPTIONS", default_value_t = 1000)]
+    pub max_subscriptions: usize,
 
     /// Largest message (and frame) accepted, in bytes; larger ones close with 1009.
     #[arg(long, env = "WSGATE_MAX_MESSAGE_SIZE", default_value_t = 16 << 20)]
@@ -92,10 +108,21 @@ impl Config {
             .max(1)
     }
 
-    /// Settings for tests and embedding: loopback, an OS-chosen port, echo.
+    /// Settings for tests and embedding: loopback, OS-chosen ports.
     pub fn for_tests() -> Config {
-        Config::from_args(["wsgate", "--listen", "127.0.0.1:0"])
+        Config::from_args(["wsgate", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
             .unwrap_or_else(|e| panic!("default test config must parse: {e}"))
+    }
+}
+
+/// Parses a socket address, or `off` for "no listener".
+pub fn parse_optional_addr(s: &str) -> Result<Option<SocketAddr>, String> {
+    match s.trim() {
+        "off" | "none" | "" => Ok(None),
+        a => a
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("invalid address {a:?}: {e} (use HOST:PORT or off)")),
     }
 }
 
@@ -147,6 +174,10 @@ mod tests {
         assert_eq!(c.max_message_size, 16 << 20);
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));
         assert!(c.worker_count() >= 1);
+        assert_eq!(c.app, AppKind::PubSub);
+        assert_eq!(c.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
+        let off = Config::from_args(["wsgate", "--admin-listen", "off"]).unwrap();
+        assert_eq!(off.admin_listen, None);
     }
 
     #[test]

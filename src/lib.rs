@@ -5,16 +5,20 @@
 //!   reassembly, close rules). No sockets, no clocks.
 //! - [`server`]: the IO side: SO_REUSEPORT listeners, one mio event loop per
 //!   worker thread, connections in a slab, write queues.
-//! - [`app`]: what a connection's messages mean (echo, pub/sub).
+//! - [`app`]: what a connection's messages mean (echo, pub/sub commands).
+//! - [`pubsub`]: topics and cross-worker fan-out (directory, hub, outbox).
+//! - [`admin`]: the admin HTTP listener (publish API, health).
 //! - [`config`]: the command line.
 //! - [`limits`]: the process's descriptor budget.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod limits;
 pub mod protocol;
+pub mod pubsub;
 pub mod server;
 
 pub use config::Config;

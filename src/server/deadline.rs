@@ -42,10 +42,6 @@ impl DeadlineQueue {
             None
         }
     }
-
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
 }
 
 #[cfg(test)]
@@ -63,6 +59,6 @@ mod tests {
         assert_eq!(q.pop_expired(t0).map(|e| e.key), Some(1));
         assert_eq!(q.pop_expired(t0), None);
         assert_eq!(q.pop_expired(t0 + Duration::from_secs(2)).map(|e| e.serial), Some(20));
-        assert!(q.is_empty());
+        assert_eq!(q.next(), None);
     }
 }

@@ -20,23 +20,27 @@ use std::thread::JoinHandle;
 use crossbeam_channel::Sender;
 use mio::{Poll, Waker};
 
+use crate::admin::AdminServer;
 use crate::config::Config;
+use crate::pubsub::{directory::MAX_WORKERS, Hub, WorkerMsg};
 pub use stats::{StatsSnapshot, WorkerStats};
-use worker::{Command, Worker, WAKER};
+use worker::{Worker, WAKER};
 
-/// Depth of each worker's inbox (commands from other threads).
-const INBOX_DEPTH: usize = 1024;
+/// Depth of each worker's inbox. Each entry is a few words (the frame is
+/// shared), so a full inbox is a few MiB; past it deliveries are dropped and
+/// counted rather than letting memory grow (see `Hub`).
+const INBOX_DEPTH: usize = 65_536;
 
 struct WorkerHandle {
     thread: Option<JoinHandle<()>>,
-    inbox: Sender<Command>,
-    waker: Arc<Waker>,
     stats: Arc<WorkerStats>,
 }
 
 /// A running server. Dropping it shuts the server down and waits for it.
 pub struct ServerHandle {
     local_addr: SocketAddr,
+    admin: Option<AdminServer>,
+    hub: Arc<Hub>,
     workers: Vec<WorkerHandle>,
 }
 
@@ -45,6 +49,12 @@ pub struct ServerHandle {
 pub fn start(config: Config) -> io::Result<ServerHandle> {
     let config = Arc::new(config);
     let n = config.worker_count();
+    if n > MAX_WORKERS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("--workers {n} is over the maximum of {MAX_WORKERS}"),
+        ));
+    }
     let listeners = listener::bind_all(config.listen, n)?;
     let local_addr = listeners[0].local_addr()?;
     let cores = if config.pin_cores {
@@ -52,13 +62,26 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
     } else {
         Vec::new()
     };
-    let mut workers = Vec::with_capacity(n);
-    for (id, l) in listeners.into_iter().enumerate() {
+    // Every worker's poll, waker and inbox exist before any worker starts,
+    // so the hub can reach all of them from the first message on.
+    let mut parts = Vec::with_capacity(n);
+    let mut links: Vec<(Sender<WorkerMsg>, Arc<Waker>)> = Vec::with_capacity(n);
+    for _ in 0..n {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (tx, rx) = crossbeam_channel::bounded(INBOX_DEPTH);
+        links.push((tx, waker));
+        parts.push((poll, rx));
+    }
+    let hub = Arc::new(Hub::new(links));
+    let admin = match config.admin_listen {
+        Some(addr) => Some(AdminServer::start(addr, hub.clone(), config.clone())?),
+        None => None,
+    };
+    let mut workers = Vec::with_capacity(n);
+    for (id, (l, (poll, rx))) in listeners.into_iter().zip(parts).enumerate() {
         let stats = Arc::new(WorkerStats::default());
-        let worker = Worker::new(id, poll, l, config.clone(), stats.clone(), rx)?;
+        let worker = Worker::new(id, poll, l, config.clone(), stats.clone(), rx, hub.clone())?;
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let thread = std::thread::Builder::new()
             .name(format!("wsgate-worker-{id}"))
@@ -72,13 +95,13 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
             })?;
         workers.push(WorkerHandle {
             thread: Some(thread),
-            inbox: tx,
-            waker,
             stats,
         });
     }
     Ok(ServerHandle {
         local_addr,
+        admin,
+        hub,
         workers,
     })
 }
@@ -87,6 +110,18 @@ impl ServerHandle {
     /// The address the listeners are bound to (with the real port).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The admin HTTP listener's address, if it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().map(|a| a.local_addr())
+    }
+
+    /// Deliveries dropped because a worker's inbox was full.
+    pub fn inbox_full_drops(&self) -> u64 {
+        self.hub
+            .inbox_full_drops
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn worker_count(&self) -> usize {
@@ -114,25 +149,26 @@ impl ServerHandle {
             t.bytes_out += s.bytes_out;
             t.accept_backoffs += s.accept_backoffs;
             t.closed += s.closed;
+            t.slow_consumers += s.slow_consumers;
         }
         t
     }
 
-    fn send_all(&self, make: impl Fn() -> Command) {
-        for w in &self.workers {
-            // A full inbox means the worker is alive and busy; shutdown is
-            // retried by the caller's next signal, so dropping it is safe.
-            if w.inbox.try_send(make()).is_ok() {
-                if let Err(e) = w.waker.wake() {
-                    tracing::warn!(error = %e, "waking a worker failed");
-                }
-            }
-        }
-    }
-
     /// Starts a graceful shutdown: listeners close, connections get 1001.
     pub fn shutdown(&self) {
-        self.send_all(|| Command::Shutdown);
+        if let Some(a) = &self.admin {
+            a.begin_drain();
+        }
+        for w in 0..self.hub.worker_count() {
+            // Waits for room: a worker drains its inbox every iteration.
+            if self
+                .hub
+                .send_timeout(w, WorkerMsg::Shutdown, std::time::Duration::from_secs(5))
+                .is_err()
+            {
+                tracing::error!(worker = w, "could not deliver shutdown to a worker");
+            }
+        }
     }
 
     /// Waits for every worker to finish.
@@ -147,6 +183,9 @@ impl ServerHandle {
                     tracing::error!("a worker thread panicked");
                 }
             }
+        }
+        if let Some(a) = self.admin.take() {
+            a.stop();
         }
     }
 }

@@ -55,6 +55,8 @@ pub struct WorkerStats {
     /// Times accepting paused because the process ran out of descriptors.
     pub accept_backoffs: Counter,
     pub closed: Counter,
+    /// Subscribers disconnected (1008) for not reading their fan-out.
+    pub slow_consumers: Counter,
 }
 
 /// A plain copy of a worker's counters.
@@ -72,6 +74,7 @@ pub struct StatsSnapshot {
     pub bytes_out: u64,
     pub accept_backoffs: u64,
     pub closed: u64,
+    pub slow_consumers: u64,
 }
 
 impl WorkerStats {
@@ -89,6 +92,7 @@ impl WorkerStats {
             bytes_out: self.bytes_out.get(),
             accept_backoffs: self.accept_backoffs.get(),
             closed: self.closed.get(),
+            slow_consumers: self.slow_consumers.get(),
         }
     }
 }

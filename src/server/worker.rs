@@ -7,7 +7,7 @@
 //! workers; other threads reach a worker only through its inbox and waker.
 //! Protocol decisions are delegated to [`super::conn`] and [`crate::protocol`].
 
-use std::io::{self, Read, Write};
+use std::io::{self, IoSlice, Read, Write};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,10 +16,17 @@ use mio::net::{TcpListener, TcpStream};
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::app::pubsub::{
+    broadcast_result_frame, deliver_to_topic, LocalBroadcast, PendingResult, PubSubCx,
+    PubSubLimits,
+};
 use crate::config::Config;
 use crate::protocol::handshake::HandshakeConfig;
 use crate::protocol::message::PartialPool;
 use crate::protocol::{CloseCode, ReceiverLimits};
+use crate::pubsub::outbox::{FramesFor, Outbox};
+use crate::pubsub::topics::LocalTopics;
+use crate::pubsub::{Delivery, Hub, Notify, WorkerMsg};
 
 use super::conn::{Conn, Ctx, Phase, Transition};
 use super::deadline::DeadlineQueue;
@@ -37,13 +44,13 @@ const FLUSH_AT: usize = 64 * 1024;
 const ACCEPT_BATCH: usize = 256;
 /// How long accepting pauses when the process is out of descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Messages other threads send to a worker.
-#[derive(Debug)]
-pub(crate) enum Command {
-    /// Stop accepting, close every connection with 1001, drain, exit.
-    Shutdown,
-}
+/// Inbox messages handled per loop iteration before serving sockets again.
+const INBOX_BATCH: usize = 4096;
+/// Most slices in one vectored write of fan-out frames.
+const MAX_IOV: usize = 64;
+/// How often unfinished broadcast results are re-checked (covers a
+/// completion notice lost to a full inbox).
+const PENDING_CHECK: Duration = Duration::from_millis(50);
 
 pub(crate) struct Worker {
     id: usize,
@@ -58,7 +65,16 @@ pub(crate) struct Worker {
     handshake: HandshakeConfig,
     config: Arc<Config>,
     stats: Arc<WorkerStats>,
-    inbox: Inbox<Command>,
+    inbox: Inbox<WorkerMsg>,
+    hub: Arc<Hub>,
+    topics: LocalTopics,
+    outbox: Outbox,
+    pending: Slab<PendingResult>,
+    broadcasts: Vec<LocalBroadcast>,
+    pubsub_limits: PubSubLimits,
+    pending_check_at: Option<Instant>,
+    /// The inbox had more than one batch: drain again without sleeping.
+    inbox_more: bool,
     handshake_deadlines: DeadlineQueue,
     close_deadlines: DeadlineQueue,
     accept_pending: bool,
@@ -83,7 +99,8 @@ impl Worker {
         listener: std::net::TcpListener,
         config: Arc<Config>,
         stats: Arc<WorkerStats>,
-        inbox: Inbox<Command>,
+        inbox: Inbox<WorkerMsg>,
+        hub: Arc<Hub>,
     ) -> io::Result<Worker> {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
@@ -97,6 +114,10 @@ impl Worker {
             path: config.path.clone(),
             max_head_bytes: config.max_request_head,
             subprotocols: Vec::new(),
+        };
+        let pubsub_limits = PubSubLimits {
+            max_topic_bytes: config.max_topic_bytes,
+            max_subscriptions: config.max_subscriptions,
         };
         Ok(Worker {
             id,
@@ -112,6 +133,14 @@ impl Worker {
             config,
             stats,
             inbox,
+            hub,
+            topics: LocalTopics::default(),
+            outbox: Outbox::default(),
+            pending: Slab::new(),
+            broadcasts: Vec::new(),
+            pubsub_limits,
+            pending_check_at: None,
+            inbox_more: false,
             handshake_deadlines: DeadlineQueue::default(),
             close_deadlines: DeadlineQueue::default(),
             // Connections may have queued before the first poll.
@@ -150,6 +179,9 @@ impl Worker {
                     }
                 }
             }
+            if self.inbox_more {
+                self.drain_inbox();
+            }
             while let Some(key) = self.resume.pop() {
                 self.on_readable(key, true);
             }
@@ -157,6 +189,8 @@ impl Worker {
                 self.accept_batch();
             }
             let now = Instant::now();
+            self.check_pending(now);
+            self.flush_outbox();
             self.expire(now);
             if let Some(until) = self.draining_until {
                 if self.conns.is_empty() || now >= until {
@@ -172,7 +206,9 @@ impl Worker {
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if self.accept_pending && self.accept_paused_until.is_none() && self.listener.is_some() {
+        if self.inbox_more
+            || (self.accept_pending && self.accept_paused_until.is_none() && self.listener.is_some())
+        {
             return Some(Duration::ZERO);
         }
         let mut next: Option<Instant> = None;
@@ -181,6 +217,7 @@ impl Worker {
             self.close_deadlines.next(),
             self.accept_paused_until,
             self.draining_until,
+            self.pending_check_at,
         ];
         for t in candidates.into_iter().flatten() {
             next = Some(next.map_or(t, |n| n.min(t)));
@@ -291,10 +328,23 @@ impl Worker {
                         handshake: &self.handshake,
                         stats: &self.stats,
                         app: self.config.app,
+                        pubsub: PubSubCx {
+                            worker: self.id,
+                            hub: &self.hub,
+                            topics: &mut self.topics,
+                            outbox: &mut self.outbox,
+                            pending: &mut self.pending,
+                            broadcasts: &mut self.broadcasts,
+                            limits: self.pubsub_limits,
+                        },
                     };
-                    if conn.on_bytes(&mut self.scratch[..n], &mut cx) == Transition::StartedClosing {
+                    let transition = conn.on_bytes(key, &mut self.scratch[..n], &mut cx);
+                    if transition == Transition::StartedClosing {
                         let at = Instant::now() + self.config.close_timeout;
                         self.close_deadlines.push(at, key, conn.serial);
+                    }
+                    if !self.broadcasts.is_empty() {
+                        self.deliver_local_broadcasts();
                     }
                     if self.out.len() >= FLUSH_AT && !self.flush(key) {
                         return;
@@ -374,6 +424,11 @@ impl Worker {
 
     fn close_now(&mut self, key: usize) {
         if let Some(mut conn) = self.conns.try_remove(key) {
+            for id in conn.topics.drain(..) {
+                if let Some(name) = self.topics.leave(id, key as u32) {
+                    self.hub.directory.leave(&name, self.id);
+                }
+            }
             conn.release(&mut self.pool);
             // Dropping the stream closes the descriptor, which also removes
             // it from the epoll set.
@@ -407,11 +462,169 @@ impl Worker {
     }
 
     fn drain_inbox(&mut self) {
-        while let Ok(cmd) = self.inbox.try_recv() {
-            match cmd {
-                Command::Shutdown => self.begin_shutdown(),
+        // Clear the wake flag first: anything sent after this point either
+        // is seen below or wakes us again.
+        self.hub.clear_wake(self.id);
+        self.inbox_more = false;
+        for _ in 0..INBOX_BATCH {
+            let Ok(msg) = self.inbox.try_recv() else {
+                return;
+            };
+            match msg {
+                WorkerMsg::Deliver(d) => self.deliver_from_inbox(d),
+                WorkerMsg::TicketDone { pending } => self.complete_pending(pending),
+                WorkerMsg::Shutdown => self.begin_shutdown(),
             }
         }
+        // Batch used up: come back after serving sockets.
+        self.inbox_more = true;
+    }
+
+    /// A publish or broadcast from another thread, for our connections.
+    fn deliver_from_inbox(&mut self, d: Delivery) {
+        let count = match &d.topic {
+            Some(topic) => match self.topics.id_of(topic) {
+                Some(id) => deliver_to_topic(&self.topics, &mut self.outbox, id, d.frame),
+                None => 0,
+            },
+            None => {
+                let f = self.outbox.add_frame(d.frame);
+                self.deliver_to_all(f)
+            }
+        };
+        if let Some(t) = d.ticket {
+            if self.hub.part_done(&t, count, Some(self.id)) {
+                if let Notify::Worker { pending, .. } = t.notify {
+                    self.complete_pending(pending);
+                }
+            }
+        }
+    }
+
+    /// Queues outbox frame `f` for every open connection; returns how many.
+    fn deliver_to_all(&mut self, f: u32) -> u64 {
+        let mut n = 0;
+        for (key, conn) in self.conns.iter() {
+            if conn.phase == Phase::Open {
+                self.outbox.push(key, f);
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// The local part of broadcasts our own clients sent.
+    fn deliver_local_broadcasts(&mut self) {
+        let mut list = std::mem::take(&mut self.broadcasts);
+        for b in list.drain(..) {
+            let count = self.deliver_to_all(b.frame);
+            if let Some(t) = b.ticket {
+                if self.hub.part_done(&t, count, Some(self.id)) {
+                    if let Notify::Worker { pending, .. } = t.notify {
+                        self.complete_pending(pending);
+                    }
+                } else if self.pending_check_at.is_none() {
+                    self.pending_check_at = Some(Instant::now() + PENDING_CHECK);
+                }
+            }
+        }
+        self.broadcasts = list;
+    }
+
+    /// Sends `broadcastResult` for a finished broadcast to its sender.
+    fn complete_pending(&mut self, id: usize) {
+        if !self.pending.get(id).is_some_and(|p| p.ticket.is_done()) {
+            return;
+        }
+        let p = self.pending.remove(id);
+        let alive = self
+            .conns
+            .get(p.conn as usize)
+            .is_some_and(|c| c.serial == p.serial && c.phase == Phase::Open);
+        if alive {
+            let f = self.outbox.add_frame(broadcast_result_frame(&p));
+            self.outbox.push(p.conn as usize, f);
+        }
+    }
+
+    fn check_pending(&mut self, now: Instant) {
+        let Some(at) = self.pending_check_at else {
+            return;
+        };
+        if now < at {
+            return;
+        }
+        let done: Vec<usize> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.ticket.is_done())
+            .map(|(k, _)| k)
+            .collect();
+        for id in done {
+            self.complete_pending(id);
+        }
+        self.pending_check_at = (!self.pending.is_empty()).then(|| now + PENDING_CHECK);
+    }
+
+    /// Writes this iteration's fan-out: one vectored write per connection
+    /// carrying every frame queued for it.
+    fn flush_outbox(&mut self) {
+        if self.outbox.is_empty() {
+            return;
+        }
+        let cap = self.config.max_outbound_bytes;
+        let mut slow = Vec::new();
+        let mut failed = Vec::new();
+        for &key in self.outbox.dirty() {
+            let key = key as usize;
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            if conn.phase != Phase::Open {
+                continue;
+            }
+            let frames = self.outbox.frames_for(key);
+            self.stats.messages_out.add(frames.clone().count() as u64);
+            match write_frames(conn, frames) {
+                Ok(n) => self.stats.bytes_out.add(n as u64),
+                Err(_) => {
+                    failed.push(key);
+                    continue;
+                }
+            }
+            if conn.queued_bytes() > cap {
+                slow.push(key);
+            }
+        }
+        self.outbox.clear();
+        for key in failed {
+            self.close_now(key);
+        }
+        for key in slow {
+            self.disconnect_slow_consumer(key);
+        }
+    }
+
+    /// A subscriber that stopped reading: its queue is freed at once and it
+    /// is closed with 1008, so it cannot grow the server's memory.
+    fn disconnect_slow_consumer(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        self.stats.slow_consumers.inc();
+        tracing::debug!(worker = self.id, key, queued = conn.queued_bytes(), "slow consumer");
+        // Free the queue at once, except the rest of a frame already half
+        // sent (cutting it would corrupt the stream before the close frame).
+        if let Some(wq) = conn.wq.as_mut() {
+            wq.drop_unstarted();
+            if wq.is_empty() {
+                conn.wq = None;
+            }
+        }
+        conn.start_close(CloseCode::POLICY_VIOLATION, "slow consumer", &mut self.out);
+        let at = Instant::now() + self.config.close_timeout;
+        self.close_deadlines.push(at, key, conn.serial);
+        self.flush(key);
     }
 
     /// Stops accepting and says goodbye (1001) to every connection; the loop
@@ -435,6 +648,7 @@ impl Worker {
             match conn.phase {
                 Phase::Handshake => self.close_now(key),
                 Phase::Open => {
+                    // Fan-out already queued for this client goes out first.
                     conn.start_close(CloseCode::GOING_AWAY, "server shutting down", &mut self.out);
                     self.flush(key);
                 }
@@ -473,4 +687,64 @@ fn write_out(conn: &mut Conn, out: &[u8]) -> io::Result<usize> {
         conn.wq = Some(wq);
     }
     Ok(written)
+}
+
+/// Writes fan-out frames after anything already queued: straight to the
+/// socket with one `writev` when nothing is queued, queueing (by reference)
+/// whatever the socket refuses. Returns the bytes written.
+fn write_frames(conn: &mut Conn, frames: FramesFor<'_>) -> io::Result<usize> {
+    let mut written = 0;
+    let mut rest = frames.clone();
+    if conn.wq.is_none() {
+        let mut slices = [IoSlice::new(&[]); MAX_IOV];
+        let mut n = 0;
+        let mut total = 0;
+        for f in frames.clone().take(MAX_IOV) {
+            slices[n] = IoSlice::new(f);
+            n += 1;
+            total += f.len();
+        }
+        loop {
+            match conn.stream.write_vectored(&slices[..n]) {
+                Ok(w) => {
+                    written = w;
+                    break;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if written == total && frames.clone().nth(MAX_IOV).is_none() {
+            return Ok(written);
+        }
+        // Skip what went out; queue the rest.
+        let mut skip = written;
+        let wq = conn.wq.get_or_insert_with(Default::default);
+        for f in rest.by_ref() {
+            if skip >= f.len() {
+                skip -= f.len();
+                continue;
+            }
+            if skip > 0 {
+                wq.push_partial(f.clone(), skip);
+                skip = 0;
+            } else {
+                wq.push(Chunk::Shared(f.clone()));
+            }
+        }
+    } else if let Some(wq) = conn.wq.as_mut() {
+        for f in rest {
+            wq.push(Chunk::Shared(f.clone()));
+        }
+    }
+    let wq = conn.wq.as_mut().map(|q| q.write_to(&mut conn.stream));
+    let more = match wq {
+        Some(r) => r?,
+        None => 0,
+    };
+    if conn.wq.as_ref().is_some_and(|q| q.is_empty()) {
+        conn.wq = None;
+    }
+    Ok(written + more)
 }

@@ -53,6 +53,33 @@ impl WriteQueue {
         }
     }
 
+    /// Queues a shared frame of which the first `offset` bytes were already
+    /// written. Only valid on an empty queue (a partial write is always the
+    /// oldest unsent data).
+    pub fn push_partial(&mut self, frame: Arc<[u8]>, offset: usize) {
+        debug_assert!(self.is_empty() && offset < frame.len());
+        self.head_offset = offset;
+        self.bytes += frame.len() - offset;
+        self.chunks.push_back(Chunk::Shared(frame));
+    }
+
+    /// Drops every chunk the socket has not started on, keeping a partly
+    /// written front chunk so the peer still sees whole frames. Returns the
+    /// bytes dropped.
+    pub fn drop_unstarted(&mut self) -> usize {
+        let keep = usize::from(self.head_offset > 0).min(self.chunks.len());
+        let before = self.bytes;
+        self.chunks.truncate(keep);
+        self.bytes = self
+            .chunks
+            .front()
+            .map_or(0, |c| c.bytes().len() - self.head_offset);
+        if keep == 0 {
+            self.head_offset = 0;
+        }
+        before - self.bytes
+    }
+
     /// Writes as much as the socket takes. Returns the bytes written; stops
     /// at `WouldBlock` (not an error) or when empty.
     pub fn write_to<W: Write>(&mut self, w: &mut W) -> io::Result<usize> {
@@ -154,5 +181,27 @@ mod tests {
         q.write_to(&mut w).unwrap();
         assert!(q.is_empty());
         assert_eq!(w.got, b"hello shared-frameshared-frame");
+    }
+
+    #[test]
+    fn dropping_unstarted_chunks_keeps_the_frame_in_flight() {
+        let mut q = WriteQueue::default();
+        q.push(Chunk::Owned(b"0123456789".to_vec()));
+        q.push(Chunk::Owned(b"abc".to_vec()));
+        let mut w = Trickle {
+            got: Vec::new(),
+            cap: 4,
+            calls_left: 1,
+        };
+        q.write_to(&mut w).unwrap();
+        assert_eq!(q.drop_unstarted(), 3);
+        assert_eq!(q.len_bytes(), 6);
+        w.calls_left = 10;
+        q.write_to(&mut w).unwrap();
+        assert_eq!(w.got, b"0123456789");
+        // Nothing started: everything goes.
+        q.push(Chunk::Owned(b"xyz".to_vec()));
+        assert_eq!(q.drop_unstarted(), 3);
+        assert!(q.is_empty());
     }
 }

@@ -1,0 +1,250 @@
+//! The client protocol of the pub/sub app (JSON text frames), as pure code:
+//! parsing a client's command and building the server's reply texts.
+//!
+//! Owns the wire shapes of `../shared/design.md`. Payloads are never
+//! re-serialised: `payload` is kept as the raw JSON text the client sent and
+//! spliced into outgoing messages byte for byte. This module must not know
+//! about connections, topics tables or workers.
+
+use std::borrow::Cow;
+use std::io::Write as _;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// A parsed client command, borrowing from the message text.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command<'a> {
+    /// Send the whole message text back.
+    Echo,
+    Broadcast { payload: &'a [u8] },
+    Subscribe { topic: Cow<'a, str> },
+    Unsubscribe { topic: Cow<'a, str> },
+    Publish { topic: Cow<'a, str>, payload: &'a [u8] },
+    /// Application-level heartbeat.
+    Ping,
+}
+
+/// Why a command was refused. The connection stays open.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("message is not a JSON object: {0}")]
+    Malformed(String),
+    #[error("missing field '{0}'")]
+    MissingField(&'static str),
+    #[error("unknown type '{0}'")]
+    UnknownType(String),
+    #[error("topic must be 1 to {0} bytes")]
+    BadTopic(usize),
+    #[error("too many subscriptions (limit {0})")]
+    TooManySubscriptions(usize),
+    #[error("binary messages are not part of this protocol; send JSON text")]
+    Binary,
+}
+
+impl CommandError {
+    /// The numeric `code` of the error reply (HTTP-like, documented in README).
+    pub fn code(&self) -> u16 {
+        match self {
+            CommandError::Malformed(_) | CommandError::MissingField(_) => 400,
+            CommandError::UnknownType(_) => 404,
+            CommandError::BadTopic(_) => 413,
+            CommandError::Binary => 415,
+            CommandError::TooManySubscriptions(_) => 429,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Wire<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    topic: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    payload: Option<&'a RawValue>,
+}
+
+/// Parses one text message. `max_topic` caps topic names in bytes.
+pub fn parse(text: &[u8], max_topic: usize) -> Result<Command<'_>, CommandError> {
+    let wire: Wire<'_> =
+        serde_json::from_slice(text).map_err(|e| CommandError::Malformed(e.to_string()))?;
+    let kind = wire.kind.ok_or(CommandError::MissingField("type"))?;
+    let check_topic = |t| checked_topic(t, max_topic);
+    Ok(match kind.as_ref() {
+        "echo" => Command::Echo,
+        "ping" => Command::Ping,
+        "broadcast" => Command::Broadcast {
+            payload: payload(wire.payload)?,
+        },
+        "subscribe" => Command::Subscribe {
+            topic: check_topic(wire.topic)?,
+        },
+        "unsubscribe" => Command::Unsubscribe {
+            topic: check_topic(wire.topic)?,
+        },
+        "publish" => Command::Publish {
+            topic: check_topic(wire.topic)?,
+            payload: payload(wire.payload)?,
+        },
+        other => return Err(CommandError::UnknownType(other.chars().take(64).collect())),
+    })
+}
+
+fn checked_topic(t: Option<Cow<'_, str>>, max_topic: usize) -> Result<Cow<'_, str>, CommandError> {
+    let t = t.ok_or(CommandError::MissingField("topic"))?;
+    if t.is_empty() || t.len() > max_topic {
+        return Err(CommandError::BadTopic(max_topic));
+    }
+    Ok(t)
+}
+
+fn payload(p: Option<&RawValue>) -> Result<&[u8], CommandError> {
+    p.map(|r| r.get().as_bytes())
+        .ok_or(CommandError::MissingField("payload"))
+}
+
+fn json_string(out: &mut Vec<u8>, s: &str) {
+    // Serialising a &str into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// `{"type":"message","topic":T,"payload":P}`
+pub fn message_text(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(40 + topic.len() + payload.len());
+    out.extend_from_slice(br#"{"type":"message","topic":"#);
+    json_string(&mut out, topic);
+    out.extend_from_slice(br#","payload":"#);
+    out.extend_from_slice(payload);
+    out.push(b'}');
+    out
+}
+
+/// `{"type":"broadcast","payload":P}`
+pub fn broadcast_text(payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(32 + payload.len());
+    out.extend_from_slice(br#"{"type":"broadcast","payload":"#);
+    out.extend_from_slice(payload);
+    out.push(b'}');
+    out
+}
+
+/// `{"type":"broadcastResult","payload":P,"listenCount":N}`
+pub fn broadcast_result_text(payload: &[u8], listen_count: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + payload.len());
+    out.extend_from_slice(br#"{"type":"broadcastResult","payload":"#);
+    out.extend_from_slice(payload);
+    let _ = write!(out, r#","listenCount":{listen_count}}}"#);
+    out
+}
+
+/// `{"type":"subscribed","topic":T}` or `unsubscribed`.
+pub fn subscription_text(subscribed: bool, topic: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(40 + topic.len());
+    out.extend_from_slice(if subscribed {
+        br#"{"type":"subscribed","topic":"#
+    } else {
+        br#"{"type":"unsubscribed","topic":"#
+    });
+    json_string(&mut out, topic);
+    out.push(b'}');
+    out
+}
+
+/// `{"type":"pong"}`
+pub const PONG_TEXT: &[u8] = br#"{"type":"pong"}"#;
+
+/// `{"type":"error","code":C,"message":M}`
+pub fn error_text(err: &CommandError) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96);
+    let _ = write!(out, r#"{{"type":"error","code":{},"message":"#, err.code());
+    json_string(&mut out, &err.to_string());
+    out.push(b'}');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(s: &str) -> Result<Command<'_>, CommandError> {
+        parse(s.as_bytes(), 256)
+    }
+
+    #[test]
+    fn parses_every_command() {
+        assert_eq!(p(r#"{"type":"echo","payload":1}"#), Ok(Command::Echo));
+        assert_eq!(p(r#"{"type":"ping"}"#), Ok(Command::Ping));
+        assert_eq!(
+            p(r#"{"type":"subscribe","topic":"news"}"#),
+            Ok(Command::Subscribe { topic: "news".into() })
+        );
+        assert_eq!(
+            p(r#"{"type":"unsubscribe","topic":"a\"b"}"#),
+            Ok(Command::Unsubscribe { topic: "a\"b".into() })
+        );
+        assert_eq!(
+            p(r#"{"type":"broadcast","payload":{"x":[1, 2]}}"#),
+            Ok(Command::Broadcast { payload: br#"{"x":[1, 2]}"# })
+        );
+    }
+
+    #[test]
+    fn payload_is_passed_through_byte_for_byte() {
+        // Whitespace, key order, number spelling and escapes survive.
+        let raw = r#"{ "b" :1.50e3, "a":"\u00e9" }"#;
+        let text = format!(r#"{{"topic":"t","payload":{raw},"type":"publish"}}"#);
+        let cmd = parse(text.as_bytes(), 256).unwrap();
+        let Command::Publish { topic, payload } = cmd else {
+            panic!("not a publish: {cmd:?}")
+        };
+        assert_eq!(payload, raw.as_bytes());
+        let msg = message_text(&topic, payload);
+        assert_eq!(
+            String::from_utf8(msg).unwrap(),
+            format!(r#"{{"type":"message","topic":"t","payload":{raw}}}"#)
+        );
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(p("not json").unwrap_err().code(), 400);
+        assert_eq!(p("[1,2]").unwrap_err().code(), 400);
+        assert_eq!(p(r#"{"topic":"x"}"#), Err(CommandError::MissingField("type")));
+        assert_eq!(p(r#"{"type":7}"#).unwrap_err().code(), 400);
+        assert_eq!(p(r#"{"type":"dance"}"#).unwrap_err().code(), 404);
+        assert_eq!(p(r#"{"type":"subscribe"}"#), Err(CommandError::MissingField("topic")));
+        assert_eq!(p(r#"{"type":"subscribe","topic":""}"#).unwrap_err().code(), 413);
+        let long = format!(r#"{{"type":"subscribe","topic":"{}"}}"#, "x".repeat(257));
+        assert_eq!(p(&long).unwrap_err().code(), 413);
+        assert_eq!(
+            p(r#"{"type":"publish","topic":"t"}"#),
+            Err(CommandError::MissingField("payload"))
+        );
+        assert_eq!(p(r#"{"type":"broadcast"}"#), Err(CommandError::MissingField("payload")));
+    }
+
+    #[test]
+    fn reply_shapes_are_valid_json() {
+        let texts = [
+            message_text("a\"b", b"[1]"),
+            broadcast_text(b"\"hi\""),
+            broadcast_result_text(b"\"hi\"", 42),
+            subscription_text(true, "t\n"),
+            subscription_text(false, "t"),
+            PONG_TEXT.to_vec(),
+            error_text(&CommandError::UnknownType("x\"y".into())),
+        ];
+        for t in texts {
+            let v: serde_json::Value = serde_json::from_slice(&t).unwrap();
+            assert!(v["type"].is_string(), "{}", String::from_utf8_lossy(&t));
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&broadcast_result_text(b"{\"k\":1}", 7)).unwrap();
+        assert_eq!(v["listenCount"], 7);
+        assert_eq!(v["payload"]["k"], 1);
+        let v: serde_json::Value =
+            serde_json::from_slice(&error_text(&CommandError::Binary)).unwrap();
+        assert_eq!(v["code"], 415);
+    }
+}

@@ -1,0 +1,186 @@
+//! The pub/sub app: runs a client's JSON commands against this worker's
+//! topic table and the cross-worker hub.
+//!
+//! Owns the meaning of each command: replies go into the connection's output
+//! buffer, topic deliveries into the worker's outbox (resolved to subscriber
+//! keys right away), cross-worker deliveries into other workers' inboxes.
+//! Broadcasts to this worker's own connections are deferred to the worker,
+//! which alone can walk all connections. No sockets here.
+
+use std::sync::Arc;
+
+use slab::Slab;
+
+use crate::app::commands::{self, Command, CommandError};
+use crate::protocol::frame::{encode_server_frame, write_server_frame};
+use crate::protocol::{MessageKind, OpCode};
+use crate::pubsub::outbox::Outbox;
+use crate::pubsub::topics::LocalTopics;
+use crate::pubsub::{Hub, Notify, Ticket};
+
+/// Limits of the client protocol.
+#[derive(Debug, Clone, Copy)]
+pub struct PubSubLimits {
+    pub max_topic_bytes: usize,
+    pub max_subscriptions: usize,
+}
+
+/// A `broadcastResult` waiting for the other workers' counts.
+#[derive(Debug)]
+pub struct PendingResult {
+    pub conn: u32,
+    pub serial: u32,
+    pub payload: Box<[u8]>,
+    pub ticket: Arc<Ticket>,
+}
+
+/// A broadcast whose local part the worker still has to deliver.
+#[derive(Debug)]
+pub struct LocalBroadcast {
+    pub frame: u32,
+    pub ticket: Option<Arc<Ticket>>,
+}
+
+/// One worker's pub/sub state, borrowed by connections while they run
+/// commands.
+pub struct PubSubCx<'a> {
+    pub worker: usize,
+    pub hub: &'a Hub,
+    pub topics: &'a mut LocalTopics,
+    pub outbox: &'a mut Outbox,
+    pub pending: &'a mut Slab<PendingResult>,
+    pub broadcasts: &'a mut Vec<LocalBroadcast>,
+    pub limits: PubSubLimits,
+}
+
+/// The connection running the command.
+pub struct Caller<'a> {
+    pub key: u32,
+    pub serial: u32,
+    /// Local topic ids this connection joined.
+    pub topics: &'a mut Vec<u32>,
+}
+
+fn reply(out: &mut Vec<u8>, text: &[u8]) {
+    write_server_frame(out, OpCode::Text, text);
+}
+
+/// Runs one message from a client. Returns the number of messages written
+/// directly to `out`.
+pub fn on_message(
+    kind: MessageKind,
+    text: &[u8],
+    caller: &mut Caller<'_>,
+    cx: &mut PubSubCx<'_>,
+    out: &mut Vec<u8>,
+) {
+    if kind == MessageKind::Binary {
+        reply(out, &commands::error_text(&CommandError::Binary));
+        return;
+    }
+    let cmd = match commands::parse(text, cx.limits.max_topic_bytes) {
+        Ok(c) => c,
+        Err(e) => {
+            reply(out, &commands::error_text(&e));
+            return;
+        }
+    };
+    match cmd {
+        Command::Echo => reply(out, text),
+        Command::Ping => reply(out, commands::PONG_TEXT),
+        Command::Subscribe { topic } => {
+            let already = cx
+                .topics
+                .id_of(&topic)
+                .is_some_and(|id| caller.topics.contains(&id));
+            if !already && caller.topics.len() >= cx.limits.max_subscriptions {
+                let e = CommandError::TooManySubscriptions(cx.limits.max_subscriptions);
+                reply(out, &commands::error_text(&e));
+                return;
+            }
+            let joined = cx.topics.join(&topic, caller.key);
+            if joined.new_member {
+                caller.topics.push(joined.topic_id);
+            }
+            if joined.first_local {
+                cx.hub.directory.join(&topic, cx.worker);
+            }
+            reply(out, &commands::subscription_text(true, &topic));
+        }
+        Command::Unsubscribe { topic } => {
+            if let Some(id) = cx.topics.id_of(&topic) {
+                if let Some(pos) = caller.topics.iter().position(|t| *t == id) {
+                    caller.topics.swap_remove(pos);
+                    if let Some(name) = cx.topics.leave(id, caller.key) {
+                        cx.hub.directory.leave(&name, cx.worker);
+                    }
+                }
+            }
+            // Idempotent: leaving a topic you are not in still confirms.
+            reply(out, &commands::subscription_text(false, &topic));
+        }
+        Command::Publish { topic, payload } => {
+            let frame: Arc<[u8]> =
+                encode_server_frame(OpCode::Text, &commands::message_text(&topic, payload)).into();
+            let targets = cx.hub.directory.workers_for(&topic);
+            if targets.len() > usize::from(targets.contains(cx.worker)) {
+                let name: Arc<str> = Arc::from(topic.as_ref());
+                cx.hub
+                    .dispatch(targets, Some(cx.worker), Some(&name), &frame, None, None);
+            }
+            if let Some(id) = cx.topics.id_of(&topic) {
+                deliver_to_topic(cx.topics, cx.outbox, id, frame);
+            }
+        }
+        Command::Broadcast { payload } => {
+            let frame: Arc<[u8]> =
+                encode_server_frame(OpCode::Text, &commands::broadcast_text(payload)).into();
+            let all = cx.hub.all_workers();
+            let entry = cx.pending.vacant_entry();
+            let ticket = Arc::new(Ticket::new(
+                all.len(),
+                Notify::Worker {
+                    worker: cx.worker,
+                    pending: entry.key(),
+                },
+            ));
+            entry.insert(PendingResult {
+                conn: caller.key,
+                serial: caller.serial,
+                payload: payload.into(),
+                ticket: ticket.clone(),
+            });
+            cx.hub
+                .dispatch(all, Some(cx.worker), None, &frame, Some(&ticket), None);
+            let frame = cx.outbox.add_frame(frame);
+            cx.broadcasts.push(LocalBroadcast {
+                frame,
+                ticket: Some(ticket),
+            });
+        }
+    }
+}
+
+/// Queues `frame` for every local subscriber of topic `id`; returns how many.
+pub fn deliver_to_topic(topics: &LocalTopics, outbox: &mut Outbox, id: u32, frame: Arc<[u8]>) -> u64 {
+    let Some(topic) = topics.get(id) else {
+        return 0;
+    };
+    if topic.subscribers.is_empty() {
+        return 0;
+    }
+    let f = outbox.add_frame(frame);
+    for &conn in &topic.subscribers {
+        outbox.push(conn as usize, f);
+    }
+    topic.subscribers.len() as u64
+}
+
+/// The `broadcastResult` frame for a finished broadcast.
+pub fn broadcast_result_frame(pending: &PendingResult) -> Arc<[u8]> {
+    encode_server_frame(
+        OpCode::Text,
+        &commands::broadcast_result_text(&pending.payload, pending.ticket.delivered()),
+    )
+    .into()
+}

@@ -1,0 +1,180 @@
+//! How deliveries travel between threads: one bounded crossbeam inbox per
+//! worker, woken through its `mio::Waker`, with wake-ups coalesced so a burst
+//! of messages costs one wake.
+//!
+//! Shared by every worker and by the admin (and later cluster) threads.
+//! Senders never block a worker: a worker-to-worker send into a full inbox is
+//! dropped and counted (blocking could deadlock two workers feeding each
+//! other). Threads that are not workers may wait, with a timeout.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
+use crossbeam_utils::CachePadded;
+use mio::Waker;
+
+use super::directory::{TopicDirectory, WorkerSet};
+use super::ticket::{Notify, Ticket};
+
+/// Messages a worker receives from other threads.
+#[derive(Debug)]
+pub enum WorkerMsg {
+    /// Write `frame` to the local subscribers of `topic` (or to every open
+    /// connection when `topic` is None) and report the count on `ticket`.
+    Deliver(Delivery),
+    /// A `broadcastResult` this worker is waiting for can be sent.
+    TicketDone { pending: usize },
+    /// Stop accepting, close every connection with 1001, drain, exit.
+    Shutdown,
+}
+
+#[derive(Debug)]
+pub struct Delivery {
+    pub topic: Option<Arc<str>>,
+    pub frame: Arc<[u8]>,
+    pub ticket: Option<Arc<Ticket>>,
+}
+
+struct Link {
+    inbox: Sender<WorkerMsg>,
+    waker: Arc<Waker>,
+    /// Set by the first sender of a burst, cleared by the worker before it
+    /// drains: one wake (one eventfd write) per burst.
+    wake_pending: AtomicBool,
+}
+
+/// The shared switchboard between threads and workers.
+pub struct Hub {
+    links: Vec<CachePadded<Link>>,
+    pub directory: TopicDirectory,
+    /// Deliveries dropped because a worker's inbox was full.
+    pub inbox_full_drops: AtomicU64,
+}
+
+impl Hub {
+    pub fn new(inboxes: Vec<(Sender<WorkerMsg>, Arc<Waker>)>) -> Hub {
+        Hub {
+            links: inboxes
+                .into_iter()
+                .map(|(inbox, waker)| {
+                    CachePadded::new(Link {
+                        inbox,
+                        waker,
+                        wake_pending: AtomicBool::new(false),
+                    })
+                })
+                .collect(),
+            directory: TopicDirectory::default(),
+            inbox_full_drops: AtomicU64::new(0),
+        }
+    }
+
+    pub fn worker_count(&self) -> usize {
+        self.links.len()
+    }
+
+    pub fn all_workers(&self) -> WorkerSet {
+        WorkerSet::all(self.links.len())
+    }
+
+    fn wake(&self, worker: usize) {
+        let link = &self.links[worker];
+        if !link.wake_pending.swap(true, Ordering::AcqRel) {
+            if let Err(e) = link.waker.wake() {
+                tracing::warn!(worker, error = %e, "waking a worker failed");
+            }
+        }
+    }
+
+    /// Called by a worker on its wake event, before draining its inbox.
+    pub fn clear_wake(&self, worker: usize) {
+        self.links[worker].wake_pending.store(false, Ordering::Release);
+    }
+
+    /// Sends without blocking. On a full inbox the message comes back.
+    pub fn try_send(&self, worker: usize, msg: WorkerMsg) -> Result<(), WorkerMsg> {
+        match self.links[worker].inbox.try_send(msg) {
+            Ok(()) => {
+                self.wake(worker);
+                Ok(())
+            }
+            Err(TrySendError::Full(m)) | Err(TrySendError::Disconnected(m)) => Err(m),
+        }
+    }
+
+    /// Sends, waiting up to `timeout` for room (for non-worker threads).
+    pub fn send_timeout(
+        &self,
+        worker: usize,
+        msg: WorkerMsg,
+        timeout: Duration,
+    ) -> Result<(), WorkerMsg> {
+        match self.links[worker].inbox.send_timeout(msg, timeout) {
+            Ok(()) => {
+                self.wake(worker);
+                Ok(())
+            }
+            Err(SendTimeoutError::Timeout(m)) | Err(SendTimeoutError::Disconnected(m)) => Err(m),
+        }
+    }
+
+    /// Sends one delivery of `frame` to each worker in `targets` except
+    /// `skip`. A delivery that cannot be queued is dropped, counted, and its
+    /// ticket part closed with 0 so the ticket still completes.
+    /// `wait` is None for workers (never block) and Some for other threads.
+    pub fn dispatch(
+        &self,
+        targets: WorkerSet,
+        skip: Option<usize>,
+        topic: Option<&Arc<str>>,
+        frame: &Arc<[u8]>,
+        ticket: Option<&Arc<Ticket>>,
+        wait: Option<Duration>,
+    ) {
+        for w in targets.iter().filter(|w| Some(*w) != skip) {
+            if w >= self.links.len() {
+                continue;
+            }
+            let msg = WorkerMsg::Deliver(Delivery {
+                topic: topic.cloned(),
+                frame: frame.clone(),
+                ticket: ticket.cloned(),
+            });
+            let sent = match wait {
+                None => self.try_send(w, msg),
+                Some(t) => self.send_timeout(w, msg, t),
+            };
+            if sent.is_err() {
+                self.inbox_full_drops.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(worker = w, "worker inbox full: delivery dropped");
+                if let Some(t) = ticket {
+                    self.part_done(t, 0, None);
+                }
+            }
+        }
+    }
+
+    /// Closes one part of a ticket. If that completes it, notifies the
+    /// requester — unless the requester is `by_worker` itself, in which case
+    /// this returns true and the caller handles completion inline.
+    pub fn part_done(&self, ticket: &Ticket, delivered: u64, by_worker: Option<usize>) -> bool {
+        if !ticket.part_done(delivered) {
+            return false;
+        }
+        match &ticket.notify {
+            Notify::Channel(tx) => {
+                let _ = tx.try_send(ticket.delivered());
+                false
+            }
+            Notify::Worker { worker, .. } if Some(*worker) == by_worker => true,
+            Notify::Worker { worker, pending } => {
+                // If the owner's inbox is full it finds the finished ticket
+                // on its periodic check instead.
+                let _ = self.try_send(*worker, WorkerMsg::TicketDone { pending: *pending });
+                false
+            }
+        }
+    }
+}

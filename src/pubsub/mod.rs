@@ -1,0 +1,21 @@
+//! Publish/subscribe across workers: who subscribes where, how one publish
+//! reaches every subscriber exactly once, encoded once.
+//!
+//! - [`directory`]: which workers have subscribers for a topic (shared; written
+//!   only when a worker's first subscriber joins or its last leaves).
+//! - [`topics`]: one worker's own topic → subscriber table (not shared).
+//! - [`hub`]: the per-worker inboxes and wakers; how deliveries travel.
+//! - [`ticket`]: counting deliveries across workers (`listenCount`, HTTP replies).
+//! - [`outbox`]: one worker's per-iteration batch of frames per connection,
+//!   so each connection gets one write per loop iteration.
+//!
+//! Nothing here touches sockets; the worker does the writing.
+
+pub mod directory;
+pub mod hub;
+pub mod outbox;
+pub mod ticket;
+pub mod topics;
+
+pub use hub::{Delivery, Hub, WorkerMsg};
+pub use ticket::{Notify, Ticket};
