@@ -74,6 +74,29 @@ pub struct Config {
     #[arg(long, env = "WSGATE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
+    /// Send a WebSocket ping to a connection silent (in both directions) this long.
+    #[arg(long, env = "WSGATE_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub ping_interval: Duration,
+
+    /// Close (1001) a connection from which nothing arrived this long, counted
+    /// from its last traffic; a pinged client has until then to answer.
+    #[arg(long, env = "WSGATE_IDLE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Most upgraded connections in the whole process (0 = no limit);
+    /// over it, upgrades get 503 with Retry-After.
+    #[arg(long, env = "WSGATE_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Most upgraded connections per client IP address (0 = no limit).
+    #[arg(long, env = "WSGATE_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
+    pub max_connections_per_ip: u32,
+
+    /// Sustained messages (and control frames) per second one connection may
+    /// send, with bursts of twice that; over it, close 1008 (0 = no limit).
+    #[arg(long, env = "WSGATE_MAX_MESSAGES_PER_SEC", default_value_t = 10_000)]
+    pub max_messages_per_sec: u32,
+
     /// How long a closing connection may take to flush and finish the close handshake.
     #[arg(long, env = "WSGATE_CLOSE_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub close_timeout: Duration,

@@ -294,16 +294,25 @@ fn slow_consumer_is_disconnected_and_memory_stays_bounded() {
 
     const MESSAGES: usize = 800; // 800 × 64 KiB = 50 MiB
     let payload = format!("\"{}\"", "x".repeat(64 * 1024 - 2));
+    // The publisher stays at most 8 messages (512 KiB) ahead of the fast
+    // subscriber: a healthy reader, however slow this build is, never
+    // crosses the 1 MiB bound, while the stalled one falls behind by 50 MiB.
+    let received = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let progress = received.clone();
     let reader = std::thread::spawn(move || {
         for i in 0..MESSAGES {
             let text = recv_text(&mut fast);
             assert!(text.len() > 64 * 1024, "message {i} truncated");
+            progress.fetch_add(1, std::sync::atomic::Ordering::Release);
         }
         fast
     });
     let mut publisher = connect(addr);
     let mut peak_rss = 0;
     for i in 0..MESSAGES {
+        while i >= received.load(std::sync::atomic::Ordering::Acquire) + 8 {
+            std::thread::sleep(Duration::from_micros(200));
+        }
         send(
             &mut publisher,
             &format!(r#"{{"type":"publish","topic":"flood","payload":{payload}}}"#),

@@ -28,6 +28,8 @@ pub enum WorkerMsg {
     TicketDone { pending: usize },
     /// Stop accepting, close every connection with 1001, drain, exit.
     Shutdown,
+    /// Watchdog probe: the worker counts it, proving its loop still turns.
+    Probe,
 }
 
 #[derive(Debug)]

@@ -10,19 +10,26 @@
 //! while an upgrade request arrives in pieces, `wq` only while the socket is
 //! backed up, and the receiver's reassembly buffer only mid-message.
 
+use std::net::IpAddr;
+
 use mio::net::TcpStream;
+use rustc_hash::FxHashMap;
 
 use crate::app;
 use crate::app::pubsub::{Caller, PubSubCx};
 use crate::config::AppKind;
 use crate::protocol::close::close_payload;
 use crate::protocol::frame::write_server_frame;
-use crate::protocol::handshake::{parse_request, write_accept_response, HandshakeConfig};
+use crate::protocol::handshake::{
+    error_response, parse_request, write_accept_response, HandshakeConfig,
+};
 use crate::protocol::message::PartialPool;
 use crate::protocol::{CloseCode, Event, OpCode, Receiver, ReceiverLimits};
 
+use super::admission::{Admission, Refusal};
 use super::stats::WorkerStats;
 use super::write_queue::WriteQueue;
+use crate::timer_wheel::TimerId;
 
 /// Where a connection is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +48,17 @@ pub enum Phase {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
     Keep,
+    /// The upgrade completed: start the heartbeat clock.
+    Upgraded,
     /// The connection entered [`Phase::Closing`]: start its close timer.
     StartedClosing,
+}
+
+/// Inbound message rate limit (token bucket), in tokens per timer tick.
+#[derive(Debug, Clone, Copy)]
+pub struct RateLimit {
+    pub per_tick: f32,
+    pub burst: f32,
 }
 
 /// Per-worker state a connection borrows while it handles input.
@@ -54,6 +70,12 @@ pub struct Ctx<'a> {
     pub stats: &'a WorkerStats,
     pub app: AppKind,
     pub pubsub: PubSubCx<'a>,
+    /// The worker's current timer tick.
+    pub now_tick: u32,
+    pub admission: &'a Admission,
+    /// Peer address of admitted connections, kept only for the per-IP limit.
+    pub peer_ips: &'a mut FxHashMap<u32, IpAddr>,
+    pub rate: Option<RateLimit>,
 }
 
 pub struct Conn {
@@ -69,6 +91,17 @@ pub struct Conn {
     pub wq: Option<Box<WriteQueue>>,
     /// Local topic ids this connection subscribed to (pub/sub app).
     pub topics: Vec<u32>,
+    /// Its one timer: handshake, heartbeat, idle or close deadline by phase.
+    pub timer: Option<TimerId>,
+    /// Tick of the last traffic in either direction (pings excluded).
+    pub last_activity: u32,
+    /// Tick a ping went unanswered since, or 0.
+    pub ping_at: u32,
+    /// Token bucket of the inbound message rate limit.
+    pub tokens: f32,
+    pub bucket_tick: u32,
+    /// Counted by [`Admission`]; released when the connection goes.
+    pub admitted: bool,
 }
 
 enum HeadStatus {
@@ -87,6 +120,12 @@ impl Conn {
             head: None,
             wq: None,
             topics: Vec::new(),
+            timer: None,
+            last_activity: 0,
+            ping_at: 0,
+            tokens: f32::MAX,
+            bucket_tick: 0,
+            admitted: false,
         }
     }
 
@@ -129,6 +168,30 @@ impl Conn {
         let head_len = match parse_request(buf, cx.handshake) {
             Ok(None) => return HeadStatus::NeedMore,
             Ok(Some(req)) => {
+                let ip = if cx.admission.tracks_ips() {
+                    self.stream.peer_addr().ok().map(|a| a.ip())
+                } else {
+                    None
+                };
+                if let Err(why) = cx.admission.try_admit(ip) {
+                    let body = match why {
+                        Refusal::Full => "server is at its connection limit",
+                        Refusal::PerIp => "too many connections from your address",
+                    };
+                    cx.stats.handshake_failures.inc();
+                    cx.out.extend_from_slice(&error_response(
+                        503,
+                        "Service Unavailable",
+                        body,
+                        &[("Retry-After", "1")],
+                    ));
+                    self.phase = Phase::Closing { write_shut: false };
+                    return HeadStatus::Done(Transition::StartedClosing);
+                }
+                self.admitted = true;
+                if let Some(ip) = ip {
+                    cx.peer_ips.insert(key as u32, ip);
+                }
                 write_accept_response(&req, cx.out);
                 req.head_len
             }
@@ -142,12 +205,19 @@ impl Conn {
         };
         self.phase = Phase::Open;
         cx.stats.upgraded.inc();
+        if let Some(r) = cx.rate {
+            self.tokens = r.burst;
+            self.bucket_tick = cx.now_tick;
+        }
         // Bytes pipelined after the head are the first frame bytes.
         let rest = &mut buf[head_len..];
         HeadStatus::Done(if rest.is_empty() {
-            Transition::Keep
+            Transition::Upgraded
         } else {
-            self.on_frames(key, rest, cx)
+            match self.on_frames(key, rest, cx) {
+                Transition::Keep => Transition::Upgraded,
+                t => t,
+            }
         })
     }
 
@@ -162,7 +232,24 @@ impl Conn {
             serial: self.serial,
             topics: &mut self.topics,
         };
-        let result = self.rx.feed(data, cx.limits, cx.pool, &mut |ev| match ev {
+        // Refill the token bucket once per read, spend one per frame.
+        let mut rate_exceeded = false;
+        let limited = cx.rate.is_some();
+        if let Some(r) = cx.rate {
+            let elapsed = cx.now_tick.wrapping_sub(self.bucket_tick) as f32;
+            self.tokens = (self.tokens + elapsed * r.per_tick).min(r.burst);
+            self.bucket_tick = cx.now_tick;
+        }
+        let tokens = &mut self.tokens;
+        let result = self.rx.feed(data, cx.limits, cx.pool, &mut |ev| {
+            if limited {
+                if *tokens < 1.0 || rate_exceeded {
+                    rate_exceeded = true;
+                    return;
+                }
+                *tokens -= 1.0;
+            }
+            match ev {
             Event::Message(kind, payload) => {
                 stats.messages_in.inc();
                 match app_kind {
@@ -178,7 +265,13 @@ impl Conn {
             Event::Ping(payload) => write_server_frame(out, OpCode::Pong, payload),
             Event::Pong(_) => {}
             Event::Close(frame) => peer_close = Some(frame.reply_code()),
+            }
         });
+        if rate_exceeded {
+            stats.rate_limited.inc();
+            self.start_close(CloseCode::POLICY_VIOLATION, "message rate limit exceeded", cx.out);
+            return Transition::StartedClosing;
+        }
         match result {
             Err(e) => {
                 tracing::debug!(error = %e, "protocol error");
@@ -221,6 +314,6 @@ mod tests {
         // The slab stores Conn inline; this is the user-space cost of an idle
         // connection (plus the slab's per-entry tag).
         let size = std::mem::size_of::<Conn>();
-        assert!(size <= 160, "Conn grew to {size} bytes");
+        assert!(size <= 192, "Conn grew to {size} bytes");
     }
 }

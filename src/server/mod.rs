@@ -5,8 +5,8 @@
 //! use to reach workers. Sockets belong to the workers; protocol rules belong
 //! to [`crate::protocol`].
 
+mod admission;
 mod conn;
-mod deadline;
 mod listener;
 mod stats;
 mod worker;
@@ -21,6 +21,7 @@ use crossbeam_channel::Sender;
 use mio::{Poll, Waker};
 
 use crate::admin::AdminServer;
+use admission::Admission;
 use crate::config::Config;
 use crate::pubsub::{directory::MAX_WORKERS, Hub, WorkerMsg};
 pub use stats::{StatsSnapshot, WorkerStats};
@@ -41,6 +42,7 @@ pub struct ServerHandle {
     local_addr: SocketAddr,
     admin: Option<AdminServer>,
     hub: Arc<Hub>,
+    admission: Arc<Admission>,
     workers: Vec<WorkerHandle>,
 }
 
@@ -74,6 +76,10 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         parts.push((poll, rx));
     }
     let hub = Arc::new(Hub::new(links));
+    let admission = Arc::new(Admission::new(
+        config.max_connections,
+        config.max_connections_per_ip,
+    ));
     let admin = match config.admin_listen {
         Some(addr) => Some(AdminServer::start(addr, hub.clone(), config.clone())?),
         None => None,
@@ -81,7 +87,16 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
     let mut workers = Vec::with_capacity(n);
     for (id, (l, (poll, rx))) in listeners.into_iter().zip(parts).enumerate() {
         let stats = Arc::new(WorkerStats::default());
-        let worker = Worker::new(id, poll, l, config.clone(), stats.clone(), rx, hub.clone())?;
+        let worker = Worker::new(
+            id,
+            poll,
+            l,
+            config.clone(),
+            stats.clone(),
+            rx,
+            hub.clone(),
+            admission.clone(),
+        )?;
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let thread = std::thread::Builder::new()
             .name(format!("wsgate-worker-{id}"))
@@ -102,6 +117,7 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         local_addr,
         admin,
         hub,
+        admission,
         workers,
     })
 }
@@ -124,6 +140,19 @@ impl ServerHandle {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Upgraded connections held right now, across workers.
+    pub fn admitted(&self) -> usize {
+        self.admission.admitted()
+    }
+
+    /// Sends a watchdog probe to every worker; a worker whose `watchdog`
+    /// counter advances afterwards is alive.
+    pub fn probe_workers(&self) {
+        for w in 0..self.hub.worker_count() {
+            let _ = self.hub.try_send(w, WorkerMsg::Probe);
+        }
+    }
+
     pub fn worker_count(&self) -> usize {
         self.workers.len()
     }
@@ -137,19 +166,7 @@ impl ServerHandle {
     pub fn total_stats(&self) -> StatsSnapshot {
         let mut t = StatsSnapshot::default();
         for s in self.stats() {
-            t.accepted += s.accepted;
-            t.open += s.open;
-            t.upgraded += s.upgraded;
-            t.handshake_failures += s.handshake_failures;
-            t.handshake_timeouts += s.handshake_timeouts;
-            t.protocol_errors += s.protocol_errors;
-            t.messages_in += s.messages_in;
-            t.messages_out += s.messages_out;
-            t.bytes_in += s.bytes_in;
-            t.bytes_out += s.bytes_out;
-            t.accept_backoffs += s.accept_backoffs;
-            t.closed += s.closed;
-            t.slow_consumers += s.slow_consumers;
+            t += s;
         }
         t
     }

@@ -34,65 +34,70 @@ impl Counter {
     }
 }
 
-/// Everything one worker counts.
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    /// TCP connections accepted.
-    pub accepted: Counter,
-    /// Connections currently held (any phase).
-    pub open: Counter,
-    /// Successful WebSocket upgrades.
-    pub upgraded: Counter,
-    /// Upgrade requests refused with an HTTP error, or timed out.
-    pub handshake_failures: Counter,
-    pub handshake_timeouts: Counter,
-    /// Connections closed for a protocol violation.
-    pub protocol_errors: Counter,
-    pub messages_in: Counter,
-    pub messages_out: Counter,
-    pub bytes_in: Counter,
-    pub bytes_out: Counter,
-    /// Times accepting paused because the process ran out of descriptors.
-    pub accept_backoffs: Counter,
-    pub closed: Counter,
-    /// Subscribers disconnected (1008) for not reading their fan-out.
-    pub slow_consumers: Counter,
-}
-
-/// A plain copy of a worker's counters.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StatsSnapshot {
-    pub accepted: u64,
-    pub open: u64,
-    pub upgraded: u64,
-    pub handshake_failures: u64,
-    pub handshake_timeouts: u64,
-    pub protocol_errors: u64,
-    pub messages_in: u64,
-    pub messages_out: u64,
-    pub bytes_in: u64,
-    pub bytes_out: u64,
-    pub accept_backoffs: u64,
-    pub closed: u64,
-    pub slow_consumers: u64,
-}
-
-impl WorkerStats {
-    pub fn snapshot(&self) -> StatsSnapshot {
-        StatsSnapshot {
-            accepted: self.accepted.get(),
-            open: self.open.get(),
-            upgraded: self.upgraded.get(),
-            handshake_failures: self.handshake_failures.get(),
-            handshake_timeouts: self.handshake_timeouts.get(),
-            protocol_errors: self.protocol_errors.get(),
-            messages_in: self.messages_in.get(),
-            messages_out: self.messages_out.get(),
-            bytes_in: self.bytes_in.get(),
-            bytes_out: self.bytes_out.get(),
-            accept_backoffs: self.accept_backoffs.get(),
-            closed: self.closed.get(),
-            slow_consumers: self.slow_consumers.get(),
+/// Declares the live counters and their plain snapshot from one list.
+macro_rules! worker_stats {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Everything one worker counts.
+        #[derive(Debug, Default)]
+        pub struct WorkerStats {
+            $($(#[$doc])* pub $name: Counter,)*
         }
-    }
+
+        /// A plain copy of a worker's (or all workers') counters.
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+        pub struct StatsSnapshot {
+            $($(#[$doc])* pub $name: u64,)*
+        }
+
+        impl WorkerStats {
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $($name: self.$name.get(),)* }
+            }
+        }
+
+        impl std::ops::AddAssign for StatsSnapshot {
+            fn add_assign(&mut self, o: StatsSnapshot) {
+                $(self.$name += o.$name;)*
+            }
+        }
+
+        impl StatsSnapshot {
+            /// (name, value) pairs, for exporters.
+            pub fn fields(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name),)*]
+            }
+        }
+    };
+}
+
+worker_stats! {
+    /// TCP connections accepted.
+    accepted,
+    /// Connections currently held (any phase).
+    open,
+    /// Successful WebSocket upgrades.
+    upgraded,
+    /// Upgrade requests refused with an HTTP error.
+    handshake_failures,
+    /// Connections closed for not finishing the upgrade in time.
+    handshake_timeouts,
+    /// Connections closed for a protocol violation.
+    protocol_errors,
+    messages_in,
+    messages_out,
+    bytes_in,
+    bytes_out,
+    /// Times accepting paused because the process ran out of descriptors.
+    accept_backoffs,
+    closed,
+    /// Subscribers disconnected (1008) for not reading their fan-out.
+    slow_consumers,
+    /// Connections closed (1008) for exceeding the message rate.
+    rate_limited,
+    /// Connections closed (1001) after the idle timeout.
+    idle_timeouts,
+    /// Heartbeat pings sent.
+    pings_sent,
+    /// Watchdog probes answered (proves the event loop turns).
+    watchdog,
 }

@@ -28,10 +28,15 @@ use crate::pubsub::outbox::{FramesFor, Outbox};
 use crate::pubsub::topics::LocalTopics;
 use crate::pubsub::{Delivery, Hub, Notify, WorkerMsg};
 
-use super::conn::{Conn, Ctx, Phase, Transition};
-use super::deadline::DeadlineQueue;
+use super::admission::Admission;
+use super::conn::{Conn, Ctx, Phase, RateLimit, Transition};
 use super::stats::WorkerStats;
 use super::write_queue::{Chunk, WriteQueue};
+use crate::protocol::frame::write_server_frame;
+use crate::protocol::OpCode;
+use crate::timer_wheel::TimerWheel;
+use rustc_hash::FxHashMap;
+use std::net::IpAddr;
 
 pub(crate) const LISTENER: Token = Token(usize::MAX);
 pub(crate) const WAKER: Token = Token(usize::MAX - 1);
@@ -51,6 +56,16 @@ const MAX_IOV: usize = 64;
 /// How often unfinished broadcast results are re-checked (covers a
 /// completion notice lost to a full inbox).
 const PENDING_CHECK: Duration = Duration::from_millis(50);
+/// Timer resolution. Every deadline (handshake, heartbeat, idle, close) is
+/// rounded up to a tick; a worker with timers wakes at most this often.
+pub(crate) const TICK: Duration = Duration::from_millis(50);
+/// Wheel size: 2048 × 50 ms ≈ 102 s per rotation, beyond every default.
+const WHEEL_SLOTS: usize = 2048;
+
+/// A duration in whole ticks, rounded up, at least 1.
+fn ticks(d: Duration) -> u32 {
+    (d.as_nanos().div_ceil(TICK.as_nanos()) as u32).max(1)
+}
 
 pub(crate) struct Worker {
     id: usize,
@@ -75,8 +90,18 @@ pub(crate) struct Worker {
     pending_check_at: Option<Instant>,
     /// The inbox had more than one batch: drain again without sleeping.
     inbox_more: bool,
-    handshake_deadlines: DeadlineQueue,
-    close_deadlines: DeadlineQueue,
+    admission: Arc<Admission>,
+    peer_ips: FxHashMap<u32, IpAddr>,
+    rate: Option<RateLimit>,
+    /// Tick 0 of the timer wheel.
+    epoch: Instant,
+    wheel: TimerWheel,
+    expired: Vec<u32>,
+    handshake_ticks: u32,
+    close_ticks: u32,
+    ping_ticks: u32,
+    /// How long a pinged connection has to send anything.
+    answer_ticks: u32,
     accept_pending: bool,
     accept_paused_until: Option<Instant>,
     last_backoff_log: Option<Instant>,
@@ -101,6 +126,7 @@ impl Worker {
         stats: Arc<WorkerStats>,
         inbox: Inbox<WorkerMsg>,
         hub: Arc<Hub>,
+        admission: Arc<Admission>,
     ) -> io::Result<Worker> {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
@@ -115,6 +141,17 @@ impl Worker {
             max_head_bytes: config.max_request_head,
             subprotocols: Vec::new(),
         };
+        let rate = (config.max_messages_per_sec > 0).then(|| {
+            let per_sec = config.max_messages_per_sec as f32;
+            RateLimit {
+                per_tick: per_sec * TICK.as_secs_f32(),
+                burst: 2.0 * per_sec,
+            }
+        });
+        let ping_ticks = ticks(config.ping_interval);
+        let handshake_ticks = ticks(config.handshake_timeout);
+        let close_ticks = ticks(config.close_timeout);
+        let answer_ticks = ticks(config.idle_timeout.saturating_sub(config.ping_interval));
         let pubsub_limits = PubSubLimits {
             max_topic_bytes: config.max_topic_bytes,
             max_subscriptions: config.max_subscriptions,
@@ -141,8 +178,16 @@ impl Worker {
             pubsub_limits,
             pending_check_at: None,
             inbox_more: false,
-            handshake_deadlines: DeadlineQueue::default(),
-            close_deadlines: DeadlineQueue::default(),
+            admission,
+            peer_ips: FxHashMap::default(),
+            rate,
+            epoch: Instant::now(),
+            wheel: TimerWheel::new(WHEEL_SLOTS, 0),
+            expired: Vec::new(),
+            handshake_ticks,
+            close_ticks,
+            ping_ticks,
+            answer_ticks,
             // Connections may have queued before the first poll.
             accept_pending: true,
             accept_paused_until: None,
@@ -212,9 +257,11 @@ impl Worker {
             return Some(Duration::ZERO);
         }
         let mut next: Option<Instant> = None;
+        // With timers pending, wake at the next tick boundary.
+        let next_tick = (!self.wheel.is_empty())
+            .then(|| self.epoch + TICK * (self.wheel.now() as u32 + 1));
         let candidates = [
-            self.handshake_deadlines.next(),
-            self.close_deadlines.next(),
+            next_tick,
             self.accept_paused_until,
             self.draining_until,
             self.pending_check_at,
@@ -284,6 +331,7 @@ impl Worker {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY failed");
         }
+        let deadline = self.tick(now) as u64 + self.handshake_ticks as u64;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         // Edge-triggered, both directions, registered once: no epoll_ctl per
@@ -296,17 +344,48 @@ impl Worker {
             tracing::warn!(error = %e, "register failed");
             return;
         }
+        // A peer that stops acknowledging what we send is dead: let the
+        // kernel give up on it after the idle timeout instead of ~15 min of
+        // retransmissions (covers receive-only clients, which are not pinged).
+        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(self.config.idle_timeout)) {
+            tracing::debug!(error = %e, "TCP_USER_TIMEOUT failed");
+        }
         let serial = self.next_serial;
         self.next_serial = self.next_serial.wrapping_add(1);
-        entry.insert(Conn::new(stream, serial));
+        let mut conn = Conn::new(stream, serial);
+        conn.timer = Some(self.wheel.schedule(deadline, key as u32));
+        entry.insert(conn);
         self.stats.open.inc();
-        self.handshake_deadlines
-            .push(now + self.config.handshake_timeout, key, serial);
+    }
+
+    /// The timer tick `t` falls in.
+    fn tick(&self, t: Instant) -> u32 {
+        (t.saturating_duration_since(self.epoch).as_nanos() / TICK.as_nanos()) as u32
+    }
+
+    /// Sets connection `key`'s one timer to fire at `deadline`.
+    fn set_timer(&mut self, key: usize, deadline: u32) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            let id = match conn.timer.take() {
+                Some(id) => self.wheel.reschedule(id, deadline as u64, key as u32),
+                None => self.wheel.schedule(deadline as u64, key as u32),
+            };
+            conn.timer = Some(id);
+        }
+    }
+
+    /// The deadline for a connection that just started closing.
+    fn closing_deadline(&self, now: u32) -> u32 {
+        match self.draining_until {
+            Some(until) => self.tick(until) + 1,
+            None => now + self.close_ticks,
+        }
     }
 
     /// Reads until the socket is drained (or reading is paused), handling
     /// each chunk as it arrives, then flushes the replies.
     fn on_readable(&mut self, key: usize, read_closed: bool) {
+        let now_tick = self.tick(Instant::now());
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
@@ -321,6 +400,9 @@ impl Worker {
                 }
                 Ok(n) => {
                     self.stats.bytes_in.add(n as u64);
+                    // Any traffic answers an outstanding ping.
+                    conn.last_activity = now_tick;
+                    conn.ping_at = 0;
                     let mut cx = Ctx {
                         out: &mut self.out,
                         pool: &mut self.pool,
@@ -337,11 +419,24 @@ impl Worker {
                             broadcasts: &mut self.broadcasts,
                             limits: self.pubsub_limits,
                         },
+                        now_tick,
+                        admission: &self.admission,
+                        peer_ips: &mut self.peer_ips,
+                        rate: self.rate,
                     };
-                    let transition = conn.on_bytes(key, &mut self.scratch[..n], &mut cx);
-                    if transition == Transition::StartedClosing {
-                        let at = Instant::now() + self.config.close_timeout;
-                        self.close_deadlines.push(at, key, conn.serial);
+                    match conn.on_bytes(key, &mut self.scratch[..n], &mut cx) {
+                        Transition::Keep => {}
+                        Transition::Upgraded => {
+                            // Stagger heartbeats: connections accepted in one
+                            // burst must not all be pinged on the same tick.
+                            let spread = (self.ping_ticks / 8).max(1);
+                            let jitter = conn.serial.wrapping_mul(0x9E37_79B9) % spread;
+                            self.set_timer(key, now_tick + self.ping_ticks + jitter);
+                        }
+                        Transition::StartedClosing => {
+                            let at = self.closing_deadline(now_tick);
+                            self.set_timer(key, at);
+                        }
                     }
                     if !self.broadcasts.is_empty() {
                         self.deliver_local_broadcasts();
@@ -424,6 +519,12 @@ impl Worker {
 
     fn close_now(&mut self, key: usize) {
         if let Some(mut conn) = self.conns.try_remove(key) {
+            if let Some(id) = conn.timer.take() {
+                self.wheel.cancel(id);
+            }
+            if conn.admitted {
+                self.admission.release(self.peer_ips.remove(&(key as u32)));
+            }
             for id in conn.topics.drain(..) {
                 if let Some(name) = self.topics.leave(id, key as u32) {
                     self.hub.directory.leave(&name, self.id);
@@ -437,27 +538,60 @@ impl Worker {
         }
     }
 
+    /// Runs the timers that are due.
     fn expire(&mut self, now: Instant) {
-        while let Some(e) = self.handshake_deadlines.pop_expired(now) {
-            let timed_out = self
-                .conns
-                .get(e.key)
-                .is_some_and(|c| c.serial == e.serial && c.phase == Phase::Handshake);
-            if timed_out {
-                self.stats.handshake_timeouts.inc();
-                self.close_now(e.key);
+        let now_tick = self.tick(now);
+        let mut expired = std::mem::take(&mut self.expired);
+        self.wheel.advance(now_tick as u64, &mut expired);
+        for key in expired.drain(..) {
+            let key = key as usize;
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            conn.timer = None;
+            match conn.phase {
+                Phase::Handshake => {
+                    self.stats.handshake_timeouts.inc();
+                    self.close_now(key);
+                }
+                Phase::Closing { .. } => self.close_now(key),
+                Phase::Open => self.heartbeat(key, now_tick),
             }
         }
-        // While draining for shutdown, the drain timeout governs instead.
-        if self.draining_until.is_none() {
-            while let Some(e) = self.close_deadlines.pop_expired(now) {
-                let stuck = self.conns.get(e.key).is_some_and(|c| {
-                    c.serial == e.serial && matches!(c.phase, Phase::Closing { .. })
-                });
-                if stuck {
-                    self.close_now(e.key);
-                }
+        self.expired = expired;
+    }
+
+    /// The heartbeat timer of an open connection fired: ping it if it has
+    /// been silent, close it if a ping went unanswered, else wait.
+    fn heartbeat(&mut self, key: usize, now: u32) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if conn.ping_at != 0 {
+            let give_up = conn.ping_at.wrapping_add(self.answer_ticks);
+            if now >= give_up {
+                // Nothing arrived for the idle timeout. A close frame (1001)
+                // tells a live-but-stuck client why; a dead one is dropped
+                // by the close timeout.
+                self.stats.idle_timeouts.inc();
+                conn.start_close(CloseCode::GOING_AWAY, "idle timeout", &mut self.out);
+                let at = self.closing_deadline(now);
+                self.set_timer(key, at);
+                self.flush(key);
+            } else {
+                self.set_timer(key, give_up);
             }
+            return;
+        }
+        let due = conn.last_activity.wrapping_add(self.ping_ticks);
+        if now >= due {
+            write_server_frame(&mut self.out, OpCode::Ping, b"");
+            conn.ping_at = now.max(1);
+            self.stats.pings_sent.inc();
+            self.set_timer(key, now + self.answer_ticks);
+            self.flush(key);
+        } else {
+            self.set_timer(key, due);
         }
     }
 
@@ -474,6 +608,7 @@ impl Worker {
                 WorkerMsg::Deliver(d) => self.deliver_from_inbox(d),
                 WorkerMsg::TicketDone { pending } => self.complete_pending(pending),
                 WorkerMsg::Shutdown => self.begin_shutdown(),
+                WorkerMsg::Probe => self.stats.watchdog.inc(),
             }
         }
         // Batch used up: come back after serving sockets.
@@ -573,6 +708,7 @@ impl Worker {
             return;
         }
         let cap = self.config.max_outbound_bytes;
+        let now_tick = self.tick(Instant::now());
         let mut slow = Vec::new();
         let mut failed = Vec::new();
         for &key in self.outbox.dirty() {
@@ -585,6 +721,7 @@ impl Worker {
             }
             let frames = self.outbox.frames_for(key);
             self.stats.messages_out.add(frames.clone().count() as u64);
+            conn.last_activity = now_tick;
             match write_frames(conn, frames) {
                 Ok(n) => self.stats.bytes_out.add(n as u64),
                 Err(_) => {
@@ -622,8 +759,8 @@ impl Worker {
             }
         }
         conn.start_close(CloseCode::POLICY_VIOLATION, "slow consumer", &mut self.out);
-        let at = Instant::now() + self.config.close_timeout;
-        self.close_deadlines.push(at, key, conn.serial);
+        let at = self.closing_deadline(self.tick(Instant::now()));
+        self.set_timer(key, at);
         self.flush(key);
     }
 
@@ -633,8 +770,11 @@ impl Worker {
         if self.draining_until.is_some() {
             return;
         }
+        // Deliveries already batched go out before the goodbye.
+        self.flush_outbox();
         let now = Instant::now();
         self.draining_until = Some(now + self.config.drain_timeout);
+        let drain_tick = self.closing_deadline(self.tick(now));
         if let Some(mut l) = self.listener.take() {
             // Closing the listener makes the kernel route new connections to
             // the other processes bound to the port.
@@ -650,9 +790,10 @@ impl Worker {
                 Phase::Open => {
                     // Fan-out already queued for this client goes out first.
                     conn.start_close(CloseCode::GOING_AWAY, "server shutting down", &mut self.out);
+                    self.set_timer(key, drain_tick);
                     self.flush(key);
                 }
-                Phase::Closing { .. } => {}
+                Phase::Closing { .. } => self.set_timer(key, drain_tick),
             }
         }
     }
