@@ -47,7 +47,10 @@ struct Shared {
 impl AdminServer {
     pub fn start(addr: SocketAddr, hub: Arc<Hub>, config: Arc<Config>) -> io::Result<AdminServer> {
         let server = Server::http(addr).map_err(|e| {
-            io::Error::new(io::ErrorKind::AddrInUse, format!("admin listener {addr}: {e}"))
+            io::Error::new(
+                io::ErrorKind::AddrInUse,
+                format!("admin listener {addr}: {e}"),
+            )
         })?;
         let addr = server
             .server_addr()
@@ -151,7 +154,10 @@ fn handle(mut req: Request, shared: &Shared) {
         },
         (_, "/publish" | "/broadcast") => error(405, "use POST"),
         (_, "/healthz" | "/readyz") => error(405, "use GET"),
-        _ => error(404, "unknown path (try /publish, /broadcast, /healthz, /readyz)"),
+        _ => error(
+            404,
+            "unknown path (try /publish, /broadcast, /healthz, /readyz)",
+        ),
     };
     if let Err(e) = req.respond(response) {
         tracing::debug!(error = %e, "admin response not delivered");
@@ -182,7 +188,10 @@ fn read_payload(
 fn publish(shared: &Shared, topic: Option<&str>, payload: &[u8]) -> Response<io::Cursor<Vec<u8>>> {
     let hub = &shared.hub;
     let (text, targets) = match topic {
-        Some(t) => (commands::message_text(t, payload), hub.directory.workers_for(t)),
+        Some(t) => (
+            commands::message_text(t, payload),
+            hub.directory.workers_for(t),
+        ),
         None => (commands::broadcast_text(payload), hub.all_workers()),
     };
     if targets.is_empty() {
@@ -192,7 +201,14 @@ fn publish(shared: &Shared, topic: Option<&str>, payload: &[u8]) -> Response<io:
     let (tx, rx) = crossbeam_channel::bounded(1);
     let ticket = Arc::new(Ticket::new(targets.len(), Notify::Channel(tx)));
     let topic: Option<Arc<str>> = topic.map(Arc::from);
-    hub.dispatch(targets, None, topic.as_ref(), &frame, Some(&ticket), Some(SEND_WAIT));
+    hub.dispatch(
+        targets,
+        None,
+        topic.as_ref(),
+        &frame,
+        Some(&ticket),
+        Some(SEND_WAIT),
+    );
     match rx.recv_timeout(COUNT_WAIT) {
         Ok(n) => json_response(200, format!(r#"{{"delivered":{n}}}"#)),
         Err(_) => error(504, "workers did not confirm delivery in time"),

@@ -133,8 +133,14 @@ impl Config {
 
     /// Settings for tests and embedding: loopback, OS-chosen ports.
     pub fn for_tests() -> Config {
-        Config::from_args(["wsgate", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
-            .unwrap_or_else(|e| panic!("default test config must parse: {e}"))
+        Config::from_args([
+            "wsgate",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .unwrap_or_else(|e| panic!("default test config must parse: {e}"))
     }
 }
 
@@ -164,10 +170,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "ms" => 0.001,
         "m" | "min" => 60.0,
         "h" => 3600.0,
-        other => return Err(format!("invalid duration unit {other:?} in {s:?} (use ms, s, m, h)")),
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {s:?} (use ms, s, m, h)"
+            ))
+        }
     };
     let secs = value * scale;
-    if !secs.is_finite() || secs < 0.0 || secs > 1e9 {
+    if !secs.is_finite() || !(0.0..=1e9).contains(&secs) {
         return Err(format!("duration {s:?} is out of range"));
     }
     Ok(Duration::from_secs_f64(secs))

@@ -20,6 +20,7 @@ pub mod limits;
 pub mod protocol;
 pub mod pubsub;
 pub mod server;
+pub mod systemd;
 pub mod timer_wheel;
 
 pub use config::Config;

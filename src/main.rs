@@ -7,7 +7,10 @@ use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing_subscriber::EnvFilter;
 
-use wsgate::{limits, Config};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use wsgate::{limits, systemd, Config};
 
 fn main() -> ExitCode {
     let config = match Config::from_args(std::env::args_os()) {
@@ -49,8 +52,10 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let server = Arc::new(server);
     tracing::info!(
         listen = %server.local_addr(),
+        admin = ?server.admin_addr(),
         path = %config.path,
         workers,
         app = ?config.app,
@@ -74,9 +79,26 @@ fn main() -> ExitCode {
             }
         }
     });
+    systemd::ready(&format!("listening on {}", server.local_addr()));
+    let watchdog_stop = Arc::new(AtomicBool::new(false));
+    if let Some(interval) = systemd::watchdog_interval() {
+        systemd::spawn_watchdog(Arc::downgrade(&server), interval, watchdog_stop.clone());
+    }
     let _ = first_rx.recv();
+    systemd::stopping();
+    watchdog_stop.store(true, Ordering::Release);
     server.shutdown();
-    server.join();
+    // The watchdog holds the handle only for an instant at a time.
+    let mut server = server;
+    loop {
+        match Arc::try_unwrap(server) {
+            Ok(s) => break s.join(),
+            Err(s) => {
+                server = s;
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        }
+    }
     tracing::info!("drained; bye");
     ExitCode::SUCCESS
 }

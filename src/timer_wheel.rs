@@ -200,7 +200,9 @@ mod tests {
         let mut ids = Vec::new();
         let mut x: u64 = 12345;
         for k in 0..2000u32 {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let d = 1 + (x >> 33) % 500;
             ids.push((w.schedule(d, k), d, k));
         }

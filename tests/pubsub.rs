@@ -88,17 +88,29 @@ fn subscribe_publish_unsubscribe_round_trip() {
         &format!(r#"{{"type":"publish","topic":"news","payload":{payload}}}"#),
     );
     let text = recv_text(&mut sub);
-    assert_eq!(text, format!(r#"{{"type":"message","topic":"news","payload":{payload}}}"#));
+    assert_eq!(
+        text,
+        format!(r#"{{"type":"message","topic":"news","payload":{payload}}}"#)
+    );
 
     send(&mut sub, r#"{"type":"unsubscribe","topic":"news"}"#);
     let v = recv(&mut sub);
-    assert_eq!((v["type"].as_str(), v["topic"].as_str()), (Some("unsubscribed"), Some("news")));
+    assert_eq!(
+        (v["type"].as_str(), v["topic"].as_str()),
+        (Some("unsubscribed"), Some("news"))
+    );
 
     // After unsubscribing, "news" no longer arrives: a later message on
     // another topic from the same publisher is the next thing received.
-    send(&mut publisher, r#"{"type":"publish","topic":"news","payload":"stale"}"#);
+    send(
+        &mut publisher,
+        r#"{"type":"publish","topic":"news","payload":"stale"}"#,
+    );
     subscribe(&mut sub, "marker");
-    send(&mut publisher, r#"{"type":"publish","topic":"marker","payload":"m"}"#);
+    send(
+        &mut publisher,
+        r#"{"type":"publish","topic":"marker","payload":"m"}"#,
+    );
     let v = recv(&mut sub);
     assert_eq!(v["topic"], "marker");
     assert_eq!(v["payload"], "m");
@@ -171,7 +183,10 @@ fn malformed_commands_get_errors_and_the_connection_stays_usable() {
         (r#"{"type":"dance"}"#.to_string(), 404),
         (r#"{"type":"publish","topic":"x"}"#.to_string(), 400),
         (r#"{"type":"subscribe"}"#.to_string(), 400),
-        (format!(r#"{{"type":"subscribe","topic":"{long_topic}"}}"#), 413),
+        (
+            format!(r#"{{"type":"subscribe","topic":"{long_topic}"}}"#),
+            413,
+        ),
     ];
     for (text, code) in cases {
         send(&mut c, &text);
@@ -205,7 +220,10 @@ fn http(addr: SocketAddr, method: &str, target: &str, body: &str) -> (u16, Strin
     let mut resp = String::new();
     s.read_to_string(&mut resp).unwrap();
     let status = resp[9..12].parse().unwrap();
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let body = resp
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     (status, body)
 }
 
@@ -217,9 +235,17 @@ fn http_publish_and_broadcast_reach_subscribers() {
     for s in subs.iter_mut().take(10) {
         subscribe(s, "room/1");
     }
-    let (status, body) = http(admin, "POST", "/publish?topic=room%2F1", r#"{"from":"backend"}"#);
+    let (status, body) = http(
+        admin,
+        "POST",
+        "/publish?topic=room%2F1",
+        r#"{"from":"backend"}"#,
+    );
     assert_eq!(status, 200, "{body}");
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["delivered"], 10);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["delivered"],
+        10
+    );
     for s in subs.iter_mut().take(10) {
         assert_eq!(
             recv_text(s),
@@ -228,7 +254,10 @@ fn http_publish_and_broadcast_reach_subscribers() {
     }
     let (status, body) = http(admin, "POST", "/broadcast", "[1,2]");
     assert_eq!(status, 200);
-    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["delivered"], 30);
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["delivered"],
+        30
+    );
     for s in subs.iter_mut() {
         assert_eq!(recv_text(s), r#"{"type":"broadcast","payload":[1,2]}"#);
     }
@@ -272,7 +301,14 @@ fn slow_consumer_is_disconnected_and_memory_stays_bounded() {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args(["--listen", &addr.to_string(), "--admin-listen", "off", "--workers", "2"])
+        .args([
+            "--listen",
+            &addr.to_string(),
+            "--admin-listen",
+            "off",
+            "--workers",
+            "2",
+        ])
         .args(["--max-outbound-bytes", "1048576", "--log-level", "warn"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

@@ -17,10 +17,19 @@ use serde_json::value::RawValue;
 pub enum Command<'a> {
     /// Send the whole message text back.
     Echo,
-    Broadcast { payload: &'a [u8] },
-    Subscribe { topic: Cow<'a, str> },
-    Unsubscribe { topic: Cow<'a, str> },
-    Publish { topic: Cow<'a, str>, payload: &'a [u8] },
+    Broadcast {
+        payload: &'a [u8],
+    },
+    Subscribe {
+        topic: Cow<'a, str>,
+    },
+    Unsubscribe {
+        topic: Cow<'a, str>,
+    },
+    Publish {
+        topic: Cow<'a, str>,
+        payload: &'a [u8],
+    },
     /// Application-level heartbeat.
     Ping,
 }
@@ -177,15 +186,21 @@ mod tests {
         assert_eq!(p(r#"{"type":"ping"}"#), Ok(Command::Ping));
         assert_eq!(
             p(r#"{"type":"subscribe","topic":"news"}"#),
-            Ok(Command::Subscribe { topic: "news".into() })
+            Ok(Command::Subscribe {
+                topic: "news".into()
+            })
         );
         assert_eq!(
             p(r#"{"type":"unsubscribe","topic":"a\"b"}"#),
-            Ok(Command::Unsubscribe { topic: "a\"b".into() })
+            Ok(Command::Unsubscribe {
+                topic: "a\"b".into()
+            })
         );
         assert_eq!(
             p(r#"{"type":"broadcast","payload":{"x":[1, 2]}}"#),
-            Ok(Command::Broadcast { payload: br#"{"x":[1, 2]}"# })
+            Ok(Command::Broadcast {
+                payload: br#"{"x":[1, 2]}"#
+            })
         );
     }
 
@@ -210,18 +225,30 @@ mod tests {
     fn errors() {
         assert_eq!(p("not json").unwrap_err().code(), 400);
         assert_eq!(p("[1,2]").unwrap_err().code(), 400);
-        assert_eq!(p(r#"{"topic":"x"}"#), Err(CommandError::MissingField("type")));
+        assert_eq!(
+            p(r#"{"topic":"x"}"#),
+            Err(CommandError::MissingField("type"))
+        );
         assert_eq!(p(r#"{"type":7}"#).unwrap_err().code(), 400);
         assert_eq!(p(r#"{"type":"dance"}"#).unwrap_err().code(), 404);
-        assert_eq!(p(r#"{"type":"subscribe"}"#), Err(CommandError::MissingField("topic")));
-        assert_eq!(p(r#"{"type":"subscribe","topic":""}"#).unwrap_err().code(), 413);
+        assert_eq!(
+            p(r#"{"type":"subscribe"}"#),
+            Err(CommandError::MissingField("topic"))
+        );
+        assert_eq!(
+            p(r#"{"type":"subscribe","topic":""}"#).unwrap_err().code(),
+            413
+        );
         let long = format!(r#"{{"type":"subscribe","topic":"{}"}}"#, "x".repeat(257));
         assert_eq!(p(&long).unwrap_err().code(), 413);
         assert_eq!(
             p(r#"{"type":"publish","topic":"t"}"#),
             Err(CommandError::MissingField("payload"))
         );
-        assert_eq!(p(r#"{"type":"broadcast"}"#), Err(CommandError::MissingField("payload")));
+        assert_eq!(
+            p(r#"{"type":"broadcast"}"#),
+            Err(CommandError::MissingField("payload"))
+        );
     }
 
     #[test]

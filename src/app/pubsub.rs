@@ -162,7 +162,12 @@ pub fn on_message(
 }
 
 /// Queues `frame` for every local subscriber of topic `id`; returns how many.
-pub fn deliver_to_topic(topics: &LocalTopics, outbox: &mut Outbox, id: u32, frame: Arc<[u8]>) -> u64 {
+pub fn deliver_to_topic(
+    topics: &LocalTopics,
+    outbox: &mut Outbox,
+    id: u32,
+    frame: Arc<[u8]>,
+) -> u64 {
     let Some(topic) = topics.get(id) else {
         return 0;
     };

@@ -63,8 +63,8 @@ impl<'a> CloseFrame<'a> {
                 if !code.is_valid_on_wire() {
                     return Err(CloseCode::PROTOCOL_ERROR);
                 }
-                let reason = std::str::from_utf8(&payload[2..])
-                    .map_err(|_| CloseCode::INVALID_PAYLOAD)?;
+                let reason =
+                    std::str::from_utf8(&payload[2..]).map_err(|_| CloseCode::INVALID_PAYLOAD)?;
                 Ok(CloseFrame {
                     code: Some(code),
                     reason,
@@ -105,7 +105,9 @@ mod tests {
 
     #[test]
     fn valid_codes() {
-        for c in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999] {
+        for c in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 3000, 3999, 4000, 4999,
+        ] {
             let p = payload(c, b"bye");
             let f = CloseFrame::parse(&p).unwrap();
             assert_eq!(f.code, Some(CloseCode(c)));
@@ -116,14 +118,23 @@ mod tests {
 
     #[test]
     fn invalid_codes_are_protocol_errors() {
-        for c in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
-            assert_eq!(CloseFrame::parse(&payload(c, b"")), Err(CloseCode::PROTOCOL_ERROR), "{c}");
+        for c in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
+            assert_eq!(
+                CloseFrame::parse(&payload(c, b"")),
+                Err(CloseCode::PROTOCOL_ERROR),
+                "{c}"
+            );
         }
     }
 
     #[test]
     fn empty_one_byte_and_bad_reason() {
-        assert_eq!(CloseFrame::parse(&[]).unwrap().reply_code(), CloseCode::NORMAL);
+        assert_eq!(
+            CloseFrame::parse(&[]).unwrap().reply_code(),
+            CloseCode::NORMAL
+        );
         assert_eq!(CloseFrame::parse(&[0x03]), Err(CloseCode::PROTOCOL_ERROR));
         assert_eq!(
             CloseFrame::parse(&payload(1000, b"\xce\xba\xed\xa0\x80")),

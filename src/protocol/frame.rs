@@ -288,8 +288,13 @@ mod tests {
 
     #[test]
     fn length_encodings_are_minimal() {
-        assert_eq!(dec(&[0x82, 0x80 | 126, 0, 125, 0, 0, 0, 0]), Err(FrameError::NonMinimalLength));
-        assert!(dec(&[0x82, 0x80 | 126, 0, 126, 0, 0, 0, 0]).unwrap().is_some());
+        assert_eq!(
+            dec(&[0x82, 0x80 | 126, 0, 125, 0, 0, 0, 0]),
+            Err(FrameError::NonMinimalLength)
+        );
+        assert!(dec(&[0x82, 0x80 | 126, 0, 126, 0, 0, 0, 0])
+            .unwrap()
+            .is_some());
         let mut b = vec![0x82, 0x80 | 127, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF, 1, 2, 3, 4];
         assert_eq!(dec(&b), Err(FrameError::NonMinimalLength));
         b[7] = 1; // 0x1_FFFF
@@ -316,16 +321,21 @@ mod tests {
             assert_eq!(dec(&[0x81 | rsv, 0x80]), Err(FrameError::ReservedBits));
         }
         // ...but allowed when negotiated.
-        assert!(FrameHeader::decode(&[0xC1, 0x80, 0, 0, 0, 0], Role::Server, 0x4)
-            .unwrap()
-            .is_some());
+        assert!(
+            FrameHeader::decode(&[0xC1, 0x80, 0, 0, 0, 0], Role::Server, 0x4)
+                .unwrap()
+                .is_some()
+        );
         // Reserved opcodes 3-7 and B-F.
         for op in (3u8..=7).chain(0xB..=0xF) {
             assert_eq!(dec(&[0x80 | op, 0x80]), Err(FrameError::ReservedOpcode(op)));
         }
         // Control frames: unfragmented and ≤ 125 bytes.
         assert_eq!(dec(&[0x09, 0x80]), Err(FrameError::ControlFragmented));
-        assert_eq!(dec(&[0x89, 0x80 | 126, 0, 126]), Err(FrameError::ControlTooLong));
+        assert_eq!(
+            dec(&[0x89, 0x80 | 126, 0, 126]),
+            Err(FrameError::ControlTooLong)
+        );
         assert!(dec(&[0x89, 0x80 | 125, 1, 2, 3, 4]).unwrap().is_some());
     }
 

@@ -309,7 +309,10 @@ mod tests {
 
     #[test]
     fn rfc_sample_accept_key() {
-        assert_eq!(&accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert_eq!(
+            &accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
+            b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
     }
 
     #[test]
@@ -360,8 +363,14 @@ mod tests {
             (GOOD.replace("Version: 13", "Version: 8"), 426),
             (GOOD.replace("Sec-WebSocket-Version: 13\r\n", ""), 426),
             (GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ="), 400),
-            (GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "!!!notbase64!!!"), 400),
-            (GOOD.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""), 400),
+            (
+                GOOD.replace("dGhlIHNhbXBsZSBub25jZQ==", "!!!notbase64!!!"),
+                400,
+            ),
+            (
+                GOOD.replace("Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n", ""),
+                400,
+            ),
             (GOOD.replace("/ws?", "/other?"), 404),
             ("GARBAGE\x00\x01\r\n\r\n".to_string(), 400),
         ];
@@ -403,7 +412,13 @@ mod tests {
             .contains("Sec-WebSocket-Protocol: v2.wsgate\r\n"));
         // No overlap: no header in the response.
         let r = GOOD.replace("Origin:", "Sec-WebSocket-Protocol: chat\r\nOrigin:");
-        assert_eq!(parse_request(r.as_bytes(), &c).unwrap().unwrap().subprotocol, None);
+        assert_eq!(
+            parse_request(r.as_bytes(), &c)
+                .unwrap()
+                .unwrap()
+                .subprotocol,
+            None
+        );
     }
 
     #[test]
@@ -414,6 +429,8 @@ mod tests {
         );
         let req = parse(&r).unwrap().unwrap();
         assert!(req.extension_offers.is_some());
-        assert!(!String::from_utf8(accept_response(&req)).unwrap().contains("Extensions"));
+        assert!(!String::from_utf8(accept_response(&req))
+            .unwrap()
+            .contains("Extensions"));
     }
 }

@@ -112,6 +112,9 @@ pub struct Partial {
 /// borrow reassembly buffers only while they need them.
 #[derive(Debug)]
 pub struct PartialPool {
+    // Boxed on purpose: a connection holds `Option<Box<Partial>>` (8 bytes
+    // when idle), and the same allocation moves between pool and connection.
+    #[allow(clippy::vec_box)]
     free: Vec<Box<Partial>>,
     max_pooled: usize,
     /// Buffers that grew past this are shrunk before being pooled, so a

@@ -123,7 +123,10 @@ mod tests {
             }
         }
         // A message that ends in the middle of a code point.
-        assert_eq!(validate_split("€".as_bytes()[..2].as_ref(), &[1]), Err(InvalidUtf8));
+        assert_eq!(
+            validate_split("€".as_bytes()[..2].as_ref(), &[1]),
+            Err(InvalidUtf8)
+        );
     }
 
     #[test]

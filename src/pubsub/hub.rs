@@ -92,7 +92,9 @@ impl Hub {
 
     /// Called by a worker on its wake event, before draining its inbox.
     pub fn clear_wake(&self, worker: usize) {
-        self.links[worker].wake_pending.store(false, Ordering::Release);
+        self.links[worker]
+            .wake_pending
+            .store(false, Ordering::Release);
     }
 
     /// Sends without blocking. On a full inbox the message comes back.

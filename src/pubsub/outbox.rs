@@ -30,7 +30,8 @@ impl Outbox {
     /// Queues frame `frame` for connection `conn`, after what it already has.
     pub fn push(&mut self, conn: usize, frame: u32) {
         if conn >= self.lists.len() {
-            self.lists.resize((conn + 1).next_power_of_two(), (NONE, NONE));
+            self.lists
+                .resize((conn + 1).next_power_of_two(), (NONE, NONE));
         }
         let link = self.links.len() as u32;
         self.links.push((frame, NONE));
@@ -56,7 +57,10 @@ impl Outbox {
     /// The frames queued for `conn`, in order.
     pub fn frames_for(&self, conn: usize) -> FramesFor<'_> {
         let head = self.lists.get(conn).map_or(NONE, |l| l.0);
-        FramesFor { outbox: self, link: head }
+        FramesFor {
+            outbox: self,
+            link: head,
+        }
     }
 
     /// Forgets this iteration's batch, keeping the arena's capacity.

@@ -38,10 +38,12 @@ pub enum Phase {
     Handshake,
     /// Exchanging frames.
     Open,
-    /// Our last bytes (a close frame or an HTTP error) are queued. Input is
-    /// discarded. Once they are flushed the write side is shut down, and the
-    /// socket is closed when the peer closes its side or the timeout fires.
-    Closing { write_shut: bool },
+    /// Our last bytes (a close frame or an HTTP error) are queued; data
+    /// frames are no longer processed. Once the bytes are flushed: if the
+    /// peer has sent its close frame the socket is closed (the server closes
+    /// TCP first, RFC 6455 §7.1.1); otherwise the write side is shut down and
+    /// the socket closes on the peer's close frame, its FIN, or the timeout.
+    Closing { write_shut: bool, peer_closed: bool },
 }
 
 /// What the worker must do after a connection handled its input.
@@ -138,7 +140,10 @@ impl Conn {
         match self.phase {
             Phase::Handshake => self.on_handshake_bytes(key, data, cx),
             Phase::Open => self.on_frames(key, data, cx),
-            Phase::Closing { .. } => Transition::Keep,
+            Phase::Closing { .. } => {
+                self.watch_for_peer_close(data, cx);
+                Transition::Keep
+            }
         }
     }
 
@@ -185,7 +190,10 @@ impl Conn {
                         body,
                         &[("Retry-After", "1")],
                     ));
-                    self.phase = Phase::Closing { write_shut: false };
+                    self.phase = Phase::Closing {
+                        write_shut: false,
+                        peer_closed: false,
+                    };
                     return HeadStatus::Done(Transition::StartedClosing);
                 }
                 self.admitted = true;
@@ -199,7 +207,10 @@ impl Conn {
                 tracing::debug!(error = %e, "upgrade refused");
                 cx.stats.handshake_failures.inc();
                 cx.out.extend_from_slice(&e.response());
-                self.phase = Phase::Closing { write_shut: false };
+                self.phase = Phase::Closing {
+                    write_shut: false,
+                    peer_closed: false,
+                };
                 return HeadStatus::Done(Transition::StartedClosing);
             }
         };
@@ -250,39 +261,40 @@ impl Conn {
                 *tokens -= 1.0;
             }
             match ev {
-            Event::Message(kind, payload) => {
-                stats.messages_in.inc();
-                match app_kind {
-                    AppKind::Echo => {
-                        app::echo::on_message(kind, payload, out);
-                        stats.messages_out.inc();
-                    }
-                    AppKind::PubSub => {
-                        app::pubsub::on_message(kind, payload, &mut caller, pubsub, out)
+                Event::Message(kind, payload) => {
+                    stats.messages_in.inc();
+                    match app_kind {
+                        AppKind::Echo => {
+                            app::echo::on_message(kind, payload, out);
+                            stats.messages_out.inc();
+                        }
+                        AppKind::PubSub => {
+                            app::pubsub::on_message(kind, payload, &mut caller, pubsub, out)
+                        }
                     }
                 }
-            }
-            Event::Ping(payload) => write_server_frame(out, OpCode::Pong, payload),
-            Event::Pong(_) => {}
-            Event::Close(frame) => peer_close = Some(frame.reply_code()),
+                Event::Ping(payload) => write_server_frame(out, OpCode::Pong, payload),
+                Event::Pong(_) => {}
+                Event::Close(frame) => peer_close = Some(frame.reply_code()),
             }
         });
         if rate_exceeded {
             stats.rate_limited.inc();
-            self.start_close(CloseCode::POLICY_VIOLATION, "message rate limit exceeded", cx.out);
+            let reason = "message rate limit exceeded";
+            self.start_close(CloseCode::POLICY_VIOLATION, reason, cx.out, false);
             return Transition::StartedClosing;
         }
         match result {
             Err(e) => {
                 tracing::debug!(error = %e, "protocol error");
                 stats.protocol_errors.inc();
-                self.start_close(e.close_code(), &e.to_string(), cx.out);
+                self.start_close(e.close_code(), &e.to_string(), cx.out, false);
                 Transition::StartedClosing
             }
             Ok(()) => match peer_close {
                 // Echo the peer's code (§5.5.1); then we close the TCP first.
                 Some(code) => {
-                    self.start_close(code, "", cx.out);
+                    self.start_close(code, "", cx.out, true);
                     Transition::StartedClosing
                 }
                 None => Transition::Keep,
@@ -290,11 +302,58 @@ impl Conn {
         }
     }
 
-    /// Queues a close frame and stops sending anything else.
-    pub fn start_close(&mut self, code: CloseCode, reason: &str, out: &mut Vec<u8>) {
+    /// Queues a close frame and stops sending anything else. `peer_closed`
+    /// says this answers the peer's close frame.
+    pub fn start_close(
+        &mut self,
+        code: CloseCode,
+        reason: &str,
+        out: &mut Vec<u8>,
+        peer_closed: bool,
+    ) {
         let (payload, n) = close_payload(code, reason);
         write_server_frame(out, OpCode::Close, &payload[..n]);
-        self.phase = Phase::Closing { write_shut: false };
+        self.phase = Phase::Closing {
+            write_shut: false,
+            peer_closed,
+        };
+    }
+
+    /// While closing, only the peer's close frame matters: it completes the
+    /// handshake. Everything else is discarded.
+    fn watch_for_peer_close(&mut self, data: &mut [u8], cx: &mut Ctx<'_>) {
+        let Phase::Closing {
+            write_shut,
+            peer_closed: false,
+        } = self.phase
+        else {
+            return;
+        };
+        if self.rx.is_done() {
+            return;
+        }
+        let mut closed = false;
+        let _ = self.rx.feed(data, cx.limits, cx.pool, &mut |ev| {
+            closed |= matches!(ev, Event::Close(_));
+        });
+        if closed {
+            self.phase = Phase::Closing {
+                write_shut,
+                peer_closed: true,
+            };
+        }
+    }
+
+    /// The close handshake is over and our bytes are out: nothing is left to
+    /// wait for.
+    pub fn close_complete(&self) -> bool {
+        matches!(
+            self.phase,
+            Phase::Closing {
+                peer_closed: true,
+                ..
+            }
+        ) && self.wq.is_none()
     }
 
     /// Returns heap buffers to the worker's pool before the slot is freed.

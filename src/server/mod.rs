@@ -21,11 +21,11 @@ use crossbeam_channel::Sender;
 use mio::{Poll, Waker};
 
 use crate::admin::AdminServer;
-use admission::Admission;
 use crate::config::Config;
 use crate::pubsub::{directory::MAX_WORKERS, Hub, WorkerMsg};
+use admission::Admission;
 pub use stats::{StatsSnapshot, WorkerStats};
-use worker::{Worker, WAKER};
+use worker::{Shared, Worker, WAKER};
 
 /// Depth of each worker's inbox. Each entry is a few words (the frame is
 /// shared), so a full inbox is a few MiB; past it deliveries are dropped and
@@ -84,19 +84,15 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         Some(addr) => Some(AdminServer::start(addr, hub.clone(), config.clone())?),
         None => None,
     };
+    let shared = Shared {
+        config: config.clone(),
+        hub: hub.clone(),
+        admission: admission.clone(),
+    };
     let mut workers = Vec::with_capacity(n);
     for (id, (l, (poll, rx))) in listeners.into_iter().zip(parts).enumerate() {
         let stats = Arc::new(WorkerStats::default());
-        let worker = Worker::new(
-            id,
-            poll,
-            l,
-            config.clone(),
-            stats.clone(),
-            rx,
-            hub.clone(),
-            admission.clone(),
-        )?;
+        let worker = Worker::new(id, poll, l, rx, stats.clone(), &shared)?;
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let thread = std::thread::Builder::new()
             .name(format!("wsgate-worker-{id}"))

@@ -17,8 +17,7 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::app::pubsub::{
-    broadcast_result_frame, deliver_to_topic, LocalBroadcast, PendingResult, PubSubCx,
-    PubSubLimits,
+    broadcast_result_frame, deliver_to_topic, LocalBroadcast, PendingResult, PubSubCx, PubSubLimits,
 };
 use crate::config::Config;
 use crate::protocol::handshake::HandshakeConfig;
@@ -56,6 +55,13 @@ const MAX_IOV: usize = 64;
 /// How often unfinished broadcast results are re-checked (covers a
 /// completion notice lost to a full inbox).
 const PENDING_CHECK: Duration = Duration::from_millis(50);
+
+/// What all workers of a server share (read-only, or internally synchronised).
+pub(crate) struct Shared {
+    pub config: Arc<Config>,
+    pub hub: Arc<Hub>,
+    pub admission: Arc<Admission>,
+}
 /// Timer resolution. Every deadline (handshake, heartbeat, idle, close) is
 /// rounded up to a tick; a worker with timers wakes at most this often.
 pub(crate) const TICK: Duration = Duration::from_millis(50);
@@ -122,12 +128,13 @@ impl Worker {
         id: usize,
         poll: Poll,
         listener: std::net::TcpListener,
-        config: Arc<Config>,
-        stats: Arc<WorkerStats>,
         inbox: Inbox<WorkerMsg>,
-        hub: Arc<Hub>,
-        admission: Arc<Admission>,
+        stats: Arc<WorkerStats>,
+        shared: &Shared,
     ) -> io::Result<Worker> {
+        let config = shared.config.clone();
+        let hub = shared.hub.clone();
+        let admission = shared.admission.clone();
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -252,14 +259,16 @@ impl Worker {
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         if self.inbox_more
-            || (self.accept_pending && self.accept_paused_until.is_none() && self.listener.is_some())
+            || (self.accept_pending
+                && self.accept_paused_until.is_none()
+                && self.listener.is_some())
         {
             return Some(Duration::ZERO);
         }
         let mut next: Option<Instant> = None;
         // With timers pending, wake at the next tick boundary.
-        let next_tick = (!self.wheel.is_empty())
-            .then(|| self.epoch + TICK * (self.wheel.now() as u32 + 1));
+        let next_tick =
+            (!self.wheel.is_empty()).then(|| self.epoch + TICK * (self.wheel.now() as u32 + 1));
         let candidates = [
             next_tick,
             self.accept_paused_until,
@@ -347,7 +356,9 @@ impl Worker {
         // A peer that stops acknowledging what we send is dead: let the
         // kernel give up on it after the idle timeout instead of ~15 min of
         // retransmissions (covers receive-only clients, which are not pinged).
-        if let Err(e) = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(self.config.idle_timeout)) {
+        if let Err(e) =
+            socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(self.config.idle_timeout))
+        {
             tracing::debug!(error = %e, "TCP_USER_TIMEOUT failed");
         }
         let serial = self.next_serial;
@@ -493,15 +504,28 @@ impl Worker {
                 return false;
             }
         }
-        if let Phase::Closing { write_shut: false } = conn.phase {
+        if conn.close_complete() {
+            // Both close frames are exchanged and ours is out: the server
+            // closes the TCP connection first (RFC 6455 §7.1.1).
+            self.close_now(key);
+            return false;
+        }
+        if let Phase::Closing {
+            write_shut: false,
+            peer_closed,
+        } = conn.phase
+        {
             if conn.wq.is_none() {
-                // Everything including our close frame is out: send FIN, and
-                // wait for the peer's FIN (closing first is the server's job).
+                // Everything including our close frame is out: send FIN and
+                // wait for the peer's close frame or FIN.
                 if conn.stream.shutdown(std::net::Shutdown::Write).is_err() {
                     self.close_now(key);
                     return false;
                 }
-                conn.phase = Phase::Closing { write_shut: true };
+                conn.phase = Phase::Closing {
+                    write_shut: true,
+                    peer_closed,
+                };
             }
         }
         // Backpressure: a client that sends faster than it reads is not read
@@ -574,7 +598,7 @@ impl Worker {
                 // tells a live-but-stuck client why; a dead one is dropped
                 // by the close timeout.
                 self.stats.idle_timeouts.inc();
-                conn.start_close(CloseCode::GOING_AWAY, "idle timeout", &mut self.out);
+                conn.start_close(CloseCode::GOING_AWAY, "idle timeout", &mut self.out, false);
                 let at = self.closing_deadline(now);
                 self.set_timer(key, at);
                 self.flush(key);
@@ -749,7 +773,12 @@ impl Worker {
             return;
         };
         self.stats.slow_consumers.inc();
-        tracing::debug!(worker = self.id, key, queued = conn.queued_bytes(), "slow consumer");
+        tracing::debug!(
+            worker = self.id,
+            key,
+            queued = conn.queued_bytes(),
+            "slow consumer"
+        );
         // Free the queue at once, except the rest of a frame already half
         // sent (cutting it would corrupt the stream before the close frame).
         if let Some(wq) = conn.wq.as_mut() {
@@ -758,7 +787,12 @@ impl Worker {
                 conn.wq = None;
             }
         }
-        conn.start_close(CloseCode::POLICY_VIOLATION, "slow consumer", &mut self.out);
+        conn.start_close(
+            CloseCode::POLICY_VIOLATION,
+            "slow consumer",
+            &mut self.out,
+            false,
+        );
         let at = self.closing_deadline(self.tick(Instant::now()));
         self.set_timer(key, at);
         self.flush(key);
@@ -789,7 +823,8 @@ impl Worker {
                 Phase::Handshake => self.close_now(key),
                 Phase::Open => {
                     // Fan-out already queued for this client goes out first.
-                    conn.start_close(CloseCode::GOING_AWAY, "server shutting down", &mut self.out);
+                    let reason = "server shutting down";
+                    conn.start_close(CloseCode::GOING_AWAY, reason, &mut self.out, false);
                     self.set_timer(key, drain_tick);
                     self.flush(key);
                 }

@@ -56,7 +56,7 @@ fn run_split(
         i += 1;
     }
     if result.is_ok() && !rx.holds_buffer() {
-        assert_eq!(pool.pooled() <= 1, true);
+        assert!(pool.pooled() <= 1);
     }
     (events, result)
 }
@@ -156,7 +156,11 @@ fn structural_errors_close_with_1002() {
     ] {
         let (ev, r) = run(&wire);
         assert!(ev.is_empty());
-        assert_eq!(r.unwrap_err().close_code(), CloseCode::PROTOCOL_ERROR, "{wire:x?}");
+        assert_eq!(
+            r.unwrap_err().close_code(),
+            CloseCode::PROTOCOL_ERROR,
+            "{wire:x?}"
+        );
     }
 }
 
@@ -184,7 +188,10 @@ fn invalid_utf8_fails_fast_across_fragments() {
     assert_eq!(run(&wire).1, Err(ProtocolError::InvalidUtf8));
 
     // A single invalid frame.
-    assert_eq!(run(&frame(true, OpCode::Text, b"\xed\xa0\x80")).1, Err(ProtocolError::InvalidUtf8));
+    assert_eq!(
+        run(&frame(true, OpCode::Text, b"\xed\xa0\x80")).1,
+        Err(ProtocolError::InvalidUtf8)
+    );
 }
 
 #[test]
@@ -194,9 +201,15 @@ fn close_frames() {
     let mut wire = frame(true, OpCode::Close, &payload);
     // Anything after the close is ignored.
     wire.extend(frame(true, OpCode::Text, b"ignored"));
-    assert_eq!(run(&wire), (vec![Ev::Close(Some(1000), "bye".into())], Ok(())));
+    assert_eq!(
+        run(&wire),
+        (vec![Ev::Close(Some(1000), "bye".into())], Ok(()))
+    );
 
-    assert_eq!(run(&frame(true, OpCode::Close, b"")).0, vec![Ev::Close(None, String::new())]);
+    assert_eq!(
+        run(&frame(true, OpCode::Close, b"")).0,
+        vec![Ev::Close(None, String::new())]
+    );
     assert_eq!(
         run(&frame(true, OpCode::Close, &[0x03])).1,
         Err(ProtocolError::BadClose(CloseCode::PROTOCOL_ERROR))
@@ -226,18 +239,26 @@ fn size_limits_give_1009() {
 
     let mut wire = frame(false, OpCode::Binary, &[0; 100]);
     wire.extend(frame(true, OpCode::Continuation, &[0; 51]));
-    assert_eq!(run_limits(&wire, limits).1, Err(ProtocolError::MessageTooBig));
+    assert_eq!(
+        run_limits(&wire, limits).1,
+        Err(ProtocolError::MessageTooBig)
+    );
 
     let mut wire = frame(false, OpCode::Binary, b"a");
     for _ in 0..3 {
         wire.extend(frame(false, OpCode::Continuation, b"b"));
     }
-    assert_eq!(run_limits(&wire, limits).1, Err(ProtocolError::TooManyFragments));
+    assert_eq!(
+        run_limits(&wire, limits).1,
+        Err(ProtocolError::TooManyFragments)
+    );
 
     // A 2^63-1 length is refused at the header, before any payload arrives.
     let mut rx = Receiver::new();
     let mut pool = PartialPool::default();
-    let mut hdr = vec![0x82, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4];
+    let mut hdr = vec![
+        0x82, 0xFF, 0x7F, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 1, 2, 3, 4,
+    ];
     let r = rx.feed(&mut hdr, &ReceiverLimits::default(), &mut pool, &mut |_| {});
     assert_eq!(r, Err(ProtocolError::FrameTooBig));
     assert!(rx.is_done());
@@ -259,7 +280,8 @@ fn idle_receiver_holds_no_buffer() {
     assert_eq!(pool.pooled(), 1);
     // A partial header alone costs no heap.
     let mut two = frame(true, OpCode::Text, b"x");
-    rx.feed(&mut two[..1], &limits, &mut pool, &mut |_| {}).unwrap();
+    rx.feed(&mut two[..1], &limits, &mut pool, &mut |_| {})
+        .unwrap();
     assert!(!rx.holds_buffer());
 }
 
