@@ -6,6 +6,7 @@
 //!
 //! - `POST /publish?topic=T` (body: JSON payload) → `{"delivered":N}`
 //! - `POST /broadcast` (body: JSON payload) → `{"delivered":N}`
+//! - `GET /metrics` → Prometheus text format
 //! - `GET /healthz` → 200 while the process runs
 //! - `GET /readyz` → 200 while accepting, 503 while draining
 
@@ -21,6 +22,7 @@ use tiny_http::{Header, Method, Request, Response, Server};
 
 use crate::app::commands;
 use crate::config::Config;
+use crate::metrics::{self, MetricsSource};
 use crate::protocol::frame::encode_server_frame;
 use crate::protocol::OpCode;
 use crate::pubsub::{Hub, Notify, Ticket};
@@ -40,12 +42,18 @@ pub struct AdminServer {
 
 struct Shared {
     hub: Arc<Hub>,
+    metrics: MetricsSource,
     config: Arc<Config>,
     draining: Arc<AtomicBool>,
 }
 
 impl AdminServer {
-    pub fn start(addr: SocketAddr, hub: Arc<Hub>, config: Arc<Config>) -> io::Result<AdminServer> {
+    pub fn start(
+        addr: SocketAddr,
+        hub: Arc<Hub>,
+        config: Arc<Config>,
+        metrics: MetricsSource,
+    ) -> io::Result<AdminServer> {
         let server = Server::http(addr).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::AddrInUse,
@@ -60,6 +68,7 @@ impl AdminServer {
         let draining = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
             hub,
+            metrics,
             config,
             draining: draining.clone(),
         });
@@ -126,6 +135,14 @@ fn handle(mut req: Request, shared: &Shared) {
     let url = req.url().to_string();
     let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
     let response = match (req.method(), path) {
+        (Method::Get, "/metrics") => {
+            let header = Header::from_bytes(
+                &b"Content-Type"[..],
+                &b"text/plain; version=0.0.4; charset=utf-8"[..],
+            )
+            .unwrap_or_else(|()| unreachable_header());
+            Response::from_data(metrics::render(&shared.metrics).into_bytes()).with_header(header)
+        }
         (Method::Get, "/healthz") => json_response(200, r#"{"status":"ok"}"#.into()),
         (Method::Get, "/readyz") => {
             if shared.draining.load(Ordering::Acquire) {
@@ -153,7 +170,7 @@ fn handle(mut req: Request, shared: &Shared) {
             Err(resp) => resp,
         },
         (_, "/publish" | "/broadcast") => error(405, "use POST"),
-        (_, "/healthz" | "/readyz") => error(405, "use GET"),
+        (_, "/healthz" | "/readyz" | "/metrics") => error(405, "use GET"),
         _ => error(
             404,
             "unknown path (try /publish, /broadcast, /healthz, /readyz)",
@@ -187,6 +204,7 @@ fn read_payload(
 /// waits for their delivery counts.
 fn publish(shared: &Shared, topic: Option<&str>, payload: &[u8]) -> Response<io::Cursor<Vec<u8>>> {
     let hub = &shared.hub;
+    hub.count_publish();
     let (text, targets) = match topic {
         Some(t) => (
             commands::message_text(t, payload),

@@ -17,6 +17,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod limits;
+pub mod metrics;
 pub mod protocol;
 pub mod pubsub;
 pub mod server;

@@ -120,6 +120,7 @@ pub fn on_message(
             reply(out, &commands::subscription_text(false, &topic));
         }
         Command::Publish { topic, payload } => {
+            cx.hub.count_publish();
             let frame: Arc<[u8]> =
                 encode_server_frame(OpCode::Text, &commands::message_text(&topic, payload)).into();
             let targets = cx.hub.directory.workers_for(&topic);
@@ -133,6 +134,7 @@ pub fn on_message(
             }
         }
         Command::Broadcast { payload } => {
+            cx.hub.count_publish();
             let frame: Arc<[u8]> =
                 encode_server_frame(OpCode::Text, &commands::broadcast_text(payload)).into();
             let all = cx.hub.all_workers();

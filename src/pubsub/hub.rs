@@ -53,6 +53,8 @@ pub struct Hub {
     pub directory: TopicDirectory,
     /// Deliveries dropped because a worker's inbox was full.
     pub inbox_full_drops: AtomicU64,
+    /// Publishes and broadcasts accepted, from clients and the HTTP API.
+    pub publishes: AtomicU64,
 }
 
 impl Hub {
@@ -70,6 +72,7 @@ impl Hub {
                 .collect(),
             directory: TopicDirectory::default(),
             inbox_full_drops: AtomicU64::new(0),
+            publishes: AtomicU64::new(0),
         }
     }
 
@@ -88,6 +91,16 @@ impl Hub {
                 tracing::warn!(worker, error = %e, "waking a worker failed");
             }
         }
+    }
+
+    /// Messages waiting in worker `w`'s inbox.
+    pub fn inbox_depth(&self, w: usize) -> usize {
+        self.links.get(w).map_or(0, |l| l.inbox.len())
+    }
+
+    /// Counts one accepted publish or broadcast.
+    pub fn count_publish(&self) {
+        self.publishes.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Called by a worker on its wake event, before draining its inbox.

@@ -184,6 +184,7 @@ impl Conn {
                         Refusal::PerIp => "too many connections from your address",
                     };
                     cx.stats.handshake_failures.inc();
+                    cx.stats.rejected_unavailable.inc();
                     cx.out.extend_from_slice(&error_response(
                         503,
                         "Service Unavailable",
@@ -206,6 +207,14 @@ impl Conn {
             Err(e) => {
                 tracing::debug!(error = %e, "upgrade refused");
                 cx.stats.handshake_failures.inc();
+                let by_status = match e.status().0 {
+                    404 => &cx.stats.rejected_not_found,
+                    405 => &cx.stats.rejected_method,
+                    426 => &cx.stats.rejected_version,
+                    431 => &cx.stats.rejected_too_large,
+                    _ => &cx.stats.rejected_bad_request,
+                };
+                by_status.inc();
                 cx.out.extend_from_slice(&e.response());
                 self.phase = Phase::Closing {
                     write_shut: false,
@@ -294,6 +303,7 @@ impl Conn {
             Ok(()) => match peer_close {
                 // Echo the peer's code (§5.5.1); then we close the TCP first.
                 Some(code) => {
+                    stats.peer_closes.inc();
                     self.start_close(code, "", cx.out, true);
                     Transition::StartedClosing
                 }

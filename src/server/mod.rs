@@ -22,8 +22,9 @@ use mio::{Poll, Waker};
 
 use crate::admin::AdminServer;
 use crate::config::Config;
+use crate::metrics::MetricsSource;
 use crate::pubsub::{directory::MAX_WORKERS, Hub, WorkerMsg};
-use admission::Admission;
+pub use admission::Admission;
 pub use stats::{StatsSnapshot, WorkerStats};
 use worker::{Shared, Worker, WAKER};
 
@@ -80,8 +81,19 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         config.max_connections,
         config.max_connections_per_ip,
     ));
+    let stats: Vec<Arc<WorkerStats>> = (0..n).map(|_| Arc::default()).collect();
+    let metrics = MetricsSource {
+        workers: stats.clone(),
+        hub: hub.clone(),
+        admission: admission.clone(),
+    };
     let admin = match config.admin_listen {
-        Some(addr) => Some(AdminServer::start(addr, hub.clone(), config.clone())?),
+        Some(addr) => Some(AdminServer::start(
+            addr,
+            hub.clone(),
+            config.clone(),
+            metrics,
+        )?),
         None => None,
     };
     let shared = Shared {
@@ -90,8 +102,7 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         admission: admission.clone(),
     };
     let mut workers = Vec::with_capacity(n);
-    for (id, (l, (poll, rx))) in listeners.into_iter().zip(parts).enumerate() {
-        let stats = Arc::new(WorkerStats::default());
+    for (id, ((l, (poll, rx)), stats)) in listeners.into_iter().zip(parts).zip(stats).enumerate() {
         let worker = Worker::new(id, poll, l, rx, stats.clone(), &shared)?;
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         let thread = std::thread::Builder::new()

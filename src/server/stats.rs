@@ -29,6 +29,12 @@ impl Counter {
         self.0.store(self.0.load(Relaxed).wrapping_sub(n), Relaxed);
     }
 
+    /// Sets a gauge. Only the owning worker may call this.
+    #[inline]
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
+
     pub fn get(&self) -> u64 {
         self.0.load(Relaxed)
     }
@@ -77,8 +83,20 @@ worker_stats! {
     open,
     /// Successful WebSocket upgrades.
     upgraded,
-    /// Upgrade requests refused with an HTTP error.
+    /// Upgrade requests refused with an HTTP error (all reasons).
     handshake_failures,
+    /// ... of which malformed (400).
+    rejected_bad_request,
+    /// ... of which wrong path (404).
+    rejected_not_found,
+    /// ... of which not GET (405).
+    rejected_method,
+    /// ... of which unsupported WebSocket version (426).
+    rejected_version,
+    /// ... of which a request head over the cap (431).
+    rejected_too_large,
+    /// ... of which over a connection limit (503).
+    rejected_unavailable,
     /// Connections closed for not finishing the upgrade in time.
     handshake_timeouts,
     /// Connections closed for a protocol violation.
@@ -100,4 +118,16 @@ worker_stats! {
     pings_sent,
     /// Watchdog probes answered (proves the event loop turns).
     watchdog,
+    /// Connections the peer closed with a close frame.
+    peer_closes,
+    /// Open connections lost without a close frame (EOF, reset).
+    abrupt_closes,
+    /// Connections sent 1001 because the server is draining.
+    shutdown_closes,
+    /// Fan-out frames written (publish and broadcast deliveries).
+    deliveries,
+    /// Gauge: bytes queued for clients whose sockets are backed up.
+    queued_bytes,
+    /// Gauge: timers in the wheel.
+    timers,
 }

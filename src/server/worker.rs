@@ -244,6 +244,7 @@ impl Worker {
             self.check_pending(now);
             self.flush_outbox();
             self.expire(now);
+            self.stats.timers.set(self.wheel.len() as u64);
             if let Some(until) = self.draining_until {
                 if self.conns.is_empty() || now >= until {
                     break;
@@ -466,7 +467,7 @@ impl Worker {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => {
-                    self.close_now(key);
+                    self.on_eof(key);
                     return;
                 }
             }
@@ -482,6 +483,9 @@ impl Worker {
 
     /// The peer closed its side.
     fn on_eof(&mut self, key: usize) {
+        if self.conns.get(key).is_some_and(|c| c.phase == Phase::Open) {
+            self.stats.abrupt_closes.inc();
+        }
         // In any phase there is nothing more to do: an open connection lost
         // its peer without a close frame, a closing one got its answer.
         self.out.clear();
@@ -495,8 +499,10 @@ impl Worker {
             self.out.clear();
             return false;
         };
+        let queued_before = conn.queued_bytes();
         let result = write_out(conn, &self.out);
         self.out.clear();
+        track_queued(&self.stats, queued_before, conn.queued_bytes());
         match result {
             Ok(n) => self.stats.bytes_out.add(n as u64),
             Err(_) => {
@@ -546,6 +552,7 @@ impl Worker {
             if let Some(id) = conn.timer.take() {
                 self.wheel.cancel(id);
             }
+            self.stats.queued_bytes.sub(conn.queued_bytes() as u64);
             if conn.admitted {
                 self.admission.release(self.peer_ips.remove(&(key as u32)));
             }
@@ -744,7 +751,10 @@ impl Worker {
                 continue;
             }
             let frames = self.outbox.frames_for(key);
-            self.stats.messages_out.add(frames.clone().count() as u64);
+            let count = frames.clone().count() as u64;
+            self.stats.messages_out.add(count);
+            self.stats.deliveries.add(count);
+            let queued_before = conn.queued_bytes();
             conn.last_activity = now_tick;
             match write_frames(conn, frames) {
                 Ok(n) => self.stats.bytes_out.add(n as u64),
@@ -753,6 +763,7 @@ impl Worker {
                     continue;
                 }
             }
+            track_queued(&self.stats, queued_before, conn.queued_bytes());
             if conn.queued_bytes() > cap {
                 slow.push(key);
             }
@@ -782,7 +793,8 @@ impl Worker {
         // Free the queue at once, except the rest of a frame already half
         // sent (cutting it would corrupt the stream before the close frame).
         if let Some(wq) = conn.wq.as_mut() {
-            wq.drop_unstarted();
+            let dropped = wq.drop_unstarted();
+            self.stats.queued_bytes.sub(dropped as u64);
             if wq.is_empty() {
                 conn.wq = None;
             }
@@ -823,6 +835,7 @@ impl Worker {
                 Phase::Handshake => self.close_now(key),
                 Phase::Open => {
                     // Fan-out already queued for this client goes out first.
+                    self.stats.shutdown_closes.inc();
                     let reason = "server shutting down";
                     conn.start_close(CloseCode::GOING_AWAY, reason, &mut self.out, false);
                     self.set_timer(key, drain_tick);
@@ -923,4 +936,13 @@ fn write_frames(conn: &mut Conn, frames: FramesFor<'_>) -> io::Result<usize> {
         conn.wq = None;
     }
     Ok(written + more)
+}
+
+/// Moves the worker's queued-bytes gauge by one connection's change.
+fn track_queued(stats: &WorkerStats, before: usize, after: usize) {
+    if after >= before {
+        stats.queued_bytes.add((after - before) as u64);
+    } else {
+        stats.queued_bytes.sub((before - after) as u64);
+    }
 }

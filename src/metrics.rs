@@ -1,0 +1,311 @@
+//! Prometheus exposition of what the workers, the hub and the admission
+//! control count, gathered at scrape time.
+//!
+//! Owns metric names, help texts and labels. The hot path never touches this
+//! module: workers bump their own single-writer counters
+//! ([`crate::server::WorkerStats`]) and a scrape reads and aggregates them.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric, MetricEncoder};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+
+use crate::pubsub::Hub;
+use crate::server::{Admission, StatsSnapshot, WorkerStats};
+
+/// Everything a scrape reads.
+#[derive(Clone)]
+pub struct MetricsSource {
+    pub workers: Vec<Arc<WorkerStats>>,
+    pub hub: Arc<Hub>,
+    pub admission: Arc<Admission>,
+}
+
+impl std::fmt::Debug for MetricsSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricsSource")
+            .field("workers", &self.workers.len())
+            .finish()
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+/// Reads one field of a snapshot.
+type Field = fn(&StatsSnapshot) -> u64;
+
+/// One metric family: a name, help, type, and its labelled values.
+fn family(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    values: &[(Labels, u64)],
+) -> Result<(), std::fmt::Error> {
+    fn put(e: MetricEncoder<'_>, kind: MetricType, v: u64) -> Result<(), std::fmt::Error> {
+        match kind {
+            MetricType::Counter => ConstCounter::new(v).encode(e),
+            _ => ConstGauge::new(v as i64).encode(e),
+        }
+    }
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    if let [(labels, v)] = values {
+        if labels.is_empty() {
+            // No `{}`: an unlabelled sample is written bare.
+            return put(m, kind, *v);
+        }
+    }
+    for (labels, v) in values {
+        put(m.encode_family(labels)?, kind, *v)?;
+    }
+    Ok(())
+}
+
+fn worker_label(w: usize) -> Labels {
+    vec![("worker", w.to_string())]
+}
+
+/// Per-worker values of one field.
+fn per_worker(snaps: &[StatsSnapshot], f: impl Fn(&StatsSnapshot) -> u64) -> Vec<(Labels, u64)> {
+    snaps
+        .iter()
+        .enumerate()
+        .map(|(w, s)| (worker_label(w), f(s)))
+        .collect()
+}
+
+/// Per-worker values of several fields, each under one value of `label`.
+fn per_worker_by(
+    snaps: &[StatsSnapshot],
+    label: &'static str,
+    fields: &[(&str, Field)],
+) -> Vec<(Labels, u64)> {
+    let mut out = Vec::new();
+    for (w, s) in snaps.iter().enumerate() {
+        for (value, f) in fields {
+            let mut l = worker_label(w);
+            l.push((label, (*value).to_string()));
+            out.push((l, f(s)));
+        }
+    }
+    out
+}
+
+impl Collector for MetricsSource {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use MetricType::{Counter, Gauge};
+        let snaps: Vec<StatsSnapshot> = self.workers.iter().map(|w| w.snapshot()).collect();
+        let s = &snaps;
+        let simple: [(&str, &str, MetricType, Field); 12] = [
+            (
+                "wsgate_connections_open",
+                "Connections held (any phase)",
+                Gauge,
+                |s| s.open,
+            ),
+            (
+                "wsgate_connections_accepted",
+                "TCP connections accepted",
+                Counter,
+                |s| s.accepted,
+            ),
+            (
+                "wsgate_upgrades",
+                "Successful WebSocket upgrades",
+                Counter,
+                |s| s.upgraded,
+            ),
+            (
+                "wsgate_messages_in",
+                "Messages and control frames received",
+                Counter,
+                |s| s.messages_in,
+            ),
+            (
+                "wsgate_messages_out",
+                "Messages written (replies and deliveries)",
+                Counter,
+                |s| s.messages_out,
+            ),
+            ("wsgate_bytes_in", "Bytes read from clients", Counter, |s| {
+                s.bytes_in
+            }),
+            (
+                "wsgate_bytes_out",
+                "Bytes written to clients",
+                Counter,
+                |s| s.bytes_out,
+            ),
+            (
+                "wsgate_deliveries",
+                "Fan-out frames written (publish and broadcast)",
+                Counter,
+                |s| s.deliveries,
+            ),
+            ("wsgate_pings_sent", "Heartbeat pings sent", Counter, |s| {
+                s.pings_sent
+            }),
+            (
+                "wsgate_accept_backoffs",
+                "Accept pauses for lack of file descriptors",
+                Counter,
+                |s| s.accept_backoffs,
+            ),
+            (
+                "wsgate_outbound_queued_bytes",
+                "Bytes queued for backed-up clients",
+                Gauge,
+                |s| s.queued_bytes,
+            ),
+            (
+                "wsgate_timers",
+                "Timers in the worker's timing wheel",
+                Gauge,
+                |s| s.timers,
+            ),
+        ];
+        for (name, help, kind, f) in simple {
+            family(&mut enc, name, help, kind, &per_worker(s, f))?;
+        }
+        family(
+            &mut enc,
+            "wsgate_connections_closed",
+            "Connections closed, by reason",
+            Counter,
+            &per_worker_by(
+                s,
+                "reason",
+                &[
+                    ("peer_close", |s| s.peer_closes),
+                    ("abrupt", |s| s.abrupt_closes),
+                    ("protocol_error", |s| s.protocol_errors),
+                    ("idle_timeout", |s| s.idle_timeouts),
+                    ("slow_consumer", |s| s.slow_consumers),
+                    ("rate_limited", |s| s.rate_limited),
+                    ("shutdown", |s| s.shutdown_closes),
+                    ("handshake_timeout", |s| s.handshake_timeouts),
+                ],
+            ),
+        )?;
+        family(
+            &mut enc,
+            "wsgate_handshake_failures",
+            "Upgrade requests refused, by HTTP status",
+            Counter,
+            &per_worker_by(
+                s,
+                "status",
+                &[
+                    ("400", |s| s.rejected_bad_request),
+                    ("404", |s| s.rejected_not_found),
+                    ("405", |s| s.rejected_method),
+                    ("426", |s| s.rejected_version),
+                    ("431", |s| s.rejected_too_large),
+                    ("503", |s| s.rejected_unavailable),
+                ],
+            ),
+        )?;
+        let inbox: Vec<(Labels, u64)> = (0..self.hub.worker_count())
+            .map(|w| (worker_label(w), self.hub.inbox_depth(w) as u64))
+            .collect();
+        family(
+            &mut enc,
+            "wsgate_inbox_depth",
+            "Messages waiting in a worker's inbox",
+            Gauge,
+            &inbox,
+        )?;
+        let relaxed = std::sync::atomic::Ordering::Relaxed;
+        let globals: [(&str, &str, MetricType, u64); 6] = [
+            (
+                "wsgate_connections_admitted",
+                "Upgraded connections counted against --max-connections",
+                Gauge,
+                self.admission.admitted() as u64,
+            ),
+            (
+                "wsgate_inbox_full_drops",
+                "Deliveries dropped because a worker inbox was full",
+                Counter,
+                self.hub.inbox_full_drops.load(relaxed),
+            ),
+            (
+                "wsgate_publishes",
+                "Publishes and broadcasts accepted (clients and HTTP)",
+                Counter,
+                self.hub.publishes.load(relaxed),
+            ),
+            (
+                "wsgate_topics",
+                "Topics with at least one subscriber",
+                Gauge,
+                self.hub.directory.topic_count() as u64,
+            ),
+            (
+                "wsgate_process_resident_memory_bytes",
+                "Resident set size of the process",
+                Gauge,
+                process_rss_bytes(),
+            ),
+            (
+                "wsgate_process_open_fds",
+                "Open file descriptors",
+                Gauge,
+                process_open_fds(),
+            ),
+        ];
+        for (name, help, kind, v) in globals {
+            family(&mut enc, name, help, kind, &[(Vec::new(), v)])?;
+        }
+        family(
+            &mut enc,
+            "wsgate_connections_refused",
+            "Upgrades refused by a connection limit",
+            Counter,
+            &[
+                (
+                    vec![("limit", "total".into())],
+                    self.admission.refused_full.load(relaxed),
+                ),
+                (
+                    vec![("limit", "per_ip".into())],
+                    self.admission.refused_per_ip.load(relaxed),
+                ),
+            ],
+        )?;
+        Ok(())
+    }
+}
+
+/// VmRSS of this process in bytes (0 if /proc is unavailable).
+pub fn process_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+/// Number of open descriptors of this process.
+pub fn process_open_fds() -> u64 {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64)
+}
+
+/// Renders the text exposition format.
+pub fn render(source: &MetricsSource) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(source.clone()));
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+        out.clear();
+        let _ = writeln!(out, "# encoding metrics failed");
+    }
+    out
+}
