@@ -204,7 +204,7 @@ fn read_payload(
 /// waits for their delivery counts.
 fn publish(shared: &Shared, topic: Option<&str>, payload: &[u8]) -> Response<io::Cursor<Vec<u8>>> {
     let hub = &shared.hub;
-    hub.count_publish();
+    hub.published(topic, payload);
     let (text, targets) = match topic {
         Some(t) => (
             commands::message_text(t, payload),

@@ -48,6 +48,19 @@ pub struct Config {
     // Spelled out so clap treats "off" as a value, not the flag as optional.
     pub admin_listen: ::std::option::Option<SocketAddr>,
 
+    /// Join a cluster through this Redis (redis://host:port/): publishes and
+    /// broadcasts reach subscribers on every node sharing the prefix.
+    #[arg(long, env = "WSGATE_REDIS")]
+    pub redis: Option<String>,
+
+    /// Redis channel prefix; nodes with the same prefix form one cluster.
+    #[arg(long, env = "WSGATE_CLUSTER_PREFIX", default_value = "wsgate")]
+    pub cluster_prefix: String,
+
+    /// This node's id in the cluster [default: random per process].
+    #[arg(long, env = "WSGATE_NODE_ID")]
+    pub node_id: Option<u64>,
+
     /// Longest topic name, in bytes.
     #[arg(long, env = "WSGATE_MAX_TOPIC_BYTES", default_value_t = 256)]
     pub max_topic_bytes: usize,

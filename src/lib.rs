@@ -7,7 +7,8 @@
 //!   worker thread, connections in a slab, write queues.
 //! - [`app`]: what a connection's messages mean (echo, pub/sub commands).
 //! - [`pubsub`]: topics and cross-worker fan-out (directory, hub, outbox).
-//! - [`admin`]: the admin HTTP listener (publish API, health).
+//! - [`admin`]: the admin HTTP listener (publish API, metrics, health).
+//! - [`cluster`]: the Redis bridge between nodes.
 //! - [`config`]: the command line.
 //! - [`limits`]: the process's descriptor budget.
 
@@ -15,6 +16,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod limits;
 pub mod metrics;

@@ -261,6 +261,51 @@ impl Collector for MetricsSource {
         for (name, help, kind, v) in globals {
             family(&mut enc, name, help, kind, &[(Vec::new(), v)])?;
         }
+        if let Some(c) = &self.hub.cluster {
+            let st = &c.stats;
+            let up = |b: &std::sync::atomic::AtomicBool| u64::from(b.load(relaxed));
+            family(
+                &mut enc,
+                "wsgate_cluster_connected",
+                "1 while the Redis bridge connection is up",
+                Gauge,
+                &[
+                    (
+                        vec![("connection", "publisher".into())],
+                        up(&st.publisher_connected),
+                    ),
+                    (
+                        vec![("connection", "subscriber".into())],
+                        up(&st.subscriber_connected),
+                    ),
+                ],
+            )?;
+            let counters: [(&str, &str, u64); 4] = [
+                (
+                    "wsgate_cluster_published",
+                    "Publishes sent to Redis for other nodes",
+                    st.published.load(relaxed),
+                ),
+                (
+                    "wsgate_cluster_dropped",
+                    "Publishes for other nodes dropped (Redis down or queue full)",
+                    st.dropped_out.load(relaxed),
+                ),
+                (
+                    "wsgate_cluster_received",
+                    "Messages from other nodes delivered to workers",
+                    st.received.load(relaxed),
+                ),
+                (
+                    "wsgate_cluster_reconnects",
+                    "Redis connections lost and re-established",
+                    st.reconnects.load(relaxed),
+                ),
+            ];
+            for (name, help, v) in counters {
+                family(&mut enc, name, help, Counter, &[(Vec::new(), v)])?;
+            }
+        }
         family(
             &mut enc,
             "wsgate_connections_refused",

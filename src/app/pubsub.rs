@@ -103,7 +103,7 @@ pub fn on_message(
                 caller.topics.push(joined.topic_id);
             }
             if joined.first_local {
-                cx.hub.directory.join(&topic, cx.worker);
+                cx.hub.topic_joined(&topic, cx.worker);
             }
             reply(out, &commands::subscription_text(true, &topic));
         }
@@ -112,7 +112,7 @@ pub fn on_message(
                 if let Some(pos) = caller.topics.iter().position(|t| *t == id) {
                     caller.topics.swap_remove(pos);
                     if let Some(name) = cx.topics.leave(id, caller.key) {
-                        cx.hub.directory.leave(&name, cx.worker);
+                        cx.hub.topic_left(&name, cx.worker);
                     }
                 }
             }
@@ -120,7 +120,7 @@ pub fn on_message(
             reply(out, &commands::subscription_text(false, &topic));
         }
         Command::Publish { topic, payload } => {
-            cx.hub.count_publish();
+            cx.hub.published(Some(&topic), payload);
             let frame: Arc<[u8]> =
                 encode_server_frame(OpCode::Text, &commands::message_text(&topic, payload)).into();
             let targets = cx.hub.directory.workers_for(&topic);
@@ -134,7 +134,7 @@ pub fn on_message(
             }
         }
         Command::Broadcast { payload } => {
-            cx.hub.count_publish();
+            cx.hub.published(None, payload);
             let frame: Arc<[u8]> =
                 encode_server_frame(OpCode::Text, &commands::broadcast_text(payload)).into();
             let all = cx.hub.all_workers();

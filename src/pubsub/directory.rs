@@ -5,6 +5,8 @@
 //! worker's first subscriber to a topic joins or its last one leaves, and
 //! read once per publish — never per delivery.
 
+use std::sync::Arc;
+
 use dashmap::DashMap;
 
 /// Most workers one process runs (the size of [`WorkerSet`]).
@@ -52,17 +54,22 @@ impl WorkerSet {
 /// Topic → workers with subscribers.
 #[derive(Debug, Default)]
 pub struct TopicDirectory {
-    map: DashMap<Box<str>, WorkerSet>,
+    map: DashMap<Arc<str>, WorkerSet>,
 }
 
 impl TopicDirectory {
-    /// Records that `worker` now has subscribers for `topic`.
-    pub fn join(&self, topic: &str, worker: usize) {
-        self.map.entry(topic.into()).or_default().insert(worker);
+    /// Records that `worker` now has subscribers for `topic`. Returns true
+    /// if no worker had any before (the node's first subscriber).
+    pub fn join(&self, topic: &str, worker: usize) -> bool {
+        let mut set = self.map.entry(topic.into()).or_default();
+        let first = set.is_empty();
+        set.insert(worker);
+        first
     }
 
-    /// Records that `worker` has no more subscribers for `topic`.
-    pub fn leave(&self, topic: &str, worker: usize) {
+    /// Records that `worker` has no more subscribers for `topic`. Returns
+    /// true if no worker has any now (the node's last subscriber left).
+    pub fn leave(&self, topic: &str, worker: usize) -> bool {
         let empty = match self.map.get_mut(topic) {
             Some(mut set) => {
                 set.remove(worker);
@@ -73,6 +80,12 @@ impl TopicDirectory {
         if empty {
             self.map.remove_if(topic, |_, set| set.is_empty());
         }
+        empty
+    }
+
+    /// Every topic with at least one local subscriber.
+    pub fn topics(&self) -> Vec<Arc<str>> {
+        self.map.iter().map(|e| e.key().clone()).collect()
     }
 
     /// Workers that have subscribers for `topic`.
@@ -106,12 +119,13 @@ mod tests {
     #[test]
     fn directory_tracks_first_join_and_last_leave() {
         let d = TopicDirectory::default();
-        d.join("t", 1);
-        d.join("t", 3);
+        assert!(d.join("t", 1));
+        assert!(!d.join("t", 3));
         assert_eq!(d.workers_for("t").iter().collect::<Vec<_>>(), vec![1, 3]);
-        d.leave("t", 1);
+        assert!(!d.leave("t", 1));
         assert_eq!(d.workers_for("t").iter().collect::<Vec<_>>(), vec![3]);
-        d.leave("t", 3);
+        assert_eq!(d.topics().len(), 1);
+        assert!(d.leave("t", 3));
         assert!(d.workers_for("t").is_empty());
         assert_eq!(d.topic_count(), 0);
     }

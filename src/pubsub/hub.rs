@@ -17,6 +17,7 @@ use mio::Waker;
 
 use super::directory::{TopicDirectory, WorkerSet};
 use super::ticket::{Notify, Ticket};
+use crate::cluster::ClusterLink;
 
 /// Messages a worker receives from other threads.
 #[derive(Debug)]
@@ -55,10 +56,12 @@ pub struct Hub {
     pub inbox_full_drops: AtomicU64,
     /// Publishes and broadcasts accepted, from clients and the HTTP API.
     pub publishes: AtomicU64,
+    /// The Redis bridge, when this node is part of a cluster.
+    pub cluster: Option<ClusterLink>,
 }
 
 impl Hub {
-    pub fn new(inboxes: Vec<(Sender<WorkerMsg>, Arc<Waker>)>) -> Hub {
+    pub fn new(inboxes: Vec<(Sender<WorkerMsg>, Arc<Waker>)>, cluster: Option<ClusterLink>) -> Hub {
         Hub {
             links: inboxes
                 .into_iter()
@@ -73,6 +76,7 @@ impl Hub {
             directory: TopicDirectory::default(),
             inbox_full_drops: AtomicU64::new(0),
             publishes: AtomicU64::new(0),
+            cluster,
         }
     }
 
@@ -98,9 +102,32 @@ impl Hub {
         self.links.get(w).map_or(0, |l| l.inbox.len())
     }
 
-    /// Counts one accepted publish or broadcast.
-    pub fn count_publish(&self) {
+    /// Counts one accepted publish or broadcast (`topic` None) and hands it
+    /// to the cluster bridge for the other nodes. Local delivery is the
+    /// caller's job.
+    pub fn published(&self, topic: Option<&str>, payload: &[u8]) {
         self.publishes.fetch_add(1, Ordering::Relaxed);
+        if let Some(c) = &self.cluster {
+            c.publish(topic, payload);
+        }
+    }
+
+    /// Worker `worker` got its first subscriber for `topic`.
+    pub fn topic_joined(&self, topic: &str, worker: usize) {
+        if self.directory.join(topic, worker) {
+            if let Some(c) = &self.cluster {
+                c.topic_changed(topic);
+            }
+        }
+    }
+
+    /// Worker `worker` lost its last subscriber for `topic`.
+    pub fn topic_left(&self, topic: &str, worker: usize) {
+        if self.directory.leave(topic, worker) {
+            if let Some(c) = &self.cluster {
+                c.topic_changed(topic);
+            }
+        }
     }
 
     /// Called by a worker on its wake event, before draining its inbox.

@@ -21,6 +21,7 @@ use crossbeam_channel::Sender;
 use mio::{Poll, Waker};
 
 use crate::admin::AdminServer;
+use crate::cluster::bridge::{self, Bridge, BridgeConfig};
 use crate::config::Config;
 use crate::metrics::MetricsSource;
 use crate::pubsub::{directory::MAX_WORKERS, Hub, WorkerMsg};
@@ -42,6 +43,7 @@ struct WorkerHandle {
 pub struct ServerHandle {
     local_addr: SocketAddr,
     admin: Option<AdminServer>,
+    bridge: Option<Bridge>,
     hub: Arc<Hub>,
     admission: Arc<Admission>,
     workers: Vec<WorkerHandle>,
@@ -76,7 +78,28 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         links.push((tx, waker));
         parts.push((poll, rx));
     }
-    let hub = Arc::new(Hub::new(links));
+    let (link, bridge_parts) = match &config.redis {
+        Some(_) => {
+            let (link, parts) = bridge::channels();
+            (Some(link), Some(parts))
+        }
+        None => (None, None),
+    };
+    let hub = Arc::new(Hub::new(links, link));
+    let bridge = match (&config.redis, bridge_parts) {
+        (Some(url), Some(parts)) => {
+            let cfg = BridgeConfig {
+                redis_url: url.clone(),
+                prefix: config.cluster_prefix.clone(),
+                node_id: config.node_id.unwrap_or_else(random_node_id),
+            };
+            let b = Bridge::start(cfg, parts, hub.clone()).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("--redis {url}: {e}"))
+            })?;
+            Some(b)
+        }
+        _ => None,
+    };
     let admission = Arc::new(Admission::new(
         config.max_connections,
         config.max_connections_per_ip,
@@ -123,6 +146,7 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
     Ok(ServerHandle {
         local_addr,
         admin,
+        bridge,
         hub,
         admission,
         workers,
@@ -145,6 +169,11 @@ impl ServerHandle {
         self.hub
             .inbox_full_drops
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The cluster bridge's counters, when `--redis` is set.
+    pub fn cluster_stats(&self) -> Option<Arc<crate::cluster::ClusterStats>> {
+        self.hub.cluster.as_ref().map(|c| c.stats.clone())
     }
 
     /// Upgraded connections held right now, across workers.
@@ -211,6 +240,9 @@ impl ServerHandle {
         if let Some(a) = self.admin.take() {
             a.stop();
         }
+        if let Some(b) = self.bridge.take() {
+            b.stop();
+        }
     }
 }
 
@@ -221,4 +253,16 @@ impl Drop for ServerHandle {
             self.join_workers();
         }
     }
+}
+
+/// A node id unlikely to collide with another process's: std's randomly
+/// keyed hasher over the pid and the time.
+fn random_node_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.finish()
 }

@@ -558,7 +558,7 @@ impl Worker {
             }
             for id in conn.topics.drain(..) {
                 if let Some(name) = self.topics.leave(id, key as u32) {
-                    self.hub.directory.leave(&name, self.id);
+                    self.hub.topic_left(&name, self.id);
                 }
             }
             conn.release(&mut self.pool);
