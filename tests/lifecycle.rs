@@ -2,19 +2,19 @@
 //! connection and rate limits, graceful shutdown, zero-downtime restart and
 //! systemd notifications.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
+use tungstenite::Message;
 
+use common::*;
 use wsgate::config::AppKind;
 use wsgate::protocol::frame::{write_client_frame, FrameHeader, OpCode, Role};
-
-type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
 fn start(app: AppKind, tweak: impl FnOnce(&mut wsgate::Config)) -> wsgate::ServerHandle {
     let mut cfg = wsgate::Config::for_tests();
@@ -23,15 +23,6 @@ fn start(app: AppKind, tweak: impl FnOnce(&mut wsgate::Config)) -> wsgate::Serve
     cfg.drain_timeout = Duration::from_secs(2);
     tweak(&mut cfg);
     wsgate::start(cfg).expect("server starts")
-}
-
-fn connect(addr: SocketAddr) -> Ws {
-    let tcp = TcpStream::connect(addr).expect("tcp connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let (ws, _) =
-        tungstenite::client::client(format!("ws://{addr}/ws"), MaybeTlsStream::Plain(tcp))
-            .expect("upgrade");
-    ws
 }
 
 const UPGRADE: &str =
@@ -280,81 +271,10 @@ fn a_message_flood_is_closed_with_1008() {
     assert_eq!(server.total_stats().rate_limited, 1);
 }
 
-/// A wsgate process that is killed when the test ends, pass or fail.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Proc {
-    fn spawn(port: u16, extra: &[&str], env: &[(&str, &str)]) -> Proc {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
-        cmd.args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            "off",
-        ])
-        .args([
-            "--log-level",
-            &std::env::var("WSGATE_TEST_LOG").unwrap_or_else(|_| "warn".into()),
-        ])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(if std::env::var_os("WSGATE_TEST_LOG").is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        });
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let p = Proc(cmd.spawn().expect("spawn wsgate"));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "wsgate did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        p
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) with a pid we spawned and still own (not reaped).
-        let rc = unsafe { libc::kill(self.0.id() as i32, sig) };
-        assert_eq!(rc, 0);
-    }
-
-    fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "process did not exit in {within:?}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn sigterm_closes_every_client_with_1001_and_exits_0() {
     let port = free_port();
-    let mut proc = Proc::spawn(port, &["--drain-timeout", "3s", "--workers", "2"], &[]);
+    let mut proc = Proc::wsgate(port, &["--drain-timeout", "3s", "--workers", "2"], &[]);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut clients: Vec<Ws> = (0..20).map(|_| connect(addr)).collect();
     let t0 = Instant::now();
@@ -382,7 +302,7 @@ fn sigterm_closes_every_client_with_1001_and_exits_0() {
 #[test]
 fn a_client_that_ignores_the_goodbye_does_not_hold_shutdown_past_the_drain_timeout() {
     let port = free_port();
-    let mut proc = Proc::spawn(port, &["--drain-timeout", "500ms"], &[]);
+    let mut proc = Proc::wsgate(port, &["--drain-timeout", "500ms"], &[]);
     let mut tcp = TcpStream::connect(("127.0.0.1", port)).unwrap();
     assert!(raw_upgrade(&mut tcp).starts_with("HTTP/1.1 101"));
     let t0 = Instant::now();
@@ -406,7 +326,7 @@ fn notify_socket_gets_ready_watchdog_and_stopping() {
     let sock = UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let port = free_port();
-    let mut proc = Proc::spawn(
+    let mut proc = Proc::wsgate(
         port,
         &[],
         &[
@@ -447,7 +367,7 @@ fn zero_downtime_restart_loses_no_connect_attempt() {
     enable_tcp_migrate_req();
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut old = Proc::spawn(port, &["--drain-timeout", "2s"], &[]);
+    let mut old = Proc::wsgate(port, &["--drain-timeout", "2s"], &[]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
     // A client reconnect loop: connect, upgrade, echo, close. A connection
@@ -489,7 +409,7 @@ fn zero_downtime_restart_loses_no_connect_attempt() {
     });
     std::thread::sleep(Duration::from_millis(300));
     // Start the new process on the same port, then retire the old one.
-    let mut new = Proc::spawn(port, &[], &[]);
+    let mut new = Proc::wsgate(port, &[], &[]);
     std::thread::sleep(Duration::from_millis(200));
     old.signal(libc::SIGTERM);
     assert!(old.wait_exit(Duration::from_secs(5)).success());

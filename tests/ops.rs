@@ -2,40 +2,18 @@
 //! parser and checked against what the test did; health and readiness
 //! through a drain.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
+use tungstenite::Message;
 
-type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
-
-fn connect(addr: SocketAddr) -> Ws {
-    let tcp = TcpStream::connect(addr).expect("tcp connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    tungstenite::client::client(format!("ws://{addr}/ws"), MaybeTlsStream::Plain(tcp))
-        .expect("upgrade")
-        .0
-}
+use common::*;
 
 fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp[9..12].parse().unwrap();
-    (
-        status,
-        resp.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default(),
-    )
+    http(addr, "GET", path, "")
 }
 
 /// Sums a metric over its samples whose labels include `want`.

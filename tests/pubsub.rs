@@ -1,17 +1,16 @@
 //! The pub/sub app over real sockets: the JSON protocol, cross-worker
 //! fan-out, listenCount, ordering, slow consumers, and the HTTP publish API.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+mod common;
+
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tungstenite::stream::MaybeTlsStream;
-use tungstenite::{Message, WebSocket};
+use tungstenite::Message;
 
+use common::*;
 use wsgate::config::AppKind;
-
-type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
 fn start(workers: usize, tweak: impl FnOnce(&mut wsgate::Config)) -> wsgate::ServerHandle {
     let mut cfg = wsgate::Config::for_tests();
@@ -20,46 +19,6 @@ fn start(workers: usize, tweak: impl FnOnce(&mut wsgate::Config)) -> wsgate::Ser
     cfg.drain_timeout = Duration::from_secs(2);
     tweak(&mut cfg);
     wsgate::start(cfg).expect("server starts")
-}
-
-fn connect(addr: SocketAddr) -> Ws {
-    let tcp = TcpStream::connect(addr).expect("tcp connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    tcp.set_nodelay(true).unwrap();
-    let url = format!("ws://{addr}/ws");
-    let (ws, resp) = tungstenite::client::client(url, MaybeTlsStream::Plain(tcp)).expect("upgrade");
-    assert_eq!(resp.status(), 101);
-    ws
-}
-
-fn send(ws: &mut Ws, text: &str) {
-    ws.send(Message::text(text)).expect("send");
-}
-
-/// The next data message as JSON (control frames are skipped).
-fn recv(ws: &mut Ws) -> Value {
-    loop {
-        match ws.read().expect("read") {
-            Message::Text(t) => return serde_json::from_str(t.as_str()).expect("server sent JSON"),
-            Message::Binary(_) => panic!("unexpected binary"),
-            _ => continue,
-        }
-    }
-}
-
-fn recv_text(ws: &mut Ws) -> String {
-    loop {
-        if let Message::Text(t) = ws.read().expect("read") {
-            return t.as_str().to_string();
-        }
-    }
-}
-
-fn subscribe(ws: &mut Ws, topic: &str) {
-    send(ws, &format!(r#"{{"type":"subscribe","topic":"{topic}"}}"#));
-    let v = recv(ws);
-    assert_eq!(v["type"], "subscribed");
-    assert_eq!(v["topic"], topic);
 }
 
 /// Opens `n` clients and makes sure both workers got some (SO_REUSEPORT
@@ -207,26 +166,6 @@ fn malformed_commands_get_errors_and_the_connection_stays_usable() {
     assert_eq!(recv(&mut c)["type"], "pong");
 }
 
-/// Minimal HTTP/1.1 client for the admin API: returns (status, body).
-fn http(addr: SocketAddr, method: &str, target: &str, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "{method} {target} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    let mut resp = String::new();
-    s.read_to_string(&mut resp).unwrap();
-    let status = resp[9..12].parse().unwrap();
-    let body = resp
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 #[test]
 fn http_publish_and_broadcast_reach_subscribers() {
     let server = start(2, |_| {});
@@ -285,14 +224,6 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A subscriber that stops reading while 50 MiB are published at it is
 /// disconnected with 1008; a fast subscriber on the same topic gets every
 /// message, and the server's memory stays bounded.
@@ -300,26 +231,11 @@ fn free_port() -> u16 {
 fn slow_consumer_is_disconnected_and_memory_stays_bounded() {
     let port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args([
-            "--listen",
-            &addr.to_string(),
-            "--admin-listen",
-            "off",
-            "--workers",
-            "2",
-        ])
-        .args(["--max-outbound-bytes", "1048576", "--log-level", "warn"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn wsgate");
-    let child = KillOnDrop(child);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(addr).is_err() {
-        assert!(Instant::now() < deadline, "server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = Proc::wsgate(
+        port,
+        &["--workers", "2", "--max-outbound-bytes", "1048576"],
+        &[],
+    );
     let pid = child.0.id();
 
     let mut slow = connect(addr);
@@ -379,14 +295,4 @@ fn slow_consumer_is_disconnected_and_memory_stays_bounded() {
         growth_mib < 24,
         "server RSS grew by {growth_mib} MiB while 50 MiB went to a stalled subscriber"
     );
-}
-
-/// Kills the server process when the test ends, pass or fail.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
