@@ -1,13 +1,28 @@
-//! The command line: every setting of a wsgate process, with its default.
+//! Every setting of a wsgate process, with its default, and where settings
+//! come from: command-line flags, then `WSGATE_*` environment variables,
+//! then a TOML file (`--config`), then defaults.
 //!
 //! Owns parsing and validation of settings (including human-friendly
 //! durations). It must not start anything; `main` and [`crate::server`]
 //! read the resulting [`Config`].
 
+use std::collections::HashSet;
+use std::ffi::OsString;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line (for log shippers).
+    Json,
+}
 
 /// Which application runs on each connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -125,6 +140,21 @@ pub struct Config {
     /// Log filter (error, warn, info, debug, trace, or a RUST_LOG-style directive).
     #[arg(long, env = "WSGATE_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
+
+    /// Log format.
+    #[arg(long, env = "WSGATE_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+
+    /// Read settings from this TOML file (keys are flag names: `listen`,
+    /// `max-connections` or `max_connections`, ...). Flags and WSGATE_*
+    /// variables override it.
+    #[arg(long, env = "WSGATE_CONFIG")]
+    pub config: Option<PathBuf>,
+
+    /// Print the effective configuration (as TOML, with where each value
+    /// came from) and exit.
+    #[arg(long)]
+    pub print_config: bool,
 }
 
 impl Config {
@@ -155,6 +185,200 @@ impl Config {
         ])
         .unwrap_or_else(|e| panic!("default test config must parse: {e}"))
     }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Cli(#[from] clap::Error),
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Syntax { path: PathBuf, message: String },
+    #[error("config file {path}: unknown key '{key}' (keys are the long flag names, see --help)")]
+    UnknownKey { path: PathBuf, key: String },
+    #[error("config file {path}: bad value for '{key}': {message}")]
+    BadValue {
+        path: PathBuf,
+        key: String,
+        message: String,
+    },
+}
+
+/// Settings that cannot come from the file.
+const NOT_IN_FILE: [&str; 4] = ["config", "print_config", "help", "version"];
+
+/// A loaded configuration and where each setting came from.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    matches: ArgMatches,
+    from_file: HashSet<String>,
+}
+
+impl Loaded {
+    /// Loads flags > environment > `--config` file > defaults.
+    pub fn from_args<I, T>(args: I) -> Result<Loaded, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
+        let cmd = Config::command();
+        let first = cmd.clone().try_get_matches_from(&args)?;
+        let mut from_file = HashSet::new();
+        if let Some(path) = first.get_one::<PathBuf>("config") {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let table: toml::Table =
+                text.parse()
+                    .map_err(|e: toml::de::Error| ConfigError::Syntax {
+                        path: path.clone(),
+                        message: e.message().to_string(),
+                    })?;
+            for (key, value) in table {
+                let flag_args = file_entry_to_args(&cmd, path, &key, &value)?;
+                let id = key.replace('-', "_");
+                // Flags and environment variables win over the file.
+                let overridden = matches!(
+                    first.value_source(&id),
+                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                );
+                if !overridden {
+                    args.extend(flag_args);
+                    from_file.insert(id);
+                }
+            }
+        }
+        let matches = cmd.try_get_matches_from(&args)?;
+        let config = Config::from_arg_matches(&matches)?;
+        Ok(Loaded {
+            config,
+            matches,
+            from_file,
+        })
+    }
+
+    /// The effective configuration as TOML, each line commented with its source.
+    pub fn effective_toml(&self) -> String {
+        let mut out = String::from("# wsgate effective configuration\n");
+        for arg in Config::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            let Some(long) = arg.get_long() else { continue };
+            if NOT_IN_FILE.contains(&id) {
+                continue;
+            }
+            let source = if self.from_file.contains(id) {
+                "file"
+            } else {
+                match self.matches.value_source(id) {
+                    Some(ValueSource::CommandLine) => "flag",
+                    Some(ValueSource::EnvVariable) => "env",
+                    Some(ValueSource::DefaultValue) => "default",
+                    _ => "unset",
+                }
+            };
+            let values: Vec<String> = self
+                .matches
+                .get_raw(id)
+                .map(|v| v.map(|s| s.to_string_lossy().into_owned()).collect())
+                .unwrap_or_default();
+            let rendered = if matches!(arg.get_action(), ArgAction::SetTrue) {
+                self.matches.get_flag(id).to_string()
+            } else if values.is_empty() {
+                out.push_str(&format!("# {long} = (unset)  # {source}\n"));
+                continue;
+            } else if values.len() == 1 {
+                toml_scalar(&values[0])
+            } else {
+                format!(
+                    "[{}]",
+                    values
+                        .iter()
+                        .map(|v| toml_scalar(v))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            };
+            out.push_str(&format!("{long} = {rendered}  # {source}\n"));
+        }
+        out
+    }
+}
+
+fn toml_scalar(v: &str) -> String {
+    if v.parse::<i64>().is_ok() || v == "true" || v == "false" {
+        v.to_string()
+    } else {
+        toml::Value::String(v.to_string()).to_string()
+    }
+}
+
+/// Turns one `key = value` of the file into flag arguments, checking the key
+/// exists and the value parses, so errors name the key and the file.
+fn file_entry_to_args(
+    cmd: &clap::Command,
+    path: &std::path::Path,
+    key: &str,
+    value: &toml::Value,
+) -> Result<Vec<OsString>, ConfigError> {
+    let id = key.replace('-', "_");
+    let arg = cmd
+        .get_arguments()
+        .find(|a| a.get_id().as_str() == id && a.get_long().is_some())
+        .filter(|_| !NOT_IN_FILE.contains(&id.as_str()))
+        .ok_or_else(|| ConfigError::UnknownKey {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+        })?;
+    let bad = |message: String| ConfigError::BadValue {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        message,
+    };
+    let long = format!("--{}", arg.get_long().unwrap_or(key));
+    let scalar = |v: &toml::Value| -> Result<String, ConfigError> {
+        match v {
+            toml::Value::String(s) => Ok(s.clone()),
+            toml::Value::Integer(i) => Ok(i.to_string()),
+            toml::Value::Float(f) => Ok(f.to_string()),
+            toml::Value::Boolean(b) => Ok(b.to_string()),
+            other => Err(bad(format!(
+                "expected a string, number or boolean, got {other}"
+            ))),
+        }
+    };
+    let mut out: Vec<OsString> = Vec::new();
+    if matches!(arg.get_action(), ArgAction::SetTrue) {
+        match value {
+            toml::Value::Boolean(true) => out.push(long.into()),
+            toml::Value::Boolean(false) => {}
+            other => return Err(bad(format!("expected true or false, got {other}"))),
+        }
+    } else {
+        let items: Vec<String> = match value {
+            toml::Value::Array(a) => a.iter().map(scalar).collect::<Result<_, _>>()?,
+            v => vec![scalar(v)?],
+        };
+        for item in items {
+            out.push(format!("{long}={item}").into());
+        }
+    }
+    // Parse the key alone to report a bad value against the file's key.
+    let mut probe: Vec<OsString> = vec!["wsgate".into()];
+    probe.extend(out.iter().cloned());
+    if let Err(e) = cmd.clone().try_get_matches_from(probe) {
+        let msg = e.to_string();
+        let first = msg.lines().next().unwrap_or("invalid value");
+        return Err(bad(first.trim_start_matches("error: ").to_string()));
+    }
+    Ok(out)
 }
 
 /// Parses a socket address, or `off` for "no listener".

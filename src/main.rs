@@ -10,12 +10,13 @@ use tracing_subscriber::EnvFilter;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use wsgate::{limits, systemd, Config};
+use wsgate::config::{ConfigError, Loaded, LogFormat};
+use wsgate::{limits, systemd};
 
 fn main() -> ExitCode {
-    let config = match Config::from_args(std::env::args_os()) {
-        Ok(c) => c,
-        Err(e) => {
+    let loaded = match Loaded::from_args(std::env::args_os()) {
+        Ok(l) => l,
+        Err(ConfigError::Cli(e)) => {
             let _ = e.print();
             return if e.use_stderr() {
                 ExitCode::from(2)
@@ -23,12 +24,25 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             };
         }
+        Err(e) => {
+            eprintln!("wsgate: {e}");
+            return ExitCode::from(2);
+        }
     };
+    if loaded.config.print_config {
+        print!("{}", loaded.effective_toml());
+        return ExitCode::SUCCESS;
+    }
+    let config = loaded.config;
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log_level.clone());
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info")))
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match config.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
+    }
 
     let nofile = match limits::raise_nofile_limit() {
         Ok(n) => n,

@@ -114,7 +114,18 @@ pub(crate) struct Worker {
     draining_until: Option<Instant>,
     /// Connections whose reading was paused and may resume.
     resume: Vec<usize>,
+    /// Rate-limited summary of per-connection trouble (see `report_trouble`).
+    trouble: TroubleReport,
 }
+
+/// Per-connection errors are logged at debug level only; at warn level a
+/// worker says at most once per interval how many there were.
+struct TroubleReport {
+    next: Instant,
+    last: [u64; 5],
+}
+
+const TROUBLE_INTERVAL: Duration = Duration::from_secs(10);
 
 fn is_descriptor_exhaustion(e: &io::Error) -> bool {
     matches!(
@@ -201,6 +212,10 @@ impl Worker {
             last_backoff_log: None,
             draining_until: None,
             resume: Vec::new(),
+            trouble: TroubleReport {
+                next: Instant::now() + TROUBLE_INTERVAL,
+                last: [0; 5],
+            },
         })
     }
 
@@ -245,6 +260,9 @@ impl Worker {
             self.flush_outbox();
             self.expire(now);
             self.stats.timers.set(self.wheel.len() as u64);
+            if now >= self.trouble.next {
+                self.report_trouble(now);
+            }
             if let Some(until) = self.draining_until {
                 if self.conns.is_empty() || now >= until {
                     break;
@@ -368,6 +386,39 @@ impl Worker {
         conn.timer = Some(self.wheel.schedule(deadline, key as u32));
         entry.insert(conn);
         self.stats.open.inc();
+    }
+
+    /// Logs one warning summarising connections closed for misbehaving since
+    /// the last report, instead of one line per connection.
+    fn report_trouble(&mut self, now: Instant) {
+        let s = &self.stats;
+        let counts = [
+            s.protocol_errors.get(),
+            s.handshake_failures.get(),
+            s.handshake_timeouts.get(),
+            s.rate_limited.get(),
+            s.slow_consumers.get(),
+        ];
+        let mut d = [0u64; 5];
+        for (i, c) in counts.iter().enumerate() {
+            d[i] = c.wrapping_sub(self.trouble.last[i]);
+        }
+        if d.iter().any(|x| *x > 0) {
+            tracing::warn!(
+                worker = self.id,
+                protocol_errors = d[0],
+                refused_upgrades = d[1],
+                handshake_timeouts = d[2],
+                rate_limited = d[3],
+                slow_consumers = d[4],
+                "connections closed for misbehaving in the last {}s",
+                TROUBLE_INTERVAL.as_secs()
+            );
+        }
+        self.trouble = TroubleReport {
+            next: now + TROUBLE_INTERVAL,
+            last: counts,
+        };
     }
 
     /// The timer tick `t` falls in.
