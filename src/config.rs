@@ -76,6 +76,43 @@ pub struct Config {
     #[arg(long, env = "WSGATE_NODE_ID")]
     pub node_id: Option<u64>,
 
+    /// Require a JWT (HS256) signed with this secret on every handshake.
+    /// Prefer --jwt-secret-file: command lines are visible to other users.
+    #[arg(long, env = "WSGATE_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Require a JWT (HS256) signed with the secret in this file.
+    #[arg(long, env = "WSGATE_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<String>,
+
+    /// Require a JWT (RS256 or ES256) verified with this PEM public key.
+    #[arg(long, env = "WSGATE_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<String>,
+
+    /// How long past its token's `exp` a connection may stay before it is
+    /// closed with 1008 (a client refreshes with {"type":"refresh","token":…}).
+    #[arg(long, env = "WSGATE_JWT_EXPIRY_GRACE", default_value = "0s", value_parser = parse_duration)]
+    pub jwt_expiry_grace: Duration,
+
+    /// Browser origins allowed to connect (repeatable; exact like
+    /// https://app.example.com, or *.example.com). None listed: any origin.
+    #[arg(
+        long = "allowed-origin",
+        env = "WSGATE_ALLOWED_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Refuse handshakes without an Origin header when --allowed-origin is set
+    /// (by default non-browser clients, which send none, are allowed).
+    #[arg(long, env = "WSGATE_REQUIRE_ORIGIN")]
+    pub require_origin: bool,
+
+    /// Handshakes per second allowed from one client address, with bursts of
+    /// twice that (0 = no limit); over it, 429.
+    #[arg(long, env = "WSGATE_MAX_HANDSHAKES_PER_IP", default_value_t = 0.0)]
+    pub max_handshakes_per_ip: f64,
+
     /// Longest topic name, in bytes.
     #[arg(long, env = "WSGATE_MAX_TOPIC_BYTES", default_value_t = 256)]
     pub max_topic_bytes: usize,

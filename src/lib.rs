@@ -22,6 +22,7 @@ pub mod limits;
 pub mod metrics;
 pub mod protocol;
 pub mod pubsub;
+pub mod security;
 pub mod server;
 pub mod systemd;
 pub mod timer_wheel;

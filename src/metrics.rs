@@ -100,7 +100,13 @@ impl Collector for MetricsSource {
         use MetricType::{Counter, Gauge};
         let snaps: Vec<StatsSnapshot> = self.workers.iter().map(|w| w.snapshot()).collect();
         let s = &snaps;
-        let simple: [(&str, &str, MetricType, Field); 12] = [
+        let simple: [(&str, &str, MetricType, Field); 13] = [
+            (
+                "wsgate_authenticated_upgrades",
+                "Upgrades that presented a valid token",
+                Counter,
+                |s| s.authenticated,
+            ),
             (
                 "wsgate_connections_open",
                 "Connections held (any phase)",
@@ -188,6 +194,7 @@ impl Collector for MetricsSource {
                     ("rate_limited", |s| s.rate_limited),
                     ("shutdown", |s| s.shutdown_closes),
                     ("handshake_timeout", |s| s.handshake_timeouts),
+                    ("token_expired", |s| s.token_expiries),
                 ],
             ),
         )?;
@@ -206,6 +213,9 @@ impl Collector for MetricsSource {
                     ("426", |s| s.rejected_version),
                     ("431", |s| s.rejected_too_large),
                     ("503", |s| s.rejected_unavailable),
+                    ("401", |s| s.rejected_unauthorized),
+                    ("403", |s| s.rejected_forbidden),
+                    ("429", |s| s.rejected_rate),
                 ],
             ),
         )?;

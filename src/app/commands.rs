@@ -32,6 +32,10 @@ pub enum Command<'a> {
     },
     /// Application-level heartbeat.
     Ping,
+    /// A fresh token for a connection whose token is about to expire.
+    Refresh {
+        token: Cow<'a, str>,
+    },
 }
 
 /// Why a command was refused. The connection stays open.
@@ -49,6 +53,10 @@ pub enum CommandError {
     TooManySubscriptions(usize),
     #[error("binary messages are not part of this protocol; send JSON text")]
     Binary,
+    #[error("not allowed to {0} topic '{1}'")]
+    Forbidden(&'static str, String),
+    #[error("refresh refused: {0}")]
+    Unauthorized(String),
 }
 
 impl CommandError {
@@ -60,6 +68,8 @@ impl CommandError {
             CommandError::BadTopic(_) => 413,
             CommandError::Binary => 415,
             CommandError::TooManySubscriptions(_) => 429,
+            CommandError::Forbidden(..) => 403,
+            CommandError::Unauthorized(_) => 401,
         }
     }
 }
@@ -72,6 +82,8 @@ struct Wire<'a> {
     topic: Option<Cow<'a, str>>,
     #[serde(borrow)]
     payload: Option<&'a RawValue>,
+    #[serde(borrow)]
+    token: Option<Cow<'a, str>>,
 }
 
 /// Parses one text message. `max_topic` caps topic names in bytes.
@@ -83,6 +95,9 @@ pub fn parse(text: &[u8], max_topic: usize) -> Result<Command<'_>, CommandError>
     Ok(match kind.as_ref() {
         "echo" => Command::Echo,
         "ping" => Command::Ping,
+        "refresh" => Command::Refresh {
+            token: wire.token.ok_or(CommandError::MissingField("token"))?,
+        },
         "broadcast" => Command::Broadcast {
             payload: payload(wire.payload)?,
         },
@@ -158,6 +173,11 @@ pub fn subscription_text(subscribed: bool, topic: &str) -> Vec<u8> {
     json_string(&mut out, topic);
     out.push(b'}');
     out
+}
+
+/// `{"type":"refreshed","exp":N}`
+pub fn refreshed_text(exp: u64) -> Vec<u8> {
+    format!(r#"{{"type":"refreshed","exp":{exp}}}"#).into_bytes()
 }
 
 /// `{"type":"pong"}`

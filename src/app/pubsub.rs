@@ -17,6 +17,7 @@ use crate::protocol::{MessageKind, OpCode};
 use crate::pubsub::outbox::Outbox;
 use crate::pubsub::topics::LocalTopics;
 use crate::pubsub::{Hub, Notify, Ticket};
+use crate::security::{Grant, Security};
 
 /// Limits of the client protocol.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +52,7 @@ pub struct PubSubCx<'a> {
     pub pending: &'a mut Slab<PendingResult>,
     pub broadcasts: &'a mut Vec<LocalBroadcast>,
     pub limits: PubSubLimits,
+    pub security: &'a Security,
 }
 
 /// The connection running the command.
@@ -59,6 +61,14 @@ pub struct Caller<'a> {
     pub serial: u32,
     /// Local topic ids this connection joined.
     pub topics: &'a mut Vec<u32>,
+    /// Its token's grant, with authentication on.
+    pub auth: &'a mut Option<Box<Grant>>,
+}
+
+impl Caller<'_> {
+    fn may_use(&self, topic: &str) -> bool {
+        self.auth.as_ref().is_none_or(|g| g.topics.allows(topic))
+    }
 }
 
 fn reply(out: &mut Vec<u8>, text: &[u8]) {
@@ -88,6 +98,15 @@ pub fn on_message(
     match cmd {
         Command::Echo => reply(out, text),
         Command::Ping => reply(out, commands::PONG_TEXT),
+        Command::Subscribe { topic } if !caller.may_use(&topic) => {
+            let e = CommandError::Forbidden("subscribe to", topic.into_owned());
+            reply(out, &commands::error_text(&e));
+        }
+        Command::Publish { topic, .. } if !caller.may_use(&topic) => {
+            let e = CommandError::Forbidden("publish to", topic.into_owned());
+            reply(out, &commands::error_text(&e));
+        }
+        Command::Refresh { token } => refresh(&token, caller, cx, out),
         Command::Subscribe { topic } => {
             let already = cx
                 .topics
@@ -190,4 +209,28 @@ pub fn broadcast_result_frame(pending: &PendingResult) -> Arc<[u8]> {
         &commands::broadcast_result_text(&pending.payload, pending.ticket.delivered()),
     )
     .into()
+}
+
+/// `{"type":"refresh","token":T}`: a fresh token extends the connection past
+/// its current token's expiry (and may change its topic permissions).
+fn refresh(token: &str, caller: &mut Caller<'_>, cx: &PubSubCx<'_>, out: &mut Vec<u8>) {
+    let Some(auth) = &cx.security.auth else {
+        let e = CommandError::Unauthorized("authentication is not enabled".into());
+        return reply(out, &commands::error_text(&e));
+    };
+    match auth.verify(token, crate::security::unix_now()) {
+        Ok(grant) => {
+            let same_user = caller.auth.as_ref().is_none_or(|g| g.user == grant.user);
+            if !same_user {
+                let e = CommandError::Unauthorized("token is for another user".into());
+                return reply(out, &commands::error_text(&e));
+            }
+            reply(out, &commands::refreshed_text(grant.exp));
+            *caller.auth = Some(Box::new(grant));
+        }
+        Err(e) => reply(
+            out,
+            &commands::error_text(&CommandError::Unauthorized(e.to_string())),
+        ),
+    }
 }

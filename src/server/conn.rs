@@ -29,6 +29,7 @@ use crate::protocol::{CloseCode, Event, OpCode, Receiver, ReceiverLimits};
 use super::admission::{Admission, Refusal};
 use super::stats::WorkerStats;
 use super::write_queue::WriteQueue;
+use crate::security::{Grant, Refused, Security};
 use crate::timer_wheel::TimerId;
 
 /// Where a connection is in its life.
@@ -78,6 +79,7 @@ pub struct Ctx<'a> {
     /// Peer address of admitted connections, kept only for the per-IP limit.
     pub peer_ips: &'a mut FxHashMap<u32, IpAddr>,
     pub rate: Option<RateLimit>,
+    pub security: &'a Security,
 }
 
 pub struct Conn {
@@ -104,6 +106,8 @@ pub struct Conn {
     pub bucket_tick: u32,
     /// Counted by [`Admission`]; released when the connection goes.
     pub admitted: bool,
+    /// What the connection's token grants (only with authentication on).
+    pub auth: Option<Box<Grant>>,
 }
 
 enum HeadStatus {
@@ -128,6 +132,7 @@ impl Conn {
             tokens: f32::MAX,
             bucket_tick: 0,
             admitted: false,
+            auth: None,
         }
     }
 
@@ -173,10 +178,20 @@ impl Conn {
         let head_len = match parse_request(buf, cx.handshake) {
             Ok(None) => return HeadStatus::NeedMore,
             Ok(Some(req)) => {
-                let ip = if cx.admission.tracks_ips() {
+                let ip = if cx.admission.tracks_ips() || cx.security.handshake_rate.is_some() {
                     self.stream.peer_addr().ok().map(|a| a.ip())
                 } else {
                     None
+                };
+                let checked =
+                    cx.security
+                        .check_upgrade(ip, req.origin, req.authorization, req.query);
+                let grant = match checked {
+                    Ok(g) => g,
+                    Err(why) => {
+                        self.refuse(&why, cx);
+                        return HeadStatus::Done(Transition::StartedClosing);
+                    }
                 };
                 if let Err(why) = cx.admission.try_admit(ip) {
                     let body = match why {
@@ -198,8 +213,19 @@ impl Conn {
                     return HeadStatus::Done(Transition::StartedClosing);
                 }
                 self.admitted = true;
-                if let Some(ip) = ip {
-                    cx.peer_ips.insert(key as u32, ip);
+                if cx.admission.tracks_ips() {
+                    if let Some(ip) = ip {
+                        cx.peer_ips.insert(key as u32, ip);
+                    }
+                }
+                if let Some(g) = grant {
+                    tracing::debug!(
+                        user = g.user.as_deref().unwrap_or("-"),
+                        exp = g.exp,
+                        "authenticated"
+                    );
+                    cx.stats.authenticated.inc();
+                    self.auth = Some(Box::new(g));
                 }
                 write_accept_response(&req, cx.out);
                 req.head_len
@@ -241,6 +267,28 @@ impl Conn {
         })
     }
 
+    /// Answers a refused upgrade (401, 403 or 429) and starts closing.
+    fn refuse(&mut self, why: &Refused, cx: &mut Ctx<'_>) {
+        tracing::debug!(reason = %why, "upgrade refused");
+        cx.stats.handshake_failures.inc();
+        let (status, phrase) = why.status();
+        let (counter, extra): (_, &[(&str, &str)]) = match why {
+            Refused::Auth(_) => (
+                &cx.stats.rejected_unauthorized,
+                &[("WWW-Authenticate", "Bearer")],
+            ),
+            Refused::Origin => (&cx.stats.rejected_forbidden, &[]),
+            Refused::HandshakeRate => (&cx.stats.rejected_rate, &[("Retry-After", "1")]),
+        };
+        counter.inc();
+        cx.out
+            .extend_from_slice(&error_response(status, phrase, &why.to_string(), extra));
+        self.phase = Phase::Closing {
+            write_shut: false,
+            peer_closed: false,
+        };
+    }
+
     fn on_frames(&mut self, key: usize, data: &mut [u8], cx: &mut Ctx<'_>) -> Transition {
         let mut peer_close: Option<CloseCode> = None;
         let out = &mut *cx.out;
@@ -251,6 +299,7 @@ impl Conn {
             key: key as u32,
             serial: self.serial,
             topics: &mut self.topics,
+            auth: &mut self.auth,
         };
         // Refill the token bucket once per read, spend one per frame.
         let mut rate_exceeded = false;

@@ -25,6 +25,7 @@ use crate::cluster::bridge::{self, Bridge, BridgeConfig};
 use crate::config::Config;
 use crate::metrics::MetricsSource;
 use crate::pubsub::{directory::MAX_WORKERS, Hub, WorkerMsg};
+use crate::security::{Authenticator, HandshakeRate, OriginPolicy, Security};
 pub use admission::Admission;
 pub use stats::{StatsSnapshot, WorkerStats};
 use worker::{Shared, Worker, WAKER};
@@ -123,6 +124,7 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         config: config.clone(),
         hub: hub.clone(),
         admission: admission.clone(),
+        security: Arc::new(security_from(&config)?),
     };
     let mut workers = Vec::with_capacity(n);
     for (id, ((l, (poll, rx)), stats)) in listeners.into_iter().zip(parts).zip(stats).enumerate() {
@@ -265,4 +267,36 @@ fn random_node_id() -> u64 {
         h.write_u128(t.as_nanos());
     }
     h.finish()
+}
+
+/// Builds the security policy from the settings; a bad key file is an error.
+fn security_from(config: &Config) -> io::Result<Security> {
+    let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+    let auth = match (
+        &config.jwt_secret,
+        &config.jwt_secret_file,
+        &config.jwt_public_key_file,
+    ) {
+        (None, None, None) => None,
+        (Some(s), None, None) => Some(Authenticator::hs256(s.as_bytes())),
+        (None, Some(path), None) => {
+            let secret = std::fs::read(path)
+                .map_err(|e| invalid(format!("--jwt-secret-file {path}: {e}")))?;
+            let trimmed = secret.trim_ascii_end();
+            Some(Authenticator::hs256(trimmed))
+        }
+        (None, None, Some(path)) => Some(Authenticator::from_public_key_file(path)),
+        _ => {
+            return Err(invalid(
+                "use one of --jwt-secret, --jwt-secret-file, --jwt-public-key-file".into(),
+            ))
+        }
+    };
+    let auth = auth.transpose().map_err(|e| invalid(e.to_string()))?;
+    let rate = config.max_handshakes_per_ip;
+    Ok(Security {
+        auth,
+        origins: OriginPolicy::new(&config.allowed_origins, !config.require_origin),
+        handshake_rate: (rate > 0.0).then(|| HandshakeRate::new(rate, 2.0 * rate)),
+    })
 }

@@ -97,6 +97,16 @@ worker_stats! {
     rejected_too_large,
     /// ... of which over a connection limit (503).
     rejected_unavailable,
+    /// ... of which without a valid token (401).
+    rejected_unauthorized,
+    /// ... of which from a disallowed Origin (403).
+    rejected_forbidden,
+    /// ... of which over the per-IP handshake rate (429).
+    rejected_rate,
+    /// Upgrades that presented a valid token.
+    authenticated,
+    /// Connections closed (1008) when their token expired.
+    token_expiries,
     /// Connections closed for not finishing the upgrade in time.
     handshake_timeouts,
     /// Connections closed for a protocol violation.

@@ -33,6 +33,7 @@ use super::stats::WorkerStats;
 use super::write_queue::{Chunk, WriteQueue};
 use crate::protocol::frame::write_server_frame;
 use crate::protocol::OpCode;
+use crate::security::{unix_now, Security};
 use crate::timer_wheel::TimerWheel;
 use rustc_hash::FxHashMap;
 use std::net::IpAddr;
@@ -61,6 +62,7 @@ pub(crate) struct Shared {
     pub config: Arc<Config>,
     pub hub: Arc<Hub>,
     pub admission: Arc<Admission>,
+    pub security: Arc<Security>,
 }
 /// Timer resolution. Every deadline (handshake, heartbeat, idle, close) is
 /// rounded up to a tick; a worker with timers wakes at most this often.
@@ -97,6 +99,7 @@ pub(crate) struct Worker {
     /// The inbox had more than one batch: drain again without sleeping.
     inbox_more: bool,
     admission: Arc<Admission>,
+    security: Arc<Security>,
     peer_ips: FxHashMap<u32, IpAddr>,
     rate: Option<RateLimit>,
     /// Tick 0 of the timer wheel.
@@ -146,6 +149,7 @@ impl Worker {
         let config = shared.config.clone();
         let hub = shared.hub.clone();
         let admission = shared.admission.clone();
+        let security = shared.security.clone();
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -197,6 +201,7 @@ impl Worker {
             pending_check_at: None,
             inbox_more: false,
             admission,
+            security,
             peer_ips: FxHashMap::default(),
             rate,
             epoch: Instant::now(),
@@ -426,15 +431,31 @@ impl Worker {
         (t.saturating_duration_since(self.epoch).as_nanos() / TICK.as_nanos()) as u32
     }
 
-    /// Sets connection `key`'s one timer to fire at `deadline`.
+    /// Sets connection `key`'s one timer to fire at `deadline`, or earlier
+    /// when its token expires first.
     fn set_timer(&mut self, key: usize, deadline: u32) {
+        let expiry = self.token_deadline(key);
         if let Some(conn) = self.conns.get_mut(key) {
+            let deadline = match (conn.phase, expiry) {
+                (Phase::Open, Some(e)) => deadline.min(e),
+                _ => deadline,
+            };
             let id = match conn.timer.take() {
                 Some(id) => self.wheel.reschedule(id, deadline as u64, key as u32),
                 None => self.wheel.schedule(deadline as u64, key as u32),
             };
             conn.timer = Some(id);
         }
+    }
+
+    /// The tick at which connection `key`'s token (plus grace) runs out.
+    fn token_deadline(&self, key: usize) -> Option<u32> {
+        let grant = self.conns.get(key)?.auth.as_ref()?;
+        let ends = grant.exp + self.config.jwt_expiry_grace.as_secs();
+        let left = ends.saturating_sub(unix_now());
+        let left_ticks =
+            (left.saturating_mul(1000) / TICK.as_millis() as u64).min(u32::MAX as u64 / 2);
+        Some(self.tick(Instant::now()) + left_ticks as u32 + 1)
     }
 
     /// The deadline for a connection that just started closing.
@@ -481,11 +502,13 @@ impl Worker {
                             pending: &mut self.pending,
                             broadcasts: &mut self.broadcasts,
                             limits: self.pubsub_limits,
+                            security: &self.security,
                         },
                         now_tick,
                         admission: &self.admission,
                         peer_ips: &mut self.peer_ips,
                         rate: self.rate,
+                        security: &self.security,
                     };
                     match conn.on_bytes(key, &mut self.scratch[..n], &mut cx) {
                         Transition::Keep => {}
@@ -646,9 +669,28 @@ impl Worker {
     /// The heartbeat timer of an open connection fired: ping it if it has
     /// been silent, close it if a ping went unanswered, else wait.
     fn heartbeat(&mut self, key: usize, now: u32) {
+        let grace = self.config.jwt_expiry_grace.as_secs();
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
+        if conn
+            .auth
+            .as_ref()
+            .is_some_and(|g| unix_now() >= g.exp + grace)
+        {
+            // The token ran out and no fresh one came ({"type":"refresh"}).
+            self.stats.token_expiries.inc();
+            conn.start_close(
+                CloseCode::POLICY_VIOLATION,
+                "token expired",
+                &mut self.out,
+                false,
+            );
+            let at = self.closing_deadline(now);
+            self.set_timer(key, at);
+            self.flush(key);
+            return;
+        }
         if conn.ping_at != 0 {
             let give_up = conn.ping_at.wrapping_add(self.answer_ticks);
             if now >= give_up {
