@@ -1,1 +1,111 @@
-fn main(){}
+//! wsbench: a lean WebSocket load generator for million-connection runs.
+//!
+//! Speaks plain RFC 6455 and the JSON `echo` / `broadcast` / `publish` shapes
+//! of wsgate's design, so it can be pointed at any server that speaks them.
+//! Every scenario is bounded in time, prints a progress line per second on
+//! stderr, and ends with a Markdown summary on stdout (and JSON with --out).
+//! Server cost is measured from /proc (RSS, CPU time of --server-pid), beside
+//! the generator's own CPU, because both share the box.
+
+mod client;
+mod procfs;
+mod report;
+mod scenarios;
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "wsbench",
+    about = "WebSocket load generator (connect, hold, echo, broadcast, churn)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Ramp to N connections, measure server memory per connection, hold, close.
+    Connect(scenarios::ConnectArgs),
+    /// N listeners, one sender: fan-out completion time, deliveries/s, misses.
+    Broadcast(scenarios::BroadcastArgs),
+    /// C connections in closed loop: round trips/s and latency percentiles.
+    Echo(scenarios::EchoArgs),
+    /// Hold N while connecting/disconnecting R per second.
+    Churn(scenarios::ChurnArgs),
+}
+
+/// Options every scenario takes.
+#[derive(Args, Clone, Debug)]
+pub struct Common {
+    /// Server URL (ws://HOST:PORT/PATH). Loopback only.
+    #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
+    pub url: String,
+    /// Source addresses to spread connections over, e.g. 127.0.0.2-127.0.0.40.
+    #[arg(long, default_value = "")]
+    pub src_ips: String,
+    /// Server process(es) to measure (RSS, CPU) from /proc. Repeatable.
+    #[arg(long = "server-pid")]
+    pub server_pids: Vec<u32>,
+    /// Hard limit on the whole run, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub timeout: u64,
+    /// Write the results as JSON here.
+    #[arg(long)]
+    pub out: Option<String>,
+}
+
+impl Common {
+    pub fn target(&self) -> Result<client::Target, String> {
+        let rest = self
+            .url
+            .strip_prefix("ws://")
+            .ok_or("only ws:// URLs are supported")?;
+        let (hostport, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, "/"),
+        };
+        let addr: SocketAddr = hostport
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve {hostport}: {e}"))?
+            .next()
+            .ok_or("no address")?;
+        if !addr.ip().is_loopback() {
+            return Err(format!(
+                "{addr} is not loopback: benchmarks stay on 127.0.0.0/8"
+            ));
+        }
+        Ok(client::Target {
+            addr,
+            host: hostport.to_string(),
+            path: path.to_string(),
+        })
+    }
+
+    pub fn src_ips(&self) -> Result<Vec<IpAddr>, String> {
+        client::parse_src_ips(&self.src_ips)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Each connection is a descriptor: take everything the hard limit allows.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let result = match cli.cmd {
+        Cmd::Connect(a) => scenarios::connect(a),
+        Cmd::Broadcast(a) => scenarios::broadcast(a),
+        Cmd::Echo(a) => scenarios::echo(a),
+        Cmd::Churn(a) => scenarios::churn(a),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("wsbench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,565 @@
+//! The load generator's connection engine: many WebSocket client
+//! connections on one mio event loop, with no buffer held by an idle one.
+//!
+//! Owns connecting (from a rotating set of source addresses, bound before
+//! connect so ephemeral ports last), the upgrade (request, 101 check, accept
+//! key check), masked client frames, answering pings, and turning server
+//! text frames into small events the scenarios consume. Scenarios decide
+//! what to send and when; they never touch sockets.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use mio::net::TcpStream;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+use wsgate::protocol::frame::{write_client_frame, FrameHeader, OpCode, Role};
+use wsgate::protocol::handshake::accept_key;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Connecting,
+    Handshaking,
+    Open,
+}
+
+struct Conn {
+    stream: TcpStream,
+    state: State,
+    /// Index of the key used in the upgrade (derived, not stored).
+    key_seed: u32,
+    /// Bytes of an incomplete response head or frame.
+    rx: Option<Vec<u8>>,
+    /// Bytes the socket did not take.
+    tx: Option<Vec<u8>>,
+    started: Instant,
+}
+
+/// What happened on a connection, for the scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ev {
+    Opened {
+        key: usize,
+        handshake: Duration,
+    },
+    Failed {
+        reason: &'static str,
+    },
+    /// A text message: its `"type"` (first 24 bytes after `{"type":"`) and
+    /// the first `"seq":N` number in it, if any.
+    Text {
+        key: usize,
+        kind: MsgKind,
+        seq: Option<u64>,
+    },
+    Closed {
+        key: usize,
+        code: Option<u16>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MsgKind {
+    Broadcast,
+    BroadcastResult,
+    Message,
+    Subscribed,
+    Echo,
+    Other,
+}
+
+fn classify(text: &[u8]) -> MsgKind {
+    const P: &[u8] = br#"{"type":""#;
+    let Some(rest) = text.strip_prefix(P) else {
+        return MsgKind::Echo; // raw echo of a non-JSON/other message
+    };
+    let kinds: [(&[u8], MsgKind); 5] = [
+        (b"broadcastResult\"", MsgKind::BroadcastResult),
+        (b"broadcast\"", MsgKind::Broadcast),
+        (b"message\"", MsgKind::Message),
+        (b"subscribed\"", MsgKind::Subscribed),
+        (b"echo\"", MsgKind::Echo),
+    ];
+    kinds
+        .iter()
+        .find(|(p, _)| rest.starts_with(p))
+        .map_or(MsgKind::Other, |(_, k)| *k)
+}
+
+/// The first `"seq":<digits>` in `text`.
+pub fn find_seq(text: &[u8]) -> Option<u64> {
+    const P: &[u8] = b"\"seq\":";
+    let at = text.windows(P.len()).position(|w| w == P)? + P.len();
+    let digits = text[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&text[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// Settings of an engine.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub addr: SocketAddr,
+    pub host: String,
+    pub path: String,
+}
+
+pub struct Engine {
+    poll: Poll,
+    events: Events,
+    conns: Slab<Conn>,
+    target: Target,
+    src_ips: Vec<IpAddr>,
+    next_src: usize,
+    scratch: Vec<u8>,
+    frame: Vec<u8>,
+    mask_state: u32,
+    pub connecting: usize,
+    pub open: usize,
+    pub failures: HashMap<&'static str, u64>,
+}
+
+impl Engine {
+    pub fn new(target: Target, src_ips: Vec<IpAddr>) -> io::Result<Engine> {
+        Ok(Engine {
+            poll: Poll::new()?,
+            events: Events::with_capacity(4096),
+            conns: Slab::new(),
+            target,
+            src_ips,
+            next_src: 0,
+            scratch: vec![0; 256 * 1024],
+            frame: Vec::with_capacity(256),
+            mask_state: 0x9E37_79B9,
+            connecting: 0,
+            open: 0,
+            failures: HashMap::new(),
+        })
+    }
+
+    fn fail(&mut self, reason: &'static str, out: &mut Vec<Ev>) {
+        *self.failures.entry(reason).or_default() += 1;
+        out.push(Ev::Failed { reason });
+    }
+
+    /// Starts one connection (non-blocking). Failures show up as events.
+    pub fn connect(&mut self, out: &mut Vec<Ev>) {
+        let addr = self.target.addr;
+        let socket = match socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            None,
+        ) {
+            Ok(s) => s,
+            Err(e) => return self.fail(io_reason(&e), out),
+        };
+        if !self.src_ips.is_empty() {
+            let ip = self.src_ips[self.next_src % self.src_ips.len()];
+            self.next_src += 1;
+            // Bind before connect so each source address has its own ports.
+            let _ = socket.set_reuse_address(true);
+            if let Err(e) = socket.bind(&SocketAddr::new(ip, 0).into()) {
+                return self.fail(io_reason(&e), out);
+            }
+        }
+        let _ = socket.set_nonblocking(true);
+        let _ = socket.set_nodelay(true);
+        match socket.connect(&addr.into()) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+            Err(e) => return self.fail(io_reason(&e), out),
+        }
+        let mut stream = TcpStream::from_std(socket.into());
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            return self.fail(io_reason(&e), out);
+        }
+        entry.insert(Conn {
+            stream,
+            state: State::Connecting,
+            key_seed: key as u32,
+            rx: None,
+            tx: None,
+            started: Instant::now(),
+        });
+        self.connecting += 1;
+    }
+
+    fn ws_key(seed: u32) -> String {
+        let mut raw = [0u8; 16];
+        for (i, b) in raw.iter_mut().enumerate() {
+            *b = (seed.wrapping_mul(2654435761).wrapping_add(i as u32 * 40503) >> 8) as u8;
+        }
+        base64::engine::general_purpose::STANDARD.encode(raw)
+    }
+
+    fn next_mask(&mut self) -> [u8; 4] {
+        // xorshift32: masks need not be secret for a load generator.
+        let mut x = self.mask_state;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.mask_state = x;
+        x.to_ne_bytes()
+    }
+
+    /// Sends one text message on connection `key` (if open).
+    pub fn send_text(&mut self, key: usize, text: &[u8]) -> bool {
+        let mask = self.next_mask();
+        self.frame.clear();
+        write_client_frame(&mut self.frame, true, OpCode::Text, mask, text);
+        let frame = std::mem::take(&mut self.frame);
+        let ok = self.write(key, &frame);
+        self.frame = frame;
+        ok
+    }
+
+    fn write(&mut self, key: usize, bytes: &[u8]) -> bool {
+        let Some(c) = self.conns.get_mut(key) else {
+            return false;
+        };
+        if let Some(q) = c.tx.as_mut() {
+            q.extend_from_slice(bytes);
+            return true;
+        }
+        let mut done = 0;
+        while done < bytes.len() {
+            match c.stream.write(&bytes[done..]) {
+                Ok(n) => done += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return false,
+            }
+        }
+        if done < bytes.len() {
+            c.tx = Some(bytes[done..].to_vec());
+        }
+        true
+    }
+
+    /// Closes every connection with a close frame (1000) and drops them.
+    pub fn close_all(&mut self) {
+        let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            let mut f = Vec::new();
+            write_client_frame(
+                &mut f,
+                true,
+                OpCode::Close,
+                self.next_mask(),
+                &1000u16.to_be_bytes(),
+            );
+            if self.conns[k].state == State::Open {
+                self.write(k, &f);
+            }
+            let c = self.conns.remove(k);
+            let _ = c.stream.shutdown(std::net::Shutdown::Write);
+        }
+        self.open = 0;
+        self.connecting = 0;
+    }
+
+    pub fn keys(&self) -> Vec<usize> {
+        self.conns
+            .iter()
+            .filter(|(_, c)| c.state == State::Open)
+            .map(|(k, _)| k)
+            .collect()
+    }
+
+    /// Drops connection `key` without a close frame (churn).
+    pub fn drop_conn(&mut self, key: usize) {
+        if let Some(c) = self.conns.try_remove(key) {
+            if c.state == State::Open {
+                self.open -= 1;
+            } else {
+                self.connecting -= 1;
+            }
+        }
+    }
+
+    /// Waits up to `timeout` for IO and appends what happened to `out`.
+    pub fn poll(&mut self, timeout: Duration, out: &mut Vec<Ev>) -> io::Result<()> {
+        match self.poll.poll(&mut self.events, Some(timeout)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => return Ok(()),
+            Err(e) => return Err(e),
+        }
+        let ready: Vec<(usize, bool, bool)> = self
+            .events
+            .iter()
+            .map(|e| {
+                (
+                    e.token().0,
+                    e.is_readable() || e.is_read_closed() || e.is_error(),
+                    e.is_writable(),
+                )
+            })
+            .collect();
+        for (key, readable, writable) in ready {
+            if writable {
+                self.on_writable(key, out);
+            }
+            if readable {
+                self.on_readable(key, out);
+            }
+        }
+        Ok(())
+    }
+
+    fn kill(
+        &mut self,
+        key: usize,
+        reason: Option<&'static str>,
+        code: Option<u16>,
+        out: &mut Vec<Ev>,
+    ) {
+        if let Some(c) = self.conns.try_remove(key) {
+            match c.state {
+                State::Open => {
+                    self.open -= 1;
+                    out.push(Ev::Closed { key, code });
+                }
+                _ => {
+                    self.connecting -= 1;
+                    self.fail(reason.unwrap_or("closed during handshake"), out);
+                }
+            }
+        }
+    }
+
+    fn on_writable(&mut self, key: usize, out: &mut Vec<Ev>) {
+        let Some(c) = self.conns.get_mut(key) else {
+            return;
+        };
+        if c.state == State::Connecting {
+            match c.stream.take_error() {
+                Ok(None) => {}
+                Ok(Some(e)) | Err(e) => return self.kill(key, Some(io_reason(&e)), None, out),
+            }
+            if c.stream.peer_addr().is_err() {
+                return; // not connected yet
+            }
+            c.state = State::Handshaking;
+            let req = format!(
+                "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                self.target.path,
+                self.target.host,
+                Self::ws_key(c.key_seed)
+            );
+            if !self.write(key, req.as_bytes()) {
+                self.kill(key, Some("reset"), None, out);
+            }
+            return;
+        }
+        if let Some(mut q) = c.tx.take() {
+            let mut done = 0;
+            while done < q.len() {
+                match c.stream.write(&q[done..]) {
+                    Ok(n) => done += n,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(_) => return self.kill(key, Some("reset"), None, out),
+                }
+            }
+            q.drain(..done);
+            if !q.is_empty() {
+                c.tx = Some(q);
+            }
+        }
+    }
+
+    fn on_readable(&mut self, key: usize, out: &mut Vec<Ev>) {
+        loop {
+            let Some(c) = self.conns.get_mut(key) else {
+                return;
+            };
+            if c.state == State::Connecting {
+                return;
+            }
+            let n = match c.stream.read(&mut self.scratch) {
+                Ok(0) => return self.kill(key, Some("closed during handshake"), None, out),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return self.kill(key, Some(io_reason(&e)), None, out),
+            };
+            let mut buf = match c.rx.take() {
+                Some(mut b) => {
+                    b.extend_from_slice(&self.scratch[..n]);
+                    b
+                }
+                None => self.scratch[..n].to_vec(),
+            };
+            let used = self.consume(key, &buf, out);
+            let Some(c) = self.conns.get_mut(key) else {
+                return;
+            };
+            if used < buf.len() {
+                buf.drain(..used);
+                c.rx = Some(buf);
+            }
+            if n < self.scratch.len() {
+                return;
+            }
+        }
+    }
+
+    /// Handles whole units (response head, frames) in `buf`; returns bytes used.
+    fn consume(&mut self, key: usize, buf: &[u8], out: &mut Vec<Ev>) -> usize {
+        let mut pos = 0;
+        if self.conns[key].state == State::Handshaking {
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                if buf.len() > 8192 {
+                    self.kill(key, Some("bad response"), None, out);
+                }
+                return 0;
+            };
+            let head = &buf[..end + 4];
+            if !head.starts_with(b"HTTP/1.1 101") {
+                let reason = match head.get(9..12) {
+                    Some(b"503") => "503 server full",
+                    Some(b"429") => "429 rate limited",
+                    Some(b"401") => "401 unauthorized",
+                    _ => "bad status",
+                };
+                self.kill(key, Some(reason), None, out);
+                return buf.len();
+            }
+            let want = accept_key(Self::ws_key(self.conns[key].key_seed).as_bytes());
+            let text = String::from_utf8_lossy(head).to_ascii_lowercase();
+            let ok = text.contains(&format!(
+                "sec-websocket-accept: {}",
+                String::from_utf8_lossy(&want).to_ascii_lowercase()
+            ));
+            if !ok {
+                self.kill(key, Some("bad accept key"), None, out);
+                return buf.len();
+            }
+            let c = &mut self.conns[key];
+            c.state = State::Open;
+            self.connecting -= 1;
+            self.open += 1;
+            out.push(Ev::Opened {
+                key,
+                handshake: c.started.elapsed(),
+            });
+            pos = end + 4;
+        }
+        loop {
+            let Ok(Some((h, n))) = FrameHeader::decode(&buf[pos..], Role::Client, 0) else {
+                return pos;
+            };
+            let total = n + h.payload_len as usize;
+            if buf.len() - pos < total {
+                return pos;
+            }
+            let payload = &buf[pos + n..pos + total];
+            pos += total;
+            match h.opcode {
+                OpCode::Text | OpCode::Binary => out.push(Ev::Text {
+                    key,
+                    kind: classify(payload),
+                    seq: find_seq(payload),
+                }),
+                OpCode::Ping => {
+                    let mut f = Vec::new();
+                    write_client_frame(&mut f, true, OpCode::Pong, self.next_mask(), payload);
+                    self.write(key, &f);
+                }
+                OpCode::Close => {
+                    let code =
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    self.kill(key, None, code, out);
+                    return buf.len();
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+fn io_reason(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ECONNREFUSED) => "refused",
+        Some(libc::ECONNRESET) | Some(libc::EPIPE) => "reset",
+        Some(libc::ETIMEDOUT) => "timeout",
+        Some(libc::EADDRNOTAVAIL) | Some(libc::EADDRINUSE) => "no ephemeral port",
+        Some(libc::EMFILE) | Some(libc::ENFILE) => "out of descriptors",
+        _ => "io error",
+    }
+}
+
+/// Parses `127.0.0.2-127.0.0.40`, `127.0.0.2,127.0.0.3` or a single address.
+pub fn parse_src_ips(s: &str) -> Result<Vec<IpAddr>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        if let Some((a, b)) = part.split_once('-') {
+            let a: std::net::Ipv4Addr =
+                a.trim().parse().map_err(|_| format!("bad address {a:?}"))?;
+            let b: std::net::Ipv4Addr =
+                b.trim().parse().map_err(|_| format!("bad address {b:?}"))?;
+            let (a, b) = (u32::from(a), u32::from(b));
+            if b < a || b - a > 65_535 {
+                return Err(format!("bad range {part:?}"));
+            }
+            out.extend((a..=b).map(|x| IpAddr::V4(x.into())));
+        } else {
+            out.push(part.parse().map_err(|_| format!("bad address {part:?}"))?);
+        }
+    }
+    for ip in &out {
+        if !ip.is_loopback() {
+            return Err(format!(
+                "{ip} is not a loopback address (benchmarks stay on 127.0.0.0/8)"
+            ));
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_ranges() {
+        let v = parse_src_ips("127.0.0.2-127.0.0.4,127.0.0.9").unwrap();
+        assert_eq!(v.len(), 4);
+        assert_eq!(v[3].to_string(), "127.0.0.9");
+        assert!(parse_src_ips("127.0.0.5-127.0.0.1").is_err());
+        assert!(parse_src_ips("10.0.0.1").is_err(), "only loopback");
+        assert!(parse_src_ips("nope").is_err());
+    }
+
+    #[test]
+    fn message_classification_and_seq() {
+        assert_eq!(
+            classify(br#"{"type":"broadcastResult","payload":1}"#),
+            MsgKind::BroadcastResult
+        );
+        assert_eq!(
+            classify(br#"{"type":"broadcast","payload":1}"#),
+            MsgKind::Broadcast
+        );
+        assert_eq!(
+            classify(br#"{"type":"message","topic":"t"}"#),
+            MsgKind::Message
+        );
+        assert_eq!(classify(b"raw"), MsgKind::Echo);
+        assert_eq!(
+            find_seq(br#"{"type":"broadcast","payload":{"seq":42,"t":1}}"#),
+            Some(42)
+        );
+        assert_eq!(find_seq(br#"{"seq":"x"}"#), None);
+        assert_eq!(find_seq(b"none"), None);
+    }
+}

@@ -1,0 +1,682 @@
+//! The scenarios: each drives an [`Engine`] and measures the server from
+//! /proc. All are bounded in time and end by themselves.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde_json::{json, Value};
+
+use crate::client::{Engine, Ev, MsgKind};
+use crate::procfs;
+use crate::report::{aggregate_children, latency_json, markdown, new_histogram};
+use crate::Common;
+
+/// Snapshot of the server processes and the kernel, for before/after deltas.
+struct Probe {
+    at: Instant,
+    rss: u64,
+    cpu: Duration,
+    tcp_mem: u64,
+    slab: u64,
+    self_cpu: Duration,
+}
+
+impl Probe {
+    fn take(pids: &[u32]) -> Probe {
+        Probe {
+            at: Instant::now(),
+            rss: procfs::rss(pids),
+            cpu: procfs::cpu(pids),
+            tcp_mem: procfs::tcp_mem().0,
+            slab: procfs::socket_slab_bytes(),
+            self_cpu: procfs::self_cpu(),
+        }
+    }
+}
+
+fn per(n: f64, d: f64) -> Value {
+    if d > 0.0 {
+        json!((n / d * 100.0).round() / 100.0)
+    } else {
+        Value::Null
+    }
+}
+
+fn finish(title: &str, common: &Common, result: Value) -> Result<(), String> {
+    println!("{}", markdown(title, &result));
+    if let Some(path) = &common.out {
+        let text = serde_json::to_string_pretty(&result).map_err(|e| e.to_string())?;
+        std::fs::write(path, text).map_err(|e| format!("cannot write {path}: {e}"))?;
+        eprintln!("wsbench: results written to {path}");
+    }
+    Ok(())
+}
+
+/// Connections one process can hold: the descriptor limit less a margin.
+fn per_process_capacity() -> u64 {
+    let soft = rlimit::getrlimit(rlimit::Resource::NOFILE).map_or(1024, |l| l.0);
+    soft.saturating_sub(256).max(1)
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connections to open.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: u64,
+    /// New connections per second (0 = as fast as the concurrency allows).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Handshakes in flight at once.
+    #[arg(long, default_value_t = 512)]
+    pub concurrency: usize,
+    /// Seconds to hold every connection open after the ramp.
+    #[arg(long, default_value_t = 5)]
+    pub hold: u64,
+    /// Seconds to let the server settle before measuring memory.
+    #[arg(long, default_value_t = 2)]
+    pub settle: u64,
+    /// Internal: run as a child of a multi-process run.
+    #[arg(long, hide = true)]
+    pub child: bool,
+}
+
+/// Ramps `n` connections; returns (opened, failed, ramp time, handshake histogram, timeseries).
+fn ramp(
+    engine: &mut Engine,
+    a: &ConnectArgs,
+    n: u64,
+    deadline: Instant,
+    pids: &[u32],
+) -> Result<(u64, u64, Duration, Value, Vec<Value>), String> {
+    let start = Instant::now();
+    let mut started = 0u64;
+    let (mut opened, mut failed) = (0u64, 0u64);
+    let mut hs = new_histogram();
+    let mut events = Vec::new();
+    let mut series = Vec::new();
+    let mut last_report = Instant::now();
+    while opened + failed < n && Instant::now() < deadline {
+        let allowed = if a.rate > 0.0 {
+            (start.elapsed().as_secs_f64() * a.rate) as u64
+        } else {
+            u64::MAX
+        };
+        while started < n && started < allowed && engine.connecting < a.concurrency {
+            engine.connect(&mut events);
+            started += 1;
+        }
+        engine
+            .poll(Duration::from_millis(5), &mut events)
+            .map_err(|e| e.to_string())?;
+        for ev in events.drain(..) {
+            match ev {
+                Ev::Opened { handshake, .. } => {
+                    opened += 1;
+                    let _ = hs.record(handshake.as_micros().max(1) as u64);
+                }
+                Ev::Failed { .. } => failed += 1,
+                Ev::Closed { .. } => failed += 1,
+                Ev::Text { .. } => {}
+            }
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            let t = start.elapsed().as_secs_f64();
+            let rss = procfs::rss(pids);
+            eprintln!(
+                "wsbench: {t:6.1}s open {opened:>8} failed {failed:>6} ({:.0}/s) server rss {} MiB",
+                opened as f64 / t,
+                rss >> 20
+            );
+            series.push(json!({"t": t, "open": opened, "server_rss": rss}));
+        }
+    }
+    let took = start.elapsed();
+    series.push(json!({"t": took.as_secs_f64(), "open": opened, "server_rss": procfs::rss(pids)}));
+    Ok((opened, failed, took, latency_json(&hs), series))
+}
+
+/// Polls for `secs`, answering pings; returns connections lost meanwhile.
+fn hold(engine: &mut Engine, secs: u64) -> Result<u64, String> {
+    let until = Instant::now() + Duration::from_secs(secs);
+    let mut events = Vec::new();
+    let mut drops = 0;
+    while Instant::now() < until {
+        engine
+            .poll(Duration::from_millis(50), &mut events)
+            .map_err(|e| e.to_string())?;
+        drops += events
+            .iter()
+            .filter(|e| matches!(e, Ev::Closed { .. }))
+            .count() as u64;
+        events.clear();
+    }
+    Ok(drops)
+}
+
+pub fn connect(a: ConnectArgs) -> Result<(), String> {
+    let cap = per_process_capacity();
+    if a.connections > cap && !a.child {
+        return connect_multi(a, cap);
+    }
+    let target = a.common.target()?;
+    let mut engine = Engine::new(target, a.common.src_ips()?).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(a.common.timeout);
+    let pids = &a.common.server_pids;
+    let before = Probe::take(pids);
+    let (opened, failed, took, handshake, series) =
+        ramp(&mut engine, &a, a.connections, deadline, pids)?;
+    let ramp_cpu = procfs::cpu(pids).saturating_sub(before.cpu);
+    if a.child {
+        // Tell the parent we are up; wait for it to measure, then hold.
+        println!("RAMPED {opened}");
+        let _ = std::io::stdout().flush();
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    } else {
+        std::thread::sleep(Duration::from_secs(a.settle));
+    }
+    let after = Probe::take(pids);
+    let drops = hold(&mut engine, a.hold)?;
+    engine.close_all();
+    let client_cpu = procfs::self_cpu().saturating_sub(before.self_cpu);
+    let failures: HashMap<_, _> = engine.failures.clone();
+    let mut result = json!({
+        "scenario": "connect",
+        "target": a.connections,
+        "opened": opened,
+        "failed": failed,
+        "failures": failures,
+        "ramp_secs": took.as_secs_f64(),
+        "handshakes_per_sec": per(opened as f64, took.as_secs_f64()),
+        "handshake_latency": handshake,
+        "drops_during_hold": drops,
+        "hold_secs": a.hold,
+        "client_cpu_secs": client_cpu.as_secs_f64(),
+        "timeseries": series,
+    });
+    if !pids.is_empty() && !a.child {
+        let n = opened.max(1) as f64;
+        let m = result.as_object_mut().ok_or("result")?;
+        m.insert("server_rss_before".into(), json!(before.rss));
+        m.insert("server_rss_after".into(), json!(after.rss));
+        m.insert(
+            "server_bytes_per_conn".into(),
+            json!(((after.rss as f64 - before.rss as f64) / n).round()),
+        );
+        m.insert(
+            "kernel_tcp_buffer_bytes_per_conn".into(),
+            json!(((after.tcp_mem as f64 - before.tcp_mem as f64) / n).round()),
+        );
+        m.insert(
+            "kernel_socket_slab_bytes_per_conn".into(),
+            json!(((after.slab as f64 - before.slab as f64) / n).round()),
+        );
+        m.insert(
+            "server_cpu_us_per_handshake".into(),
+            per(ramp_cpu.as_secs_f64() * 1e6, n),
+        );
+    }
+    if a.child {
+        println!("RESULT {result}");
+        return Ok(());
+    }
+    finish("wsbench connect", &a.common, result)
+}
+
+/// Splits a run over child processes when one process's descriptor limit
+/// is too small, measures the server once all are up, and sums the results.
+fn connect_multi(a: ConnectArgs, cap: u64) -> Result<(), String> {
+    let procs = a.connections.div_ceil(cap);
+    let ips = a.common.src_ips()?;
+    eprintln!(
+        "wsbench: {} connections over {procs} processes ({cap} each at most)",
+        a.connections
+    );
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let pids = a.common.server_pids.clone();
+    let before = Probe::take(&pids);
+    let mut children = Vec::new();
+    for i in 0..procs {
+        let share = (a.connections / procs) + u64::from(i < a.connections % procs);
+        // Each child gets its own slice of source addresses when there are enough.
+        let mine: Vec<String> = if ips.len() as u64 >= procs {
+            ips.iter()
+                .enumerate()
+                .filter(|(j, _)| *j as u64 % procs == i)
+                .map(|(_, ip)| ip.to_string())
+                .collect()
+        } else {
+            ips.iter().map(|ip| ip.to_string()).collect()
+        };
+        let mut cmd = Command::new(&exe);
+        cmd.args(["connect", "--child", "--url", &a.common.url])
+            .args(["--connections", &share.to_string()])
+            .args(["--rate", &(a.rate / procs as f64).to_string()])
+            .args(["--concurrency", &a.concurrency.to_string()])
+            .args(["--hold", &a.hold.to_string()])
+            .args(["--timeout", &a.common.timeout.to_string()])
+            .args(["--src-ips", &mine.join(",")])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        children.push(cmd.spawn().map_err(|e| format!("spawn child: {e}"))?);
+    }
+    let start = Instant::now();
+    let mut readers: Vec<_> = children
+        .iter_mut()
+        .map(|c| BufReader::new(c.stdout.take().expect("piped")))
+        .collect();
+    let mut ramped = 0u64;
+    for r in readers.iter_mut() {
+        let mut line = String::new();
+        while r.read_line(&mut line).map_err(|e| e.to_string())? > 0 {
+            if let Some(n) = line.trim().strip_prefix("RAMPED ") {
+                ramped += n.parse::<u64>().unwrap_or(0);
+                break;
+            }
+            line.clear();
+        }
+    }
+    let ramp_secs = start.elapsed().as_secs_f64();
+    let ramp_cpu = procfs::cpu(&pids).saturating_sub(before.cpu);
+    std::thread::sleep(Duration::from_secs(a.settle));
+    let after = Probe::take(&pids);
+    eprintln!(
+        "wsbench: all {procs} processes up: {ramped} connections; server rss {} MiB",
+        after.rss >> 20
+    );
+    for c in children.iter_mut() {
+        if let Some(stdin) = c.stdin.as_mut() {
+            let _ = writeln!(stdin, "go");
+        }
+    }
+    let mut results = Vec::new();
+    for r in readers.iter_mut() {
+        let mut line = String::new();
+        while r.read_line(&mut line).map_err(|e| e.to_string())? > 0 {
+            if let Some(j) = line.trim().strip_prefix("RESULT ") {
+                results.push(serde_json::from_str::<Value>(j).map_err(|e| e.to_string())?);
+                break;
+            }
+            line.clear();
+        }
+    }
+    for mut c in children {
+        let _ = c.wait();
+    }
+    let mut total = aggregate_children(&results);
+    let opened = total["opened"].as_u64().unwrap_or(0).max(1) as f64;
+    let m = total.as_object_mut().ok_or("result")?;
+    m.insert("scenario".into(), json!("connect"));
+    m.insert("target".into(), json!(a.connections));
+    m.insert("ramp_secs".into(), json!(ramp_secs));
+    m.insert("handshakes_per_sec".into(), per(opened, ramp_secs));
+    if !pids.is_empty() {
+        m.insert("server_rss_before".into(), json!(before.rss));
+        m.insert("server_rss_after".into(), json!(after.rss));
+        m.insert(
+            "server_bytes_per_conn".into(),
+            json!(((after.rss as f64 - before.rss as f64) / opened).round()),
+        );
+        m.insert(
+            "kernel_tcp_buffer_bytes_per_conn".into(),
+            json!(((after.tcp_mem as f64 - before.tcp_mem as f64) / opened).round()),
+        );
+        m.insert(
+            "kernel_socket_slab_bytes_per_conn".into(),
+            json!(((after.slab as f64 - before.slab as f64) / opened).round()),
+        );
+        m.insert(
+            "server_cpu_us_per_handshake".into(),
+            per(ramp_cpu.as_secs_f64() * 1e6, opened),
+        );
+    }
+    finish("wsbench connect (multi-process)", &a.common, total)
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct BroadcastArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Listening connections.
+    #[arg(long, default_value_t = 1000)]
+    pub listeners: u64,
+    /// Messages to send.
+    #[arg(long, default_value_t = 200)]
+    pub messages: u64,
+    /// Messages per second (0 = one in flight: send the next when every
+    /// listener has the previous one).
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// `broadcast` (to every connection) or `publish` (to a topic the
+    /// listeners subscribe to).
+    #[arg(long, default_value = "publish")]
+    pub mode: String,
+    /// Extra payload bytes per message.
+    #[arg(long, default_value_t = 0)]
+    pub payload_bytes: usize,
+    /// Handshakes in flight at once during the ramp.
+    #[arg(long, default_value_t = 512)]
+    pub concurrency: usize,
+}
+
+pub fn broadcast(a: BroadcastArgs) -> Result<(), String> {
+    let publish = match a.mode.as_str() {
+        "publish" => true,
+        "broadcast" => false,
+        m => return Err(format!("--mode {m}: use publish or broadcast")),
+    };
+    let mut engine =
+        Engine::new(a.common.target()?, a.common.src_ips()?).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(a.common.timeout);
+    let pids = a.common.server_pids.clone();
+    let ramp_args = ConnectArgs {
+        common: a.common.clone(),
+        connections: a.listeners + 1,
+        rate: 0.0,
+        concurrency: a.concurrency,
+        hold: 0,
+        settle: 0,
+        child: false,
+    };
+    let (opened, _failed, _, _, _) =
+        ramp(&mut engine, &ramp_args, a.listeners + 1, deadline, &pids)?;
+    if opened < a.listeners + 1 {
+        return Err(format!(
+            "only {opened} of {} connections opened",
+            a.listeners + 1
+        ));
+    }
+    let keys = engine.keys();
+    let sender = keys[keys.len() - 1];
+    let listeners: Vec<usize> = keys[..keys.len() - 1].to_vec();
+    let mut events = Vec::new();
+    if publish {
+        for &k in &listeners {
+            engine.send_text(k, br#"{"type":"subscribe","topic":"bench"}"#);
+        }
+        let mut confirmed = 0;
+        while confirmed < listeners.len() && Instant::now() < deadline {
+            engine
+                .poll(Duration::from_millis(10), &mut events)
+                .map_err(|e| e.to_string())?;
+            confirmed += events
+                .iter()
+                .filter(|e| {
+                    matches!(
+                        e,
+                        Ev::Text {
+                            kind: MsgKind::Subscribed,
+                            ..
+                        }
+                    )
+                })
+                .count();
+            events.clear();
+        }
+    }
+    let pad = "x".repeat(a.payload_bytes);
+    let n = listeners.len() as u64;
+    let before = Probe::take(&pids);
+    let mut sent_at: Vec<Option<Instant>> = vec![None; a.messages as usize];
+    let mut got: Vec<u64> = vec![0; a.messages as usize];
+    let mut last: Vec<Option<Instant>> = vec![None; a.messages as usize];
+    let mut completion = new_histogram();
+    let mut next = 0u64;
+    let start = Instant::now();
+    let mut last_report = Instant::now();
+    let wanted = |seq: u64, got: &[u64]| got[seq as usize] >= n;
+    let interval = (a.rate > 0.0).then(|| Duration::from_secs_f64(1.0 / a.rate));
+    let mut outstanding: Option<u64> = None;
+    let mut give_up = Instant::now();
+    loop {
+        let now = Instant::now();
+        if now > deadline {
+            break;
+        }
+        let can_send = next < a.messages
+            && match interval {
+                Some(iv) => now >= start + iv * next as u32,
+                None => outstanding.is_none(),
+            };
+        if can_send {
+            let text = if publish {
+                format!(
+                    r#"{{"type":"publish","topic":"bench","payload":{{"seq":{next},"pad":"{pad}"}}}}"#
+                )
+            } else {
+                format!(r#"{{"type":"broadcast","payload":{{"seq":{next},"pad":"{pad}"}}}}"#)
+            };
+            sent_at[next as usize] = Some(Instant::now());
+            engine.send_text(sender, text.as_bytes());
+            outstanding = Some(next);
+            give_up = Instant::now() + Duration::from_secs(2);
+            next += 1;
+        }
+        engine
+            .poll(Duration::from_millis(1), &mut events)
+            .map_err(|e| e.to_string())?;
+        let t = Instant::now();
+        for ev in events.drain(..) {
+            if let Ev::Text {
+                key,
+                kind: MsgKind::Broadcast | MsgKind::Message,
+                seq: Some(s),
+            } = ev
+            {
+                if key != sender && s < a.messages {
+                    got[s as usize] += 1;
+                    last[s as usize] = Some(t);
+                }
+            }
+        }
+        if let Some(s) = outstanding {
+            if wanted(s, &got) || Instant::now() > give_up {
+                outstanding = None;
+            }
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            let delivered: u64 = got.iter().sum();
+            eprintln!("wsbench: sent {next}/{} delivered {delivered}", a.messages);
+        }
+        if next >= a.messages && (outstanding.is_none() || interval.is_some()) {
+            let all = (0..a.messages).all(|s| wanted(s, &got));
+            if all || Instant::now() > give_up {
+                break;
+            }
+        }
+    }
+    let window = start.elapsed();
+    let after = Probe::take(&pids);
+    let mut missing = 0u64;
+    for s in 0..a.messages as usize {
+        missing += n.saturating_sub(got[s]);
+        if let (Some(t0), Some(t1)) = (sent_at[s], last[s]) {
+            if got[s] >= n {
+                let _ = completion.record(t1.duration_since(t0).as_micros().max(1) as u64);
+            }
+        }
+    }
+    let deliveries: u64 = got.iter().sum();
+    let server_cpu = after.cpu.saturating_sub(before.cpu).as_secs_f64();
+    let client_cpu = after.self_cpu.saturating_sub(before.self_cpu).as_secs_f64();
+    engine.close_all();
+    let result = json!({
+        "scenario": "broadcast",
+        "mode": a.mode,
+        "listeners": n,
+        "messages": a.messages,
+        "rate": if a.rate > 0.0 { json!(a.rate) } else { json!("one in flight") },
+        "payload_bytes": a.payload_bytes,
+        "fanout_completion": latency_json(&completion),
+        "deliveries": deliveries,
+        "missing_deliveries": missing,
+        "window_secs": window.as_secs_f64(),
+        "deliveries_per_sec": per(deliveries as f64, window.as_secs_f64()),
+        "server_cpu_secs": server_cpu,
+        "server_cpu_us_per_delivery": per(server_cpu * 1e6, deliveries as f64),
+        "client_cpu_secs": client_cpu,
+        "client_cpu_us_per_delivery": per(client_cpu * 1e6, deliveries as f64),
+    });
+    let _ = after.at;
+    finish("wsbench broadcast", &a.common, result)
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct EchoArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connections, each with one message in flight.
+    #[arg(long, default_value_t = 100)]
+    pub connections: u64,
+    /// Seconds to measure.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+    /// Payload bytes per message.
+    #[arg(long, default_value_t = 32)]
+    pub payload_bytes: usize,
+}
+
+pub fn echo(a: EchoArgs) -> Result<(), String> {
+    let mut engine =
+        Engine::new(a.common.target()?, a.common.src_ips()?).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(a.common.timeout);
+    let pids = a.common.server_pids.clone();
+    let ramp_args = ConnectArgs {
+        common: a.common.clone(),
+        connections: a.connections,
+        rate: 0.0,
+        concurrency: 512,
+        hold: 0,
+        settle: 0,
+        child: false,
+    };
+    let (opened, _, _, _, _) = ramp(&mut engine, &ramp_args, a.connections, deadline, &pids)?;
+    let keys = engine.keys();
+    let pad = "x".repeat(a.payload_bytes);
+    let msg = format!(r#"{{"type":"echo","payload":{{"seq":1,"pad":"{pad}"}}}}"#);
+    let mut sent: HashMap<usize, Instant> = HashMap::new();
+    let mut lat = new_histogram();
+    let before = Probe::take(&pids);
+    for &k in &keys {
+        sent.insert(k, Instant::now());
+        engine.send_text(k, msg.as_bytes());
+    }
+    let start = Instant::now();
+    let until = start + Duration::from_secs(a.duration);
+    let mut events = Vec::new();
+    let mut last_report = Instant::now();
+    while Instant::now() < until {
+        engine
+            .poll(Duration::from_millis(5), &mut events)
+            .map_err(|e| e.to_string())?;
+        let now = Instant::now();
+        for ev in events.drain(..) {
+            if let Ev::Text { key, .. } = ev {
+                if let Some(t0) = sent.get(&key) {
+                    let _ = lat.record(now.duration_since(*t0).as_micros().max(1) as u64);
+                }
+                sent.insert(key, Instant::now());
+                engine.send_text(key, msg.as_bytes());
+            }
+        }
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = Instant::now();
+            eprintln!("wsbench: {} round trips", lat.len());
+        }
+    }
+    let window = start.elapsed().as_secs_f64();
+    let after = Probe::take(&pids);
+    engine.close_all();
+    let trips = lat.len();
+    let result = json!({
+        "scenario": "echo",
+        "connections": opened,
+        "round_trips": trips,
+        "round_trips_per_sec": per(trips as f64, window),
+        "latency": latency_json(&lat),
+        "server_cpu_us_per_round_trip": per(after.cpu.saturating_sub(before.cpu).as_secs_f64() * 1e6, trips as f64),
+        "client_cpu_us_per_round_trip": per(after.self_cpu.saturating_sub(before.self_cpu).as_secs_f64() * 1e6, trips as f64),
+    });
+    finish("wsbench echo", &a.common, result)
+}
+
+#[derive(Args, Clone, Debug)]
+pub struct ChurnArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connections held throughout.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: u64,
+    /// Connections closed and replaced per second.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// Seconds of churn.
+    #[arg(long, default_value_t = 10)]
+    pub duration: u64,
+}
+
+pub fn churn(a: ChurnArgs) -> Result<(), String> {
+    let mut engine =
+        Engine::new(a.common.target()?, a.common.src_ips()?).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + Duration::from_secs(a.common.timeout);
+    let pids = a.common.server_pids.clone();
+    let ramp_args = ConnectArgs {
+        common: a.common.clone(),
+        connections: a.connections,
+        rate: 0.0,
+        concurrency: 512,
+        hold: 0,
+        settle: 0,
+        child: false,
+    };
+    ramp(&mut engine, &ramp_args, a.connections, deadline, &pids)?;
+    let before = Probe::take(&pids);
+    let start = Instant::now();
+    let until = start + Duration::from_secs(a.duration);
+    let mut events = Vec::new();
+    let (mut replaced, mut opened, mut failed, mut drops) = (0u64, 0u64, 0u64, 0u64);
+    while Instant::now() < until {
+        let due = (start.elapsed().as_secs_f64() * a.rate) as u64;
+        while replaced < due {
+            if let Some(&k) = engine.keys().first() {
+                engine.drop_conn(k);
+            }
+            engine.connect(&mut events);
+            replaced += 1;
+        }
+        engine
+            .poll(Duration::from_millis(5), &mut events)
+            .map_err(|e| e.to_string())?;
+        for ev in events.drain(..) {
+            match ev {
+                Ev::Opened { .. } => opened += 1,
+                Ev::Failed { .. } => failed += 1,
+                Ev::Closed { .. } => drops += 1,
+                Ev::Text { .. } => {}
+            }
+        }
+    }
+    let window = start.elapsed().as_secs_f64();
+    let after = Probe::take(&pids);
+    engine.close_all();
+    let result = json!({
+        "scenario": "churn",
+        "held": a.connections,
+        "replaced": replaced,
+        "reconnected": opened,
+        "failed": failed,
+        "failures": engine.failures,
+        "unexpected_drops": drops,
+        "churn_per_sec": per(replaced as f64, window),
+        "server_cpu_us_per_reconnect": per(after.cpu.saturating_sub(before.cpu).as_secs_f64() * 1e6, opened as f64),
+    });
+    finish("wsbench churn", &a.common, result)
+}
