@@ -83,6 +83,61 @@ pub struct ConnectArgs {
     /// Internal: run as a child of a multi-process run.
     #[arg(long, hide = true)]
     pub child: bool,
+    /// After the ramp, POST this many broadcasts to the admin API at
+    /// --broadcast-admin and measure when every connection has each.
+    #[arg(long, default_value_t = 0)]
+    pub broadcasts: u64,
+    /// Admin address (HOST:PORT) of a server node to POST /broadcast to.
+    #[arg(long, default_value = "127.0.0.1:9090")]
+    pub broadcast_admin: String,
+}
+
+impl ConnectArgs {
+    /// Settings for a plain ramp inside another scenario.
+    fn ramp_only(common: &Common, connections: u64, concurrency: usize) -> ConnectArgs {
+        ConnectArgs {
+            common: common.clone(),
+            connections,
+            rate: 0.0,
+            concurrency,
+            hold: 0,
+            settle: 0,
+            child: false,
+            broadcasts: 0,
+            broadcast_admin: String::new(),
+        }
+    }
+}
+
+/// Wall-clock microseconds (comparable across processes on one box).
+fn epoch_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// Per broadcast seq: (connections that got it, last arrival in epoch µs).
+type Arrivals = HashMap<u64, (u64, u64)>;
+
+/// POSTs one JSON body to /broadcast on an admin address.
+fn post_broadcast(admin: &str, body: &str) -> Result<(), String> {
+    let mut s = std::net::TcpStream::connect(admin).map_err(|e| format!("admin {admin}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    write!(
+        s,
+        "POST /broadcast HTTP/1.1\r\nHost: bench\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(|e| e.to_string())?;
+    let mut resp = String::new();
+    std::io::Read::read_to_string(&mut s, &mut resp).map_err(|e| e.to_string())?;
+    if !resp.starts_with("HTTP/1.1 200") {
+        return Err(format!(
+            "broadcast refused: {}",
+            resp.lines().next().unwrap_or("")
+        ));
+    }
+    Ok(())
 }
 
 /// Ramps `n` connections; returns (opened, failed, ramp time, handshake histogram, timeseries).
@@ -141,20 +196,37 @@ fn ramp(
     Ok((opened, failed, took, latency_json(&hs), series))
 }
 
-/// Polls for `secs`, answering pings; returns connections lost meanwhile.
-fn hold(engine: &mut Engine, secs: u64) -> Result<u64, String> {
+/// Polls until `stop()` or `secs` pass, answering pings and recording
+/// broadcast arrivals; returns connections lost meanwhile.
+fn hold(
+    engine: &mut Engine,
+    secs: u64,
+    stop: impl Fn() -> bool,
+    arrivals: &mut Arrivals,
+) -> Result<u64, String> {
     let until = Instant::now() + Duration::from_secs(secs);
     let mut events = Vec::new();
     let mut drops = 0;
-    while Instant::now() < until {
+    while Instant::now() < until && !stop() {
         engine
-            .poll(Duration::from_millis(50), &mut events)
+            .poll(Duration::from_millis(20), &mut events)
             .map_err(|e| e.to_string())?;
-        drops += events
-            .iter()
-            .filter(|e| matches!(e, Ev::Closed { .. }))
-            .count() as u64;
-        events.clear();
+        let now = epoch_us();
+        for ev in events.drain(..) {
+            match ev {
+                Ev::Closed { .. } => drops += 1,
+                Ev::Text {
+                    kind: MsgKind::Broadcast,
+                    seq: Some(s),
+                    ..
+                } => {
+                    let e = arrivals.entry(s).or_insert((0, 0));
+                    e.0 += 1;
+                    e.1 = e.1.max(now);
+                }
+                _ => {}
+            }
+        }
     }
     Ok(drops)
 }
@@ -172,17 +244,27 @@ pub fn connect(a: ConnectArgs) -> Result<(), String> {
     let (opened, failed, took, handshake, series) =
         ramp(&mut engine, &a, a.connections, deadline, pids)?;
     let ramp_cpu = procfs::cpu(pids).saturating_sub(before.cpu);
-    if a.child {
-        // Tell the parent we are up; wait for it to measure, then hold.
+    let mut arrivals = Arrivals::new();
+    let (after, drops) = if a.child {
+        // Tell the parent we are up, then hold (recording broadcasts) until
+        // it says it is done measuring and broadcasting.
         println!("RAMPED {opened}");
         let _ = std::io::stdout().flush();
-        let mut line = String::new();
-        let _ = std::io::stdin().read_line(&mut line);
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = done.clone();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::stdin().read_line(&mut line);
+            flag.store(true, std::sync::atomic::Ordering::Release);
+        });
+        let stop = || done.load(std::sync::atomic::Ordering::Acquire);
+        let drops = hold(&mut engine, a.common.timeout, stop, &mut arrivals)?;
+        (Probe::take(pids), drops)
     } else {
         std::thread::sleep(Duration::from_secs(a.settle));
-    }
-    let after = Probe::take(pids);
-    let drops = hold(&mut engine, a.hold)?;
+        let after = Probe::take(pids);
+        (after, hold(&mut engine, a.hold, || false, &mut arrivals)?)
+    };
     engine.close_all();
     let client_cpu = procfs::self_cpu().saturating_sub(before.self_cpu);
     let failures: HashMap<_, _> = engine.failures.clone();
@@ -223,6 +305,14 @@ pub fn connect(a: ConnectArgs) -> Result<(), String> {
         );
     }
     if a.child {
+        let list: Vec<Value> = arrivals
+            .iter()
+            .map(|(s, (n, t))| json!([s, n, t]))
+            .collect();
+        result
+            .as_object_mut()
+            .ok_or("result")?
+            .insert("broadcast_arrivals".into(), json!(list));
         println!("RESULT {result}");
         return Ok(());
     }
@@ -256,6 +346,7 @@ fn connect_multi(a: ConnectArgs, cap: u64) -> Result<(), String> {
         };
         let mut cmd = Command::new(&exe);
         cmd.args(["connect", "--child", "--url", &a.common.url])
+            .args(["--settle", "0"])
             .args(["--connections", &share.to_string()])
             .args(["--rate", &(a.rate / procs as f64).to_string()])
             .args(["--concurrency", &a.concurrency.to_string()])
@@ -291,6 +382,18 @@ fn connect_multi(a: ConnectArgs, cap: u64) -> Result<(), String> {
         "wsbench: all {procs} processes up: {ramped} connections; server rss {} MiB",
         after.rss >> 20
     );
+    // Broadcast to everyone through the admin API, one at a time.
+    let mut sent_us = Vec::new();
+    let bcast_cpu0 = procfs::cpu(&pids);
+    for i in 0..a.broadcasts {
+        let t = epoch_us();
+        post_broadcast(&a.broadcast_admin, &format!(r#"{{"seq":{i},"t":{t}}}"#))?;
+        sent_us.push(t);
+        eprintln!("wsbench: broadcast {i} posted");
+        std::thread::sleep(Duration::from_millis(1500));
+    }
+    let bcast_cpu = procfs::cpu(&pids).saturating_sub(bcast_cpu0);
+    std::thread::sleep(Duration::from_secs(a.hold));
     for c in children.iter_mut() {
         if let Some(stdin) = c.stdin.as_mut() {
             let _ = writeln!(stdin, "go");
@@ -312,7 +415,18 @@ fn connect_multi(a: ConnectArgs, cap: u64) -> Result<(), String> {
     }
     let mut total = aggregate_children(&results);
     let opened = total["opened"].as_u64().unwrap_or(0).max(1) as f64;
+    let (fanout, missing) = merge_arrivals(&results, &sent_us, opened as u64);
     let m = total.as_object_mut().ok_or("result")?;
+    if a.broadcasts > 0 {
+        m.insert("broadcasts".into(), json!(a.broadcasts));
+        m.insert("broadcast_fanout_completion".into(), fanout);
+        m.insert("broadcast_missing_deliveries".into(), json!(missing));
+        let deliveries = (a.broadcasts * opened as u64).saturating_sub(missing) as f64;
+        m.insert(
+            "server_cpu_us_per_delivery".into(),
+            per(bcast_cpu.as_secs_f64() * 1e6, deliveries),
+        );
+    }
     m.insert("scenario".into(), json!("connect"));
     m.insert("target".into(), json!(a.connections));
     m.insert("ramp_secs".into(), json!(ramp_secs));
@@ -376,15 +490,7 @@ pub fn broadcast(a: BroadcastArgs) -> Result<(), String> {
         Engine::new(a.common.target()?, a.common.src_ips()?).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(a.common.timeout);
     let pids = a.common.server_pids.clone();
-    let ramp_args = ConnectArgs {
-        common: a.common.clone(),
-        connections: a.listeners + 1,
-        rate: 0.0,
-        concurrency: a.concurrency,
-        hold: 0,
-        settle: 0,
-        child: false,
-    };
+    let ramp_args = ConnectArgs::ramp_only(&a.common, a.listeners + 1, a.concurrency);
     let (opened, _failed, _, _, _) =
         ramp(&mut engine, &ramp_args, a.listeners + 1, deadline, &pids)?;
     if opened < a.listeners + 1 {
@@ -549,15 +655,7 @@ pub fn echo(a: EchoArgs) -> Result<(), String> {
         Engine::new(a.common.target()?, a.common.src_ips()?).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(a.common.timeout);
     let pids = a.common.server_pids.clone();
-    let ramp_args = ConnectArgs {
-        common: a.common.clone(),
-        connections: a.connections,
-        rate: 0.0,
-        concurrency: 512,
-        hold: 0,
-        settle: 0,
-        child: false,
-    };
+    let ramp_args = ConnectArgs::ramp_only(&a.common, a.connections, 512);
     let (opened, _, _, _, _) = ramp(&mut engine, &ramp_args, a.connections, deadline, &pids)?;
     let keys = engine.keys();
     let pad = "x".repeat(a.payload_bytes);
@@ -628,15 +726,7 @@ pub fn churn(a: ChurnArgs) -> Result<(), String> {
         Engine::new(a.common.target()?, a.common.src_ips()?).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(a.common.timeout);
     let pids = a.common.server_pids.clone();
-    let ramp_args = ConnectArgs {
-        common: a.common.clone(),
-        connections: a.connections,
-        rate: 0.0,
-        concurrency: 512,
-        hold: 0,
-        settle: 0,
-        child: false,
-    };
+    let ramp_args = ConnectArgs::ramp_only(&a.common, a.connections, 512);
     ramp(&mut engine, &ramp_args, a.connections, deadline, &pids)?;
     let before = Probe::take(&pids);
     let start = Instant::now();
@@ -679,4 +769,47 @@ pub fn churn(a: ChurnArgs) -> Result<(), String> {
         "server_cpu_us_per_reconnect": per(after.cpu.saturating_sub(before.cpu).as_secs_f64() * 1e6, opened as f64),
     });
     finish("wsbench churn", &a.common, result)
+}
+
+/// Merges children's broadcast arrivals: per message, the time until the last
+/// connection anywhere had it; and how many deliveries never came.
+pub fn merge_arrivals(children: &[Value], sent_us: &[u64], connections: u64) -> (Value, u64) {
+    let mut per_seq: HashMap<u64, (u64, u64)> = HashMap::new();
+    for c in children {
+        for item in c["broadcast_arrivals"].as_array().into_iter().flatten() {
+            let (Some(s), Some(n), Some(t)) =
+                (item[0].as_u64(), item[1].as_u64(), item[2].as_u64())
+            else {
+                continue;
+            };
+            let e = per_seq.entry(s).or_insert((0, 0));
+            e.0 += n;
+            e.1 = e.1.max(t);
+        }
+    }
+    let mut h = new_histogram();
+    let mut missing = 0;
+    for (seq, sent) in sent_us.iter().enumerate() {
+        let (n, last) = per_seq.get(&(seq as u64)).copied().unwrap_or((0, 0));
+        missing += connections.saturating_sub(n);
+        if n > 0 && last >= *sent {
+            let _ = h.record((last - sent).max(1));
+        }
+    }
+    (latency_json(&h), missing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arrivals_merge_across_children() {
+        let a = json!({"broadcast_arrivals": [[0, 10, 1_000_500], [1, 10, 2_000_900]]});
+        let b = json!({"broadcast_arrivals": [[0, 5, 1_001_000], [1, 4, 2_000_100]]});
+        let (fanout, missing) = merge_arrivals(&[a, b], &[1_000_000, 2_000_000], 15);
+        assert_eq!(fanout["count"], 2);
+        assert_eq!(missing, 1, "seq 1 reached 14 of 15");
+        assert!(fanout["max_us"].as_u64().unwrap() >= 999);
+    }
 }

@@ -560,8 +560,16 @@ impl Worker {
         if self.conns.get(key).is_some_and(|c| c.phase == Phase::Open) {
             self.stats.abrupt_closes.inc();
         }
-        // In any phase there is nothing more to do: an open connection lost
-        // its peer without a close frame, a closing one got its answer.
+        // The peer's FIN can arrive in the same read as its last request
+        // (a close frame, a handshake, a message): the replies produced
+        // from those bytes are still owed. A half-closed peer may still be
+        // reading, so give them one non-blocking write before closing.
+        // Nothing else is waited for: the peer will send nothing more.
+        if let Some(conn) = self.conns.get_mut(key) {
+            if let Ok(n) = write_out(conn, &self.out) {
+                self.stats.bytes_out.add(n as u64);
+            }
+        }
         self.out.clear();
         self.close_now(key);
     }

@@ -205,3 +205,327 @@ pub fn eventually(within: Duration, what: &str, mut cond: impl FnMut() -> bool) 
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+// ---------------------------------------------------------------------------
+// Core-server helpers: an in-process echo server, raw upgrades, and a raw
+// byte-level client that reads server frames with deadlines.
+// ---------------------------------------------------------------------------
+
+use wsgate::protocol::frame::{write_client_frame, FrameHeader, OpCode, Role};
+
+/// How long any single expected event (a response, a frame, EOF) may take.
+pub const READ_WITHIN: Duration = Duration::from_secs(3);
+
+/// The masking key hand-made client frames use (not all zero, so an
+/// unmasking bug shows).
+pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+/// The RFC 6455 §1.3 sample key and its accept value.
+pub const SAMPLE_KEY: &str = "dGhlIHNhbXBsZSBub25jZQ==";
+pub const SAMPLE_ACCEPT: &str = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=";
+
+/// An in-process server running the echo app on 2 workers; `tweak` adjusts
+/// the config before it starts.
+pub fn start_echo(tweak: impl FnOnce(&mut wsgate::Config)) -> wsgate::ServerHandle {
+    let mut cfg = wsgate::Config::for_tests();
+    cfg.app = wsgate::config::AppKind::Echo;
+    cfg.workers = Some(2);
+    cfg.admin_listen = None;
+    tweak(&mut cfg);
+    wsgate::start(cfg).expect("server starts")
+}
+
+/// A valid upgrade request for `path` with `key`.
+pub fn upgrade_request(path: &str, key: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+}
+
+/// A hand-made masked client frame.
+pub fn client_frame(fin: bool, op: OpCode, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_client_frame(&mut out, fin, op, MASK, payload);
+    out
+}
+
+/// A close frame payload: code in network order, then the reason bytes.
+pub fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
+    let mut p = code.to_be_bytes().to_vec();
+    p.extend_from_slice(reason);
+    p
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so failures reproduce.
+pub fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed.max(1);
+    (0..n)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 56) as u8
+        })
+        .collect()
+}
+
+/// What a raw read produced.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Got {
+    Frame(OpCode, Vec<u8>),
+    Eof,
+    Reset,
+    TimedOut,
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.split("\r\n").skip(1).find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// A client on a raw TCP socket: writes arbitrary bytes, reads HTTP heads and
+/// server frames, every read bounded by a deadline.
+pub struct RawClient {
+    pub tcp: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl RawClient {
+    pub fn connect(addr: SocketAddr) -> RawClient {
+        let tcp = TcpStream::connect(addr).expect("tcp connect");
+        tcp.set_nodelay(true).unwrap();
+        tcp.set_read_timeout(Some(READ_WITHIN)).unwrap();
+        tcp.set_write_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        RawClient {
+            tcp,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Connects and completes the upgrade (asserting 101 and the accept key).
+    pub fn upgraded(addr: SocketAddr) -> RawClient {
+        let mut c = RawClient::connect(addr);
+        c.send(upgrade_request("/ws", SAMPLE_KEY).as_bytes());
+        let head = c.read_head();
+        assert!(head.starts_with("HTTP/1.1 101 "), "not upgraded: {head:?}");
+        assert!(
+            head.contains(&format!("\r\nSec-WebSocket-Accept: {SAMPLE_ACCEPT}\r\n")),
+            "{head:?}"
+        );
+        c
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.tcp.write_all(bytes).expect("write to server");
+    }
+
+    pub fn send_frame(&mut self, fin: bool, op: OpCode, payload: &[u8]) {
+        self.send(&client_frame(fin, op, payload));
+    }
+
+    /// One read into the buffer, waiting at most until `deadline`.
+    fn fill(&mut self, deadline: Instant) -> Option<Got> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Some(Got::TimedOut);
+        }
+        self.tcp.set_read_timeout(Some(left)).unwrap();
+        let mut chunk = [0u8; 64 * 1024];
+        match self.tcp.read(&mut chunk) {
+            Ok(0) => Some(Got::Eof),
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                None
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                Some(Got::TimedOut)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => None,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::ConnectionAborted
+                ) =>
+            {
+                Some(Got::Reset)
+            }
+            Err(e) => panic!("read failed: {e}"),
+        }
+    }
+
+    /// Reads an HTTP response head (through the blank line); bytes after it
+    /// stay buffered for [`RawClient::next`].
+    pub fn read_head(&mut self) -> String {
+        let deadline = Instant::now() + READ_WITHIN;
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head: Vec<u8> = self.buf.drain(..end + 4).collect();
+                return String::from_utf8(head).expect("response head is UTF-8");
+            }
+            if let Some(got) = self.fill(deadline) {
+                panic!(
+                    "no complete response head ({got:?}); got so far: {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                );
+            }
+        }
+    }
+
+    /// Reads a whole HTTP response: the head, then the body up to EOF
+    /// (error responses close the connection). Asserts EOF comes.
+    pub fn read_response(&mut self) -> HttpResponse {
+        let head = self.read_head();
+        let deadline = Instant::now() + READ_WITHIN;
+        loop {
+            match self.fill(deadline) {
+                None => continue,
+                Some(Got::Eof) => break,
+                Some(other) => panic!(
+                    "response not followed by EOF: {other:?}; head {head:?}, body so far {:?}",
+                    String::from_utf8_lossy(&self.buf)
+                ),
+            }
+        }
+        let body = String::from_utf8(std::mem::take(&mut self.buf)).expect("body is UTF-8");
+        let status = head
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|s| s.get(..3))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("bad status line: {head:?}"));
+        HttpResponse { status, head, body }
+    }
+
+    /// The next server frame (checked to be unmasked, final, without RSV
+    /// bits), or what ended the wait.
+    pub fn next_within(&mut self, within: Duration) -> Got {
+        let deadline = Instant::now() + within;
+        loop {
+            match FrameHeader::decode(&self.buf, Role::Client, 0) {
+                Ok(Some((h, n))) => {
+                    assert!(h.fin, "server sent a non-final frame: {h:?}");
+                    let total = n + h.payload_len as usize;
+                    if self.buf.len() >= total {
+                        let payload = self.buf[n..total].to_vec();
+                        self.buf.drain(..total);
+                        return Got::Frame(h.opcode, payload);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => panic!("server sent an invalid frame header: {e}"),
+            }
+            if let Some(got) = self.fill(deadline) {
+                assert!(
+                    got == Got::TimedOut || self.buf.is_empty(),
+                    "connection ended mid-frame ({got:?}) with {} bytes left",
+                    self.buf.len()
+                );
+                return got;
+            }
+        }
+    }
+
+    pub fn next(&mut self) -> Got {
+        self.next_within(READ_WITHIN)
+    }
+
+    /// The next server frame; panics on EOF or timeout.
+    pub fn frame(&mut self) -> (OpCode, Vec<u8>) {
+        match self.next() {
+            Got::Frame(op, p) => (op, p),
+            other => panic!("expected a frame, got {other:?}"),
+        }
+    }
+
+    /// Asserts that the server sends a close frame with `code` and then ends
+    /// the TCP connection (clean EOF).
+    pub fn expect_close(&mut self, code: u16) {
+        let got = self.close_code();
+        assert_eq!(got, code, "close code");
+        self.expect_eof();
+    }
+
+    /// Reads the next frame, which must be a close frame; returns its code.
+    pub fn close_code(&mut self) -> u16 {
+        match self.next() {
+            Got::Frame(OpCode::Close, p) => {
+                assert!(p.len() >= 2, "close frame without a code: {p:?}");
+                assert!(p.len() <= 125, "close frame too long");
+                std::str::from_utf8(&p[2..]).expect("close reason is UTF-8");
+                u16::from_be_bytes([p[0], p[1]])
+            }
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+
+    /// Asserts the server closes the TCP connection (FIN) with nothing else.
+    pub fn expect_eof(&mut self) {
+        match self.next() {
+            Got::Eof => {}
+            other => panic!("expected EOF, got {other:?}"),
+        }
+    }
+}
+
+/// A fresh, well-behaved tungstenite client still gets an exact echo (the
+/// server keeps serving after whatever the test did).
+pub fn assert_still_serves(addr: SocketAddr) {
+    let mut ws = connect(addr);
+    ws.send(Message::text("still there?")).expect("send");
+    match ws.read().expect("echo") {
+        Message::Text(t) => assert_eq!(t.as_str(), "still there?"),
+        other => panic!("expected a text echo, got {other:?}"),
+    }
+    ws.close(None).expect("close");
+    loop {
+        match ws.read() {
+            Ok(_) => continue,
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("clean close expected: {e}"),
+        }
+    }
+}
+
+/// Every worker thread still runs its event loop (none panicked): each
+/// answers a watchdog probe.
+pub fn assert_workers_alive(server: &wsgate::ServerHandle) {
+    let before: Vec<u64> = server.stats().iter().map(|s| s.watchdog).collect();
+    server.probe_workers();
+    eventually(
+        Duration::from_secs(2),
+        "every worker answers a probe",
+        || {
+            server
+                .stats()
+                .iter()
+                .zip(&before)
+                .all(|(s, b)| s.watchdog > *b)
+        },
+    );
+}
+
+/// The server survived whatever the test did: all workers run and a fresh
+/// client gets an exact echo.
+pub fn assert_healthy(server: &wsgate::ServerHandle) {
+    assert_workers_alive(server);
+    assert_still_serves(server.local_addr());
+}
