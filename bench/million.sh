@@ -66,7 +66,9 @@ log "target $target; descriptor limit $nofile per process → $procs wsgate proc
 # --- 2. servers --------------------------------------------------------------------
 pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  # Newest first: the nodes go before the redis-server they are linked to.
+  local i
+  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null || true; done
   sleep 1
   for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
 }
@@ -79,6 +81,11 @@ if [ "$procs" -gt 1 ]; then
     --maxclients 10000 >/dev/null 2>&1 &
   pids+=($!)
   redis_args=(--redis redis://127.0.0.1:6391/ --cluster-prefix million)
+  # Nodes would start anyway (the bridge reconnects), but with a warning each.
+  for _ in $(seq 1 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/6391) 2>/dev/null && break
+    sleep 0.1
+  done
 fi
 server_pid_args=()
 for i in $(seq 0 $((procs - 1))); do
@@ -99,7 +106,9 @@ sleep 1
 log "servers up"
 
 # --- 3. load -----------------------------------------------------------------------
-ips=$(( target / 50000 + 2 ))
+# A quarter of each address's ports at most (see tuning/tune.sh: connect()
+# slows to a crawl once an address's even ports are used up).
+ips=$(( target / 16000 + 2 ))
 last_ip=$(( 2 + ips ))
 [ "$last_ip" -gt 254 ] && last_ip=254
 started=$(date +%s)

@@ -157,7 +157,7 @@ impl Collector for MetricsSource {
             }),
             (
                 "wsgate_accept_backoffs",
-                "Accept pauses for lack of file descriptors",
+                "Times a worker ran out of file descriptors and left the port's listener group",
                 Counter,
                 |s| s.accept_backoffs,
             ),

@@ -436,3 +436,68 @@ fn zero_downtime_restart_loses_no_connect_attempt() {
     new.signal(libc::SIGTERM);
     assert!(new.wait_exit(Duration::from_secs(5)).success());
 }
+
+/// A process that runs out of descriptors stops listening, so the kernel
+/// gives new connections to the other process on the port instead of leaving
+/// them in a backlog nobody accepts from (what made a one-box cluster stall
+/// as its fullest nodes filled up).
+#[test]
+fn a_process_out_of_descriptors_hands_new_connections_to_the_others() {
+    enable_tcp_migrate_req();
+    let port = free_port();
+    let admin_port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // `ulimit -n` caps both soft and hard limits for the exec'd server.
+    let small = Proc(
+        std::process::Command::new("bash")
+            .args(["-c", "ulimit -n 150 && exec \"$@\"", "wsgate"])
+            .arg(env!("CARGO_BIN_EXE_wsgate"))
+            .args([
+                "--listen",
+                &addr.to_string(),
+                "--workers",
+                "1",
+                "--app",
+                "echo",
+            ])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+            .args(["--log-level", "error"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn wsgate"),
+    );
+    wait_for_port(port, Duration::from_secs(10));
+    let _big = Proc::wsgate(port, &["--workers", "1", "--app", "echo"], &[]);
+    let mut clients = Vec::new();
+    for i in 0..400 {
+        let tcp = TcpStream::connect(addr).expect("connect");
+        // Without the hand-over a client queued at the full process would
+        // wait here until the timeout.
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (mut ws, _) =
+            tungstenite::client::client(format!("ws://{addr}/ws"), MaybeTlsStream::Plain(tcp))
+                .unwrap_or_else(|e| panic!("client {i}: upgrade failed: {e}"));
+        ws.send(Message::text(format!("n{i}"))).unwrap();
+        assert_eq!(ws.read().unwrap(), Message::text(format!("n{i}")));
+        clients.push(ws);
+    }
+    let (status, body) = http(
+        format!("127.0.0.1:{admin_port}").parse().unwrap(),
+        "GET",
+        "/metrics",
+        "",
+    );
+    assert_eq!(status, 200);
+    let left: f64 = body
+        .lines()
+        .filter(|l| l.starts_with("wsgate_accept_backoffs_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
+        .expect("the exhaustion counter is exported");
+    assert!(
+        left >= 1.0,
+        "the small process never filled up: the test did not test anything"
+    );
+    drop(small);
+}

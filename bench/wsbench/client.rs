@@ -161,7 +161,12 @@ impl Engine {
             let ip = self.src_ips[self.next_src % self.src_ips.len()];
             self.next_src += 1;
             // Bind before connect so each source address has its own ports.
+            // IP_BIND_ADDRESS_NO_PORT defers the port choice to connect(),
+            // which only needs the 4-tuple to be unique; a plain bind(ip, 0)
+            // must find a port free for every destination and its search
+            // slows to a crawl once most ports of an address are taken.
             let _ = socket.set_reuse_address(true);
+            set_bind_address_no_port(&socket);
             if let Err(e) = socket.bind(&SocketAddr::new(ip, 0).into()) {
                 return self.fail(io_reason(&e), out);
             }
@@ -499,6 +504,23 @@ fn io_reason(e: &io::Error) -> &'static str {
 }
 
 /// Parses `127.0.0.2-127.0.0.40`, `127.0.0.2,127.0.0.3` or a single address.
+/// Best effort: without the option (old kernels) bind still works, slower.
+fn set_bind_address_no_port(socket: &socket2::Socket) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: the descriptor is owned by `socket` and open for this call;
+    // the option value points at a live c_int whose size is passed with it.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
 pub fn parse_src_ips(s: &str) -> Result<Vec<IpAddr>, String> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {

@@ -122,6 +122,23 @@ pub fn parse_socket_slabs(slabinfo: &str) -> u64 {
         .sum()
 }
 
+/// MemTotal − MemAvailable from /proc/meminfo, in bytes: what the whole box
+/// uses (kernel, server and load generator together).
+pub fn parse_mem_used(meminfo: &str) -> Option<u64> {
+    let field = |name: &str| -> Option<u64> {
+        let line = meminfo.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok()
+    };
+    Some(field("MemTotal:")?.saturating_sub(field("MemAvailable:")?) * 1024)
+}
+
+pub fn box_mem_used() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| parse_mem_used(&s))
+        .unwrap_or(0)
+}
+
 /// This process's own CPU time (user + system).
 pub fn self_cpu() -> Duration {
     // SAFETY: getrusage fills the struct we pass; RUSAGE_SELF is valid.
@@ -149,5 +166,8 @@ mod tests {
         assert_eq!(parse_tcp_inuse(sockstat), Some(30012));
         let slab = "slabinfo - version: 2.1\n# name <active_objs> <num_objs> <objsize> ...\nTCP 100 110 2432 13 8\nfilp 50 60 256 16 1\nkmalloc-64 9 9 64 1 1\n";
         assert_eq!(parse_socket_slabs(slab), 100 * 2432 + 50 * 256);
+        let meminfo =
+            "MemTotal:       24683628 kB\nMemFree:        1000 kB\nMemAvailable:   20683628 kB\n";
+        assert_eq!(parse_mem_used(meminfo), Some(4_000_000 * 1024));
     }
 }

@@ -22,6 +22,7 @@ struct Probe {
     tcp_mem: u64,
     slab: u64,
     self_cpu: Duration,
+    box_mem: u64,
 }
 
 impl Probe {
@@ -33,6 +34,7 @@ impl Probe {
             tcp_mem: procfs::tcp_mem().0,
             slab: procfs::socket_slab_bytes(),
             self_cpu: procfs::self_cpu(),
+            box_mem: procfs::box_mem_used(),
         }
     }
 }
@@ -182,6 +184,12 @@ fn ramp(
         if last_report.elapsed() >= Duration::from_secs(1) {
             last_report = Instant::now();
             let t = start.elapsed().as_secs_f64();
+            if a.child {
+                // The parent sums these into one progress line and series.
+                println!("OPEN {opened} {failed}");
+                let _ = std::io::stdout().flush();
+                continue;
+            }
             let rss = procfs::rss(pids);
             eprintln!(
                 "wsbench: {t:6.1}s open {opened:>8} failed {failed:>6} ({:.0}/s) server rss {} MiB",
@@ -197,16 +205,21 @@ fn ramp(
 }
 
 /// Polls until `stop()` or `secs` pass, answering pings and recording
-/// broadcast arrivals; returns connections lost meanwhile.
+/// broadcast arrivals; returns connections lost meanwhile. With
+/// `announce_of` (the connections opened), prints `ARRIVED seq` on stdout
+/// once every live connection has broadcast `seq`, so a parent can keep
+/// exactly one broadcast in flight.
 fn hold(
     engine: &mut Engine,
     secs: u64,
     stop: impl Fn() -> bool,
     arrivals: &mut Arrivals,
+    announce_of: Option<u64>,
 ) -> Result<u64, String> {
     let until = Instant::now() + Duration::from_secs(secs);
     let mut events = Vec::new();
     let mut drops = 0;
+    let mut announced = std::collections::HashSet::new();
     while Instant::now() < until && !stop() {
         engine
             .poll(Duration::from_millis(20), &mut events)
@@ -225,6 +238,15 @@ fn hold(
                     e.1 = e.1.max(now);
                 }
                 _ => {}
+            }
+        }
+        if let Some(opened) = announce_of {
+            let live = opened.saturating_sub(drops);
+            for (seq, (n, _)) in arrivals.iter() {
+                if *n >= live && announced.insert(*seq) {
+                    println!("ARRIVED {seq}");
+                    let _ = std::io::stdout().flush();
+                }
             }
         }
     }
@@ -258,12 +280,21 @@ pub fn connect(a: ConnectArgs) -> Result<(), String> {
             flag.store(true, std::sync::atomic::Ordering::Release);
         });
         let stop = || done.load(std::sync::atomic::Ordering::Acquire);
-        let drops = hold(&mut engine, a.common.timeout, stop, &mut arrivals)?;
+        let drops = hold(
+            &mut engine,
+            a.common.timeout,
+            stop,
+            &mut arrivals,
+            Some(opened),
+        )?;
         (Probe::take(pids), drops)
     } else {
         std::thread::sleep(Duration::from_secs(a.settle));
         let after = Probe::take(pids);
-        (after, hold(&mut engine, a.hold, || false, &mut arrivals)?)
+        (
+            after,
+            hold(&mut engine, a.hold, || false, &mut arrivals, None)?,
+        )
     };
     engine.close_all();
     let client_cpu = procfs::self_cpu().saturating_sub(before.self_cpu);
@@ -319,8 +350,45 @@ pub fn connect(a: ConnectArgs) -> Result<(), String> {
     finish("wsbench connect", &a.common, result)
 }
 
+/// What a child process says on its stdout (see `connect` in child mode).
+#[derive(Debug, PartialEq)]
+enum ChildSays {
+    Open { open: u64, failed: u64 },
+    Ramped(u64),
+    Arrived(u64),
+    Result(Value),
+}
+
+impl ChildSays {
+    fn parse(line: &str) -> Option<ChildSays> {
+        let (word, rest) = line.trim().split_once(' ')?;
+        match word {
+            "OPEN" => {
+                let (o, f) = rest.split_once(' ')?;
+                Some(ChildSays::Open {
+                    open: o.parse().ok()?,
+                    failed: f.parse().ok()?,
+                })
+            }
+            "RAMPED" => rest.parse().ok().map(ChildSays::Ramped),
+            "ARRIVED" => rest.parse().ok().map(ChildSays::Arrived),
+            "RESULT" => serde_json::from_str(rest).ok().map(ChildSays::Result),
+            _ => None,
+        }
+    }
+}
+
+/// One line from child `i`, or `None` when its stdout ended.
+type FromChild = (usize, Option<ChildSays>);
+
+/// How long one broadcast may take to reach everyone before the run moves on
+/// (the deliveries still count if they come later).
+const BROADCAST_WAIT: Duration = Duration::from_secs(60);
+
 /// Splits a run over child processes when one process's descriptor limit
 /// is too small, measures the server once all are up, and sums the results.
+/// The children report progress, ramp completion, broadcast arrivals and
+/// results as lines on their stdout; one thread per child forwards them.
 fn connect_multi(a: ConnectArgs, cap: u64) -> Result<(), String> {
     let procs = a.connections.div_ceil(cap);
     let ips = a.common.src_ips()?;
@@ -359,38 +427,108 @@ fn connect_multi(a: ConnectArgs, cap: u64) -> Result<(), String> {
         children.push(cmd.spawn().map_err(|e| format!("spawn child: {e}"))?);
     }
     let start = Instant::now();
-    let mut readers: Vec<_> = children
-        .iter_mut()
-        .map(|c| BufReader::new(c.stdout.take().expect("piped")))
-        .collect();
-    let mut ramped = 0u64;
-    for r in readers.iter_mut() {
-        let mut line = String::new();
-        while r.read_line(&mut line).map_err(|e| e.to_string())? > 0 {
-            if let Some(n) = line.trim().strip_prefix("RAMPED ") {
-                ramped += n.parse::<u64>().unwrap_or(0);
-                break;
+    let (tx, rx) = std::sync::mpsc::channel::<FromChild>();
+    for (i, c) in children.iter_mut().enumerate() {
+        let out = c.stdout.take().ok_or("child stdout")?;
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if let Some(said) = ChildSays::parse(&line) {
+                    if tx.send((i, Some(said))).is_err() {
+                        return;
+                    }
+                }
             }
-            line.clear();
+            let _ = tx.send((i, None));
+        });
+    }
+    drop(tx);
+    let n = children.len();
+    let give_up = start + Duration::from_secs(a.common.timeout + 30);
+
+    // --- ramp: one progress line and one series point per second ----------
+    let (mut open, mut failed) = (vec![0u64; n], vec![0u64; n]);
+    let mut ramped: Vec<Option<u64>> = vec![None; n];
+    let mut series = Vec::new();
+    let mut next_sample = start + Duration::from_secs(1);
+    while ramped.iter().any(Option::is_none) && Instant::now() < give_up {
+        let wait = next_sample.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(wait) {
+            Ok((i, Some(ChildSays::Open { open: o, failed: f }))) => {
+                open[i] = o;
+                failed[i] = f;
+            }
+            Ok((i, Some(ChildSays::Ramped(k)))) => {
+                ramped[i] = Some(k);
+                open[i] = k;
+            }
+            Ok((i, None)) if ramped[i].is_none() => {
+                return Err(format!("child {i} exited before its ramp ended"));
+            }
+            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        if Instant::now() >= next_sample {
+            next_sample += Duration::from_secs(1);
+            let t = start.elapsed().as_secs_f64();
+            let (o, f): (u64, u64) = (open.iter().sum(), failed.iter().sum());
+            let rss = procfs::rss(&pids);
+            eprintln!(
+                "wsbench: {t:6.1}s open {o:>8} failed {f:>6} ({:.0}/s) server rss {} MiB",
+                o as f64 / t,
+                rss >> 20
+            );
+            series.push(json!({"t": t, "open": o, "server_rss": rss}));
         }
     }
     let ramp_secs = start.elapsed().as_secs_f64();
+    let ramped_total: u64 = ramped.iter().flatten().sum();
+    series.push(json!({"t": ramp_secs, "open": ramped_total, "server_rss": procfs::rss(&pids)}));
     let ramp_cpu = procfs::cpu(&pids).saturating_sub(before.cpu);
     std::thread::sleep(Duration::from_secs(a.settle));
     let after = Probe::take(&pids);
+    let child_pids: Vec<u32> = children.iter().map(|c| c.id()).collect();
+    let client_rss = procfs::rss(&child_pids);
     eprintln!(
-        "wsbench: all {procs} processes up: {ramped} connections; server rss {} MiB",
-        after.rss >> 20
+        "wsbench: all {procs} processes up: {ramped_total} connections; server rss {} MiB, \
+         load generator rss {} MiB, box memory in use {} MiB",
+        after.rss >> 20,
+        client_rss >> 20,
+        after.box_mem >> 20
     );
-    // Broadcast to everyone through the admin API, one at a time.
+
+    // --- broadcast to everyone, one in flight ------------------------------
     let mut sent_us = Vec::new();
+    let mut results: Vec<Option<Value>> = vec![None; n];
+    let mut ended = vec![false; n];
     let bcast_cpu0 = procfs::cpu(&pids);
-    for i in 0..a.broadcasts {
+    let expecting = ramped.iter().filter(|k| k.unwrap_or(0) > 0).count();
+    for seq in 0..a.broadcasts {
         let t = epoch_us();
-        post_broadcast(&a.broadcast_admin, &format!(r#"{{"seq":{i},"t":{t}}}"#))?;
+        match post_broadcast(&a.broadcast_admin, &format!(r#"{{"seq":{seq},"t":{t}}}"#)) {
+            Ok(()) => {}
+            // The node queued it but its workers did not confirm the count
+            // in time: the deliveries are still measured below.
+            Err(e) if e.contains(" 504 ") => eprintln!("wsbench: broadcast {seq}: {e}"),
+            Err(e) => return Err(e),
+        }
         sent_us.push(t);
-        eprintln!("wsbench: broadcast {i} posted");
-        std::thread::sleep(Duration::from_millis(1500));
+        let mut arrived = 0;
+        let until = Instant::now() + BROADCAST_WAIT;
+        while arrived < expecting {
+            match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                Ok((_, Some(ChildSays::Arrived(s)))) if s == seq => arrived += 1,
+                Ok((i, Some(ChildSays::Result(r)))) => results[i] = Some(r),
+                Ok((i, None)) => ended[i] = true,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        eprintln!(
+            "wsbench: broadcast {seq}: complete in {arrived}/{expecting} processes after {:.0} ms",
+            (epoch_us().saturating_sub(t)) as f64 / 1e3
+        );
     }
     let bcast_cpu = procfs::cpu(&pids).saturating_sub(bcast_cpu0);
     std::thread::sleep(Duration::from_secs(a.hold));
@@ -399,24 +537,34 @@ fn connect_multi(a: ConnectArgs, cap: u64) -> Result<(), String> {
             let _ = writeln!(stdin, "go");
         }
     }
-    let mut results = Vec::new();
-    for r in readers.iter_mut() {
-        let mut line = String::new();
-        while r.read_line(&mut line).map_err(|e| e.to_string())? > 0 {
-            if let Some(j) = line.trim().strip_prefix("RESULT ") {
-                results.push(serde_json::from_str::<Value>(j).map_err(|e| e.to_string())?);
-                break;
-            }
-            line.clear();
+    // --- results --------------------------------------------------------------
+    while ended.iter().any(|e| !e) && Instant::now() < give_up + Duration::from_secs(60) {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok((i, Some(ChildSays::Result(r)))) => results[i] = Some(r),
+            Ok((i, None)) => ended[i] = true,
+            Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
     for mut c in children {
         let _ = c.wait();
     }
+    let results: Vec<Value> = results.into_iter().flatten().collect();
+    if results.len() < n {
+        eprintln!("wsbench: only {} of {n} processes reported", results.len());
+    }
     let mut total = aggregate_children(&results);
     let opened = total["opened"].as_u64().unwrap_or(0).max(1) as f64;
     let (fanout, missing) = merge_arrivals(&results, &sent_us, opened as u64);
     let m = total.as_object_mut().ok_or("result")?;
+    m.insert("timeseries".into(), json!(series));
+    m.insert("box_mem_used_before".into(), json!(before.box_mem));
+    m.insert("box_mem_used_after".into(), json!(after.box_mem));
+    m.insert("client_rss_after".into(), json!(client_rss));
+    m.insert(
+        "client_bytes_per_conn".into(),
+        json!((client_rss as f64 / opened).round()),
+    );
     if a.broadcasts > 0 {
         m.insert("broadcasts".into(), json!(a.broadcasts));
         m.insert("broadcast_fanout_completion".into(), fanout);
@@ -802,6 +950,25 @@ pub fn merge_arrivals(children: &[Value], sent_us: &[u64], connections: u64) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn child_lines_parse() {
+        assert_eq!(
+            ChildSays::parse("OPEN 12 3\n"),
+            Some(ChildSays::Open {
+                open: 12,
+                failed: 3
+            })
+        );
+        assert_eq!(ChildSays::parse("RAMPED 7"), Some(ChildSays::Ramped(7)));
+        assert_eq!(ChildSays::parse("ARRIVED 2"), Some(ChildSays::Arrived(2)));
+        assert_eq!(
+            ChildSays::parse(r#"RESULT {"opened":1}"#),
+            Some(ChildSays::Result(json!({"opened": 1})))
+        );
+        assert_eq!(ChildSays::parse("OPEN x 1"), None);
+        assert_eq!(ChildSays::parse("noise"), None);
+    }
 
     #[test]
     fn arrivals_merge_across_children() {

@@ -29,6 +29,7 @@ use crate::pubsub::{Delivery, Hub, Notify, WorkerMsg};
 
 use super::admission::Admission;
 use super::conn::{Conn, Ctx, Phase, RateLimit, Transition};
+use super::listener;
 use super::stats::WorkerStats;
 use super::write_queue::{Chunk, WriteQueue};
 use crate::protocol::frame::write_server_frame;
@@ -36,7 +37,7 @@ use crate::protocol::OpCode;
 use crate::security::{unix_now, Security};
 use crate::timer_wheel::TimerWheel;
 use rustc_hash::FxHashMap;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 pub(crate) const LISTENER: Token = Token(usize::MAX);
 pub(crate) const WAKER: Token = Token(usize::MAX - 1);
@@ -114,6 +115,11 @@ pub(crate) struct Worker {
     accept_pending: bool,
     accept_paused_until: Option<Instant>,
     last_backoff_log: Option<Instant>,
+    /// The address all listeners of the port share (to rejoin the group).
+    listen_addr: Option<SocketAddr>,
+    /// Set while this worker is out of the port's SO_REUSEPORT group
+    /// because the process ran out of descriptors.
+    left_group: Option<LeftGroup>,
     draining_until: Option<Instant>,
     /// Connections whose reading was paused and may resume.
     resume: Vec<usize>,
@@ -129,6 +135,21 @@ struct TroubleReport {
 }
 
 const TROUBLE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// A worker that ran out of descriptors closes its listener so the kernel
+/// hands new connections to the other listeners on the port (other workers,
+/// other processes) instead of leaving them in a backlog nobody can accept
+/// from; with `net.ipv4.tcp_migrate_req = 1` the connections already queued
+/// move too. It binds a fresh listener once it has room again.
+struct LeftGroup {
+    /// Open connections when it left; a drop below this means room.
+    open_at_leave: usize,
+    /// Descriptors may also free up elsewhere in the process: try anyway.
+    retry_at: Instant,
+}
+
+/// How often a worker out of the group tries to rejoin regardless.
+const REJOIN_RETRY: Duration = Duration::from_secs(1);
 
 fn is_descriptor_exhaustion(e: &io::Error) -> bool {
     matches!(
@@ -150,6 +171,7 @@ impl Worker {
         let hub = shared.hub.clone();
         let admission = shared.admission.clone();
         let security = shared.security.clone();
+        let listen_addr = listener.local_addr().ok();
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
@@ -215,6 +237,8 @@ impl Worker {
             accept_pending: true,
             accept_paused_until: None,
             last_backoff_log: None,
+            listen_addr,
+            left_group: None,
             draining_until: None,
             resume: Vec::new(),
             trouble: TroubleReport {
@@ -261,6 +285,7 @@ impl Worker {
                 self.accept_batch();
             }
             let now = Instant::now();
+            self.maybe_rejoin(now);
             self.check_pending(now);
             self.flush_outbox();
             self.expire(now);
@@ -296,6 +321,7 @@ impl Worker {
         let candidates = [
             next_tick,
             self.accept_paused_until,
+            self.left_group.as_ref().map(|l| l.retry_at),
             self.draining_until,
             self.pending_check_at,
         ];
@@ -325,22 +351,7 @@ impl Worker {
                     return;
                 }
                 Err(e) if is_descriptor_exhaustion(&e) => {
-                    // Spinning on accept would burn a core; connections wait
-                    // in the kernel backlog until descriptors free up.
-                    self.stats.accept_backoffs.inc();
-                    self.accept_paused_until = Some(now + ACCEPT_BACKOFF);
-                    if self
-                        .last_backoff_log
-                        .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(5))
-                    {
-                        self.last_backoff_log = Some(now);
-                        tracing::warn!(
-                            worker = self.id,
-                            open = self.conns.len(),
-                            error = %e,
-                            "out of descriptors: accepting paused (raise LimitNOFILE / ulimit -n)"
-                        );
-                    }
+                    self.leave_group(now, &e);
                     return;
                 }
                 Err(e)
@@ -357,6 +368,76 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Out of descriptors: leave the port's SO_REUSEPORT group (see
+    /// [`LeftGroup`]). Spinning on accept would burn a core, and pausing
+    /// with the listener open would strand connections in its backlog.
+    fn leave_group(&mut self, now: Instant, e: &io::Error) {
+        self.stats.accept_backoffs.inc();
+        if let Some(mut l) = self.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        self.accept_pending = false;
+        self.left_group = Some(LeftGroup {
+            open_at_leave: self.conns.len(),
+            retry_at: now + REJOIN_RETRY,
+        });
+        if self
+            .last_backoff_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(5))
+        {
+            self.last_backoff_log = Some(now);
+            tracing::warn!(
+                worker = self.id,
+                open = self.conns.len(),
+                error = %e,
+                "out of descriptors: this worker stops listening until it has room; \
+                 new connections go to the other listeners on the port \
+                 (raise LimitNOFILE / ulimit -n)"
+            );
+        }
+    }
+
+    /// Binds a fresh listener into the port's group once there is room.
+    fn maybe_rejoin(&mut self, now: Instant) {
+        let Some(left) = self.left_group.as_mut() else {
+            return;
+        };
+        if self.draining_until.is_some() {
+            self.left_group = None;
+            return;
+        }
+        // Hysteresis: a handful of closes, not one, before trying early.
+        let room = left
+            .open_at_leave
+            .saturating_sub(left.open_at_leave / 100 + 1);
+        if now < left.retry_at && self.conns.len() > room {
+            return;
+        }
+        left.retry_at = now + REJOIN_RETRY;
+        let Some(addr) = self.listen_addr else {
+            return;
+        };
+        let mut listener = match listener::bind_reuseport(addr) {
+            Ok(l) => TcpListener::from_std(l),
+            Err(e) => {
+                tracing::debug!(worker = self.id, error = %e, "rejoin failed; still full");
+                return;
+            }
+        };
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+        {
+            tracing::debug!(worker = self.id, error = %e, "rejoin failed");
+            return;
+        }
+        tracing::info!(worker = self.id, open = self.conns.len(), "listening again");
+        self.listener = Some(listener);
+        self.left_group = None;
+        self.accept_pending = true;
     }
 
     fn add_conn(&mut self, mut stream: TcpStream, now: Instant) {
