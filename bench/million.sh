@@ -123,3 +123,4 @@ log "done in $(( $(date +%s) - started )) s; results in $out/million.json and $o
   echo "servers: $procs wsgate process(es) × $workers worker(s) on one port$( [ "$procs" -gt 1 ] && echo ', linked by redis-server')"
   echo "command: bench/million.sh --target $target --hold $hold --broadcasts $broadcasts"
 } | tee -a "$out/million.md"
+"$bin/wsbench" report "$out/million.json" --out "$out" || log "no charts drawn"

@@ -503,8 +503,8 @@ fn io_reason(e: &io::Error) -> &'static str {
     }
 }
 
-/// Parses `127.0.0.2-127.0.0.40`, `127.0.0.2,127.0.0.3` or a single address.
-/// Best effort: without the option (old kernels) bind still works, slower.
+/// Sets IP_BIND_ADDRESS_NO_PORT. Best effort: without the option (old
+/// kernels) bind still works, slower.
 fn set_bind_address_no_port(socket: &socket2::Socket) {
     use std::os::fd::AsRawFd;
     let one: libc::c_int = 1;
@@ -521,6 +521,7 @@ fn set_bind_address_no_port(socket: &socket2::Socket) {
     }
 }
 
+/// Parses `127.0.0.2-127.0.0.40`, `127.0.0.2,127.0.0.3` or a single address.
 pub fn parse_src_ips(s: &str) -> Result<Vec<IpAddr>, String> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {

@@ -7,6 +7,7 @@
 //! Server cost is measured from /proc (RSS, CPU time of --server-pid), beside
 //! the generator's own CPU, because both share the box.
 
+mod charts;
 mod client;
 mod procfs;
 mod report;
@@ -20,7 +21,7 @@ use clap::{Args, Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "wsbench",
-    about = "WebSocket load generator (connect, hold, echo, broadcast, churn)"
+    about = "WebSocket load generator (connect, hold, echo, broadcast, churn) and its charts"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,6 +38,8 @@ enum Cmd {
     Echo(scenarios::EchoArgs),
     /// Hold N while connecting/disconnecting R per second.
     Churn(scenarios::ChurnArgs),
+    /// Draw charts (SVG and PNG) from a results JSON: ramp and latency.
+    Report(charts::ReportArgs),
 }
 
 /// Options every scenario takes.
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Cmd::Broadcast(a) => scenarios::broadcast(a),
         Cmd::Echo(a) => scenarios::echo(a),
         Cmd::Churn(a) => scenarios::churn(a),
+        Cmd::Report(a) => charts::report(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

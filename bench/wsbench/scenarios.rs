@@ -16,7 +16,6 @@ use crate::Common;
 
 /// Snapshot of the server processes and the kernel, for before/after deltas.
 struct Probe {
-    at: Instant,
     rss: u64,
     cpu: Duration,
     tcp_mem: u64,
@@ -28,7 +27,6 @@ struct Probe {
 impl Probe {
     fn take(pids: &[u32]) -> Probe {
         Probe {
-            at: Instant::now(),
             rss: procfs::rss(pids),
             cpu: procfs::cpu(pids),
             tcp_mem: procfs::tcp_mem().0,
@@ -212,7 +210,7 @@ fn ramp(
 fn hold(
     engine: &mut Engine,
     secs: u64,
-    stop: impl Fn() -> bool,
+    stop: impl Fn(&Arrivals, u64) -> bool,
     arrivals: &mut Arrivals,
     announce_of: Option<u64>,
 ) -> Result<u64, String> {
@@ -220,7 +218,7 @@ fn hold(
     let mut events = Vec::new();
     let mut drops = 0;
     let mut announced = std::collections::HashSet::new();
-    while Instant::now() < until && !stop() {
+    while Instant::now() < until && !stop(arrivals, drops) {
         engine
             .poll(Duration::from_millis(20), &mut events)
             .map_err(|e| e.to_string())?;
@@ -267,6 +265,8 @@ pub fn connect(a: ConnectArgs) -> Result<(), String> {
         ramp(&mut engine, &a, a.connections, deadline, pids)?;
     let ramp_cpu = procfs::cpu(pids).saturating_sub(before.cpu);
     let mut arrivals = Arrivals::new();
+    let mut sent_us = Vec::new();
+    let mut bcast_cpu = Duration::ZERO;
     let (after, drops) = if a.child {
         // Tell the parent we are up, then hold (recording broadcasts) until
         // it says it is done measuring and broadcasting.
@@ -279,7 +279,7 @@ pub fn connect(a: ConnectArgs) -> Result<(), String> {
             let _ = std::io::stdin().read_line(&mut line);
             flag.store(true, std::sync::atomic::Ordering::Release);
         });
-        let stop = || done.load(std::sync::atomic::Ordering::Acquire);
+        let stop = |_: &Arrivals, _| done.load(std::sync::atomic::Ordering::Acquire);
         let drops = hold(
             &mut engine,
             a.common.timeout,
@@ -291,9 +291,14 @@ pub fn connect(a: ConnectArgs) -> Result<(), String> {
     } else {
         std::thread::sleep(Duration::from_secs(a.settle));
         let after = Probe::take(pids);
+        let cpu0 = procfs::cpu(pids);
+        let (sent, lost) = broadcast_in_process(&mut engine, &a, opened, &mut arrivals)?;
+        sent_us = sent;
+        bcast_cpu = procfs::cpu(pids).saturating_sub(cpu0);
+        let no_stop = |_: &Arrivals, _| false;
         (
             after,
-            hold(&mut engine, a.hold, || false, &mut arrivals, None)?,
+            lost + hold(&mut engine, a.hold, no_stop, &mut arrivals, None)?,
         )
     };
     engine.close_all();
@@ -335,19 +340,69 @@ pub fn connect(a: ConnectArgs) -> Result<(), String> {
             per(ramp_cpu.as_secs_f64() * 1e6, n),
         );
     }
-    if a.child {
-        let list: Vec<Value> = arrivals
+    let arrivals_json = json!({
+        "broadcast_arrivals": arrivals
             .iter()
             .map(|(s, (n, t))| json!([s, n, t]))
-            .collect();
-        result
-            .as_object_mut()
-            .ok_or("result")?
-            .insert("broadcast_arrivals".into(), json!(list));
+            .collect::<Vec<Value>>(),
+    });
+    if a.child {
+        result.as_object_mut().ok_or("result")?.insert(
+            "broadcast_arrivals".into(),
+            arrivals_json["broadcast_arrivals"].clone(),
+        );
         println!("RESULT {result}");
         return Ok(());
     }
+    if a.broadcasts > 0 {
+        let (fanout, missing) = merge_arrivals(&[arrivals_json], &sent_us, opened);
+        let deliveries = (a.broadcasts * opened).saturating_sub(missing) as f64;
+        let m = result.as_object_mut().ok_or("result")?;
+        m.insert("broadcasts".into(), json!(a.broadcasts));
+        m.insert("broadcast_fanout_completion".into(), fanout);
+        m.insert("broadcast_missing_deliveries".into(), json!(missing));
+        m.insert(
+            "server_cpu_us_per_delivery".into(),
+            per(bcast_cpu.as_secs_f64() * 1e6, deliveries),
+        );
+    }
     finish("wsbench connect", &a.common, result)
+}
+
+/// Broadcasts `a.broadcasts` messages through the admin API, one in flight:
+/// each is posted from a helper thread while this one keeps reading, and the
+/// next goes when every live connection has the previous one (or after
+/// [`BROADCAST_WAIT`]). Returns the send times and connections lost.
+fn broadcast_in_process(
+    engine: &mut Engine,
+    a: &ConnectArgs,
+    opened: u64,
+    arrivals: &mut Arrivals,
+) -> Result<(Vec<u64>, u64), String> {
+    let (mut sent_us, mut lost) = (Vec::new(), 0u64);
+    for seq in 0..a.broadcasts {
+        let t = epoch_us();
+        let admin = a.broadcast_admin.clone();
+        let poster = std::thread::spawn(move || {
+            post_broadcast(&admin, &format!(r#"{{"seq":{seq},"t":{t}}}"#))
+        });
+        let live = opened.saturating_sub(lost);
+        let complete =
+            |got: &Arrivals, dropped: u64| got.get(&seq).is_some_and(|e| e.0 + dropped >= live);
+        lost += hold(engine, BROADCAST_WAIT.as_secs(), complete, arrivals, None)?;
+        match poster.join() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) if e.contains(" 504 ") => eprintln!("wsbench: broadcast {seq}: {e}"),
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err("broadcast poster panicked".into()),
+        }
+        sent_us.push(t);
+        eprintln!(
+            "wsbench: broadcast {seq}: complete after {:.0} ms",
+            epoch_us().saturating_sub(t) as f64 / 1e3
+        );
+    }
+    Ok((sent_us, lost))
 }
 
 /// What a child process says on its stdout (see `connect` in child mode).
@@ -779,7 +834,6 @@ pub fn broadcast(a: BroadcastArgs) -> Result<(), String> {
         "client_cpu_secs": client_cpu,
         "client_cpu_us_per_delivery": per(client_cpu * 1e6, deliveries as f64),
     });
-    let _ = after.at;
     finish("wsbench broadcast", &a.common, result)
 }
 
@@ -819,18 +873,25 @@ pub fn echo(a: EchoArgs) -> Result<(), String> {
     let until = start + Duration::from_secs(a.duration);
     let mut events = Vec::new();
     let mut last_report = Instant::now();
+    // A connection the server closes (a rate limit, say) stops counting:
+    // say so in the results rather than quietly measuring fewer clients.
+    let mut closed = 0u64;
     while Instant::now() < until {
         engine
             .poll(Duration::from_millis(5), &mut events)
             .map_err(|e| e.to_string())?;
         let now = Instant::now();
         for ev in events.drain(..) {
-            if let Ev::Text { key, .. } = ev {
-                if let Some(t0) = sent.get(&key) {
-                    let _ = lat.record(now.duration_since(*t0).as_micros().max(1) as u64);
+            match ev {
+                Ev::Text { key, .. } => {
+                    if let Some(t0) = sent.get(&key) {
+                        let _ = lat.record(now.duration_since(*t0).as_micros().max(1) as u64);
+                    }
+                    sent.insert(key, Instant::now());
+                    engine.send_text(key, msg.as_bytes());
                 }
-                sent.insert(key, Instant::now());
-                engine.send_text(key, msg.as_bytes());
+                Ev::Closed { .. } => closed += 1,
+                _ => {}
             }
         }
         if last_report.elapsed() >= Duration::from_secs(1) {
@@ -841,10 +902,18 @@ pub fn echo(a: EchoArgs) -> Result<(), String> {
     let window = start.elapsed().as_secs_f64();
     let after = Probe::take(&pids);
     engine.close_all();
+    if closed > 0 || opened < a.connections {
+        eprintln!(
+            "wsbench: {} of {} connections opened, {closed} closed by the server during the run",
+            opened, a.connections
+        );
+    }
     let trips = lat.len();
     let result = json!({
         "scenario": "echo",
         "connections": opened,
+        "failed_to_open": a.connections.saturating_sub(opened),
+        "closed_by_server": closed,
         "round_trips": trips,
         "round_trips_per_sec": per(trips as f64, window),
         "latency": latency_json(&lat),
@@ -881,10 +950,13 @@ pub fn churn(a: ChurnArgs) -> Result<(), String> {
     let until = start + Duration::from_secs(a.duration);
     let mut events = Vec::new();
     let (mut replaced, mut opened, mut failed, mut drops) = (0u64, 0u64, 0u64, 0u64);
+    // Oldest first, so every held connection takes its turn; a key may have
+    // been closed (or reused) meanwhile, which only shifts whom we replace.
+    let mut by_age: std::collections::VecDeque<usize> = engine.keys().into();
     while Instant::now() < until {
         let due = (start.elapsed().as_secs_f64() * a.rate) as u64;
         while replaced < due {
-            if let Some(&k) = engine.keys().first() {
+            if let Some(k) = by_age.pop_front() {
                 engine.drop_conn(k);
             }
             engine.connect(&mut events);
@@ -895,7 +967,10 @@ pub fn churn(a: ChurnArgs) -> Result<(), String> {
             .map_err(|e| e.to_string())?;
         for ev in events.drain(..) {
             match ev {
-                Ev::Opened { .. } => opened += 1,
+                Ev::Opened { key, .. } => {
+                    opened += 1;
+                    by_age.push_back(key);
+                }
                 Ev::Failed { .. } => failed += 1,
                 Ev::Closed { .. } => drops += 1,
                 Ev::Text { .. } => {}

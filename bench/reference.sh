@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The reference runs behind the figures in README.md, in one command:
+#
+#   bench/reference.sh [--out DIR] [--skip-million] [--million-target N]
+#
+# Builds release binaries, then for each scenario starts a fresh wsgate on
+# 127.0.0.1:8080 (admin on 127.0.0.1:9090), runs wsbench against it, and
+# writes DIR/<name>.json, DIR/<name>.md and the charts of `wsbench report`
+# (default DIR: bench/results). Last comes bench/million.sh (the one-box
+# million-connection run). Everything stays on 127.0.0.0/8, is bounded in
+# time and stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out=bench/results
+million=1
+million_target=1000000
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --out) out=$2; shift 2 ;;
+    --skip-million) million=0; shift ;;
+    --million-target) million_target=$2; shift 2 ;;
+    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "reference.sh: unknown argument $1" >&2; exit 2 ;;
+  esac
+done
+mkdir -p "$out"
+cargo build --release --bin wsgate --bin wsbench
+bin=target/release
+log() { echo "reference.sh: $*" >&2; }
+
+server=
+stop_server() {
+  if [ -n "$server" ]; then
+    kill -TERM "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+    server=
+  fi
+}
+trap stop_server EXIT
+start_server() {
+  "$bin/wsgate" --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9090 --log-level warn \
+    --ping-interval 600s --idle-timeout 900s "$@" &
+  server=$!
+  for _ in $(seq 1 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null && return 0
+    sleep 0.1
+  done
+  log "wsgate did not start"
+  exit 1
+}
+# run NAME ARGS...: one wsbench scenario against the running server.
+run() {
+  local name=$1
+  shift
+  log "$name: wsbench $*"
+  "$bin/wsbench" "$@" --url ws://127.0.0.1:8080/ws --server-pid "$server" \
+    --out "$out/$name.json" >"$out/$name.md"
+  "$bin/wsbench" report "$out/$name.json" --out "$out" || log "$name: no charts"
+}
+
+# Idle connections: server bytes per connection, handshakes/s.
+start_server --app echo
+run connect-15k connect --connections 15000 --hold 3 --src-ips 127.0.0.2-127.0.0.9
+stop_server
+
+# Fan-out to 15,000 subscribers of one topic: one message in flight (latency),
+# then a fixed rate (throughput, the outbox batches writes).
+start_server
+run publish-15k broadcast --listeners 15000 --messages 300 --mode publish --src-ips 127.0.0.2-127.0.0.9
+stop_server
+start_server
+run publish-15k-rate80 broadcast --listeners 15000 --messages 400 --rate 80 --mode publish \
+  --src-ips 127.0.0.2-127.0.0.9
+stop_server
+
+# Echo round trips, 100 connections in closed loop.
+start_server --app echo
+run echo-100 echo --connections 100 --duration 10
+stop_server
+
+# Churn: 10,000 held while 500 per second are replaced.
+start_server --app echo
+run churn-10k churn --connections 10000 --rate 500 --duration 10 --src-ips 127.0.0.2-127.0.0.9
+stop_server
+
+if [ "$million" = 1 ]; then
+  bash bench/million.sh --target "$million_target" --out "$out"
+fi
+log "done: $out"

@@ -1,0 +1,593 @@
+//! `wsbench report`: charts (SVG and PNG) from a results JSON document.
+//!
+//! Picking the data out of the JSON is done by pure functions (unit-tested
+//! below); the drawing code only lays out what they return. Text in the PNGs
+//! is rendered with DejaVu Sans, embedded in the binary (the `dejavu` crate),
+//! so no system font or fontconfig is needed; SVGs carry text as `<text>`.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use serde_json::{Map, Value};
+
+#[derive(Args, Clone, Debug)]
+pub struct ReportArgs {
+    /// A results JSON written by `wsbench <scenario> --out FILE`.
+    pub results: PathBuf,
+    /// Directory for the charts (default: the JSON's directory).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Pixel size of every chart (SVG user units and PNG pixels alike).
+const SIZE: (u32, u32) = (1000, 600);
+
+/// The percentiles plotted per latency object: (JSON key, axis label).
+pub const PERCENTILES: [(&str, &str); 5] = [
+    ("p50_us", "p50"),
+    ("p90_us", "p90"),
+    ("p99_us", "p99"),
+    ("p999_us", "p99.9"),
+    ("max_us", "max"),
+];
+
+/// The ramp: connections open and server RSS over time.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ramp {
+    /// (seconds, connections open), starting at (0, 0).
+    pub open: Vec<(f64, f64)>,
+    /// (seconds, server RSS in MiB); empty when no server was measured.
+    pub rss_mib: Vec<(f64, f64)>,
+}
+
+impl Ramp {
+    pub fn t_max(&self) -> f64 {
+        let t = self
+            .open
+            .iter()
+            .chain(&self.rss_mib)
+            .map(|p| p.0)
+            .fold(0.0, f64::max);
+        if t > 0.0 {
+            t
+        } else {
+            1.0
+        }
+    }
+
+    /// Top of the connections axis, with a little headroom.
+    pub fn open_max(&self) -> f64 {
+        headroom(self.open.iter().map(|p| p.1).fold(0.0, f64::max))
+    }
+
+    /// Top of the RSS axis, with a little headroom.
+    pub fn rss_max(&self) -> f64 {
+        headroom(self.rss_mib.iter().map(|p| p.1).fold(0.0, f64::max))
+    }
+}
+
+fn headroom(max: f64) -> f64 {
+    if max > 0.0 {
+        max * 1.08
+    } else {
+        1.0
+    }
+}
+
+/// The ramp from the document's `timeseries` (`{"t", "open", "server_rss"}`
+/// entries); `None` when there is none. RSS is plotted only when some sample
+/// is non-zero (it is 0 when no `--server-pid` was given); the run's
+/// `server_rss_before`, when present, is its value at t = 0.
+pub fn ramp(doc: &Value) -> Option<Ramp> {
+    let entries = doc.get("timeseries")?.as_array()?;
+    let mut open = Vec::new();
+    let mut rss = Vec::new();
+    for e in entries {
+        let Some(t) = e.get("t").and_then(Value::as_f64) else {
+            continue;
+        };
+        if let Some(n) = e.get("open").and_then(Value::as_u64) {
+            open.push((t, n as f64));
+        }
+        let r = e.get("server_rss").and_then(Value::as_u64).unwrap_or(0);
+        rss.push((t, r as f64 / (1024.0 * 1024.0)));
+    }
+    if open.is_empty() {
+        return None;
+    }
+    open.sort_by(|a, b| a.0.total_cmp(&b.0));
+    rss.sort_by(|a, b| a.0.total_cmp(&b.0));
+    if open[0].0 > 0.0 {
+        open.insert(0, (0.0, 0.0));
+    }
+    if rss.iter().all(|p| p.1 == 0.0) {
+        rss.clear();
+    } else if let Some(before) = doc.get("server_rss_before").and_then(Value::as_u64) {
+        if rss.first().is_some_and(|p| p.0 > 0.0) {
+            rss.insert(0, (0.0, before as f64 / (1024.0 * 1024.0)));
+        }
+    }
+    Some(Ramp { open, rss_mib: rss })
+}
+
+/// One latency distribution: its (dotted) key in the document, its sample
+/// count and its percentiles in µs, in [`PERCENTILES`] order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Latency {
+    pub name: String,
+    pub count: Option<u64>,
+    pub values_us: [f64; 5],
+}
+
+/// Every latency object in the document, in key order: any object
+/// with all of the [`PERCENTILES`] keys (nested objects are searched too and
+/// named by their dotted path). Empty histograms (`{"count": 0}`) have none
+/// of the keys and are left out.
+pub fn latencies(doc: &Value) -> Vec<Latency> {
+    let mut out = Vec::new();
+    if let Some(obj) = doc.as_object() {
+        collect_latencies(obj, "", &mut out);
+    }
+    out
+}
+
+fn collect_latencies(obj: &Map<String, Value>, prefix: &str, out: &mut Vec<Latency>) {
+    for (k, v) in obj {
+        let Some(inner) = v.as_object() else {
+            continue;
+        };
+        let name = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        let vals: Vec<f64> = PERCENTILES
+            .iter()
+            .filter_map(|(key, _)| inner.get(*key).and_then(Value::as_f64))
+            .collect();
+        if let Ok(values_us) = <[f64; 5]>::try_from(vals) {
+            out.push(Latency {
+                name,
+                count: inner.get("count").and_then(Value::as_u64),
+                values_us,
+            });
+        } else {
+            collect_latencies(inner, &name, out);
+        }
+    }
+}
+
+/// Bounds of a log axis covering `[min, max]` µs: whole decades, at least
+/// one decade wide, never below 1 µs, with room above the tallest bar (a
+/// factor of 4 at least) for the legend.
+pub fn log_bounds(min: f64, max: f64) -> (f64, f64) {
+    let min = min.max(1.0);
+    let max = max.max(min);
+    let lo = 10f64.powf(min.log10().floor());
+    let mut hi = 10f64.powf((max * 4.0).log10().ceil());
+    if hi <= lo {
+        hi = lo * 10.0;
+    }
+    (lo, hi)
+}
+
+/// A duration in µs for an axis label: `850µs`, `1.5ms`, `2s`.
+pub fn fmt_us(us: f64) -> String {
+    let (v, unit) = if us >= 1e6 {
+        (us / 1e6, "s")
+    } else if us >= 1e3 {
+        (us / 1e3, "ms")
+    } else {
+        (us, "µs")
+    };
+    let s = format!("{v:.1}");
+    let s = s.strip_suffix(".0").unwrap_or(&s);
+    format!("{s}{unit}")
+}
+
+/// A count for an axis label: `950`, `25k`, `1.2M`.
+pub fn fmt_count(n: f64) -> String {
+    let (v, unit) = if n.abs() >= 1e6 {
+        (n / 1e6, "M")
+    } else if n.abs() >= 1e4 {
+        (n / 1e3, "k")
+    } else {
+        return format!("{}", n.round());
+    };
+    let s = format!("{v:.1}");
+    let s = s.strip_suffix(".0").unwrap_or(&s);
+    format!("{s}{unit}")
+}
+
+/// MiB for an axis label: whole MiB once the axis reaches 10.
+pub fn fmt_mib(v: f64, axis_max: f64) -> String {
+    if axis_max >= 10.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+/// The percentile label at an x-axis position (bars sit at 0, 1, … 4).
+pub fn percentile_label(x: f64) -> String {
+    let i = x.round();
+    if (x - i).abs() > 1e-6 || i < 0.0 {
+        return String::new();
+    }
+    PERCENTILES
+        .get(i as usize)
+        .map_or(String::new(), |p| p.1.to_string())
+}
+
+/// A short title for the charts: the stem plus what the document says it is.
+pub fn title(stem: &str, doc: &Value) -> String {
+    let scenario = doc.get("scenario").and_then(Value::as_str).unwrap_or("");
+    let scale = ["target", "listeners", "connections", "held"]
+        .iter()
+        .find_map(|k| doc.get(*k).and_then(Value::as_u64));
+    match (scenario, scale) {
+        ("", _) => stem.to_string(),
+        (s, Some(n)) => format!("{stem}: {s}, {} connections", fmt_count(n as f64)),
+        (s, None) => format!("{stem}: {s}"),
+    }
+}
+
+/// Where a chart goes: `<dir>/<stem>-<kind>.<ext>`.
+pub fn chart_path(dir: &Path, stem: &str, kind: &str, ext: &str) -> PathBuf {
+    dir.join(format!("{stem}-{kind}.{ext}"))
+}
+
+/// The output directory: `--out`, else the JSON's own directory.
+pub fn out_dir(results: &Path, out: Option<&Path>) -> PathBuf {
+    match out {
+        Some(d) => d.to_path_buf(),
+        None => match results.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        },
+    }
+}
+
+/// `wsbench report`: writes the charts, prints their paths.
+pub fn report(a: ReportArgs) -> Result<(), String> {
+    let text = std::fs::read_to_string(&a.results)
+        .map_err(|e| format!("cannot read {}: {e}", a.results.display()))?;
+    let doc: Value = serde_json::from_str(&text)
+        .map_err(|e| format!("{} is not JSON: {e}", a.results.display()))?;
+    let dir = out_dir(&a.results, a.out.as_deref());
+    let stem = a
+        .results
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("results")
+        .to_string();
+    let written = render(&doc, &stem, &dir)?;
+    if written.is_empty() {
+        return Err(format!(
+            "{}: nothing to chart (no timeseries, no latency percentiles)",
+            a.results.display()
+        ));
+    }
+    for p in written {
+        println!("{}", p.display());
+    }
+    Ok(())
+}
+
+/// Writes every chart the document has data for into `dir`; returns the
+/// paths written. Charts without data are skipped with a note on stderr.
+pub fn render(doc: &Value, stem: &str, dir: &Path) -> Result<Vec<PathBuf>, String> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    register_font();
+    let title = title(stem, doc);
+    let mut written = Vec::new();
+    match ramp(doc) {
+        Some(r) => {
+            let svg = chart_path(dir, stem, "ramp", "svg");
+            draw_ramp(&SVGBackend::new(&svg, SIZE).into_drawing_area(), &r, &title)?;
+            written.push(svg);
+            let png = chart_path(dir, stem, "ramp", "png");
+            draw_ramp(
+                &BitMapBackend::new(&png, SIZE).into_drawing_area(),
+                &r,
+                &title,
+            )?;
+            written.push(png);
+        }
+        None => eprintln!("wsbench report: no `timeseries` in {stem}: ramp chart skipped"),
+    }
+    let lat = latencies(doc);
+    if lat.is_empty() {
+        eprintln!("wsbench report: no latency percentiles in {stem}: latency chart skipped");
+    } else {
+        let svg = chart_path(dir, stem, "latency", "svg");
+        draw_latency(
+            &SVGBackend::new(&svg, SIZE).into_drawing_area(),
+            &lat,
+            &title,
+        )?;
+        written.push(svg);
+        let png = chart_path(dir, stem, "latency", "png");
+        draw_latency(
+            &BitMapBackend::new(&png, SIZE).into_drawing_area(),
+            &lat,
+            &title,
+        )?;
+        written.push(png);
+    }
+    Ok(written)
+}
+
+/// Makes DejaVu Sans the "sans-serif" family for bitmap text (once).
+fn register_font() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular())
+            .is_err()
+        {
+            eprintln!("wsbench report: the embedded font did not load");
+        }
+    });
+}
+
+fn err<E: std::fmt::Display>(e: E) -> String {
+    format!("drawing failed: {e}")
+}
+
+const FONT: &str = "sans-serif";
+
+fn draw_ramp<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    r: &Ramp,
+    title: &str,
+) -> Result<(), String> {
+    let with_rss = !r.rss_mib.is_empty();
+    let rss_max = r.rss_max();
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(root)
+        .caption(format!("{title}: ramp"), (FONT, 22))
+        .margin(14)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .right_y_label_area_size(if with_rss { 70 } else { 0 })
+        .build_cartesian_2d(0f64..r.t_max(), 0f64..r.open_max())
+        .map_err(err)?
+        .set_secondary_coord(0f64..r.t_max(), 0f64..rss_max);
+    chart
+        .configure_mesh()
+        .x_desc("seconds")
+        .y_desc("connections open")
+        .y_label_formatter(&|v| fmt_count(*v))
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 15))
+        .draw()
+        .map_err(err)?;
+    let blue = BLUE.stroke_width(2);
+    chart
+        .draw_series(LineSeries::new(r.open.iter().copied(), blue))
+        .map_err(err)?
+        .label("connections open")
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue));
+    if with_rss {
+        chart
+            .configure_secondary_axes()
+            .y_desc("server RSS (MiB)")
+            .y_label_formatter(&|v| fmt_mib(*v, rss_max))
+            .label_style((FONT, 14))
+            .axis_desc_style((FONT, 15))
+            .draw()
+            .map_err(err)?;
+        let red = RED.stroke_width(2);
+        chart
+            .draw_secondary_series(LineSeries::new(r.rss_mib.iter().copied(), red))
+            .map_err(err)?
+            .label("server RSS (MiB)")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .label_font((FONT, 14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
+}
+
+fn draw_latency<DB: DrawingBackend>(
+    root: &DrawingArea<DB, Shift>,
+    sets: &[Latency],
+    title: &str,
+) -> Result<(), String> {
+    let all = sets.iter().flat_map(|s| s.values_us);
+    let (lo, hi) = log_bounds(
+        all.clone().fold(f64::INFINITY, f64::min),
+        all.fold(0.0, f64::max),
+    );
+    root.fill(&WHITE).map_err(err)?;
+    let mut chart = ChartBuilder::on(root)
+        .caption(format!("{title}: latency percentiles"), (FONT, 22))
+        .margin(14)
+        .x_label_area_size(45)
+        .y_label_area_size(80)
+        .build_cartesian_2d(-0.5f64..4.5f64, (lo..hi).log_scale())
+        .map_err(err)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(PERCENTILES.len())
+        .x_label_formatter(&|x| percentile_label(*x))
+        .y_label_formatter(&|y| fmt_us(*y))
+        .x_desc("percentile")
+        .y_desc("latency (log scale)")
+        .label_style((FONT, 14))
+        .axis_desc_style((FONT, 15))
+        .draw()
+        .map_err(err)?;
+    let width = 0.8 / sets.len() as f64;
+    for (j, set) in sets.iter().enumerate() {
+        let color = Palette99::pick(j).to_rgba();
+        let x_of = move |i: usize| i as f64 - 0.4 + j as f64 * width;
+        chart
+            .draw_series(set.values_us.iter().enumerate().map(|(i, &v)| {
+                Rectangle::new(
+                    [(x_of(i), lo), (x_of(i) + width * 0.9, v.max(lo))],
+                    color.filled(),
+                )
+            }))
+            .map_err(err)?
+            .label(match set.count {
+                Some(n) => format!("{} (n = {n})", set.name),
+                None => set.name.clone(),
+            })
+            .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 14, y + 6)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font((FONT, 14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ramp_from_timeseries() {
+        let doc = json!({
+            "server_rss_before": 10 << 20,
+            "timeseries": [
+                {"t": 1.0, "open": 100, "server_rss": 20 << 20},
+                {"t": 2.5, "open": 300, "server_rss": 30 << 20},
+            ]
+        });
+        let r = ramp(&doc).unwrap();
+        assert_eq!(r.open, vec![(0.0, 0.0), (1.0, 100.0), (2.5, 300.0)]);
+        assert_eq!(r.rss_mib, vec![(0.0, 10.0), (1.0, 20.0), (2.5, 30.0)]);
+        assert_eq!(r.t_max(), 2.5);
+        assert!(r.open_max() > 300.0 && r.rss_max() > 30.0);
+    }
+
+    #[test]
+    fn ramp_without_server_pid_or_data() {
+        let doc = json!({"timeseries": [{"t": 0.4, "open": 50, "server_rss": 0}]});
+        let r = ramp(&doc).unwrap();
+        assert!(r.rss_mib.is_empty(), "all-zero RSS is not plotted");
+        assert_eq!(r.open.len(), 2);
+        assert_eq!(ramp(&json!({"timeseries": []})), None);
+        assert_eq!(ramp(&json!({"opened": 3})), None);
+        assert_eq!(ramp(&json!({"timeseries": [{"x": 1}]})), None);
+        let flat = Ramp {
+            open: vec![(0.0, 0.0)],
+            rss_mib: vec![],
+        };
+        assert_eq!(
+            (flat.t_max(), flat.open_max(), flat.rss_max()),
+            (1.0, 1.0, 1.0)
+        );
+    }
+
+    #[test]
+    fn finds_latency_objects() {
+        let lat = |p: u64| json!({"count": 10, "p50_us": p, "p90_us": p + 1, "p99_us": p + 2, "p999_us": p + 3, "max_us": p + 4, "mean_us": p as f64 + 0.5});
+        let doc = json!({
+            "scenario": "connect",
+            "handshake_latency": lat(100),
+            "empty": {"count": 0},
+            "failures": {"refused": 1},
+            "nested": {"round_trip": lat(7)},
+            "broadcast_fanout_completion": lat(5000),
+            "partial": {"p50_us": 1},
+        });
+        let l = latencies(&doc);
+        let names: Vec<&str> = l.iter().map(|x| x.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "broadcast_fanout_completion",
+                "handshake_latency",
+                "nested.round_trip"
+            ]
+        );
+        assert_eq!(l[1].values_us, [100.0, 101.0, 102.0, 103.0, 104.0]);
+        assert_eq!(l[1].count, Some(10));
+        assert!(latencies(&json!([1, 2])).is_empty());
+    }
+
+    #[test]
+    fn axes_and_labels() {
+        assert_eq!(log_bounds(120.0, 4500.0), (100.0, 100_000.0));
+        assert_eq!(log_bounds(120.0, 2400.0), (100.0, 10_000.0));
+        assert_eq!(log_bounds(0.0, 0.0), (1.0, 10.0));
+        assert_eq!(log_bounds(100.0, 100.0), (100.0, 1000.0));
+        assert_eq!(fmt_us(850.0), "850µs");
+        assert_eq!(fmt_us(1500.0), "1.5ms");
+        assert_eq!(fmt_us(2_000_000.0), "2s");
+        assert_eq!(fmt_count(950.0), "950");
+        assert_eq!(fmt_mib(3500.0, 3600.0), "3500");
+        assert_eq!(fmt_mib(2.25, 5.0), "2.2");
+        assert_eq!(fmt_count(25_000.0), "25k");
+        assert_eq!(fmt_count(1_250_000.0), "1.2M");
+        assert_eq!(percentile_label(0.0), "p50");
+        assert_eq!(percentile_label(3.0), "p99.9");
+        assert_eq!(percentile_label(4.0), "max");
+        assert_eq!(percentile_label(0.5), "");
+        assert_eq!(percentile_label(-1.0), "");
+        assert_eq!(percentile_label(5.0), "");
+        assert_eq!(
+            title("run", &json!({"scenario": "connect", "target": 1_000_000})),
+            "run: connect, 1M connections"
+        );
+        assert_eq!(title("run", &json!({"scenario": "churn"})), "run: churn");
+        assert_eq!(title("run", &json!({})), "run");
+    }
+
+    #[test]
+    fn output_paths() {
+        assert_eq!(
+            out_dir(Path::new("bench/results/m.json"), None),
+            PathBuf::from("bench/results")
+        );
+        assert_eq!(out_dir(Path::new("m.json"), None), PathBuf::from("."));
+        assert_eq!(
+            out_dir(Path::new("a/m.json"), Some(Path::new("charts"))),
+            PathBuf::from("charts")
+        );
+        assert_eq!(
+            chart_path(Path::new("d"), "m", "ramp", "svg"),
+            PathBuf::from("d/m-ramp.svg")
+        );
+    }
+
+    #[test]
+    fn renders_svg_and_png() {
+        let dir = std::env::temp_dir().join(format!("wsbench-charts-{}", std::process::id()));
+        let doc = json!({
+            "scenario": "echo",
+            "connections": 10,
+            "latency": {"count": 5, "p50_us": 90, "p90_us": 150, "p99_us": 900, "p999_us": 2000, "max_us": 2100, "mean_us": 120.0},
+        });
+        let written = render(&doc, "unit", &dir).unwrap();
+        assert_eq!(
+            written,
+            vec![
+                chart_path(&dir, "unit", "latency", "svg"),
+                chart_path(&dir, "unit", "latency", "png")
+            ]
+        );
+        let svg = std::fs::read_to_string(&written[0]).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("latency (n = 5)"));
+        let png = std::fs::read(&written[1]).unwrap();
+        assert!(png.starts_with(b"\x89PNG") && png.len() > 5000);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
