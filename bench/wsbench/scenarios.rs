@@ -80,6 +80,11 @@ pub struct ConnectArgs {
     /// Seconds to let the server settle before measuring memory.
     #[arg(long, default_value_t = 2)]
     pub settle: u64,
+    /// Load-generator processes at least (more if the descriptor limit needs
+    /// them): spreads the client's receive work over cores so that fan-out
+    /// completion measures the server rather than one client thread.
+    #[arg(long, default_value_t = 1)]
+    pub processes: u64,
     /// Internal: run as a child of a multi-process run.
     #[arg(long, hide = true)]
     pub child: bool,
@@ -102,6 +107,7 @@ impl ConnectArgs {
             concurrency,
             hold: 0,
             settle: 0,
+            processes: 1,
             child: false,
             broadcasts: 0,
             broadcast_admin: String::new(),
@@ -253,8 +259,13 @@ fn hold(
 
 pub fn connect(a: ConnectArgs) -> Result<(), String> {
     let cap = per_process_capacity();
-    if a.connections > cap && !a.child {
-        return connect_multi(a, cap);
+    if (a.connections > cap || a.processes > 1) && !a.child {
+        let procs = a
+            .connections
+            .div_ceil(cap)
+            .max(a.processes)
+            .min(a.connections.max(1));
+        return connect_multi(a, procs, cap);
     }
     let target = a.common.target()?;
     let mut engine = Engine::new(target, a.common.src_ips()?).map_err(|e| e.to_string())?;
@@ -397,10 +408,12 @@ fn broadcast_in_process(
             Err(_) => return Err("broadcast poster panicked".into()),
         }
         sent_us.push(t);
-        eprintln!(
-            "wsbench: broadcast {seq}: complete after {:.0} ms",
-            epoch_us().saturating_sub(t) as f64 / 1e3
-        );
+        if a.broadcasts <= 10 || seq % 10 == 9 {
+            eprintln!(
+                "wsbench: broadcast {seq}: complete after {:.0} ms",
+                epoch_us().saturating_sub(t) as f64 / 1e3
+            );
+        }
     }
     Ok((sent_us, lost))
 }
@@ -444,8 +457,7 @@ const BROADCAST_WAIT: Duration = Duration::from_secs(60);
 /// is too small, measures the server once all are up, and sums the results.
 /// The children report progress, ramp completion, broadcast arrivals and
 /// results as lines on their stdout; one thread per child forwards them.
-fn connect_multi(a: ConnectArgs, cap: u64) -> Result<(), String> {
-    let procs = a.connections.div_ceil(cap);
+fn connect_multi(a: ConnectArgs, procs: u64, cap: u64) -> Result<(), String> {
     let ips = a.common.src_ips()?;
     eprintln!(
         "wsbench: {} connections over {procs} processes ({cap} each at most)",
@@ -580,10 +592,12 @@ fn connect_multi(a: ConnectArgs, cap: u64) -> Result<(), String> {
                 Err(_) => break,
             }
         }
-        eprintln!(
-            "wsbench: broadcast {seq}: complete in {arrived}/{expecting} processes after {:.0} ms",
-            (epoch_us().saturating_sub(t)) as f64 / 1e3
-        );
+        if a.broadcasts <= 10 || seq % 10 == 9 || arrived < expecting {
+            eprintln!(
+                "wsbench: broadcast {seq}: complete in {arrived}/{expecting} processes after {:.0} ms",
+                (epoch_us().saturating_sub(t)) as f64 / 1e3
+            );
+        }
     }
     let bcast_cpu = procfs::cpu(&pids).saturating_sub(bcast_cpu0);
     std::thread::sleep(Duration::from_secs(a.hold));
