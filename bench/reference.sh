@@ -74,6 +74,13 @@ run publish-15k-rate80 broadcast --listeners 15000 --messages 400 --rate 80 --mo
   --src-ips 127.0.0.2-127.0.0.9
 stop_server
 
+# Broadcast to 15,000 connections with the receive side spread over two
+# load-generator processes (one client thread would time itself).
+start_server
+run broadcast-15k-2procs connect --connections 15000 --processes 2 --hold 0 --settle 1 \
+  --broadcasts 100 --broadcast-admin 127.0.0.1:9090 --src-ips 127.0.0.2-127.0.0.9
+stop_server
+
 # Echo round trips, 100 connections in closed loop.
 start_server --app echo
 run echo-100 echo --connections 100 --duration 10

@@ -54,12 +54,19 @@ impl AdminServer {
         config: Arc<Config>,
         metrics: MetricsSource,
     ) -> io::Result<AdminServer> {
-        let server = Server::http(addr).map_err(|e| {
+        // SO_REUSEPORT like the public port, so a new process can start on
+        // the same admin address during a zero-downtime restart; the kernel
+        // spreads requests over both until the old one exits.
+        let named = |e: &dyn std::fmt::Display| {
             io::Error::new(
                 io::ErrorKind::AddrInUse,
                 format!("admin listener {addr}: {e}"),
             )
-        })?;
+        };
+        let listener = crate::server::listener::bind_reuseport(addr).map_err(|e| named(&e))?;
+        // tiny_http accepts with blocking calls on its own thread.
+        listener.set_nonblocking(false).map_err(|e| named(&e))?;
+        let server = Server::from_listener(listener, None).map_err(|e| named(&e))?;
         let addr = server
             .server_addr()
             .to_ip()

@@ -58,7 +58,7 @@ pub struct Config {
     #[arg(long, env = "WSGATE_APP", value_enum, default_value = "pubsub")]
     pub app: AppKind,
 
-    /// Admin HTTP listener (publish API, health), or "off". Keep it off the public network.
+    /// Admin HTTP listener (publish API, /metrics, health), or "off". Keep it off the public network.
     #[arg(long, env = "WSGATE_ADMIN_LISTEN", default_value = "127.0.0.1:9090", value_parser = parse_optional_addr)]
     // Spelled out so clap treats "off" as a value, not the flag as optional.
     pub admin_listen: ::std::option::Option<SocketAddr>,

@@ -11,6 +11,7 @@ need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v nginx >/dev/null || need_apt+=(nginx)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
+command -v systemd-analyze >/dev/null || need_apt+=(systemd)   # tests/tuning.rs verifies tuning/wsgate.service
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"

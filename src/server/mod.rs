@@ -7,7 +7,7 @@
 
 mod admission;
 mod conn;
-mod listener;
+pub(crate) mod listener;
 mod stats;
 mod worker;
 mod write_queue;
