@@ -44,6 +44,33 @@ pub enum Event<'a> {
     Close(CloseFrame<'a>),
 }
 
+/// An owned copy of an [`Event`], for callers that keep events past the
+/// next `feed` (tests, fuzz targets, tools).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OwnedEvent {
+    Text(String),
+    Binary(Vec<u8>),
+    Ping(Vec<u8>),
+    Pong(Vec<u8>),
+    /// Close code (if any) and reason.
+    Close(Option<u16>, String),
+}
+
+impl Event<'_> {
+    pub fn to_owned_event(&self) -> OwnedEvent {
+        match *self {
+            // The receiver only delivers valid UTF-8 as text.
+            Event::Message(MessageKind::Text, d) => {
+                OwnedEvent::Text(String::from_utf8_lossy(d).into_owned())
+            }
+            Event::Message(MessageKind::Binary, d) => OwnedEvent::Binary(d.to_vec()),
+            Event::Ping(d) => OwnedEvent::Ping(d.to_vec()),
+            Event::Pong(d) => OwnedEvent::Pong(d.to_vec()),
+            Event::Close(ref c) => OwnedEvent::Close(c.code.map(|c| c.0), c.reason.to_string()),
+        }
+    }
+}
+
 /// A violation that ends the connection, with the close code to send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum ProtocolError {

@@ -3,14 +3,7 @@
 use super::*;
 use crate::protocol::frame::write_client_frame;
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Ev {
-    Text(String),
-    Binary(Vec<u8>),
-    Ping(Vec<u8>),
-    Pong(Vec<u8>),
-    Close(Option<u16>, String),
-}
+use super::OwnedEvent as Ev;
 
 fn frame(fin: bool, op: OpCode, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
@@ -40,15 +33,7 @@ fn run_split(
         let n = sizes[i % sizes.len()].min(rest.len());
         let mut chunk: Vec<u8> = rest.drain(..n).collect();
         result = rx.feed(&mut chunk, &limits, &mut pool, &mut |e| {
-            events.push(match e {
-                Event::Message(MessageKind::Text, d) => {
-                    Ev::Text(String::from_utf8(d.to_vec()).unwrap())
-                }
-                Event::Message(MessageKind::Binary, d) => Ev::Binary(d.to_vec()),
-                Event::Ping(d) => Ev::Ping(d.to_vec()),
-                Event::Pong(d) => Ev::Pong(d.to_vec()),
-                Event::Close(c) => Ev::Close(c.code.map(|c| c.0), c.reason.to_string()),
-            })
+            events.push(e.to_owned_event())
         });
         if result.is_err() {
             break;
