@@ -65,12 +65,13 @@ log "target $target; descriptor limit $nofile per process → $procs wsgate proc
 
 # --- 2. servers --------------------------------------------------------------------
 pids=()
+redis_pid=
 cleanup() {
-  # Newest first: the nodes go before the redis-server they are linked to.
-  local i
-  for ((i = ${#pids[@]} - 1; i >= 0; i--)); do kill -TERM "${pids[i]}" 2>/dev/null || true; done
-  sleep 1
-  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  # The nodes first (they drain), then the redis-server they are linked to.
+  local p
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  if [ -n "$redis_pid" ]; then kill -TERM "$redis_pid" 2>/dev/null || true; fi
 }
 trap cleanup EXIT
 redis_args=()
@@ -79,7 +80,7 @@ if [ "$procs" -gt 1 ]; then
   [ -n "$redis_bin" ] || { log "redis-server is needed for the one-box cluster (apt-get install redis-server)"; exit 1; }
   "$redis_bin" --port 6391 --bind 127.0.0.1 --save '' --appendonly no --protected-mode no \
     --maxclients 10000 >/dev/null 2>&1 &
-  pids+=($!)
+  redis_pid=$!
   redis_args=(--redis redis://127.0.0.1:6391/ --cluster-prefix million)
   # Nodes would start anyway (the bridge reconnects), but with a warning each.
   for _ in $(seq 1 100); do
