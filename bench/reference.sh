@@ -30,6 +30,7 @@ bin=target/release
 log() { echo "reference.sh: $*" >&2; }
 
 server=
+server_args=
 stop_server() {
   if [ -n "$server" ]; then
     kill -TERM "$server" 2>/dev/null || true
@@ -39,6 +40,7 @@ stop_server() {
 }
 trap stop_server EXIT
 start_server() {
+  server_args="$*"
   "$bin/wsgate" --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9090 --log-level warn \
     --ping-interval 600s --idle-timeout 900s "$@" &
   server=$!
@@ -56,6 +58,12 @@ run() {
   log "$name: wsbench $*"
   "$bin/wsbench" "$@" --url ws://127.0.0.1:8080/ws --server-pid "$server" \
     --out "$out/$name.json" >"$out/$name.md"
+  {
+    echo
+    echo "box: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), RLIMIT_NOFILE $(ulimit -n)"
+    echo "server: wsgate --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9090 --ping-interval 600s --idle-timeout 900s $server_args"
+    echo "command: wsbench $* --url ws://127.0.0.1:8080/ws --server-pid PID (bench/reference.sh)"
+  } >>"$out/$name.md"
   "$bin/wsbench" report "$out/$name.json" --out "$out" || log "$name: no charts"
 }
 
