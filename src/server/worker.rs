@@ -408,11 +408,11 @@ impl Worker {
             self.left_group = None;
             return;
         }
-        // Hysteresis: a handful of closes, not one, before trying early.
-        let room = left
-            .open_at_leave
-            .saturating_sub(left.open_at_leave / 100 + 1);
-        if now < left.retry_at && self.conns.len() > room {
+        // Early only after a handful of our own closes (1%, at least one);
+        // otherwise once per REJOIN_RETRY, so a worker whose process is full
+        // for other reasons cannot flap on every loop turn.
+        let closed_enough = self.conns.len() + left.open_at_leave / 100 < left.open_at_leave;
+        if now < left.retry_at && !closed_enough {
             return;
         }
         left.retry_at = now + REJOIN_RETRY;
