@@ -380,3 +380,29 @@ fn wsbench_scenarios_and_report_against_a_live_server() {
     }
     eprintln!("wsbench end-to-end took {:?}", started.elapsed());
 }
+
+/// `hold` keeps its connections through the server's heartbeat: with a ping
+/// every 0.5 s and a 1.5 s idle timeout, a client that did not answer pings
+/// would lose every connection within the 3 s hold.
+#[test]
+fn hold_answers_the_servers_pings_and_loses_nothing() {
+    let mut cfg = wsgate::Config::for_tests();
+    cfg.workers = Some(2);
+    cfg.ping_interval = Duration::from_millis(500);
+    cfg.idle_timeout = Duration::from_millis(1500);
+    let server = wsgate::start(cfg).expect("server starts");
+    let url = format!("ws://{}/ws", server.local_addr());
+    let tmp = TempDir::new();
+    let (h, _) = scenario(
+        tmp.0.as_path(),
+        &url,
+        "hold",
+        &["hold", "--connections", "200", "--duration", "3"],
+    );
+    assert_eq!(u(&h, "opened"), 200, "{h:#}");
+    assert_eq!(u(&h, "drops_during_hold"), 0, "{h:#}");
+    assert!(
+        server.total_stats().pings_sent > 0,
+        "the server never pinged: nothing was tested"
+    );
+}

@@ -32,6 +32,8 @@ struct Cli {
 enum Cmd {
     /// Ramp to N connections, measure server memory per connection, hold, close.
     Connect(scenarios::ConnectArgs),
+    /// Hold N open for T seconds answering pings; count drops.
+    Hold(scenarios::HoldArgs),
     /// N listeners, one sender: fan-out completion time, deliveries/s, misses.
     Broadcast(scenarios::BroadcastArgs),
     /// C connections in closed loop: round trips/s and latency percentiles.
@@ -100,6 +102,7 @@ fn main() -> ExitCode {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let result = match cli.cmd {
         Cmd::Connect(a) => scenarios::connect(a),
+        Cmd::Hold(a) => scenarios::hold_scenario(a),
         Cmd::Broadcast(a) => scenarios::broadcast(a),
         Cmd::Echo(a) => scenarios::echo(a),
         Cmd::Churn(a) => scenarios::churn(a),

@@ -97,6 +97,31 @@ pub struct ConnectArgs {
     pub broadcast_admin: String,
 }
 
+/// `hold`: open N, keep them for T seconds answering the server's pings,
+/// count the ones lost. The `connect` scenario with its hold as the point.
+#[derive(Args, Clone, Debug)]
+pub struct HoldArgs {
+    #[command(flatten)]
+    pub common: Common,
+    /// Connections to hold.
+    #[arg(long, default_value_t = 1000)]
+    pub connections: u64,
+    /// Seconds to hold them (make it longer than the server's ping interval
+    /// to see pings answered).
+    #[arg(long, default_value_t = 60)]
+    pub duration: u64,
+    /// Handshakes in flight at once during the ramp.
+    #[arg(long, default_value_t = 256)]
+    pub concurrency: usize,
+}
+
+pub fn hold_scenario(a: HoldArgs) -> Result<(), String> {
+    let mut c = ConnectArgs::ramp_only(&a.common, a.connections, a.concurrency);
+    c.hold = a.duration;
+    c.settle = 1;
+    connect(c)
+}
+
 impl ConnectArgs {
     /// Settings for a plain ramp inside another scenario.
     fn ramp_only(common: &Common, connections: u64, concurrency: usize) -> ConnectArgs {
