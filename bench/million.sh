@@ -89,11 +89,15 @@ if [ "$procs" -gt 1 ]; then
   done
 fi
 server_pid_args=()
+# Many small processes: each preallocates its workers' inboxes (~3.4 MiB at
+# the default depth); a few thousand queued publishes are plenty here.
+inbox_args=""
+[ "$procs" -gt 1 ] && inbox_args="--inbox-depth 4096"
 for i in $(seq 0 $((procs - 1))); do
   "$bin/wsgate" --listen "127.0.0.1:$port" --workers "$workers" \
     --admin-listen "127.0.0.1:$((9100 + i))" "${redis_args[@]}" \
     --ping-interval 600s --idle-timeout 900s --handshake-timeout 60s \
-    --max-messages-per-sec 0 --log-level warn &
+    --max-messages-per-sec 0 --log-level warn $inbox_args &
   pids+=($!)
   server_pid_args+=(--server-pid $!)
 done

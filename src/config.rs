@@ -121,6 +121,13 @@ pub struct Config {
     #[arg(long, env = "WSGATE_MAX_SUBSCRIPTIONS", default_value_t = 1000)]
     pub max_subscriptions: usize,
 
+    /// Deliveries (whole publishes) queued for one worker before further ones
+    /// are dropped and counted. The queue is allocated up front (~50 bytes a
+    /// slot): lower it when running many small processes on one box.
+    #[arg(long, env = "WSGATE_INBOX_DEPTH", default_value_t = 65_536,
+          value_parser = clap::value_parser!(u32).range(16..))]
+    pub inbox_depth: u32,
+
     /// Largest message (and frame) accepted, in bytes; larger ones close with 1009.
     #[arg(long, env = "WSGATE_MAX_MESSAGE_SIZE", default_value_t = 16 << 20)]
     pub max_message_size: u64,

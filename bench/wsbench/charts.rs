@@ -160,12 +160,13 @@ fn collect_latencies(obj: &Map<String, Value>, prefix: &str, out: &mut Vec<Laten
 }
 
 /// Bounds of a log axis covering `[min, max]` µs: whole decades, at least
-/// one decade wide, never below 1 µs, with room above the tallest bar (a
-/// factor of 4 at least) for the legend.
+/// one decade wide, never below 1 µs, with room below the shortest bar (a
+/// factor of 3 at least, so a value just above a decade still shows as a
+/// bar) and above the tallest (a factor of 4 at least) for the legend.
 pub fn log_bounds(min: f64, max: f64) -> (f64, f64) {
     let min = min.max(1.0);
     let max = max.max(min);
-    let lo = 10f64.powf(min.log10().floor());
+    let lo = 10f64.powf((min / 3.0).log10().floor()).max(1.0);
     let mut hi = 10f64.powf((max * 4.0).log10().ceil());
     if hi <= lo {
         hi = lo * 10.0;
@@ -525,10 +526,15 @@ mod tests {
 
     #[test]
     fn axes_and_labels() {
-        assert_eq!(log_bounds(120.0, 4500.0), (100.0, 100_000.0));
-        assert_eq!(log_bounds(120.0, 2400.0), (100.0, 10_000.0));
+        assert_eq!(log_bounds(120.0, 4500.0), (10.0, 100_000.0));
+        assert_eq!(log_bounds(400.0, 2400.0), (100.0, 10_000.0));
         assert_eq!(log_bounds(0.0, 0.0), (1.0, 10.0));
-        assert_eq!(log_bounds(100.0, 100.0), (100.0, 1000.0));
+        assert_eq!(log_bounds(100.0, 100.0), (10.0, 1000.0));
+        // Just above a decade: the axis starts a decade lower.
+        assert_eq!(
+            log_bounds(10_100_000.0, 10_200_000.0),
+            (1_000_000.0, 100_000_000.0)
+        );
         assert_eq!(fmt_us(850.0), "850µs");
         assert_eq!(fmt_us(1500.0), "1.5ms");
         assert_eq!(fmt_us(2_000_000.0), "2s");

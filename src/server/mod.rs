@@ -30,11 +30,6 @@ pub use admission::Admission;
 pub use stats::{StatsSnapshot, WorkerStats};
 use worker::{Shared, Worker, WAKER};
 
-/// Depth of each worker's inbox. Each entry is a few words (the frame is
-/// shared), so a full inbox is a few MiB; past it deliveries are dropped and
-/// counted rather than letting memory grow (see `Hub`).
-const INBOX_DEPTH: usize = 65_536;
-
 struct WorkerHandle {
     thread: Option<JoinHandle<()>>,
     stats: Arc<WorkerStats>,
@@ -75,7 +70,10 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
     for _ in 0..n {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
-        let (tx, rx) = crossbeam_channel::bounded(INBOX_DEPTH);
+        // `--inbox-depth`: each entry is a few words (the frame is shared);
+        // past it deliveries are dropped and counted rather than letting
+        // memory grow (see `Hub`).
+        let (tx, rx) = crossbeam_channel::bounded(config.inbox_depth as usize);
         links.push((tx, waker));
         parts.push((poll, rx));
     }
