@@ -44,6 +44,12 @@ pub(crate) const WAKER: Token = Token(usize::MAX - 1);
 
 /// Per-read scratch size: one read takes at most this much from a socket.
 const SCRATCH_BYTES: usize = 64 * 1024;
+/// Reads (of up to `SCRATCH_BYTES`) one connection gets per loop turn. A
+/// client that sends without pause must not keep the worker in its read
+/// loop: the fan-out its messages produce, the other connections and the
+/// timers all wait for the turn to end (a publisher flooding one topic once
+/// kept a worker from ever flushing its outbox, so every frame piled up).
+const READ_BUDGET: usize = 16;
 /// Output produced while reading is flushed once it reaches this size.
 const FLUSH_AT: usize = 64 * 1024;
 /// Connections accepted per loop iteration before serving the others.
@@ -123,6 +129,8 @@ pub(crate) struct Worker {
     draining_until: Option<Instant>,
     /// Connections whose reading was paused and may resume.
     resume: Vec<usize>,
+    /// Connections that used up their read budget: read again next turn.
+    read_more: Vec<usize>,
     /// Rate-limited summary of per-connection trouble (see `report_trouble`).
     trouble: TroubleReport,
 }
@@ -241,6 +249,7 @@ impl Worker {
             left_group: None,
             draining_until: None,
             resume: Vec::new(),
+            read_more: Vec::new(),
             trouble: TroubleReport {
                 next: Instant::now() + TROUBLE_INTERVAL,
                 last: [0; 5],
@@ -252,7 +261,14 @@ impl Worker {
     pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            let timeout = self.poll_timeout(Instant::now());
+            // Last turn's over-budget readers go again this turn, after
+            // that turn's fan-out went out.
+            let carried = std::mem::take(&mut self.read_more);
+            let timeout = if carried.is_empty() {
+                self.poll_timeout(Instant::now())
+            } else {
+                Some(Duration::ZERO)
+            };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -279,6 +295,11 @@ impl Worker {
                 self.drain_inbox();
             }
             while let Some(key) = self.resume.pop() {
+                self.on_readable(key, true);
+            }
+            for key in carried {
+                // Anything may have arrived: read until WouldBlock (or the
+                // budget again).
                 self.on_readable(key, true);
             }
             if self.accept_pending {
@@ -551,6 +572,7 @@ impl Worker {
     /// each chunk as it arrives, then flushes the replies.
     fn on_readable(&mut self, key: usize, read_closed: bool) {
         let now_tick = self.tick(Instant::now());
+        let mut reads = 0;
         loop {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
@@ -616,6 +638,11 @@ impl Worker {
                     // read() that would return WouldBlock, unless the peer
                     // also closed (that edge is already spent).
                     if n < self.scratch.len() && !read_closed {
+                        break;
+                    }
+                    reads += 1;
+                    if reads >= READ_BUDGET {
+                        self.read_more.push(key);
                         break;
                     }
                 }
