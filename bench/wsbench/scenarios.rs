@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::client::{Engine, Ev, MsgKind};
 use crate::procfs;
@@ -355,26 +355,8 @@ pub fn connect(a: ConnectArgs) -> Result<(), String> {
         "timeseries": series,
     });
     if !pids.is_empty() && !a.child {
-        let n = opened.max(1) as f64;
         let m = result.as_object_mut().ok_or("result")?;
-        m.insert("server_rss_before".into(), json!(before.rss));
-        m.insert("server_rss_after".into(), json!(after.rss));
-        m.insert(
-            "server_bytes_per_conn".into(),
-            json!(((after.rss as f64 - before.rss as f64) / n).round()),
-        );
-        m.insert(
-            "kernel_tcp_buffer_bytes_per_conn".into(),
-            json!(((after.tcp_mem as f64 - before.tcp_mem as f64) / n).round()),
-        );
-        m.insert(
-            "kernel_socket_slab_bytes_per_conn".into(),
-            json!(((after.slab as f64 - before.slab as f64) / n).round()),
-        );
-        m.insert(
-            "server_cpu_us_per_handshake".into(),
-            per(ramp_cpu.as_secs_f64() * 1e6, n),
-        );
+        insert_server_figures(m, &before, &after, ramp_cpu, opened.max(1) as f64);
     }
     let arrivals_json = json!({
         "broadcast_arrivals": arrivals
@@ -391,18 +373,63 @@ pub fn connect(a: ConnectArgs) -> Result<(), String> {
         return Ok(());
     }
     if a.broadcasts > 0 {
-        let (fanout, missing) = merge_arrivals(&[arrivals_json], &sent_us, opened);
-        let deliveries = (a.broadcasts * opened).saturating_sub(missing) as f64;
         let m = result.as_object_mut().ok_or("result")?;
-        m.insert("broadcasts".into(), json!(a.broadcasts));
-        m.insert("broadcast_fanout_completion".into(), fanout);
-        m.insert("broadcast_missing_deliveries".into(), json!(missing));
-        m.insert(
-            "server_cpu_us_per_delivery".into(),
-            per(bcast_cpu.as_secs_f64() * 1e6, deliveries),
-        );
+        let arrivals = [arrivals_json];
+        insert_broadcast_figures(m, a.broadcasts, &arrivals, &sent_us, opened, bcast_cpu);
     }
     finish("wsbench connect", &a.common, result)
+}
+
+/// Server and kernel memory per connection and CPU per handshake, from the
+/// probes before the ramp and after it settled.
+fn insert_server_figures(
+    m: &mut Map<String, Value>,
+    before: &Probe,
+    after: &Probe,
+    ramp_cpu: Duration,
+    opened: f64,
+) {
+    let per_conn = |b: u64, a: u64| json!(((a as f64 - b as f64) / opened).round());
+    m.insert("server_rss_before".into(), json!(before.rss));
+    m.insert("server_rss_after".into(), json!(after.rss));
+    m.insert(
+        "server_bytes_per_conn".into(),
+        per_conn(before.rss, after.rss),
+    );
+    m.insert(
+        "kernel_tcp_buffer_bytes_per_conn".into(),
+        per_conn(before.tcp_mem, after.tcp_mem),
+    );
+    m.insert(
+        "kernel_socket_slab_bytes_per_conn".into(),
+        per_conn(before.slab, after.slab),
+    );
+    m.insert(
+        "server_cpu_us_per_handshake".into(),
+        per(ramp_cpu.as_secs_f64() * 1e6, opened),
+    );
+}
+
+/// Fan-out completion, missing deliveries and server CPU per delivery of
+/// `broadcasts` messages to `opened` connections, from the arrivals that
+/// one or more processes recorded.
+fn insert_broadcast_figures(
+    m: &mut Map<String, Value>,
+    broadcasts: u64,
+    arrivals: &[Value],
+    sent_us: &[u64],
+    opened: u64,
+    cpu: Duration,
+) {
+    let (fanout, missing) = merge_arrivals(arrivals, sent_us, opened);
+    let deliveries = (broadcasts * opened).saturating_sub(missing) as f64;
+    m.insert("broadcasts".into(), json!(broadcasts));
+    m.insert("broadcast_fanout_completion".into(), fanout);
+    m.insert("broadcast_missing_deliveries".into(), json!(missing));
+    m.insert(
+        "server_cpu_us_per_delivery".into(),
+        per(cpu.as_secs_f64() * 1e6, deliveries),
+    );
 }
 
 /// Broadcasts `a.broadcasts` messages through the admin API, one in flight:
@@ -649,7 +676,6 @@ fn connect_multi(a: ConnectArgs, procs: u64, cap: u64) -> Result<(), String> {
     }
     let mut total = aggregate_children(&results);
     let opened = total["opened"].as_u64().unwrap_or(0).max(1) as f64;
-    let (fanout, missing) = merge_arrivals(&results, &sent_us, opened as u64);
     let m = total.as_object_mut().ok_or("result")?;
     m.insert("timeseries".into(), json!(series));
     m.insert("box_mem_used_before".into(), json!(before.box_mem));
@@ -660,13 +686,13 @@ fn connect_multi(a: ConnectArgs, procs: u64, cap: u64) -> Result<(), String> {
         json!((client_rss as f64 / opened).round()),
     );
     if a.broadcasts > 0 {
-        m.insert("broadcasts".into(), json!(a.broadcasts));
-        m.insert("broadcast_fanout_completion".into(), fanout);
-        m.insert("broadcast_missing_deliveries".into(), json!(missing));
-        let deliveries = (a.broadcasts * opened as u64).saturating_sub(missing) as f64;
-        m.insert(
-            "server_cpu_us_per_delivery".into(),
-            per(bcast_cpu.as_secs_f64() * 1e6, deliveries),
+        insert_broadcast_figures(
+            m,
+            a.broadcasts,
+            &results,
+            &sent_us,
+            opened as u64,
+            bcast_cpu,
         );
     }
     m.insert("scenario".into(), json!("connect"));
@@ -674,24 +700,7 @@ fn connect_multi(a: ConnectArgs, procs: u64, cap: u64) -> Result<(), String> {
     m.insert("ramp_secs".into(), json!(ramp_secs));
     m.insert("handshakes_per_sec".into(), per(opened, ramp_secs));
     if !pids.is_empty() {
-        m.insert("server_rss_before".into(), json!(before.rss));
-        m.insert("server_rss_after".into(), json!(after.rss));
-        m.insert(
-            "server_bytes_per_conn".into(),
-            json!(((after.rss as f64 - before.rss as f64) / opened).round()),
-        );
-        m.insert(
-            "kernel_tcp_buffer_bytes_per_conn".into(),
-            json!(((after.tcp_mem as f64 - before.tcp_mem as f64) / opened).round()),
-        );
-        m.insert(
-            "kernel_socket_slab_bytes_per_conn".into(),
-            json!(((after.slab as f64 - before.slab as f64) / opened).round()),
-        );
-        m.insert(
-            "server_cpu_us_per_handshake".into(),
-            per(ramp_cpu.as_secs_f64() * 1e6, opened),
-        );
+        insert_server_figures(m, &before, &after, ramp_cpu, opened);
     }
     finish("wsbench connect (multi-process)", &a.common, total)
 }

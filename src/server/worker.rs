@@ -127,10 +127,9 @@ pub(crate) struct Worker {
     /// because the process ran out of descriptors.
     left_group: Option<LeftGroup>,
     draining_until: Option<Instant>,
-    /// Connections whose reading was paused and may resume.
-    resume: Vec<usize>,
-    /// Connections that used up their read budget: read again next turn.
-    read_more: Vec<usize>,
+    /// Connections to read again next turn: their reading was un-paused
+    /// (backpressure eased), or they used up their read budget.
+    read_again: Vec<usize>,
     /// Rate-limited summary of per-connection trouble (see `report_trouble`).
     trouble: TroubleReport,
 }
@@ -248,8 +247,7 @@ impl Worker {
             listen_addr,
             left_group: None,
             draining_until: None,
-            resume: Vec::new(),
-            read_more: Vec::new(),
+            read_again: Vec::new(),
             trouble: TroubleReport {
                 next: Instant::now() + TROUBLE_INTERVAL,
                 last: [0; 5],
@@ -261,9 +259,9 @@ impl Worker {
     pub(crate) fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         loop {
-            // Last turn's over-budget readers go again this turn, after
-            // that turn's fan-out went out.
-            let carried = std::mem::take(&mut self.read_more);
+            // Connections set aside last turn are read this turn, after that
+            // turn's fan-out went out.
+            let carried = std::mem::take(&mut self.read_again);
             let timeout = if carried.is_empty() {
                 self.poll_timeout(Instant::now())
             } else {
@@ -293,9 +291,6 @@ impl Worker {
             }
             if self.inbox_more {
                 self.drain_inbox();
-            }
-            while let Some(key) = self.resume.pop() {
-                self.on_readable(key, true);
             }
             for key in carried {
                 // Anything may have arrived: read until WouldBlock (or the
@@ -642,7 +637,7 @@ impl Worker {
                     }
                     reads += 1;
                     if reads >= READ_BUDGET {
-                        self.read_more.push(key);
+                        self.read_again.push(key);
                         break;
                     }
                 }
@@ -673,12 +668,7 @@ impl Worker {
         // from those bytes are still owed. A half-closed peer may still be
         // reading, so give them one non-blocking write before closing.
         // Nothing else is waited for: the peer will send nothing more.
-        if let Some(conn) = self.conns.get_mut(key) {
-            if let Ok(n) = write_out(conn, &self.out) {
-                self.stats.bytes_out.add(n as u64);
-            }
-        }
-        self.out.clear();
+        self.flush(key);
         self.close_now(key);
     }
 
@@ -732,7 +722,7 @@ impl Worker {
             conn.read_paused = true;
         } else if conn.read_paused && queued <= cap / 2 {
             conn.read_paused = false;
-            self.resume.push(key);
+            self.read_again.push(key);
         }
         true
     }
