@@ -139,3 +139,22 @@ fn readiness_turns_503_while_draining() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(http_get(admin, "/healthz").0, 200);
 }
+
+/// During a zero-downtime restart the new process binds the same admin
+/// address as the old one (SO_REUSEPORT, like the public port); when the old
+/// one is gone the new one answers alone.
+#[test]
+fn a_second_process_can_share_the_admin_address_during_a_restart() {
+    let old = wsgate::start(wsgate::Config::for_tests()).unwrap();
+    let admin = old.admin_addr().unwrap();
+    let mut cfg = wsgate::Config::for_tests();
+    cfg.admin_listen = Some(admin);
+    let new = wsgate::start(cfg).expect("the new server binds the old one's admin address");
+    assert_eq!(new.admin_addr(), Some(admin));
+    old.shutdown();
+    old.join();
+    for _ in 0..20 {
+        assert_eq!(http_get(admin, "/readyz").0, 200, "the new process answers");
+    }
+    drop(new);
+}
