@@ -142,19 +142,54 @@ fn readiness_turns_503_while_draining() {
 
 /// During a zero-downtime restart the new process binds the same admin
 /// address as the old one (SO_REUSEPORT, like the public port); when the old
-/// one is gone the new one answers alone.
+/// one has exited the new one answers alone. Both are real processes: a
+/// restart is two processes, and only a process exit (not a handle dropped
+/// inside a test binary) is what takes the old listener out of the group.
 #[test]
 fn a_second_process_can_share_the_admin_address_during_a_restart() {
-    let old = wsgate::start(wsgate::Config::for_tests()).unwrap();
-    let admin = old.admin_addr().unwrap();
-    let mut cfg = wsgate::Config::for_tests();
-    cfg.admin_listen = Some(admin);
-    let new = wsgate::start(cfg).expect("the new server binds the old one's admin address");
-    assert_eq!(new.admin_addr(), Some(admin));
-    old.shutdown();
-    old.join();
+    let port = free_port();
+    let admin_port = free_port();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    // Each process is started with its log on a pipe; it is up, both
+    // listeners bound, once it logs that it is listening.
+    let start = || {
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"))
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin-listen", &admin.to_string()])
+            .args(["--log-level", "info", "--drain-timeout", "1s"])
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn wsgate");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut said = false;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if !said && line.contains("listening") {
+                    said = true;
+                    let _ = tx.send(());
+                }
+            }
+        });
+        let p = Proc(child);
+        rx.recv_timeout(Duration::from_secs(10))
+            .expect("wsgate logs that it is listening");
+        p
+    };
+    let mut old = start();
+    assert_eq!(http_get(admin, "/readyz").0, 200, "the old process answers");
+    // The new process binds the same admin address while the old one runs.
+    let mut new = start();
+    assert!(new.0.try_wait().unwrap().is_none());
+    old.signal(libc::SIGTERM);
+    assert!(old.wait_exit(Duration::from_secs(10)).success());
     for _ in 0..20 {
         assert_eq!(http_get(admin, "/readyz").0, 200, "the new process answers");
     }
-    drop(new);
+    new.signal(libc::SIGTERM);
+    assert!(new.wait_exit(Duration::from_secs(10)).success());
 }
