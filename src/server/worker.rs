@@ -548,11 +548,15 @@ impl Worker {
     /// The tick at which connection `key`'s token (plus grace) runs out.
     fn token_deadline(&self, key: usize) -> Option<u32> {
         let grant = self.conns.get(key)?.auth.as_ref()?;
-        let ends = grant.exp + self.config.jwt_expiry_grace.as_secs();
+        let ends = grant.ends_at(self.config.jwt_expiry_grace.as_secs());
         let left = ends.saturating_sub(unix_now());
         let left_ticks =
             (left.saturating_mul(1000) / TICK.as_millis() as u64).min(u32::MAX as u64 / 2);
-        Some(self.tick(Instant::now()) + left_ticks as u32 + 1)
+        Some(
+            self.tick(Instant::now())
+                .saturating_add(left_ticks as u32)
+                .saturating_add(1),
+        )
     }
 
     /// The deadline for a connection that just started closing.
@@ -782,7 +786,7 @@ impl Worker {
         if conn
             .auth
             .as_ref()
-            .is_some_and(|g| unix_now() >= g.exp + grace)
+            .is_some_and(|g| unix_now() >= g.ends_at(grace))
         {
             // The token ran out and no fresh one came ({"type":"refresh"}).
             self.stats.token_expiries.inc();
