@@ -7,8 +7,8 @@
 //! - `POST /publish?topic=T` (body: JSON payload) → `{"delivered":N}`
 //! - `POST /broadcast` (body: JSON payload) → `{"delivered":N}`
 //! - `GET /metrics` → Prometheus text format
-//! - `GET /healthz` → 200 while the process runs
-//! - `GET /readyz` → 200 while accepting, 503 while draining
+//! - `GET /healthz` → 200 while the process runs, 503 once a worker died
+//! - `GET /readyz` → 200 while accepting, 503 while draining or a worker died
 
 use std::io::{self, Read};
 use std::net::SocketAddr;
@@ -150,10 +150,18 @@ fn handle(mut req: Request, shared: &Shared) {
             .unwrap_or_else(|()| unreachable_header());
             Response::from_data(metrics::render(&shared.metrics).into_bytes()).with_header(header)
         }
-        (Method::Get, "/healthz") => json_response(200, r#"{"status":"ok"}"#.into()),
+        (Method::Get, "/healthz") => {
+            if shared.metrics.workers_alive() {
+                json_response(200, r#"{"status":"ok"}"#.into())
+            } else {
+                json_response(503, r#"{"status":"worker down"}"#.into())
+            }
+        }
         (Method::Get, "/readyz") => {
             if shared.draining.load(Ordering::Acquire) {
                 json_response(503, r#"{"status":"draining"}"#.into())
+            } else if !shared.metrics.workers_alive() {
+                json_response(503, r#"{"status":"worker down"}"#.into())
             } else {
                 json_response(200, r#"{"status":"ready"}"#.into())
             }

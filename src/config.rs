@@ -164,6 +164,19 @@ pub struct Config {
     #[arg(long, env = "WSGATE_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: u32,
 
+    /// Most connections still in their handshake (accepted, upgrade not yet
+    /// answered) in the whole process (0 = no limit); past it new connections
+    /// get 503 and are closed at once. Bounds what half-sent requests can
+    /// hold: up to --max-request-head bytes each.
+    #[arg(long, env = "WSGATE_MAX_HANDSHAKING", default_value_t = 16_384)]
+    pub max_handshaking: usize,
+
+    /// Most connections in their handshake from one client address (IPv6:
+    /// one /64) (0 = no limit); past it new connections from there get 503
+    /// and are closed at once, so one address cannot lock out the others.
+    #[arg(long, env = "WSGATE_MAX_HANDSHAKING_PER_IP", default_value_t = 256)]
+    pub max_handshaking_per_ip: u32,
+
     /// Sustained messages (and control frames) per second one connection may
     /// send, with bursts of twice that; over it, close 1008 (0 = no limit).
     #[arg(long, env = "WSGATE_MAX_MESSAGES_PER_SEC", default_value_t = 10_000)]
@@ -199,7 +212,17 @@ pub struct Config {
     /// came from) and exit.
     #[arg(long)]
     pub print_config: bool,
+
+    /// Debug builds only, set by tests (no flag): a text message equal to
+    /// [`DEBUG_PANIC_MESSAGE`] panics inside the worker, to prove that a
+    /// panic closes only that connection. Ignored in release builds.
+    #[arg(skip)]
+    pub debug_panic_trigger: bool,
 }
+
+/// The message that panics a worker when [`Config::debug_panic_trigger`] is
+/// set in a debug build.
+pub const DEBUG_PANIC_MESSAGE: &str = "wsgate-debug: panic here";
 
 impl Config {
     /// Parses a command line (the first item is the program name).

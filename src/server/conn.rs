@@ -20,13 +20,15 @@ use crate::app::pubsub::{Caller, PubSubCx};
 use crate::config::AppKind;
 use crate::protocol::close::close_payload;
 use crate::protocol::frame::write_server_frame;
+use crate::escape::Esc;
 use crate::protocol::handshake::{
-    error_response, parse_request, write_accept_response, HandshakeConfig,
+    error_response, parse_request, scan_head, write_accept_response, HandshakeConfig,
+    HandshakeError,
 };
 use crate::protocol::message::PartialPool;
 use crate::protocol::{CloseCode, Event, OpCode, Receiver, ReceiverLimits};
 
-use super::admission::{Admission, Refusal};
+use super::admission::Admission;
 use super::stats::WorkerStats;
 use super::write_queue::WriteQueue;
 use crate::security::{Grant, Refused, Security};
@@ -80,6 +82,8 @@ pub struct Ctx<'a> {
     pub peer_ips: &'a mut FxHashMap<u32, IpAddr>,
     pub rate: Option<RateLimit>,
     pub security: &'a Security,
+    /// Debug builds: [`crate::config::DEBUG_PANIC_MESSAGE`] panics (tests).
+    pub debug_panic: bool,
 }
 
 pub struct Conn {
@@ -104,8 +108,12 @@ pub struct Conn {
     /// Token bucket of the inbound message rate limit.
     pub tokens: f32,
     pub bucket_tick: u32,
-    /// Counted by [`Admission`]; released when the connection goes.
+    /// Counted by [`Admission`] against `--max-connections`; released when
+    /// the connection goes.
     pub admitted: bool,
+    /// Counted by [`Admission`] as handshaking (from accept until the
+    /// request head is answered, or the connection goes).
+    pub handshaking: bool,
     /// What the connection's token grants (only with authentication on).
     pub auth: Option<Box<Grant>>,
 }
@@ -132,6 +140,7 @@ impl Conn {
             tokens: f32::MAX,
             bucket_tick: 0,
             admitted: false,
+            handshaking: false,
             auth: None,
         }
     }
@@ -153,57 +162,89 @@ impl Conn {
     }
 
     fn on_handshake_bytes(&mut self, key: usize, data: &mut [u8], cx: &mut Ctx<'_>) -> Transition {
+        let cap = cx.handshake.max_head_bytes;
+        // Only the bytes new in this read are scanned for the end of the
+        // head, and the head is parsed once, when that end has arrived:
+        // re-parsing from the start on every read made a head sent a byte
+        // per segment cost quadratic time.
         if let Some(mut head) = self.head.take() {
-            // parse_request refuses heads over the cap, so this stays bounded.
+            let scanned = head.len();
             head.extend_from_slice(data);
-            match self.try_upgrade(key, &mut head, cx) {
-                HeadStatus::NeedMore => {
+            match scan_head(&head, scanned, cap) {
+                Ok(None) => {
                     self.head = Some(head);
                     Transition::Keep
                 }
-                HeadStatus::Done(t) => t,
+                Ok(Some(_)) => match self.try_upgrade(key, &mut head, cx) {
+                    HeadStatus::NeedMore => {
+                        self.head = Some(head);
+                        Transition::Keep
+                    }
+                    HeadStatus::Done(t) => t,
+                },
+                Err(e) => self.reject(key, &e, cx),
             }
         } else {
-            match self.try_upgrade(key, data, cx) {
-                HeadStatus::NeedMore => {
+            match scan_head(data, 0, cap) {
+                Ok(None) => {
                     self.head = Some(data.to_vec());
                     Transition::Keep
                 }
-                HeadStatus::Done(t) => t,
+                Ok(Some(_)) => match self.try_upgrade(key, data, cx) {
+                    HeadStatus::NeedMore => {
+                        self.head = Some(data.to_vec());
+                        Transition::Keep
+                    }
+                    HeadStatus::Done(t) => t,
+                },
+                Err(e) => self.reject(key, &e, cx),
             }
         }
+    }
+
+    /// The request head is answered (accepted or refused): the connection
+    /// stops counting as handshaking. Returns the peer's address (known
+    /// from accept). It is kept past this point only for the per-IP limit.
+    fn end_handshake(&mut self, key: usize, cx: &mut Ctx<'_>) -> Option<IpAddr> {
+        let ip = cx.peer_ips.get(&(key as u32)).copied();
+        if std::mem::take(&mut self.handshaking) {
+            if let Some(ip) = ip {
+                cx.admission.end_handshake(ip);
+            }
+        }
+        if !cx.admission.tracks_ips() {
+            cx.peer_ips.remove(&(key as u32));
+        }
+        ip
     }
 
     fn try_upgrade(&mut self, key: usize, buf: &mut [u8], cx: &mut Ctx<'_>) -> HeadStatus {
         let head_len = match parse_request(buf, cx.handshake) {
             Ok(None) => return HeadStatus::NeedMore,
             Ok(Some(req)) => {
-                let ip = if cx.admission.tracks_ips() || cx.security.handshake_rate.is_some() {
-                    self.stream.peer_addr().ok().map(|a| a.ip())
-                } else {
-                    None
-                };
+                let ip = self.end_handshake(key, cx);
                 let checked =
                     cx.security
                         .check_upgrade(ip, req.origin, req.authorization, req.query);
                 let grant = match checked {
                     Ok(g) => g,
                     Err(why) => {
+                        tracing::debug!(
+                            reason = %Esc::str(&why.to_string()),
+                            origin = %Esc::str(req.origin.unwrap_or("-")),
+                            "upgrade refused"
+                        );
                         self.refuse(&why, cx);
                         return HeadStatus::Done(Transition::StartedClosing);
                     }
                 };
-                if let Err(why) = cx.admission.try_admit(ip) {
-                    let body = match why {
-                        Refusal::Full => "server is at its connection limit",
-                        Refusal::PerIp => "too many connections from your address",
-                    };
+                if let Err(why) = cx.admission.try_admit() {
                     cx.stats.handshake_failures.inc();
                     cx.stats.rejected_unavailable.inc();
                     cx.out.extend_from_slice(&error_response(
                         503,
                         "Service Unavailable",
-                        body,
+                        why.reason(),
                         &[("Retry-After", "1")],
                     ));
                     self.phase = Phase::Closing {
@@ -213,14 +254,9 @@ impl Conn {
                     return HeadStatus::Done(Transition::StartedClosing);
                 }
                 self.admitted = true;
-                if cx.admission.tracks_ips() {
-                    if let Some(ip) = ip {
-                        cx.peer_ips.insert(key as u32, ip);
-                    }
-                }
                 if let Some(g) = grant {
                     tracing::debug!(
-                        user = g.user.as_deref().unwrap_or("-"),
+                        user = %Esc::str(g.user.as_deref().unwrap_or("-")),
                         exp = g.exp,
                         "authenticated"
                     );
@@ -231,22 +267,7 @@ impl Conn {
                 req.head_len
             }
             Err(e) => {
-                tracing::debug!(error = %e, "upgrade refused");
-                cx.stats.handshake_failures.inc();
-                let by_status = match e.status().0 {
-                    404 => &cx.stats.rejected_not_found,
-                    405 => &cx.stats.rejected_method,
-                    426 => &cx.stats.rejected_version,
-                    431 => &cx.stats.rejected_too_large,
-                    _ => &cx.stats.rejected_bad_request,
-                };
-                by_status.inc();
-                cx.out.extend_from_slice(&e.response());
-                self.phase = Phase::Closing {
-                    write_shut: false,
-                    peer_closed: false,
-                };
-                return HeadStatus::Done(Transition::StartedClosing);
+                return HeadStatus::Done(self.reject(key, &e, cx));
             }
         };
         self.phase = Phase::Open;
@@ -267,9 +288,33 @@ impl Conn {
         })
     }
 
+    /// Answers a request head that is not a valid upgrade (400, 404, 405,
+    /// 426, 431) and starts closing.
+    fn reject(&mut self, key: usize, e: &HandshakeError, cx: &mut Ctx<'_>) -> Transition {
+        self.end_handshake(key, cx);
+        // The error texts are ours (no client bytes), but escaped anyway so
+        // a future variant quoting the request cannot forge log lines.
+        tracing::debug!(error = %Esc::str(&e.to_string()), "upgrade refused");
+        cx.stats.handshake_failures.inc();
+        let by_status = match e.status().0 {
+            404 => &cx.stats.rejected_not_found,
+            405 => &cx.stats.rejected_method,
+            426 => &cx.stats.rejected_version,
+            431 => &cx.stats.rejected_too_large,
+            _ => &cx.stats.rejected_bad_request,
+        };
+        by_status.inc();
+        cx.out.extend_from_slice(&e.response());
+        self.head = None;
+        self.phase = Phase::Closing {
+            write_shut: false,
+            peer_closed: false,
+        };
+        Transition::StartedClosing
+    }
+
     /// Answers a refused upgrade (401, 403 or 429) and starts closing.
     fn refuse(&mut self, why: &Refused, cx: &mut Ctx<'_>) {
-        tracing::debug!(reason = %why, "upgrade refused");
         cx.stats.handshake_failures.inc();
         let (status, phrase) = why.status();
         let (counter, extra): (_, &[(&str, &str)]) = match why {
@@ -310,6 +355,7 @@ impl Conn {
             self.bucket_tick = cx.now_tick;
         }
         let tokens = &mut self.tokens;
+        let debug_panic = cfg!(debug_assertions) && cx.debug_panic;
         let result = self.rx.feed(data, cx.limits, cx.pool, &mut |ev| {
             if limited {
                 if *tokens < 1.0 || rate_exceeded {
@@ -323,6 +369,9 @@ impl Conn {
                     stats.messages_in.inc();
                     match app_kind {
                         AppKind::Echo => {
+                            if debug_panic && payload == crate::config::DEBUG_PANIC_MESSAGE.as_bytes() {
+                                panic!("debug panic trigger");
+                            }
                             app::echo::on_message(kind, payload, out);
                             stats.messages_out.inc();
                         }
@@ -344,7 +393,7 @@ impl Conn {
         }
         match result {
             Err(e) => {
-                tracing::debug!(error = %e, "protocol error");
+                tracing::debug!(error = %Esc::str(&e.to_string()), "protocol error");
                 stats.protocol_errors.inc();
                 self.start_close(e.close_code(), &e.to_string(), cx.out, false);
                 Transition::StartedClosing

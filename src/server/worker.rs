@@ -30,6 +30,9 @@ use crate::pubsub::{Delivery, Hub, Notify, WorkerMsg};
 use super::admission::Admission;
 use super::conn::{Conn, Ctx, Phase, RateLimit, Transition};
 use super::listener;
+use super::panic_guard::guarded;
+use crate::escape::Esc;
+use crate::protocol::handshake::error_response;
 use super::stats::WorkerStats;
 use super::write_queue::{Chunk, WriteQueue};
 use crate::protocol::frame::write_server_frame;
@@ -132,7 +135,15 @@ pub(crate) struct Worker {
     read_again: Vec<usize>,
     /// Rate-limited summary of per-connection trouble (see `report_trouble`).
     trouble: TroubleReport,
+    /// When a caught panic was last logged, and how many since went unlogged.
+    panic_log: Option<(Instant, u64)>,
+    /// Debug builds with `Config::debug_panic_trigger`: see `Ctx::debug_panic`.
+    debug_panic: bool,
 }
+
+/// At most one log line per worker per this interval for caught panics (a
+/// client that can trigger one can trigger it in a loop).
+const PANIC_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Per-connection errors are logged at debug level only; at warn level a
 /// worker says at most once per interval how many there were.
@@ -252,11 +263,15 @@ impl Worker {
                 next: Instant::now() + TROUBLE_INTERVAL,
                 last: [0; 5],
             },
+            panic_log: None,
+            debug_panic: cfg!(debug_assertions) && shared.config.debug_panic_trigger,
         })
     }
 
-    /// Runs the event loop until shutdown has drained.
-    pub(crate) fn run(mut self) {
+    /// Runs the event loop until shutdown has drained (returns true), or
+    /// until polling fails (returns false: the worker is lost).
+    pub(crate) fn run(mut self) -> bool {
+        let mut drained = false;
         let mut events = Events::with_capacity(1024);
         loop {
             // Connections set aside last turn are read this turn, after that
@@ -311,6 +326,7 @@ impl Worker {
             }
             if let Some(until) = self.draining_until {
                 if self.conns.is_empty() || now >= until {
+                    drained = true;
                     break;
                 }
             }
@@ -320,6 +336,7 @@ impl Worker {
             self.close_now(key);
         }
         tracing::debug!(worker = self.id, "worker stopped");
+        drained
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
@@ -361,7 +378,7 @@ impl Worker {
                 return;
             };
             match listener.accept() {
-                Ok((stream, _peer)) => self.add_conn(stream, now),
+                Ok((stream, peer)) => self.add_conn(stream, peer.ip(), now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.accept_pending = false;
                     return;
@@ -456,8 +473,26 @@ impl Worker {
         self.accept_pending = true;
     }
 
-    fn add_conn(&mut self, mut stream: TcpStream, now: Instant) {
+    fn add_conn(&mut self, mut stream: TcpStream, ip: IpAddr, now: Instant) {
         self.stats.accepted.inc();
+        if let Err(why) = self.admission.try_accept(ip) {
+            // Refused before it costs a slot, a timer or a buffer: one
+            // address's unfinished handshakes must not hold the descriptors
+            // every other client needs. Read what already arrived (closing
+            // with unread bytes would reset the connection before the
+            // answer is read), answer 503, close.
+            self.stats.handshake_failures.inc();
+            self.stats.rejected_unavailable.inc();
+            let _ = (&stream).read(&mut self.scratch);
+            let resp = error_response(
+                503,
+                "Service Unavailable",
+                why.reason(),
+                &[("Retry-After", "1")],
+            );
+            let _ = (&stream).write(&resp);
+            return;
+        }
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY failed");
         }
@@ -472,6 +507,8 @@ impl Worker {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             tracing::warn!(error = %e, "register failed");
+            self.admission.end_handshake(ip);
+            self.admission.closed(ip);
             return;
         }
         // A peer that stops acknowledging what we send is dead: let the
@@ -485,8 +522,12 @@ impl Worker {
         let serial = self.next_serial;
         self.next_serial = self.next_serial.wrapping_add(1);
         let mut conn = Conn::new(stream, serial);
+        conn.handshaking = true;
         conn.timer = Some(self.wheel.schedule(deadline, key as u32));
         entry.insert(conn);
+        // Kept while it handshakes (to uncount it), for good with the
+        // per-IP connection limit on.
+        self.peer_ips.insert(key as u32, ip);
         self.stats.open.inc();
     }
 
@@ -611,8 +652,19 @@ impl Worker {
                         peer_ips: &mut self.peer_ips,
                         rate: self.rate,
                         security: &self.security,
+                        debug_panic: self.debug_panic,
                     };
-                    match conn.on_bytes(key, &mut self.scratch[..n], &mut cx) {
+                    let phase = conn.phase;
+                    let data = &mut self.scratch[..n];
+                    let handled = guarded(|| conn.on_bytes(key, data, &mut cx));
+                    let transition = match handled {
+                        Ok(t) => t,
+                        Err(message) => {
+                            self.on_panic(key, phase, &message);
+                            return;
+                        }
+                    };
+                    match transition {
                         Transition::Keep => {}
                         Transition::Upgraded => {
                             // Stagger heartbeats: connections accepted in one
@@ -737,8 +789,15 @@ impl Worker {
                 self.wheel.cancel(id);
             }
             self.stats.queued_bytes.sub(conn.queued_bytes() as u64);
+            let ip = self.peer_ips.remove(&(key as u32));
             if conn.admitted {
-                self.admission.release(self.peer_ips.remove(&(key as u32)));
+                self.admission.release();
+            }
+            if let Some(ip) = ip {
+                if conn.handshaking {
+                    self.admission.end_handshake(ip);
+                }
+                self.admission.closed(ip);
             }
             for id in conn.topics.drain(..) {
                 if let Some(name) = self.topics.leave(id, key as u32) {
@@ -750,6 +809,47 @@ impl Worker {
             // it from the epoll set.
             self.stats.open.sub(1);
             self.stats.closed.inc();
+        }
+    }
+
+    /// A panic was caught in connection `key`'s processing (it was in
+    /// `phase` when that started). Only that connection pays: an upgraded
+    /// one is closed with 1011 (RFC 6455 §7.4.1, "unexpected condition"), a
+    /// handshaking or closing one is dropped. Counted, and logged at most
+    /// once per interval per worker.
+    fn on_panic(&mut self, key: usize, phase: Phase, message: &str) {
+        self.stats.panics.inc();
+        // Whatever the interrupted call wrote may be half a frame.
+        self.out.clear();
+        let now = Instant::now();
+        match self.panic_log {
+            Some((at, ref mut unlogged)) if now.duration_since(at) < PANIC_LOG_INTERVAL => {
+                *unlogged += 1;
+            }
+            last => {
+                let unlogged = last.map_or(0, |(_, n)| n);
+                tracing::error!(
+                    worker = self.id,
+                    panic = %Esc::str(message),
+                    unlogged_since_last = unlogged,
+                    "a bug was hit while handling one connection: that connection was closed \
+                     and the worker carries on (wsgate_panics counts them all)"
+                );
+                self.panic_log = Some((now, 0));
+            }
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if phase == Phase::Open && conn.phase == Phase::Open {
+            conn.start_close(CloseCode::INTERNAL_ERROR, "internal error", &mut self.out, false);
+            // Reading goes on only to see the peer's close frame; should its
+            // receiver panic again, that is caught and the socket dropped.
+            let at = self.closing_deadline(self.tick(now));
+            self.set_timer(key, at);
+            self.flush(key);
+        } else {
+            self.close_now(key);
         }
     }
 
@@ -770,7 +870,11 @@ impl Worker {
                     self.close_now(key);
                 }
                 Phase::Closing { .. } => self.close_now(key),
-                Phase::Open => self.heartbeat(key, now_tick),
+                Phase::Open => {
+                    if let Err(message) = guarded(|| self.heartbeat(key, now_tick)) {
+                        self.on_panic(key, Phase::Open, &message);
+                    }
+                }
             }
         }
         self.expired = expired;
@@ -843,6 +947,8 @@ impl Worker {
                 WorkerMsg::TicketDone { pending } => self.complete_pending(pending),
                 WorkerMsg::Shutdown => self.begin_shutdown(),
                 WorkerMsg::Probe => self.stats.watchdog.inc(),
+                #[cfg(debug_assertions)]
+                WorkerMsg::DebugPanic => panic!("debug: worker {} dies", self.id),
             }
         }
         // Batch used up: come back after serving sockets.
