@@ -317,6 +317,17 @@ impl RawClient {
         }
     }
 
+    /// A raw client on a socket connected elsewhere (e.g. from a chosen
+    /// source address).
+    pub fn from_stream(tcp: TcpStream) -> RawClient {
+        tcp.set_nodelay(true).unwrap();
+        tcp.set_read_timeout(Some(READ_WITHIN)).unwrap();
+        RawClient {
+            tcp,
+            buf: Vec::new(),
+        }
+    }
+
     /// Connects and completes the upgrade (asserting 101 and the accept key).
     pub fn upgraded(addr: SocketAddr) -> RawClient {
         let mut c = RawClient::connect(addr);
