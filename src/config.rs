@@ -174,7 +174,7 @@ pub struct Config {
     /// Most connections in their handshake from one client address (IPv6:
     /// one /64) (0 = no limit); past it new connections from there get 503
     /// and are closed at once, so one address cannot lock out the others.
-    #[arg(long, env = "WSGATE_MAX_HANDSHAKING_PER_IP", default_value_t = 256)]
+    #[arg(long, env = "WSGATE_MAX_HANDSHAKING_PER_IP", default_value_t = 512)]
     pub max_handshaking_per_ip: u32,
 
     /// Sustained messages (and control frames) per second one connection may

@@ -192,7 +192,8 @@ fn wsgate_with_nofile(nofile: u32, port: u16, admin: u16, extra: &[&str]) -> Pro
 #[test]
 fn half_open_handshakes_from_one_address_do_not_lock_out_another() {
     let (port, admin_port) = (free_port(), free_port());
-    // 1,024 descriptors: 2,000 half-open handshakes would exhaust them.
+    // 1,024 descriptors: 2,000 half-open handshakes would exhaust them;
+    // the default cap lets one address hold 512.
     let _server = wsgate_with_nofile(1024, port, admin_port, &["--handshake-timeout", "60s"]);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
@@ -221,8 +222,8 @@ fn half_open_handshakes_from_one_address_do_not_lock_out_another() {
     assert!(answer.starts_with("HTTP/1.1 503 "), "{answer:?}");
     assert!(answer.contains("Retry-After: 1\r\n"), "{answer:?}");
 
-    // Every attempt from the attacker's address past the first 256 (and the
-    // probe) is refused once the server has accepted it.
+    // Every attempt from the attacker's address past the first 512 (the
+    // default cap) and the probe are refused once the server accepted them.
     let attempts = attacker.len() as f64 + 1.0;
     eventually(Duration::from_secs(10), "all attempts accepted", || {
         let (_, metrics) = admin_get(admin, "/metrics");
@@ -230,11 +231,11 @@ fn half_open_handshakes_from_one_address_do_not_lock_out_another() {
             &metrics,
             "wsgate_connections_refused_total{limit=\"handshaking_per_ip\"}",
         );
-        refused == Some(attempts - 256.0)
+        refused == Some(attempts - 512.0)
     });
     let (_, metrics) = admin_get(admin, "/metrics");
     let held = sample(&metrics, "wsgate_connections_handshaking").unwrap();
-    assert_eq!(held, 256.0, "the per-address cap holds");
+    assert_eq!(held, 512.0, "the per-address cap holds");
     drop(attacker);
 }
 
