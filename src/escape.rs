@@ -87,7 +87,10 @@ mod tests {
         );
         assert!(!shown.chars().any(|c| c.is_control()));
         assert_eq!(esc(b"a\tb\x00c\x7f"), "a\\tb\\x00c\\x7f");
-        assert_eq!(esc("x\u{85}y\u{2028}z\u{202e}".as_bytes()), "x\\u{85}y\\u{2028}z\\u{202e}");
+        assert_eq!(
+            esc("x\u{85}y\u{2028}z\u{202e}".as_bytes()),
+            "x\\u{85}y\\u{2028}z\\u{202e}"
+        );
     }
 
     #[test]

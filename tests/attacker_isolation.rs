@@ -19,8 +19,7 @@ use wsgate::protocol::frame::OpCode;
 
 /// A TCP connection to `to` from the loopback address `from` (127.0.0.x).
 fn try_connect_from(from: &str, to: SocketAddr) -> std::io::Result<TcpStream> {
-    let socket =
-        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     let local: IpAddr = from.parse().unwrap();
     socket
         .bind(&SocketAddr::new(local, 0).into())
@@ -84,8 +83,10 @@ fn a_token_expiring_at_the_end_of_time_does_not_overflow_the_expiry_clock() {
     )
     .unwrap();
     let mut c = RawClient::connect(server.local_addr());
-    let req = upgrade_request("/ws", SAMPLE_KEY)
-        .replace("\r\n\r\n", &format!("\r\nAuthorization: Bearer {token}\r\n\r\n"));
+    let req = upgrade_request("/ws", SAMPLE_KEY).replace(
+        "\r\n\r\n",
+        &format!("\r\nAuthorization: Bearer {token}\r\n\r\n"),
+    );
     c.send(req.as_bytes());
     let head = c.read_head();
     assert!(head.starts_with("HTTP/1.1 101 "), "{head:?}");
@@ -149,17 +150,25 @@ fn a_worker_that_dies_turns_readyz_and_healthz_503() {
     assert_eq!(admin_get(admin, "/healthz").0, 200);
     // A bug outside any connection's guarded processing kills the thread.
     server.debug_kill_worker(0);
-    eventually(Duration::from_secs(5), "readyz reports the dead worker", || {
-        admin_get(admin, "/readyz").0 == 503
-    });
+    eventually(
+        Duration::from_secs(5),
+        "readyz reports the dead worker",
+        || admin_get(admin, "/readyz").0 == 503,
+    );
     let (status, body) = admin_get(admin, "/readyz");
     assert_eq!(status, 503);
     assert!(body.contains("worker down"), "{body}");
     assert_eq!(admin_get(admin, "/healthz").0, 503);
     assert!(!server.workers_alive());
     let (_, metrics) = admin_get(admin, "/metrics");
-    assert_eq!(sample(&metrics, "wsgate_worker_up{worker=\"0\"}"), Some(0.0));
-    assert_eq!(sample(&metrics, "wsgate_worker_up{worker=\"1\"}"), Some(1.0));
+    assert_eq!(
+        sample(&metrics, "wsgate_worker_up{worker=\"0\"}"),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(&metrics, "wsgate_worker_up{worker=\"1\"}"),
+        Some(1.0)
+    );
     // The surviving worker still serves (the dead one's listener left the
     // port's group with it).
     for _ in 0..4 {
@@ -262,8 +271,20 @@ fn client_text_in_the_log_is_escaped() {
     use base64::Engine as _;
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", "off"])
-        .args(["--jwt-secret", "s3cret", "--log-level", "debug", "--workers", "1"])
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            "off",
+        ])
+        .args([
+            "--jwt-secret",
+            "s3cret",
+            "--log-level",
+            "debug",
+            "--workers",
+            "1",
+        ])
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -293,5 +314,8 @@ fn client_text_in_the_log_is_escaped() {
             "a client forged a log line: {line:?}"
         );
     }
-    assert!(!log.contains("\u{1b}[2J"), "raw ESC reached the log: {log:?}");
+    assert!(
+        !log.contains("\u{1b}[2J"),
+        "raw ESC reached the log: {log:?}"
+    );
 }

@@ -167,7 +167,12 @@ fn wrong_version_gets_426_naming_version_13() {
         );
         // RFC 9110 §15.5.22: a 426 says what to upgrade to.
         assert_eq!(r.header("Upgrade"), Some("websocket"), "{:?}", r.head);
-        assert_eq!(r.header("Connection"), Some("Upgrade, close"), "{:?}", r.head);
+        assert_eq!(
+            r.header("Connection"),
+            Some("Upgrade, close"),
+            "{:?}",
+            r.head
+        );
     }
     // Missing altogether.
     let req = upgrade_request("/ws", SAMPLE_KEY).replace("Sec-WebSocket-Version: 13\r\n", "");
@@ -429,11 +434,8 @@ fn a_second_host_or_version_line_gets_400() {
 fn an_absolute_form_request_target_upgrades_by_its_path() {
     let server = start_echo(|_| {});
     let mut c = RawClient::connect(server.local_addr());
-    let req = upgrade_request("/ws", SAMPLE_KEY).replacen(
-        "GET /ws ",
-        "GET http://127.0.0.1/ws?x=1 ",
-        1,
-    );
+    let req =
+        upgrade_request("/ws", SAMPLE_KEY).replacen("GET /ws ", "GET http://127.0.0.1/ws?x=1 ", 1);
     c.send(req.as_bytes());
     let head = c.read_head();
     assert!(head.starts_with("HTTP/1.1 101 "), "{head:?}");

@@ -181,7 +181,9 @@ pub fn scan_head(
             }
             b'\r' | b'\t' => {}
             0..=0x1f | 0x7f => {
-                return Err(HandshakeError::Malformed("control character in request head"))
+                return Err(HandshakeError::Malformed(
+                    "control character in request head",
+                ))
             }
             _ => {}
         }
@@ -288,10 +290,10 @@ fn split_target(target: &str) -> (&str, Option<&str>, Option<&str>) {
     (path, query, authority)
 }
 
-fn parse_with<'h, 'a>(
+fn parse_with<'a>(
     buf: &'a [u8],
     cfg: &HandshakeConfig,
-    headers: &'h mut [httparse::Header<'a>],
+    headers: &mut [httparse::Header<'a>],
 ) -> Result<Option<UpgradeRequest<'a>>, Retry> {
     let mut req = httparse::Request::new(headers);
     let head_len = match req.parse(buf) {
@@ -650,11 +652,7 @@ mod tests {
             }
         }
         assert_eq!(done, Some(head.len()));
-        (
-            SCANNED.with(Cell::get),
-            PARSES.with(Cell::get),
-            head.len(),
-        )
+        (SCANNED.with(Cell::get), PARSES.with(Cell::get), head.len())
     }
 
     #[test]
@@ -698,7 +696,10 @@ mod tests {
         assert_eq!(e.status().0, 400);
         assert_eq!(scan_head(b"GET / HTTP/1.1\r\nX: a\tb", 0, 8192), Ok(None));
         // obs-text is fine.
-        assert_eq!(scan_head(b"GET / HTTP/1.1\r\nX: caf\xe9", 0, 8192), Ok(None));
+        assert_eq!(
+            scan_head(b"GET / HTTP/1.1\r\nX: caf\xe9", 0, 8192),
+            Ok(None)
+        );
         let e = scan_head(&[b'a'; 100], 0, 100).unwrap_err();
         assert_eq!(e.status().0, 431);
         let e = scan_head(b"GET / HTTP/1.1\r\n\r\n", 0, 10).unwrap_err();
@@ -721,9 +722,15 @@ mod tests {
 
     #[test]
     fn absolute_form_targets_name_the_path() {
-        let r = GOOD.replace("GET /ws?token=abc ", "GET http://Example.com:8080/ws?token=abc ");
+        let r = GOOD.replace(
+            "GET /ws?token=abc ",
+            "GET http://Example.com:8080/ws?token=abc ",
+        );
         let req = parse(&r).unwrap().unwrap();
-        assert_eq!((req.path, req.query, req.host), ("/ws", Some("token=abc"), "Example.com:8080"));
+        assert_eq!(
+            (req.path, req.query, req.host),
+            ("/ws", Some("token=abc"), "Example.com:8080")
+        );
         let r = GOOD.replace("GET /ws?token=abc ", "GET wss://h/ws ");
         assert_eq!(parse(&r).unwrap().unwrap().path, "/ws");
         let r = GOOD.replace("GET /ws?token=abc ", "GET http://h/other ");
@@ -734,12 +741,16 @@ mod tests {
 
     #[test]
     fn obs_text_in_an_unused_header_is_accepted() {
-        let mut r = GOOD.replace("Origin:", "User-Agent: caf\u{0}\r\nOrigin:").into_bytes();
+        let mut r = GOOD
+            .replace("Origin:", "User-Agent: caf\u{0}\r\nOrigin:")
+            .into_bytes();
         let at = r.iter().position(|&b| b == 0).unwrap();
         r[at] = 0xe9;
         assert!(parse_request(&r, &cfg()).unwrap().is_some());
         // A header the server reads must still be text.
-        let mut r = GOOD.replace("Origin: http://example.com", "Origin: http://\u{0}").into_bytes();
+        let mut r = GOOD
+            .replace("Origin: http://example.com", "Origin: http://\u{0}")
+            .into_bytes();
         let at = r.iter().position(|&b| b == 0).unwrap();
         r[at] = 0xe9;
         assert_eq!(parse_request(&r, &cfg()).unwrap_err().status().0, 400);

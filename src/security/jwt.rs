@@ -283,8 +283,14 @@ mod tests {
     fn a_multibyte_character_across_the_scheme_never_panics() {
         // 'é' is two bytes at index 6..8: slicing at 7 used to panic.
         assert_eq!(token_from_request(Some("Bearer\u{e9}x"), None), None);
-        assert_eq!(token_from_request(Some("\u{e9}\u{e9}\u{e9}\u{e9}"), None), None);
-        assert_eq!(token_from_request(Some("Bearer \u{e9}"), None).as_deref(), Some("\u{e9}"));
+        assert_eq!(
+            token_from_request(Some("\u{e9}\u{e9}\u{e9}\u{e9}"), None),
+            None
+        );
+        assert_eq!(
+            token_from_request(Some("Bearer \u{e9}"), None).as_deref(),
+            Some("\u{e9}")
+        );
         assert_eq!(token_from_request(Some("Bearer "), None), None);
         for s in ["", "B", "Bearer", "bearer\u{e9}", "\u{1F600}\u{1F600}"] {
             let _ = token_from_request(Some(s), Some("token=\u{e9}%ZZ"));

@@ -260,7 +260,10 @@ mod tests {
             a.end_handshake(x);
         }
         assert_eq!(a.handshaking(), 0);
-        assert!(a.handshaking_per_ip.is_empty(), "entries are dropped at zero");
+        assert!(
+            a.handshaking_per_ip.is_empty(),
+            "entries are dropped at zero"
+        );
     }
 
     #[test]

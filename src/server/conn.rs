@@ -18,9 +18,9 @@ use rustc_hash::FxHashMap;
 use crate::app;
 use crate::app::pubsub::{Caller, PubSubCx};
 use crate::config::AppKind;
+use crate::escape::Esc;
 use crate::protocol::close::close_payload;
 use crate::protocol::frame::write_server_frame;
-use crate::escape::Esc;
 use crate::protocol::handshake::{
     error_response, parse_request, scan_head, write_accept_response, HandshakeConfig,
     HandshakeError,
@@ -369,7 +369,9 @@ impl Conn {
                     stats.messages_in.inc();
                     match app_kind {
                         AppKind::Echo => {
-                            if debug_panic && payload == crate::config::DEBUG_PANIC_MESSAGE.as_bytes() {
+                            if debug_panic
+                                && payload == crate::config::DEBUG_PANIC_MESSAGE.as_bytes()
+                            {
                                 panic!("debug panic trigger");
                             }
                             app::echo::on_message(kind, payload, out);

@@ -31,11 +31,11 @@ use super::admission::Admission;
 use super::conn::{Conn, Ctx, Phase, RateLimit, Transition};
 use super::listener;
 use super::panic_guard::guarded;
-use crate::escape::Esc;
-use crate::protocol::handshake::error_response;
 use super::stats::WorkerStats;
 use super::write_queue::{Chunk, WriteQueue};
+use crate::escape::Esc;
 use crate::protocol::frame::write_server_frame;
+use crate::protocol::handshake::error_response;
 use crate::protocol::OpCode;
 use crate::security::{unix_now, Security};
 use crate::timer_wheel::TimerWheel;
@@ -842,7 +842,12 @@ impl Worker {
             return;
         };
         if phase == Phase::Open && conn.phase == Phase::Open {
-            conn.start_close(CloseCode::INTERNAL_ERROR, "internal error", &mut self.out, false);
+            conn.start_close(
+                CloseCode::INTERNAL_ERROR,
+                "internal error",
+                &mut self.out,
+                false,
+            );
             // Reading goes on only to see the peer's close frame; should its
             // receiver panic again, that is caught and the socket dropped.
             let at = self.closing_deadline(self.tick(now));
