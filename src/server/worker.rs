@@ -7,7 +7,7 @@
 //! workers; other threads reach a worker only through its inbox and waker.
 //! Protocol decisions are delegated to [`super::conn`] and [`crate::protocol`].
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Read};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ use super::admission::Admission;
 use super::conn::{Conn, Ctx, Phase, RateLimit, Transition};
 use super::listener;
 use super::stats::WorkerStats;
-use super::write_queue::{Chunk, WriteQueue};
+use super::write_queue::{write_or_queue, Chunk};
 use crate::protocol::frame::write_server_frame;
 use crate::protocol::OpCode;
 use crate::security::{unix_now, Security};
@@ -989,8 +989,9 @@ impl Worker {
             queued = conn.queued_bytes(),
             "slow consumer"
         );
-        // Free the queue at once, except the rest of a frame already half
-        // sent (cutting it would corrupt the stream before the close frame).
+        // Free the queue at once, except the rest of the frame already half
+        // sent, direct reply or fan-out (cutting it would put the close frame
+        // inside its payload). What stays is at most one frame.
         if let Some(wq) = conn.wq.as_mut() {
             let dropped = wq.drop_unstarted();
             self.stats.queued_bytes.sub(dropped as u64);
@@ -1047,34 +1048,10 @@ impl Worker {
 }
 
 /// Writes `out` after anything already queued; queues what the socket
-/// refuses. Returns the bytes written.
+/// refuses. `out` holds whole frames (or HTTP responses), which lets the
+/// queue tell where the one in flight ends. Returns the bytes written.
 fn write_out(conn: &mut Conn, out: &[u8]) -> io::Result<usize> {
-    if let Some(wq) = conn.wq.as_mut() {
-        if !out.is_empty() {
-            wq.push(Chunk::Owned(out.to_vec()));
-        }
-        let n = wq.write_to(&mut conn.stream)?;
-        if wq.is_empty() {
-            conn.wq = None;
-        }
-        return Ok(n);
-    }
-    let mut written = 0;
-    while written < out.len() {
-        match conn.stream.write(&out[written..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    if written < out.len() {
-        let mut wq = Box::<WriteQueue>::default();
-        wq.push(Chunk::Owned(out[written..].to_vec()));
-        conn.wq = Some(wq);
-    }
-    Ok(written)
+    write_or_queue(&mut conn.wq, &mut conn.stream, out)
 }
 
 /// Writes fan-out frames after anything already queued: straight to the
