@@ -28,7 +28,7 @@ use crate::pubsub::topics::LocalTopics;
 use crate::pubsub::{Delivery, Hub, Notify, WorkerMsg};
 
 use super::admission::Admission;
-use super::conn::{Conn, Ctx, Phase, RateLimit, Transition};
+use super::conn::{Conn, Ctx, OnEof, Phase, RateLimit, Transition};
 use super::listener;
 use super::stats::WorkerStats;
 use super::write_queue::{write_or_queue, Chunk};
@@ -572,7 +572,7 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            if conn.read_paused {
+            if conn.read_paused || conn.reads_done() {
                 break;
             }
             match conn.stream.read(&mut self.scratch) {
@@ -658,18 +658,32 @@ impl Worker {
         }
     }
 
-    /// The peer closed its side.
+    /// The peer closed its side (or reading failed).
     fn on_eof(&mut self, key: usize) {
         if self.conns.get(key).is_some_and(|c| c.phase == Phase::Open) {
             self.stats.abrupt_closes.inc();
         }
         // The peer's FIN can arrive in the same read as its last request
         // (a close frame, a handshake, a message): the replies produced
-        // from those bytes are still owed. A half-closed peer may still be
-        // reading, so give them one non-blocking write before closing.
-        // Nothing else is waited for: the peer will send nothing more.
-        self.flush(key);
-        self.close_now(key);
+        // from those bytes are still owed, and a half-closed peer may still
+        // be reading. What the socket does not take now is drained (see
+        // `Phase::after_peer_eof`).
+        if !self.flush(key) {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match conn.phase.after_peer_eof(conn.wq.is_some()) {
+            OnEof::Close => self.close_now(key),
+            OnEof::Drain { phase, start_timer } => {
+                conn.phase = phase;
+                if start_timer {
+                    let at = self.closing_deadline(self.tick(Instant::now()));
+                    self.set_timer(key, at);
+                }
+            }
+        }
     }
 
     /// Writes pending output (the shared `out` buffer, then/or the queue).
@@ -716,6 +730,8 @@ impl Worker {
         }
         // Backpressure: a client that sends faster than it reads is not read
         // from while its replies exceed the cap; TCP pushes back on it.
+        // Reading resumes at half the cap (no flapping on every write); a FIN
+        // found then while replies are still queued drains them (`on_eof`).
         let queued = conn.queued_bytes();
         let cap = self.config.max_outbound_bytes;
         if queued > cap {

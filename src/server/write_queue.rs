@@ -418,9 +418,7 @@ mod tests {
     #[test]
     fn a_cut_keeps_only_the_frame_in_flight_of_a_buffer_of_replies() {
         // 50 replies in one output buffer; the socket stops inside the 11th.
-        let replies: Vec<Vec<u8>> = (0..50u8)
-            .map(|i| frame(OpCode::Text, &[i; 40]))
-            .collect();
+        let replies: Vec<Vec<u8>> = (0..50u8).map(|i| frame(OpCode::Text, &[i; 40])).collect();
         let out = replies.concat();
         let mut peer = Peer {
             room: 10 * replies[0].len() + 7,
