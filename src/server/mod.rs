@@ -8,6 +8,7 @@
 mod admission;
 mod conn;
 pub(crate) mod listener;
+mod no_sigpipe;
 mod stats;
 mod worker;
 mod write_queue;
