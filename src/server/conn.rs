@@ -46,7 +46,53 @@ pub enum Phase {
     /// peer has sent its close frame the socket is closed (the server closes
     /// TCP first, RFC 6455 §7.1.1); otherwise the write side is shut down and
     /// the socket closes on the peer's close frame, its FIN, or the timeout.
+    ///
+    /// `peer_closed` also covers a peer whose FIN arrived while output was
+    /// still queued: nothing more is read, and what is queued is still
+    /// written (a half-closed peer may be reading) until the queue is empty
+    /// or the close timeout passes.
     Closing { write_shut: bool, peer_closed: bool },
+}
+
+/// What the worker does when the peer's input ends (FIN or a read error),
+/// after one last flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnEof {
+    /// Nothing is owed to the peer: close the socket now.
+    Close,
+    /// Output is still queued: enter `phase` (read side closed, draining
+    /// writes) and close once the queue is written or the close timeout
+    /// passes. `start_timer` says the close timer is not running yet.
+    Drain { phase: Phase, start_timer: bool },
+}
+
+impl Phase {
+    /// Decides what the end of the peer's input means. Replies produced from
+    /// its last bytes (the answer to its close frame, an echo) are still
+    /// owed, and a half-closed peer may still be reading (RFC 6455 §5.5.1,
+    /// §7.1.1), so queued output is drained, bounded by the close timeout.
+    pub fn after_peer_eof(self, output_queued: bool) -> OnEof {
+        if !output_queued {
+            return OnEof::Close;
+        }
+        match self {
+            // Closing already runs the close timer.
+            Phase::Closing { write_shut, .. } => OnEof::Drain {
+                phase: Phase::Closing {
+                    write_shut,
+                    peer_closed: true,
+                },
+                start_timer: false,
+            },
+            Phase::Handshake | Phase::Open => OnEof::Drain {
+                phase: Phase::Closing {
+                    write_shut: false,
+                    peer_closed: true,
+                },
+                start_timer: true,
+            },
+        }
+    }
 }
 
 /// What the worker must do after a connection handled its input.
@@ -454,16 +500,22 @@ impl Conn {
         }
     }
 
-    /// The close handshake is over and our bytes are out: nothing is left to
-    /// wait for.
-    pub fn close_complete(&self) -> bool {
+    /// The peer will send nothing that matters (its close frame or its FIN
+    /// came): reading it would only discard bytes.
+    pub fn reads_done(&self) -> bool {
         matches!(
             self.phase,
             Phase::Closing {
                 peer_closed: true,
                 ..
             }
-        ) && self.wq.is_none()
+        )
+    }
+
+    /// The close handshake is over (or the peer is gone) and our bytes are
+    /// out: nothing is left to wait for.
+    pub fn close_complete(&self) -> bool {
+        self.reads_done() && self.wq.is_none()
     }
 
     /// Returns heap buffers to the worker's pool before the slot is freed.
@@ -477,6 +529,55 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_peers_eof_with_nothing_queued_closes_at_once() {
+        for phase in [
+            Phase::Handshake,
+            Phase::Open,
+            Phase::Closing {
+                write_shut: true,
+                peer_closed: false,
+            },
+            Phase::Closing {
+                write_shut: false,
+                peer_closed: true,
+            },
+        ] {
+            assert_eq!(phase.after_peer_eof(false), OnEof::Close, "{phase:?}");
+        }
+    }
+
+    #[test]
+    fn the_peers_eof_with_output_queued_drains_it_under_the_close_timer() {
+        let draining = Phase::Closing {
+            write_shut: false,
+            peer_closed: true,
+        };
+        // An open connection (an echo still queued): start the close timer.
+        assert_eq!(
+            Phase::Open.after_peer_eof(true),
+            OnEof::Drain {
+                phase: draining,
+                start_timer: true
+            }
+        );
+        // Our close frame queued (after a protocol error, or answering the
+        // peer's close frame): the close timer already runs.
+        for peer_closed in [false, true] {
+            let closing = Phase::Closing {
+                write_shut: false,
+                peer_closed,
+            };
+            assert_eq!(
+                closing.after_peer_eof(true),
+                OnEof::Drain {
+                    phase: draining,
+                    start_timer: false
+                }
+            );
+        }
+    }
 
     #[test]
     fn an_idle_connection_is_small() {

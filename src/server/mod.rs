@@ -8,6 +8,7 @@
 mod admission;
 mod conn;
 pub(crate) mod listener;
+mod no_sigpipe;
 mod panic_guard;
 mod stats;
 mod worker;

@@ -28,11 +28,12 @@ use crate::pubsub::topics::LocalTopics;
 use crate::pubsub::{Delivery, Hub, Notify, WorkerMsg};
 
 use super::admission::Admission;
-use super::conn::{Conn, Ctx, Phase, RateLimit, Transition};
+use super::conn::{Conn, Ctx, OnEof, Phase, RateLimit, Transition};
 use super::listener;
+use super::no_sigpipe::NoSigPipe;
 use super::panic_guard::guarded;
 use super::stats::WorkerStats;
-use super::write_queue::{Chunk, WriteQueue};
+use super::write_queue::{write_or_queue, Chunk};
 use crate::escape::Esc;
 use crate::protocol::frame::write_server_frame;
 use crate::protocol::handshake::error_response;
@@ -617,7 +618,7 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            if conn.read_paused {
+            if conn.read_paused || conn.reads_done() {
                 break;
             }
             match conn.stream.read(&mut self.scratch) {
@@ -714,18 +715,32 @@ impl Worker {
         }
     }
 
-    /// The peer closed its side.
+    /// The peer closed its side (or reading failed).
     fn on_eof(&mut self, key: usize) {
         if self.conns.get(key).is_some_and(|c| c.phase == Phase::Open) {
             self.stats.abrupt_closes.inc();
         }
         // The peer's FIN can arrive in the same read as its last request
         // (a close frame, a handshake, a message): the replies produced
-        // from those bytes are still owed. A half-closed peer may still be
-        // reading, so give them one non-blocking write before closing.
-        // Nothing else is waited for: the peer will send nothing more.
-        self.flush(key);
-        self.close_now(key);
+        // from those bytes are still owed, and a half-closed peer may still
+        // be reading. What the socket does not take now is drained (see
+        // `Phase::after_peer_eof`).
+        if !self.flush(key) {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match conn.phase.after_peer_eof(conn.wq.is_some()) {
+            OnEof::Close => self.close_now(key),
+            OnEof::Drain { phase, start_timer } => {
+                conn.phase = phase;
+                if start_timer {
+                    let at = self.closing_deadline(self.tick(Instant::now()));
+                    self.set_timer(key, at);
+                }
+            }
+        }
     }
 
     /// Writes pending output (the shared `out` buffer, then/or the queue).
@@ -772,6 +787,8 @@ impl Worker {
         }
         // Backpressure: a client that sends faster than it reads is not read
         // from while its replies exceed the cap; TCP pushes back on it.
+        // Reading resumes at half the cap (no flapping on every write); a FIN
+        // found then while replies are still queued drains them (`on_eof`).
         let queued = conn.queued_bytes();
         let cap = self.config.max_outbound_bytes;
         if queued > cap {
@@ -1104,8 +1121,9 @@ impl Worker {
             queued = conn.queued_bytes(),
             "slow consumer"
         );
-        // Free the queue at once, except the rest of a frame already half
-        // sent (cutting it would corrupt the stream before the close frame).
+        // Free the queue at once, except the rest of the frame already half
+        // sent, direct reply or fan-out (cutting it would put the close frame
+        // inside its payload). What stays is at most one frame.
         if let Some(wq) = conn.wq.as_mut() {
             let dropped = wq.drop_unstarted();
             self.stats.queued_bytes.sub(dropped as u64);
@@ -1162,34 +1180,10 @@ impl Worker {
 }
 
 /// Writes `out` after anything already queued; queues what the socket
-/// refuses. Returns the bytes written.
+/// refuses. `out` holds whole frames (or HTTP responses), which lets the
+/// queue tell where the one in flight ends. Returns the bytes written.
 fn write_out(conn: &mut Conn, out: &[u8]) -> io::Result<usize> {
-    if let Some(wq) = conn.wq.as_mut() {
-        if !out.is_empty() {
-            wq.push(Chunk::Owned(out.to_vec()));
-        }
-        let n = wq.write_to(&mut conn.stream)?;
-        if wq.is_empty() {
-            conn.wq = None;
-        }
-        return Ok(n);
-    }
-    let mut written = 0;
-    while written < out.len() {
-        match conn.stream.write(&out[written..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    if written < out.len() {
-        let mut wq = Box::<WriteQueue>::default();
-        wq.push(Chunk::Owned(out[written..].to_vec()));
-        conn.wq = Some(wq);
-    }
-    Ok(written)
+    write_or_queue(&mut conn.wq, &mut NoSigPipe(&conn.stream), out)
 }
 
 /// Writes fan-out frames after anything already queued: straight to the
@@ -1208,9 +1202,8 @@ fn write_frames(conn: &mut Conn, frames: FramesFor<'_>) -> io::Result<usize> {
             total += f.len();
         }
         loop {
-            // sendmsg rather than writev: it skips the VFS layer (measured
-            // ~8% less server CPU per delivery in the 15k-subscriber bench).
-            match socket2::SockRef::from(&conn.stream).send_vectored(&slices[..n]) {
+            // One sendmsg (see NoSigPipe).
+            match NoSigPipe(&conn.stream).write_vectored(&slices[..n]) {
                 Ok(w) => {
                     written = w;
                     break;
@@ -1243,7 +1236,10 @@ fn write_frames(conn: &mut Conn, frames: FramesFor<'_>) -> io::Result<usize> {
             wq.push(Chunk::Shared(f.clone()));
         }
     }
-    let wq = conn.wq.as_mut().map(|q| q.write_to(&mut conn.stream));
+    let wq = conn
+        .wq
+        .as_mut()
+        .map(|q| q.write_to(&mut NoSigPipe(&conn.stream)));
     let more = match wq {
         Some(r) => r?,
         None => 0,
