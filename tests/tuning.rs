@@ -697,3 +697,111 @@ fn grafana_dashboard_queries_only_metrics_wsgate_exports() {
         "no RSS-per-connection panel"
     );
 }
+
+/// Every `wsgate_*` identifier in `text`.
+fn metric_names_in(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("wsgate_") {
+        let before = rest[..at].chars().next_back();
+        let tail = &rest[at..];
+        let len = tail.find(|c: char| !is_ident(c)).unwrap_or(tail.len());
+        let name = tail[..len].trim_end_matches('_');
+        if !before.is_some_and(is_ident) && name.starts_with("wsgate_") {
+            names.insert(name.to_string());
+        }
+        rest = &tail[len.max(1)..];
+    }
+    names
+}
+
+#[test]
+fn docs_name_only_metrics_wsgate_exports() {
+    // README.md and every Markdown file under tuning/ and bench/: PromQL
+    // copied from them must match what /metrics really has.
+    let mut docs = vec![repo("README.md")];
+    for dir in ["tuning", "bench"] {
+        for entry in std::fs::read_dir(repo(dir)).unwrap().flatten() {
+            let p = entry.path();
+            if p.extension().is_some_and(|e| e == "md") {
+                docs.push(p.to_string_lossy().into_owned());
+            }
+        }
+    }
+    let exported = Exported::scrape();
+    let is_exported = |name: &str| {
+        exported.metrics.contains_key(name)
+            // Histograms: the family name, or its _bucket/_sum/_count series.
+            || ["_bucket", "_sum", "_count"].iter().any(|s| {
+                name.strip_suffix(s)
+                    .is_some_and(|base| exported.metrics.contains_key(base))
+            })
+    };
+    let mut checked = 0;
+    for doc in &docs {
+        let text = std::fs::read_to_string(doc).unwrap();
+        for name in metric_names_in(&text) {
+            assert!(
+                is_exported(&name),
+                "{doc} names {name}, which /metrics does not export (exported: {:?})",
+                exported.metrics.keys().collect::<Vec<_>>()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 5, "only {checked} metric names found in {docs:?}");
+}
+
+#[test]
+fn metric_names_are_found_in_prose_and_promql() {
+    let names = metric_names_in(
+        "counted in `wsgate_deliveries`, rate(wsgate_bytes_in_total[1m]); not my_wsgate_x or wsgate_",
+    );
+    let want: BTreeSet<String> = ["wsgate_deliveries", "wsgate_bytes_in_total"]
+        .map(String::from)
+        .into();
+    assert_eq!(names, want);
+}
+
+#[test]
+fn run_all_names_a_too_old_rustc_and_runs_every_test_binary() {
+    // A fake rustc older than rust-version, first on PATH: the script must
+    // stop before building anything and say what to install.
+    let dir = common::temp_dir("old-rustc");
+    let fake = dir.path().join("rustc");
+    std::fs::write(&fake, "#!/bin/sh\necho 'rustc 1.63.0 (distribution build)'\n").unwrap();
+    let mut perms = std::fs::metadata(&fake).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&fake, perms).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .arg(repo("tests/run-all.sh"))
+        .env("PATH", path)
+        .output()
+        .expect("bash");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let manifest = std::fs::read_to_string(repo("Cargo.toml")).unwrap();
+    let need = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .expect("rust-version in Cargo.toml")
+        .trim_matches('"');
+    assert!(
+        err.contains("rustc 1.63.0") && err.contains(&format!("rust-version = {need}")),
+        "{err}"
+    );
+    assert!(err.contains("rustup"), "{err}");
+
+    // One failing test binary must not hide the others.
+    let script = std::fs::read_to_string(repo("tests/run-all.sh")).unwrap();
+    let test_line = script
+        .lines()
+        .find(|l| l.trim_start().starts_with("cargo test"))
+        .expect("a cargo test line");
+    assert!(test_line.contains("--no-fail-fast"), "{test_line}");
+}
