@@ -805,3 +805,52 @@ fn run_all_names_a_too_old_rustc_and_runs_every_test_binary() {
         .expect("a cargo test line");
     assert!(test_line.contains("--no-fail-fast"), "{test_line}");
 }
+
+#[test]
+fn scripts_print_their_usage_and_bench_scripts_change_nothing_unasked() {
+    for script in [
+        "tuning/tune.sh",
+        "tests/flake-hunt.sh",
+        "tests/conformance.sh",
+        "bench/million.sh",
+        "bench/reference.sh",
+    ] {
+        // Run as the docs do: directly, so the run bit must be set.
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(repo(script)).unwrap().permissions(),
+        );
+        assert!(mode & 0o111 != 0, "{script} is not executable");
+        let out = Command::new(repo(script)).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{script} --help");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("--"), "{script} --help: {help}");
+        for line in help.lines() {
+            assert!(
+                !line.starts_with("set -") && !line.starts_with("#!"),
+                "{script} --help prints its own code: {line}"
+            );
+        }
+        let out = Command::new(repo(script)).arg("--no-such-flag").output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{script} --no-such-flag");
+    }
+    let help = Command::new(repo("bench/million.sh")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--port", "--apply-sysctl", "--show-sysctl", "--out"] {
+        assert!(help.contains(flag), "million.sh --help lacks {flag}");
+    }
+    // Without --apply-sysctl the machine's settings are only read and shown.
+    let out = Command::new(repo("bench/million.sh"))
+        .arg("--show-sysctl")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let keys: BTreeSet<String> = settings().into_iter().map(|(k, _)| k).collect();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if line.starts_with("sysctl.conf") {
+            continue;
+        }
+        let (key, change) = line.trim().split_once(": ").expect("key: have → want");
+        assert!(keys.contains(key), "{line}");
+        assert!(change.contains(" → "), "{line}");
+    }
+}

@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
     --target) target=${2:?--target needs a number}; shift 2 ;;
     --both-ends) ends=2; shift ;;
     --apply) apply=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "tune.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
