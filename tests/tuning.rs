@@ -749,7 +749,10 @@ fn docs_name_only_metrics_wsgate_exports() {
             checked += 1;
         }
     }
-    assert!(checked >= 5, "only {checked} metric names found in {docs:?}");
+    assert!(
+        checked >= 5,
+        "only {checked} metric names found in {docs:?}"
+    );
 }
 
 #[test]
@@ -769,7 +772,11 @@ fn run_all_names_a_too_old_rustc_and_runs_every_test_binary() {
     // stop before building anything and say what to install.
     let dir = common::temp_dir("old-rustc");
     let fake = dir.path().join("rustc");
-    std::fs::write(&fake, "#!/bin/sh\necho 'rustc 1.63.0 (distribution build)'\n").unwrap();
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'rustc 1.63.0 (distribution build)'\n",
+    )
+    .unwrap();
     let mut perms = std::fs::metadata(&fake).unwrap().permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
     std::fs::set_permissions(&fake, perms).unwrap();
@@ -830,10 +837,16 @@ fn scripts_print_their_usage_and_bench_scripts_change_nothing_unasked() {
                 "{script} --help prints its own code: {line}"
             );
         }
-        let out = Command::new(repo(script)).arg("--no-such-flag").output().unwrap();
+        let out = Command::new(repo(script))
+            .arg("--no-such-flag")
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(2), "{script} --no-such-flag");
     }
-    let help = Command::new(repo("bench/million.sh")).arg("--help").output().unwrap();
+    let help = Command::new(repo("bench/million.sh"))
+        .arg("--help")
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
     for flag in ["--port", "--apply-sysctl", "--show-sysctl", "--out"] {
         assert!(help.contains(flag), "million.sh --help lacks {flag}");
