@@ -867,3 +867,78 @@ fn scripts_print_their_usage_and_bench_scripts_change_nothing_unasked() {
         assert!(change.contains(" → "), "{line}");
     }
 }
+
+#[test]
+fn the_source_address_rule_is_one_rule() {
+    // sysctl.conf states the rule with its figure for 1M; tune.sh computes
+    // it. With the port range sysctl.conf sets, they must agree.
+    let (_, out) = tune(&["--target", "1000000"]);
+    let n: u64 = out
+        .split("a client should use ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no source-address count in:\n{out}"));
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let range: Vec<&str> = range.split_whitespace().collect();
+    let conf = std::fs::read_to_string(repo("sysctl.conf")).unwrap();
+    let conf_range = settings()
+        .into_iter()
+        .find(|(k, _)| k == "net.ipv4.ip_local_port_range")
+        .expect("sysctl.conf sets the port range")
+        .1;
+    if conf_range.split_whitespace().collect::<Vec<_>>() == range {
+        assert!(
+            conf.contains(&format!("= {n} source addresses")),
+            "tune.sh says {n} source addresses for 1M; sysctl.conf says otherwise"
+        );
+    }
+    for doc in ["README.md", "bench/README.md", "tuning/README.md"] {
+        let text = std::fs::read_to_string(repo(doc)).unwrap();
+        assert!(
+            !text.contains("16 source addresses") && !text.contains("16+ source"),
+            "{doc} states another source-address rule"
+        );
+    }
+}
+
+#[test]
+fn bench_docs_run_wsbench_by_path_and_keep_published_results() {
+    // Following the docs must neither need wsbench on PATH nor overwrite
+    // the committed results in bench/results/.
+    for doc in ["README.md", "bench/README.md"] {
+        let text = std::fs::read_to_string(repo(doc)).unwrap();
+        let mut in_code = false;
+        for line in text.lines() {
+            if line.trim_start().starts_with("```") {
+                in_code = !in_code;
+                continue;
+            }
+            if !in_code {
+                continue;
+            }
+            let line = line.trim_start();
+            assert!(
+                !line.starts_with("wsbench "),
+                "{doc}: `{line}` needs wsbench on PATH"
+            );
+            if line.contains("bench/results") {
+                assert!(
+                    line.contains("--out bench/results") && line.contains("replace"),
+                    "{doc}: `{line}` writes into the published bench/results/"
+                );
+            }
+        }
+    }
+    for script in ["bench/million.sh", "bench/reference.sh"] {
+        let text = std::fs::read_to_string(repo(script)).unwrap();
+        let default = text
+            .lines()
+            .find_map(|l| l.strip_prefix("out="))
+            .unwrap_or_else(|| panic!("{script} has no out= default"));
+        assert!(
+            !default.contains("bench/results"),
+            "{script} writes into bench/results by default"
+        );
+    }
+}
