@@ -55,7 +55,7 @@ case "$url" in ''|ws://?*) ;; *) die "--url must be ws://HOST:PORT/PATH" ;; esac
 
 # --- the suite: Python 2.7 from Debian 11 packages, then pinned PyPI packages --
 SUITE=autobahntestsuite==25.10.1
-home=${AUTOBAHN_HOME:-${XDG_CACHE_HOME:-$HOME/.cache}/wsgate-autobahn}
+home=${AUTOBAHN_HOME:-${XDG_CACHE_HOME:-${HOME:-/root}/.cache}/wsgate-autobahn}
 # What makes an install complete; a different text means reinstall.
 stamp="$SUITE py2.7.18-bullseye v1"
 debs=(python2.7 python2.7-minimal libpython2.7-minimal libpython2.7-stdlib
@@ -71,6 +71,21 @@ packages=("$SUITE" autobahn==0.10.9 txaio==2.1.0 Twisted==19.10.0 zope.interface
   MarkupSafe==1.1.1 Werkzeug==1.0.1 klein==17.10.0 typing==3.10.0.0 unittest2==1.1.0
   traceback2==1.4.0 linecache2==1.0.0 ujson==2.0.3)
 fail_install() { say "cannot install the suite: $* (log: $home/install.log)"; exit 3; }
+
+# The few system packages the install needs, from apt when they are missing
+# (as root, or with sudo).
+install_prerequisites() {
+  local need=() sudo=""
+  python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+  [ -r /usr/share/keyrings/debian-archive-keyring.gpg ] || need+=(debian-archive-keyring)
+  command -v flock >/dev/null || need+=(util-linux)
+  [ ${#need[@]} -gt 0 ] && command -v apt-get >/dev/null || return 0
+  [ "$(id -u)" = 0 ] || sudo=sudo
+  say "installing ${need[*]} with apt-get"
+  $sudo apt-get update -qq >/dev/null 2>&1 || true
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null ||
+    say "could not install ${need[*]}"
+}
 
 install_suite() {
   local tool mirror arch apt_root keyring libdir
@@ -136,6 +151,7 @@ EOF
 }
 
 if [ "$(cat "$home/installed" 2>/dev/null)" != "$stamp" ]; then
+  install_prerequisites
   mkdir -p "$(dirname "$home")"
   # Two first runs at once: the second waits for the first's install.
   exec 8>"$home.lock"
