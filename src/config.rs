@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
@@ -388,7 +389,18 @@ impl Loaded {
         let cmd = cli();
         let bare = env_only(&cmd, None);
         // The command line alone first, so its errors are about flags ...
-        let flags = bare.clone().try_get_matches_from(&args)?;
+        let flags = match bare.clone().try_get_matches_from(&args) {
+            // ... except --help and --version, which show the variables too.
+            Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+                return Err(cmd
+                    .clone()
+                    .try_get_matches_from(&args)
+                    .err()
+                    .unwrap_or(e)
+                    .into())
+            }
+            other => other?,
+        };
         // ... then each WSGATE_* variable alone, so an error names the variable.
         let mut known_env = HashSet::new();
         for arg in cmd.get_arguments() {

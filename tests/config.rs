@@ -225,6 +225,8 @@ fn bad_flags_are_clear_errors() {
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
+    // Each flag's environment variable is shown too.
+    assert!(help.contains("[env: WSGATE_MAX_CONNECTIONS="), "{help}");
 }
 
 #[test]
