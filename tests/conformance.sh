@@ -23,8 +23,9 @@
 # 25.10.1) runs on Python 2.7 only, which current Debian does not ship: the
 # first run downloads Python 2.7 from Debian 11 (bullseye) packages and
 # unpacks them, with the suite and its pinned dependencies, into
-# $AUTOBAHN_HOME (default ~/.cache/wsgate-autobahn, about 120 MB). Nothing is
-# installed system-wide; later runs reuse that folder.
+# $AUTOBAHN_HOME (default ~/.cache/wsgate-autobahn, about 120 MB); later runs
+# reuse that folder. System-wide, only python3-pip, debian-archive-keyring
+# and flock (util-linux) are installed from apt, and only when missing.
 #
 # Exit status: 0 when every selected case passed (OK, NON-STRICT or
 # INFORMATIONAL), 1 when a case failed or did not run, 2 for a usage error,
