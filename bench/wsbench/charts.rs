@@ -310,6 +310,9 @@ fn err<E: std::fmt::Display>(e: E) -> String {
 
 const FONT: &str = "sans-serif";
 
+/// Radius in pixels of the marks on each ramp sample.
+const MARK_RADIUS: i32 = 3;
+
 fn draw_ramp<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     r: &Ramp,
@@ -342,6 +345,14 @@ fn draw_ramp<DB: DrawingBackend>(
         .map_err(err)?
         .label("connections open")
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue));
+    // Each sample marked: the line between two points is an interpolation.
+    chart
+        .draw_series(
+            r.open
+                .iter()
+                .map(|&p| Circle::new(p, MARK_RADIUS, BLUE.filled())),
+        )
+        .map_err(err)?;
     if with_rss {
         chart
             .configure_secondary_axes()
@@ -357,6 +368,13 @@ fn draw_ramp<DB: DrawingBackend>(
             .map_err(err)?
             .label("server RSS (MiB)")
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red));
+        chart
+            .draw_secondary_series(
+                r.rss_mib
+                    .iter()
+                    .map(|&p| Circle::new(p, MARK_RADIUS, RED.filled())),
+            )
+            .map_err(err)?;
     }
     chart
         .configure_series_labels()
@@ -581,6 +599,19 @@ mod tests {
             chart_path(Path::new("d"), "m", "ramp", "svg"),
             PathBuf::from("d/m-ramp.svg")
         );
+    }
+
+    #[test]
+    fn ramp_chart_marks_every_sample() {
+        let dir = std::env::temp_dir().join(format!("wsbench-marks-{}", std::process::id()));
+        let doc = connect(
+            &[(0.0, 0, 0), (0.1, 120, 0), (0.2, 260, 0), (0.25, 300, 0)],
+            None,
+        );
+        let written = render(&doc, "marks", &dir).unwrap();
+        let svg = std::fs::read_to_string(&written[0]).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(svg.matches("<circle").count(), 4, "{svg}");
     }
 
     #[test]

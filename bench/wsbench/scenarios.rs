@@ -176,6 +176,12 @@ struct Ramped {
     series: Vec<Sample>,
 }
 
+/// How often the ramp's `timeseries` is sampled. Fine enough that a ramp
+/// of a fraction of a second still shows its shape (at one sample a second
+/// it was a straight line between two points); the progress line on stderr
+/// stays at one a second.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
 /// Ramps `n` connections.
 fn ramp(
     engine: &mut Engine,
@@ -190,7 +196,15 @@ fn ramp(
     let mut hs = new_histogram();
     let mut events = Vec::new();
     let mut series = Vec::new();
-    let mut last_report = Instant::now();
+    if !a.child {
+        series.push(Sample {
+            t: 0.0,
+            open: 0,
+            server_rss: procfs::rss(pids),
+        });
+    }
+    let mut next_sample = start + SAMPLE_EVERY;
+    let mut next_report = start + Duration::from_secs(1);
     while opened + failed < n && Instant::now() < deadline {
         let allowed = if a.rate > 0.0 {
             (start.elapsed().as_secs_f64() * a.rate) as u64
@@ -215,8 +229,9 @@ fn ramp(
                 Ev::Text { .. } => {}
             }
         }
-        if last_report.elapsed() >= Duration::from_secs(1) {
-            last_report = Instant::now();
+        let now = Instant::now();
+        if now >= next_sample {
+            next_sample += SAMPLE_EVERY;
             let t = start.elapsed().as_secs_f64();
             if a.child {
                 // The parent sums these into one progress line and series.
@@ -225,16 +240,19 @@ fn ramp(
                 continue;
             }
             let rss = procfs::rss(pids);
-            eprintln!(
-                "wsbench: {t:6.1}s open {opened:>8} failed {failed:>6} ({:.0}/s) server rss {} MiB",
-                opened as f64 / t,
-                rss >> 20
-            );
             series.push(Sample {
                 t,
                 open: opened,
                 server_rss: rss,
             });
+            if now >= next_report {
+                next_report += Duration::from_secs(1);
+                eprintln!(
+                    "wsbench: {t:6.1}s open {opened:>8} failed {failed:>6} ({:.0}/s) server rss {} MiB",
+                    opened as f64 / t,
+                    rss >> 20
+                );
+            }
         }
     }
     let took = start.elapsed();
@@ -576,11 +594,16 @@ fn connect_multi(a: ConnectArgs, procs: u64, cap: u64) -> Result<(), String> {
     let n = children.len();
     let give_up = start + Duration::from_secs(a.common.timeout + 30);
 
-    // --- ramp: one progress line and one series point per second ----------
+    // --- ramp: a series point every SAMPLE_EVERY, a progress line a second --
     let (mut open, mut failed) = (vec![0u64; n], vec![0u64; n]);
     let mut ramped: Vec<Option<u64>> = vec![None; n];
-    let mut series = Vec::new();
-    let mut next_sample = start + Duration::from_secs(1);
+    let mut series = vec![Sample {
+        t: 0.0,
+        open: 0,
+        server_rss: procfs::rss(&pids),
+    }];
+    let mut next_sample = start + SAMPLE_EVERY;
+    let mut next_report = start + Duration::from_secs(1);
     while ramped.iter().any(Option::is_none) && Instant::now() < give_up {
         let wait = next_sample.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
@@ -598,21 +621,25 @@ fn connect_multi(a: ConnectArgs, procs: u64, cap: u64) -> Result<(), String> {
             Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        if Instant::now() >= next_sample {
-            next_sample += Duration::from_secs(1);
+        let now = Instant::now();
+        if now >= next_sample {
+            next_sample += SAMPLE_EVERY;
             let t = start.elapsed().as_secs_f64();
             let (o, f): (u64, u64) = (open.iter().sum(), failed.iter().sum());
             let rss = procfs::rss(&pids);
-            eprintln!(
-                "wsbench: {t:6.1}s open {o:>8} failed {f:>6} ({:.0}/s) server rss {} MiB",
-                o as f64 / t,
-                rss >> 20
-            );
             series.push(Sample {
                 t,
                 open: o,
                 server_rss: rss,
             });
+            if now >= next_report {
+                next_report += Duration::from_secs(1);
+                eprintln!(
+                    "wsbench: {t:6.1}s open {o:>8} failed {f:>6} ({:.0}/s) server rss {} MiB",
+                    o as f64 / t,
+                    rss >> 20
+                );
+            }
         }
     }
     let ramp_secs = start.elapsed().as_secs_f64();

@@ -210,6 +210,9 @@ fn wsbench_scenarios_and_report_against_a_live_server() {
             "connect",
             "--connections",
             "300",
+            // A sub-second ramp: its timeseries must still have a shape.
+            "--rate",
+            "600",
             "--hold",
             "1",
             "--settle",
@@ -242,6 +245,18 @@ fn wsbench_scenarios_and_report_against_a_live_server() {
     let ts = c["timeseries"].as_array().expect("timeseries");
     let last = ts.last().expect("at least the final sample");
     assert_eq!(u(last, "open"), 300);
+    // Sampled every 100 ms from t = 0, so a 0.5 s ramp has several points
+    // (at one a second it had only its final one).
+    assert_eq!(f(&ts[0], "t"), 0.0, "{ts:?}");
+    assert!(
+        ts.len() >= 4,
+        "only {} samples in a 0.5 s ramp: {ts:?}",
+        ts.len()
+    );
+    assert!(
+        ts.windows(2).all(|w| f(&w[0], "t") < f(&w[1], "t")),
+        "{ts:?}"
+    );
     assert!(u(last, "server_rss") > 0, "RSS of our own pid: {last}");
 
     // echo: closed loop, round trips and their latency.
