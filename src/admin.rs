@@ -180,7 +180,7 @@ fn handle(mut req: Request, shared: &Shared) {
         (_, "/healthz" | "/readyz" | "/metrics") => error(405, "use GET"),
         _ => error(
             404,
-            "unknown path (try /publish, /broadcast, /healthz, /readyz)",
+            "unknown path (try /publish, /broadcast, /metrics, /healthz, /readyz)",
         ),
     };
     if let Err(e) = req.respond(response) {
@@ -193,7 +193,7 @@ fn read_payload(
     req: &mut Request,
     shared: &Shared,
 ) -> Result<Vec<u8>, Response<io::Cursor<Vec<u8>>>> {
-    let limit = shared.config.max_message_size;
+    let limit = shared.config.message_limit();
     let mut body = Vec::new();
     req.as_reader()
         .take(limit + 1)

@@ -46,6 +46,7 @@ struct Claims {
     sub: Option<String>,
     exp: u64,
     topics: Option<Vec<String>>,
+    broadcast: Option<bool>,
 }
 
 /// What a valid token grants a connection.
@@ -55,6 +56,8 @@ pub struct Grant {
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
     pub topics: TopicPerms,
+    /// The token's `broadcast` claim, if it has one.
+    pub broadcast: Option<bool>,
 }
 
 /// Topics a token allows: exact names and `prefix.*` patterns. No `topics`
@@ -139,6 +142,7 @@ impl Authenticator {
             user: c.sub,
             exp: c.exp,
             topics: c.topics.map_or(TopicPerms::Any, TopicPerms::Only),
+            broadcast: c.broadcast,
         })
     }
 }
