@@ -15,6 +15,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::admin::AdminStats;
 use crate::protocol::message::ReassemblyBudget;
 use crate::pubsub::Hub;
 use crate::server::{Admission, StatsSnapshot, WorkerStats};
@@ -26,6 +27,7 @@ pub struct MetricsSource {
     pub hub: Arc<Hub>,
     pub admission: Arc<Admission>,
     pub reassembly: Arc<ReassemblyBudget>,
+    pub admin: Arc<AdminStats>,
 }
 
 impl std::fmt::Debug for MetricsSource {
@@ -275,7 +277,25 @@ impl Collector for MetricsSource {
         )?;
         let relaxed = std::sync::atomic::Ordering::Relaxed;
         let budget = &self.hub.topic_budget;
-        let globals: [(&str, &str, MetricType, u64); 10] = [
+        let globals: [(&str, &str, MetricType, u64); 13] = [
+            (
+                "wsgate_admin_evicted",
+                "Admin connections closed to stay within the admin connection cap",
+                Counter,
+                self.admin.evicted.load(relaxed),
+            ),
+            (
+                "wsgate_admin_timeouts",
+                "Admin requests not received within the admin request timeout",
+                Counter,
+                self.admin.timeouts.load(relaxed),
+            ),
+            (
+                "wsgate_admin_unauthorized",
+                "Admin requests refused for a missing or wrong bearer token",
+                Counter,
+                self.admin.unauthorized.load(relaxed),
+            ),
             (
                 "wsgate_reassembly_bytes",
                 "Bytes of partly received messages held (budget: --max-reassembly-bytes)",

@@ -113,6 +113,7 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         hub: hub.clone(),
         admission: admission.clone(),
         reassembly: reassembly.clone(),
+        admin: Arc::default(),
     };
     let admin = match config.admin_listen {
         Some(addr) => Some(AdminServer::start(
