@@ -1,13 +1,30 @@
 #!/usr/bin/env bash
-# The million-connection run on one box.
+# The million-connection run on one machine.
 #
 #   bench/million.sh [--target N] [--hold SECS] [--broadcasts M] [--bin DIR]
-#                    [--out DIR] [--workers W]
+#                    [--out DIR] [--workers W] [--port P]
+#                    [--apply-sysctl | --show-sysctl]
 #
-# 1. Applies sysctl.conf (root) and checks the box with tuning/tune.sh.
+#   --target N      connections to open (default 1000000)
+#   --hold SECS     how long to hold them all open (default 5)
+#   --broadcasts M  broadcasts to everyone while held (default 5)
+#   --bin DIR       where wsgate and wsbench are (default target/release,
+#                   built if missing)
+#   --out DIR       results: million.json, million.md and charts (default
+#                   target/bench, a scratch folder; bench/results/ holds the
+#                   published figures and is only written when asked)
+#   --workers W     workers per wsgate process (default: cores / processes)
+#   --port P        the WebSocket port on 127.0.0.1 (default 8080); admin
+#                   listeners use 9100, 9101, ... and redis-server 6391
+#   --apply-sysctl  apply sysctl.conf to this machine first (root; changes
+#                   kernel settings machine-wide until reboot)
+#   --show-sysctl   print what --apply-sysctl would change, and exit
+#
+# 1. Shows what sysctl.conf would change (applies it only with
+#    --apply-sysctl) and checks the machine with tuning/tune.sh.
 # 2. Starts wsgate: one process if RLIMIT_NOFILE allows the target, otherwise
-#    the one-box cluster: K processes on one port (SO_REUSEPORT) linked by a
-#    local redis-server, so K × limit connections fit.
+#    the one-machine cluster: K processes on one port (SO_REUSEPORT) linked by
+#    a local redis-server, so K × limit connections fit.
 # 3. Runs `wsbench connect` (itself split over processes for the same
 #    reason) to the target over source addresses 127.0.0.2…, measures server
 #    and kernel memory per connection, broadcasts to everyone through the
@@ -20,22 +37,62 @@ target=1000000
 hold=5
 broadcasts=5
 bin=target/release
-out=bench/results
+out=target/bench
 workers=0
 port=8080
+sysctl_mode=show
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
+die() { echo "million.sh: $*" >&2; echo "try: bench/million.sh --help" >&2; exit 2; }
+value() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value"; }
+number() { case "$2" in ''|*[!0-9]*) die "$1 must be a whole number, not '$2'" ;; esac; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --target) target=$2; shift 2 ;;
-    --hold) hold=$2; shift 2 ;;
-    --broadcasts) broadcasts=$2; shift 2 ;;
-    --bin) bin=$2; shift 2 ;;
-    --out) out=$2; shift 2 ;;
-    --workers) workers=$2; shift 2 ;;
-    --port) port=$2; shift 2 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
-    *) echo "million.sh: unknown argument $1" >&2; exit 2 ;;
+    --target) value "$@"; number "$1" "$2"; target=$2; shift 2 ;;
+    --hold) value "$@"; number "$1" "$2"; hold=$2; shift 2 ;;
+    --broadcasts) value "$@"; number "$1" "$2"; broadcasts=$2; shift 2 ;;
+    --bin) value "$@"; bin=$2; shift 2 ;;
+    --out) value "$@"; out=$2; shift 2 ;;
+    --workers) value "$@"; number "$1" "$2"; workers=$2; shift 2 ;;
+    --port) value "$@"; number "$1" "$2"; port=$2; shift 2 ;;
+    --apply-sysctl) sysctl_mode=apply; shift ;;
+    --show-sysctl) sysctl_mode=only-show; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown argument $1" ;;
   esac
 done
+[ "$target" -gt 0 ] || die "--target must be above 0"
+[ "$port" -gt 0 ] && [ "$port" -lt 65536 ] || die "--port must be 1 to 65535"
+
+# Each line of sysctl.conf whose value differs from this machine's:
+# "key: have → want". Reads /proc/sys only.
+sysctl_changes() {
+  local key want have path
+  awk -F= '!/^[[:space:]]*(#|$)/ {
+      k = $1; gsub(/^[ \t]+|[ \t]+$/, "", k)
+      v = substr($0, index($0, "=") + 1); gsub(/^[ \t]+|[ \t]+$/, "", v); gsub(/[ \t]+/, " ", v)
+      print k "\t" v
+    }' sysctl.conf |
+  while IFS=$'\t' read -r key want; do
+    path=/proc/sys/${key//.//}
+    if [ -r "$path" ]; then
+      have=$(tr -s ' \t' ' ' < "$path" | sed 's/ $//')
+      [ "$have" = "$want" ] || echo "  $key: $have → $want"
+    else
+      echo "  $key: (not on this kernel) → $want"
+    fi
+  done
+}
+if [ "$sysctl_mode" = only-show ]; then
+  changes=$(sysctl_changes)
+  if [ -z "$changes" ]; then
+    echo "sysctl.conf: this machine already has every value"
+  else
+    echo "sysctl.conf would change (bench/million.sh --apply-sysctl, as root):"
+    echo "$changes"
+  fi
+  exit 0
+fi
+
 mkdir -p "$out"
 log() { echo "million.sh: $*" >&2; }
 
@@ -45,12 +102,20 @@ if [ ! -x "$bin/wsgate" ] || [ ! -x "$bin/wsbench" ]; then
   bin=target/release
 fi
 
-# --- 1. the box ----------------------------------------------------------------
-if [ "$(id -u)" = 0 ]; then
-  sysctl -e -q -p sysctl.conf || log "some sysctls could not be applied"
+# --- 1. the machine ----------------------------------------------------------
+changes=$(sysctl_changes)
+if [ "$sysctl_mode" = apply ]; then
+  if [ -n "$changes" ]; then
+    log "applying sysctl.conf (machine-wide, until reboot):"
+    echo "$changes" >&2
+  fi
+  sysctl -e -q -p sysctl.conf || log "some sysctls could not be applied (not root?)"
+elif [ -n "$changes" ]; then
+  log "sysctl.conf is not applied; it would change (rerun with --apply-sysctl to apply):"
+  echo "$changes" >&2
 fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
-bash tuning/tune.sh --target "$target" --both-ends || log "tune.sh reports shortfalls (above); going on with what this box allows"
+bash tuning/tune.sh --target "$target" --both-ends || log "tune.sh reports shortfalls (above); going on with what this machine allows"
 
 nofile=$(ulimit -n)
 cap=$(( nofile - 1500 ))
@@ -124,7 +189,7 @@ started=$(date +%s)
 log "done in $(( $(date +%s) - started )) s; results in $out/million.json and $out/million.md"
 {
   echo
-  echo "box: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), RLIMIT_NOFILE $nofile"
+  echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), RLIMIT_NOFILE $nofile"
   echo "servers: $procs wsgate process(es) × $workers worker(s) on one port$( [ "$procs" -gt 1 ] && echo ', linked by redis-server')"
   echo "command: bench/million.sh --target $target --hold $hold --broadcasts $broadcasts"
 } | tee -a "$out/million.md"

@@ -2,26 +2,42 @@
 # The reference runs behind the figures in README.md, in one command:
 #
 #   bench/reference.sh [--out DIR] [--skip-million] [--million-target N]
+#                      [--apply-sysctl]
+#
+#   --out DIR            where results go (default target/bench, a scratch
+#                        folder; pass --out bench/results to replace the
+#                        published figures)
+#   --skip-million       leave out bench/million.sh
+#   --million-target N   connections for bench/million.sh (default 1000000)
+#   --apply-sysctl       let bench/million.sh apply sysctl.conf to this
+#                        machine (root; machine-wide until reboot); without
+#                        it, it only shows what would change
 #
 # Builds release binaries, then for each scenario starts a fresh wsgate on
 # 127.0.0.1:8080 (admin on 127.0.0.1:9090), runs wsbench against it, and
-# writes DIR/<name>.json, DIR/<name>.md and the charts of `wsbench report`
-# (default DIR: bench/results). Last comes bench/million.sh (the one-box
-# million-connection run). Everything stays on 127.0.0.0/8, is bounded in
-# time and stops by itself.
+# writes DIR/<name>.json, DIR/<name>.md and the charts of `wsbench report`.
+# Last comes bench/million.sh (the one-machine million-connection run).
+# Everything stays on 127.0.0.0/8, is bounded in time and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-out=bench/results
+out=target/bench
 million=1
 million_target=1000000
+million_args=()
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
+die() { echo "reference.sh: $*" >&2; echo "try: bench/reference.sh --help" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
-    --out) out=$2; shift 2 ;;
+    --out) [ $# -ge 2 ] && [ -n "$2" ] || die "--out needs a value"; out=$2; shift 2 ;;
     --skip-million) million=0; shift ;;
-    --million-target) million_target=$2; shift 2 ;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
-    *) echo "reference.sh: unknown argument $1" >&2; exit 2 ;;
+    --million-target)
+      [ $# -ge 2 ] || die "--million-target needs a value"
+      case "$2" in ''|*[!0-9]*) die "--million-target must be a whole number, not '$2'" ;; esac
+      million_target=$2; shift 2 ;;
+    --apply-sysctl) million_args+=(--apply-sysctl); shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown argument $1" ;;
   esac
 done
 mkdir -p "$out"
@@ -60,7 +76,7 @@ run() {
     --out "$out/$name.json" >"$out/$name.md"
   {
     echo
-    echo "box: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), RLIMIT_NOFILE $(ulimit -n)"
+    echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), RLIMIT_NOFILE $(ulimit -n)"
     echo "server: wsgate --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9090 --ping-interval 600s --idle-timeout 900s $server_args"
     echo "command: wsbench $* --url ws://127.0.0.1:8080/ws --server-pid PID (bench/reference.sh)"
   } >>"$out/$name.md"
@@ -100,6 +116,6 @@ run churn-10k churn --connections 10000 --rate 500 --duration 10 --src-ips 127.0
 stop_server
 
 if [ "$million" = 1 ]; then
-  bash bench/million.sh --target "$million_target" --out "$out"
+  bash bench/million.sh --target "$million_target" --out "$out" "${million_args[@]}"
 fi
 log "done: $out"

@@ -2,16 +2,23 @@
 //! come from: command-line flags, then `WSGATE_*` environment variables,
 //! then a TOML file (`--config`), then defaults.
 //!
+//! One naming rule holds for every setting: the flag `--max-connections`,
+//! the environment variable `WSGATE_MAX_CONNECTIONS` (upper snake case of the
+//! flag) and the TOML key `max-connections` (the flag name). [`settings`]
+//! lists them; the tests check the rule and the `--print-config` round trip
+//! for every entry, so a new `#[arg]` is covered without further edits.
+//!
 //! Owns parsing and validation of settings (including human-friendly
 //! durations). It must not start anything; `main` and [`crate::server`]
 //! read the resulting [`Config`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::error::ErrorKind;
 use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches, Parser, ValueEnum};
 
@@ -59,7 +66,7 @@ pub struct Config {
     pub path: String,
 
     /// Worker threads, each with its own event loop and listener [default: online CPUs].
-    #[arg(long, env = "WSGATE_WORKERS")]
+    #[arg(long, env = "WSGATE_WORKERS", value_parser = parse_workers)]
     pub workers: Option<usize>,
 
     /// Pin worker N to CPU core N (mod the number of cores).
@@ -108,9 +115,11 @@ pub struct Config {
 
     /// Browser origins allowed to connect (repeatable; exact like
     /// https://app.example.com, or *.example.com). None listed: any origin.
+    // The id follows the flag (the naming rule); the field keeps its plural.
     #[arg(
+        id = "allowed_origin",
         long = "allowed-origin",
-        env = "WSGATE_ALLOWED_ORIGINS",
+        env = "WSGATE_ALLOWED_ORIGIN",
         value_delimiter = ','
     )]
     pub allowed_origins: Vec<String>,
@@ -135,7 +144,11 @@ pub struct Config {
 
     /// Most subscriptions (connection × topic) in the whole process; past it,
     /// subscribe answers error 429.
-    #[arg(long, env = "WSGATE_MAX_TOTAL_SUBSCRIPTIONS", default_value_t = 10_000_000)]
+    #[arg(
+        long,
+        env = "WSGATE_MAX_TOTAL_SUBSCRIPTIONS",
+        default_value_t = 10_000_000
+    )]
     pub max_total_subscriptions: u64,
 
     /// Most topic entries in the whole process (a topic counts once per
@@ -145,7 +158,12 @@ pub struct Config {
     pub max_topics: u64,
 
     /// Which clients may broadcast to every connection.
-    #[arg(long, env = "WSGATE_CLIENT_BROADCAST", value_enum, default_value = "on")]
+    #[arg(
+        long,
+        env = "WSGATE_CLIENT_BROADCAST",
+        value_enum,
+        default_value = "on"
+    )]
     pub client_broadcast: ClientBroadcast,
 
     /// Broadcasts per second one connection may send, with bursts of twice
@@ -207,6 +225,19 @@ pub struct Config {
     #[arg(long, env = "WSGATE_MAX_CONNECTIONS_PER_IP", default_value_t = 0)]
     pub max_connections_per_ip: u32,
 
+    /// Most connections still in their handshake (accepted, upgrade not yet
+    /// answered) in the whole process (0 = no limit); past it new connections
+    /// get 503 and are closed at once. Bounds what half-sent requests can
+    /// hold: up to --max-request-head bytes each.
+    #[arg(long, env = "WSGATE_MAX_HANDSHAKING", default_value_t = 16_384)]
+    pub max_handshaking: usize,
+
+    /// Most connections in their handshake from one client address (IPv6:
+    /// one /64) (0 = no limit); past it new connections from there get 503
+    /// and are closed at once, so one address cannot lock out the others.
+    #[arg(long, env = "WSGATE_MAX_HANDSHAKING_PER_IP", default_value_t = 512)]
+    pub max_handshaking_per_ip: u32,
+
     /// Sustained messages (and control frames) per second one connection may
     /// send, with bursts of twice that; over it, close 1008 (0 = no limit).
     #[arg(long, env = "WSGATE_MAX_MESSAGES_PER_SEC", default_value_t = 10_000)]
@@ -230,7 +261,7 @@ pub struct Config {
     pub admin_token_file: Option<PathBuf>,
 
     /// Log filter (error, warn, info, debug, trace, or a RUST_LOG-style directive).
-    #[arg(long, env = "WSGATE_LOG_LEVEL", default_value = "info")]
+    #[arg(long, env = "WSGATE_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
 
     /// Log format.
@@ -247,7 +278,17 @@ pub struct Config {
     /// came from) and exit.
     #[arg(long)]
     pub print_config: bool,
+
+    /// Debug builds only, set by tests (no flag): a text message equal to
+    /// [`DEBUG_PANIC_MESSAGE`] panics inside the worker, to prove that a
+    /// panic closes only that connection. Ignored in release builds.
+    #[arg(skip)]
+    pub debug_panic_trigger: bool,
 }
+
+/// The message that panics a worker when [`Config::debug_panic_trigger`] is
+/// set in a debug build.
+pub const DEBUG_PANIC_MESSAGE: &str = "wsgate-debug: panic here";
 
 impl Config {
     /// Parses a command line (the first item is the program name).
@@ -256,14 +297,14 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        Config::try_parse_from(args)
+        let matches = cli().try_get_matches_from(args)?;
+        Config::from_arg_matches(&matches)
     }
 
-    /// The worker count to run: the flag, or the number of online CPUs.
+    /// The worker count to run: the flag (at least 1), or the number of online CPUs.
     pub fn worker_count(&self) -> usize {
         self.workers
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-            .max(1)
     }
 
     /// The largest message accepted: the setting, or the app's default
@@ -306,6 +347,14 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid TOML: {message}")]
     Syntax { path: PathBuf, message: String },
+    #[error("config file {path}: '{key}' and '{other}' are the same setting; keep one")]
+    DuplicateKey {
+        path: PathBuf,
+        key: String,
+        other: String,
+    },
+    #[error("environment variable {var}: {message}")]
+    BadEnv { var: String, message: String },
     #[error("config file {path}: unknown key '{key}' (keys are the long flag names, see --help)")]
     UnknownKey { path: PathBuf, key: String },
     #[error("config file {path}: bad value for '{key}': {message}")]
@@ -319,12 +368,109 @@ pub enum ConfigError {
 /// Settings that cannot come from the file.
 const NOT_IN_FILE: [&str; 4] = ["config", "print_config", "help", "version"];
 
+/// Arguments that are actions, not settings: no environment variable.
+const ACTIONS: [&str; 3] = ["print_config", "help", "version"];
+
+/// The command line parser: the derived one, with negative numbers taken as
+/// values (so `--max-connections -5` is reported as a bad value, not as an
+/// unknown flag `-5`).
+pub fn cli() -> clap::Command {
+    Config::command().mut_args(|a| {
+        if a.get_action().takes_values() {
+            a.allow_negative_numbers(true)
+        } else {
+            a
+        }
+    })
+}
+
+/// One setting and its three spellings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Setting {
+    /// clap's id: the flag with `_` for `-`.
+    pub id: String,
+    /// The long flag without dashes, which is also the TOML key.
+    pub long: String,
+    /// The environment variable clap reads, if any.
+    pub env: Option<String>,
+    /// A switch (`--pin-cores`), true or false.
+    pub switch: bool,
+    /// A secret: `--print-config` does not print its value.
+    pub secret: bool,
+    /// The default as written on the command line, if any.
+    pub default: Option<String>,
+    /// The closed set of values, for enumerations.
+    pub choices: Vec<String>,
+}
+
+/// Every setting (flags that are not actions), as the parser knows them.
+pub fn settings() -> Vec<Setting> {
+    cli()
+        .get_arguments()
+        .filter(|a| !ACTIONS.contains(&a.get_id().as_str()))
+        .filter_map(|a| {
+            Some(Setting {
+                id: a.get_id().to_string(),
+                long: a.get_long()?.to_string(),
+                env: a.get_env().map(|e| e.to_string_lossy().into_owned()),
+                switch: matches!(a.get_action(), ArgAction::SetTrue),
+                secret: a.is_hide_env_values_set(),
+                default: a
+                    .get_default_values()
+                    .first()
+                    .map(|v| v.to_string_lossy().into_owned()),
+                choices: a
+                    .get_possible_values()
+                    .iter()
+                    .map(|p| p.get_name().to_string())
+                    .collect(),
+            })
+        })
+        .collect()
+}
+
+/// The environment variable the naming rule gives a flag:
+/// `max-connections` → `WSGATE_MAX_CONNECTIONS`.
+pub fn env_name(long: &str) -> String {
+    format!("WSGATE_{}", long.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// `cmd` reading no environment variable except `keep`'s.
+fn env_only(cmd: &clap::Command, keep: Option<&str>) -> clap::Command {
+    cmd.clone().mut_args(|a| {
+        if Some(a.get_id().as_str()) == keep {
+            a
+        } else {
+            a.env(None)
+        }
+    })
+}
+
+/// clap's error without its "error: " prefix, usage lines and the flag it
+/// names (the caller names the file key or the variable instead).
+fn first_line(e: &clap::Error) -> String {
+    let msg = e.to_string();
+    let line = msg
+        .lines()
+        .next()
+        .unwrap_or("invalid value")
+        .trim_start_matches("error: ");
+    match line.split_once(" for '--") {
+        Some((head, rest)) => match rest.split_once('\'') {
+            Some((_, tail)) => format!("{head}{tail}"),
+            None => line.to_string(),
+        },
+        None => line.to_string(),
+    }
+}
+
 /// A loaded configuration and where each setting came from.
 #[derive(Debug)]
 pub struct Loaded {
     pub config: Config,
     matches: ArgMatches,
     from_file: HashSet<String>,
+    unknown_env: Vec<String>,
 }
 
 impl Loaded {
@@ -335,7 +481,45 @@ impl Loaded {
         T: Into<OsString> + Clone,
     {
         let mut args: Vec<OsString> = args.into_iter().map(Into::into).collect();
-        let cmd = Config::command();
+        let cmd = cli();
+        let bare = env_only(&cmd, None);
+        // The command line alone first, so its errors are about flags ...
+        let flags = match bare.clone().try_get_matches_from(&args) {
+            // ... except --help and --version, which show the variables too.
+            Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
+                return Err(cmd
+                    .clone()
+                    .try_get_matches_from(&args)
+                    .err()
+                    .unwrap_or(e)
+                    .into())
+            }
+            other => other?,
+        };
+        // ... then each WSGATE_* variable alone, so an error names the variable.
+        let mut known_env = HashSet::new();
+        for arg in cmd.get_arguments() {
+            let (Some(var), id) = (arg.get_env(), arg.get_id().as_str()) else {
+                continue;
+            };
+            known_env.insert(var.to_os_string());
+            let on_command_line = flags.value_source(id) == Some(ValueSource::CommandLine);
+            if on_command_line || std::env::var_os(var).is_none() {
+                continue;
+            }
+            if let Err(e) = env_only(&cmd, Some(id)).try_get_matches_from(["wsgate"]) {
+                return Err(ConfigError::BadEnv {
+                    var: var.to_string_lossy().into_owned(),
+                    message: first_line(&e),
+                });
+            }
+        }
+        let mut unknown_env: Vec<String> = std::env::vars_os()
+            .map(|(k, _)| k)
+            .filter(|k| k.to_string_lossy().starts_with("WSGATE_") && !known_env.contains(k))
+            .map(|k| k.to_string_lossy().into_owned())
+            .collect();
+        unknown_env.sort();
         let first = cmd.clone().try_get_matches_from(&args)?;
         let mut from_file = HashSet::new();
         if let Some(path) = first.get_one::<PathBuf>("config") {
@@ -343,15 +527,24 @@ impl Loaded {
                 path: path.clone(),
                 source,
             })?;
+            // toml's Display carries the line, column and the offending text.
             let table: toml::Table =
                 text.parse()
                     .map_err(|e: toml::de::Error| ConfigError::Syntax {
                         path: path.clone(),
-                        message: e.message().to_string(),
+                        message: e.to_string().trim_end().to_string(),
                     })?;
+            let mut seen: HashMap<String, String> = HashMap::new();
             for (key, value) in table {
-                let flag_args = file_entry_to_args(&cmd, path, &key, &value)?;
+                let flag_args = file_entry_to_args(&bare, path, &key, &value)?;
                 let id = key.replace('-', "_");
+                if let Some(other) = seen.insert(id.clone(), key.clone()) {
+                    return Err(ConfigError::DuplicateKey {
+                        path: path.clone(),
+                        key: other,
+                        other: key,
+                    });
+                }
                 // Flags and environment variables win over the file.
                 let overridden = matches!(
                     first.value_source(&id),
@@ -369,13 +562,20 @@ impl Loaded {
             config,
             matches,
             from_file,
+            unknown_env,
         })
+    }
+
+    /// `WSGATE_*` variables in the environment that name no setting (a typo,
+    /// or a spelling that breaks the naming rule): they have no effect.
+    pub fn unknown_env_vars(&self) -> &[String] {
+        &self.unknown_env
     }
 
     /// The effective configuration as TOML, each line commented with its source.
     pub fn effective_toml(&self) -> String {
         let mut out = String::from("# wsgate effective configuration\n");
-        for arg in Config::command().get_arguments() {
+        for arg in cli().get_arguments() {
             let id = arg.get_id().as_str();
             let Some(long) = arg.get_long() else { continue };
             if NOT_IN_FILE.contains(&id) {
@@ -398,6 +598,15 @@ impl Loaded {
                 .unwrap_or_default();
             let rendered = if matches!(arg.get_action(), ArgAction::SetTrue) {
                 self.matches.get_flag(id).to_string()
+            } else if arg.is_hide_env_values_set() && !values.is_empty() {
+                // Secrets stay out of terminals and pasted bug reports.
+                out.push_str(&format!("# {long} = (hidden)  # {source}\n"));
+                continue;
+            } else if id == "workers" && values.is_empty() {
+                // Show what runs, not that nothing was asked for.
+                let n = self.config.worker_count();
+                out.push_str(&format!("{long} = {n}  # default (online CPUs)\n"));
+                continue;
             } else if values.is_empty() {
                 out.push_str(&format!("# {long} = (unset)  # {source}\n"));
                 continue;
@@ -419,8 +628,12 @@ impl Loaded {
     }
 }
 
+/// A value as TOML: numbers and booleans bare when that reads back as the
+/// same text (`007` or `1.50` stay strings), everything else a string.
 fn toml_scalar(v: &str) -> String {
-    if v.parse::<i64>().is_ok() || v == "true" || v == "false" {
+    let canonical_int = v.parse::<i64>().is_ok_and(|n| n.to_string() == v);
+    let canonical_float = v.contains('.') && v.parse::<f64>().is_ok_and(|f| f.to_string() == v);
+    if canonical_int || canonical_float || v == "true" || v == "false" {
         v.to_string()
     } else {
         toml::Value::String(v.to_string()).to_string()
@@ -477,15 +690,46 @@ fn file_entry_to_args(
             out.push(format!("{long}={item}").into());
         }
     }
-    // Parse the key alone to report a bad value against the file's key.
+    // Parse the key alone (`cmd` reads no environment) to report a bad
+    // value against the file's key.
     let mut probe: Vec<OsString> = vec!["wsgate".into()];
     probe.extend(out.iter().cloned());
     if let Err(e) = cmd.clone().try_get_matches_from(probe) {
-        let msg = e.to_string();
-        let first = msg.lines().next().unwrap_or("invalid value");
-        return Err(bad(first.trim_start_matches("error: ").to_string()));
+        return Err(bad(first_line(&e)));
     }
     Ok(out)
+}
+
+/// Worker count: at least 1 (0 used to become 1 silently).
+fn parse_workers(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (leave it unset for one worker per CPU)".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number of workers")),
+    }
+}
+
+const LOG_LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+
+/// A log filter: a level, or comma-separated `target=level` directives
+/// (`wsgate=debug,info`). Anything else is refused: a typo would otherwise
+/// be read as a target name and silence every log.
+pub fn parse_log_level(s: &str) -> Result<String, String> {
+    let help = || {
+        format!(
+            "invalid log level {s:?}: use one of {}, or TARGET=LEVEL directives like \"wsgate=debug,warn\"",
+            LOG_LEVELS.join(", ")
+        )
+    };
+    let is_level = |l: &str| LOG_LEVELS.contains(&l.trim().to_ascii_lowercase().as_str());
+    for directive in s.split(',') {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, l)| l);
+        if !is_level(level) {
+            return Err(help());
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(s).map_err(|_| help())?;
+    Ok(s.to_string())
 }
 
 /// Parses a socket address, or `off` for "no listener".

@@ -1,6 +1,9 @@
 //! The `wsgate` binary: parse the command line, start the workers, wait for
 //! SIGTERM/SIGINT, drain, exit 0. A second signal exits at once.
 
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -10,6 +13,7 @@ use tracing_subscriber::EnvFilter;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use clap::ValueEnum;
 use wsgate::config::{ConfigError, Loaded, LogFormat};
 use wsgate::{limits, systemd};
 
@@ -33,15 +37,38 @@ fn main() -> ExitCode {
         print!("{}", loaded.effective_toml());
         return ExitCode::SUCCESS;
     }
-    let config = loaded.config;
-    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| config.log_level.clone());
+    let config = loaded.config.clone();
+    // RUST_LOG (the tracing convention) wins over --log-level; --log-level
+    // was validated by the config, RUST_LOG is checked here.
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let (filter, bad_rust_log) = match rust_log
+        .as_deref()
+        .map(|f| (f, wsgate::config::parse_log_level(f)))
+    {
+        Some((f, Ok(_))) => (f.to_string(), None),
+        Some((_, Err(e))) => (config.log_level.clone(), Some(e)),
+        None => (config.log_level.clone(), None),
+    };
     let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_logs())
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Json => logs.json().init(),
         LogFormat::Text => logs.init(),
+    }
+    if let Some(e) = bad_rust_log {
+        tracing::warn!(
+            "ignoring RUST_LOG: {e}; using --log-level {}",
+            config.log_level
+        );
+    }
+    for var in loaded.unknown_env_vars() {
+        tracing::warn!(
+            variable = %var.escape_debug(),
+            "ignoring an environment variable that names no setting (settings are WSGATE_ + the flag in upper snake case, e.g. WSGATE_MAX_CONNECTIONS)"
+        );
     }
 
     let nofile = match limits::raise_nofile_limit() {
@@ -67,15 +94,26 @@ fn main() -> ExitCode {
         }
     };
     let server = Arc::new(server);
+    let admin = server
+        .admin_addr()
+        .map_or_else(|| "off".to_string(), |a| a.to_string());
+    let app = config
+        .app
+        .to_possible_value()
+        .map_or_else(String::new, |v| v.get_name().to_string());
+    let capacity = limits::connection_capacity(nofile, workers);
+    // Display forms only: this line is read by operators (and parsed as JSON
+    // fields by log shippers). connection_capacity is how many connections
+    // the open-files limit leaves room for.
     tracing::info!(
-        listen = %server.local_addr(),
-        admin = ?server.admin_addr(),
-        path = %config.path,
+        admin = %admin,
+        app = %app,
         workers,
-        app = ?config.app,
-        nofile,
-        capacity = limits::connection_capacity(nofile, workers),
-        "wsgate listening (capacity = connections RLIMIT_NOFILE allows)"
+        open_files_limit = nofile,
+        connection_capacity = capacity,
+        "wsgate listening on ws://{}{}",
+        server.local_addr(),
+        config.path,
     );
 
     // The first signal starts the drain; a second one exits at once.
@@ -115,4 +153,11 @@ fn main() -> ExitCode {
     }
     tracing::info!("drained; bye");
     ExitCode::SUCCESS
+}
+
+/// ANSI colours only for a person at a terminal, and never with NO_COLOR set
+/// (https://no-color.org): files, pipes and the journal get plain text.
+fn colour_logs() -> bool {
+    let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+    !no_color && std::io::stderr().is_terminal()
 }

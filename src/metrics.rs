@@ -30,6 +30,16 @@ pub struct MetricsSource {
     pub admin: Arc<AdminStats>,
 }
 
+impl MetricsSource {
+    /// Whether every worker thread still runs. A worker that died (a panic
+    /// outside a connection's guarded processing) took its connections and
+    /// its listener with it and never comes back: `/readyz` and the systemd
+    /// watchdog report the process unhealthy so it gets restarted.
+    pub fn workers_alive(&self) -> bool {
+        self.workers.iter().all(|w| w.alive.get() == 1)
+    }
+}
+
 impl std::fmt::Debug for MetricsSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MetricsSource")
@@ -265,6 +275,20 @@ impl Collector for MetricsSource {
                 ],
             ),
         )?;
+        family(
+            &mut enc,
+            "wsgate_panics",
+            "Panics caught while handling one connection (that connection was closed)",
+            Counter,
+            &per_worker(s, |s| s.panics),
+        )?;
+        family(
+            &mut enc,
+            "wsgate_worker_up",
+            "1 while the worker thread runs; 0 means it died and the process is unhealthy",
+            Gauge,
+            &per_worker(s, |s| s.alive),
+        )?;
         let inbox: Vec<(Labels, u64)> = (0..self.hub.worker_count())
             .map(|w| (worker_label(w), self.hub.inbox_depth(w) as u64))
             .collect();
@@ -419,7 +443,22 @@ impl Collector for MetricsSource {
                     vec![("limit", "per_ip".into())],
                     self.admission.refused_per_ip.load(relaxed),
                 ),
+                (
+                    vec![("limit", "handshaking".into())],
+                    self.admission.refused_handshaking.load(relaxed),
+                ),
+                (
+                    vec![("limit", "handshaking_per_ip".into())],
+                    self.admission.refused_handshaking_per_ip.load(relaxed),
+                ),
             ],
+        )?;
+        family(
+            &mut enc,
+            "wsgate_connections_handshaking",
+            "Connections accepted whose upgrade request is not answered yet",
+            Gauge,
+            &[(Vec::new(), self.admission.handshaking() as u64)],
         )?;
         Ok(())
     }

@@ -44,15 +44,42 @@ pub fn watchdog_interval() -> Option<Duration> {
     (usec > 0).then(|| Duration::from_micros(usec))
 }
 
+/// One worker as the watchdog sees it in one round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerPulse {
+    /// Probes the worker has answered so far.
+    pub answered: u64,
+    /// Its thread still runs.
+    pub alive: bool,
+}
+
+/// Whether systemd may be told all is well: every worker's thread runs and
+/// each answered a probe since the previous round. A worker that died (its
+/// counter can never move again) or is stuck fails it, so systemd's
+/// watchdog fires and restarts the service.
+pub fn all_workers_healthy(previous: &[WorkerPulse], now: &[WorkerPulse]) -> bool {
+    previous.len() == now.len()
+        && now
+            .iter()
+            .zip(previous)
+            .all(|(n, p)| n.alive && n.answered > p.answered)
+}
+
 /// Runs the watchdog on a thread: every half interval it probes every worker
-/// and sends WATCHDOG=1 only if all answered the previous probe. A stuck
-/// worker therefore lets systemd's watchdog fire and restart the service.
+/// and sends WATCHDOG=1 only if [`all_workers_healthy`].
 pub fn spawn_watchdog(server: Weak<ServerHandle>, interval: Duration, stop: Arc<AtomicBool>) {
     let period = interval / 2;
-    let watch = |s: &ServerHandle| -> Vec<u64> {
-        let counts = s.stats().iter().map(|s| s.watchdog).collect();
+    let watch = |s: &ServerHandle| -> Vec<WorkerPulse> {
+        let pulses = s
+            .stats()
+            .iter()
+            .map(|s| WorkerPulse {
+                answered: s.watchdog,
+                alive: s.alive == 1,
+            })
+            .collect();
         s.probe_workers();
-        counts
+        pulses
     };
     let spawned = std::thread::Builder::new()
         .name("wsgate-watchdog".into())
@@ -67,8 +94,10 @@ pub fn spawn_watchdog(server: Weak<ServerHandle>, interval: Duration, stop: Arc<
                 let Some(now) = server.upgrade().map(|s| watch(&s)) else {
                     return;
                 };
-                if now.iter().zip(&last).all(|(n, l)| n > l) {
+                if all_workers_healthy(&last, &now) {
                     send(&[NotifyState::Watchdog]);
+                } else if now.iter().any(|p| !p.alive) {
+                    tracing::error!("a worker thread died: not pinging the systemd watchdog");
                 } else {
                     tracing::warn!("a worker did not answer the watchdog probe");
                 }
@@ -77,5 +106,26 @@ pub fn spawn_watchdog(server: Weak<ServerHandle>, interval: Duration, stop: Arc<
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start the watchdog thread");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(answered: u64, alive: bool) -> WorkerPulse {
+        WorkerPulse { answered, alive }
+    }
+
+    #[test]
+    fn the_watchdog_pings_only_while_every_worker_lives_and_answers() {
+        let before = [p(3, true), p(7, true)];
+        assert!(all_workers_healthy(&before, &[p(4, true), p(8, true)]));
+        // Stuck: one did not answer.
+        assert!(!all_workers_healthy(&before, &[p(4, true), p(7, true)]));
+        // Dead: even a counter that moved (the probe of the round it died
+        // in) does not count once its thread is gone.
+        assert!(!all_workers_healthy(&before, &[p(4, true), p(8, false)]));
+        assert!(!all_workers_healthy(&before, &[p(4, true)]));
     }
 }

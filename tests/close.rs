@@ -3,13 +3,14 @@
 
 mod common;
 
+use std::io::Read;
 use std::time::{Duration, Instant};
 
 use common::*;
 use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::Message;
-use wsgate::protocol::frame::OpCode;
+use wsgate::protocol::frame::{encode_server_frame, OpCode};
 
 #[test]
 fn close_1000_with_a_reason_is_answered_with_1000_then_tcp_closes() {
@@ -141,6 +142,92 @@ fn a_close_frame_followed_at_once_by_the_clients_fin_is_still_answered() {
         assert_eq!(code, 1000);
         c.expect_eof();
     }
+}
+
+/// A client sends a message larger than the socket buffers, then
+/// (optionally) its close frame, then half-closes and only then reads, slowly
+/// (so the server's send buffer stays full and most of the echo waits in its
+/// queue), until EOF. Returns what it sent and everything it read.
+fn send_half_close_then_read_slowly(close_frame: bool) -> (Vec<u8>, Vec<u8>) {
+    // With the outbound cap above the echo the server never stops reading,
+    // so it meets the FIN while most of the echo is still queued. (With a
+    // smaller cap it meets it after reading resumes at half the cap, with
+    // up to that much queued: the same path.)
+    let server = start_echo(|c| c.max_outbound_bytes = 32 << 20);
+    let mut c = RawClient::upgraded(server.local_addr());
+    socket2::SockRef::from(&c.tcp)
+        .set_recv_buffer_size(64 << 10)
+        .unwrap();
+    let msg = pseudo_random(12, 8 << 20);
+    c.send_frame(true, OpCode::Binary, &msg);
+    if close_frame {
+        c.send_frame(true, OpCode::Close, &close_payload(1000, b""));
+    }
+    c.tcp.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 16 << 10];
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(Instant::now() < until, "no EOF after {} bytes", got.len());
+        match c.tcp.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => panic!("read failed after {} bytes: {e}", got.len()),
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    (msg, got)
+}
+
+#[test]
+fn a_clients_fin_does_not_discard_the_echo_and_close_reply_still_queued() {
+    // RFC 6455 §5.5.1, §7.1.1: the close frame is answered, and the FIN only
+    // ends the client's sending.
+    let (msg, got) = send_half_close_then_read_slowly(true);
+    let mut want = encode_server_frame(OpCode::Binary, &msg);
+    want.extend_from_slice(&encode_server_frame(OpCode::Close, &1000u16.to_be_bytes()));
+    assert_eq!(got.len(), want.len(), "bytes before EOF");
+    assert!(got == want, "echo or close reply altered");
+}
+
+#[test]
+fn a_fin_without_a_close_frame_still_gets_the_queued_echo() {
+    // No close handshake took place: the server sends what it owes, then
+    // closes.
+    let (msg, got) = send_half_close_then_read_slowly(false);
+    let want = encode_server_frame(OpCode::Binary, &msg);
+    assert_eq!(got.len(), want.len(), "bytes before EOF");
+    assert!(got == want, "echo altered");
+}
+
+#[test]
+fn a_half_closed_client_that_never_reads_is_dropped_after_the_close_timeout() {
+    // Draining what a half-closed peer is owed is bounded by the close
+    // timeout, like every other wait for a closing peer.
+    let server = start_echo(|c| {
+        c.max_outbound_bytes = 32 << 20;
+        c.close_timeout = Duration::from_millis(300);
+    });
+    let mut c = RawClient::upgraded(server.local_addr());
+    socket2::SockRef::from(&c.tcp)
+        .set_recv_buffer_size(64 << 10)
+        .unwrap();
+    c.send_frame(true, OpCode::Binary, &pseudo_random(13, 8 << 20));
+    c.tcp.shutdown(std::net::Shutdown::Write).unwrap();
+    eventually(Duration::from_secs(5), "the echo is queued", || {
+        server.total_stats().queued_bytes > 0
+    });
+    let t0 = Instant::now();
+    eventually(Duration::from_secs(3), "released", || {
+        server.total_stats().open == 0
+    });
+    assert!(
+        t0.elapsed() >= Duration::from_millis(150),
+        "released before the close timeout: {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(server.total_stats().queued_bytes, 0, "queue not accounted");
 }
 
 #[test]

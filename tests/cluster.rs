@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
@@ -199,27 +200,17 @@ fn nginx_conf(listen: u16, upstreams: &[u16]) -> String {
     out
 }
 
-#[test]
-fn clients_through_nginx_land_on_both_nodes_and_publishes_reach_all() {
-    let rport = free_port();
-    let _redis = Proc::redis(rport);
-    let a = node(rport, "c4");
-    let b = node(rport, "c4");
-    let dir = std::env::temp_dir().join(format!("wsgate-nginx-{}", std::process::id()));
-    std::fs::create_dir_all(dir.join("logs")).unwrap();
-    let port = free_port();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        nginx_conf(port, &[a.local_addr().port(), b.local_addr().port()]),
-    )
-    .unwrap();
-    let _nginx = Proc(
+/// Runs nginx in the foreground with `conf`, its files under `dir`, and
+/// waits until it accepts on `port`.
+fn nginx(dir: &std::path::Path, conf: &std::path::Path, port: u16) -> Proc {
+    let p = Proc(
         std::process::Command::new("nginx")
+            // Its own process group, so stopping it stops its workers too.
+            .process_group(0)
             .arg("-p")
-            .arg(&dir)
+            .arg(dir)
             .arg("-c")
-            .arg(&conf)
+            .arg(conf)
             .args([
                 "-g",
                 "daemon off; pid nginx.pid; error_log logs/error.log warn;",
@@ -230,6 +221,79 @@ fn clients_through_nginx_land_on_both_nodes_and_publishes_reach_all() {
             .expect("nginx from apt (apt-get install nginx)"),
     );
     wait_for_port(port, Duration::from_secs(10));
+    p
+}
+
+/// Pids of live (not zombie) processes whose parent is `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "pid (comm) state ppid ...": comm may hold spaces, so split after ')'.
+        let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) && state != Some("Z") {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        s.rsplit_once(')')
+            .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+    })
+}
+
+#[test]
+fn stopping_nginx_leaves_no_worker_behind() {
+    let tmp = temp_dir("nginx");
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    let port = free_port();
+    let upstream = free_port();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(&conf, nginx_conf(port, &[upstream])).unwrap();
+    let master = nginx(dir, &conf, port);
+    let master_pid = master.0.id();
+    let mut workers = Vec::new();
+    eventually(Duration::from_secs(5), "nginx workers started", || {
+        workers = children_of(master_pid);
+        !workers.is_empty()
+    });
+    drop(master);
+    // A worker whose master was SIGKILLed lives on, reparented; one stopped
+    // properly is gone within the grace period.
+    eventually(Duration::from_secs(3), "nginx workers gone", || {
+        workers.iter().all(|&w| !alive(w))
+    });
+}
+
+#[test]
+fn clients_through_nginx_land_on_both_nodes_and_publishes_reach_all() {
+    let rport = free_port();
+    let _redis = Proc::redis(rport);
+    let a = node(rport, "c4");
+    let b = node(rport, "c4");
+    let tmp = temp_dir("nginx");
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    let port = free_port();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        nginx_conf(port, &[a.local_addr().port(), b.local_addr().port()]),
+    )
+    .unwrap();
+    let _nginx = nginx(dir, &conf, port);
     // hash $remote_addr: spread clients over several loopback source
     // addresses so both nodes get some.
     let front: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
@@ -271,5 +335,4 @@ fn clients_through_nginx_land_on_both_nodes_and_publishes_reach_all() {
             r#"{"type":"message","topic":"news","payload":"flash"}"#
         );
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -21,7 +21,13 @@ fn refused(server: &wsgate::ServerHandle, request: &str) -> HttpResponse {
 /// text body, and no upgrade.
 fn assert_refused(r: &HttpResponse, status: u16) {
     assert_eq!(r.status, status, "{:?}", r.head);
-    assert_eq!(r.header("Connection"), Some("close"), "{:?}", r.head);
+    // `close` (a 426 also lists `Upgrade`, RFC 9110 §7.8).
+    let connection = r.header("Connection").unwrap_or_default();
+    assert!(
+        connection.split(',').any(|t| t.trim() == "close"),
+        "{:?}",
+        r.head
+    );
     assert!(r.header("Sec-WebSocket-Accept").is_none(), "{:?}", r.head);
     let len: usize = r
         .header("Content-Length")
@@ -156,6 +162,14 @@ fn wrong_version_gets_426_naming_version_13() {
         assert_eq!(
             r.header("Sec-WebSocket-Version"),
             Some("13"),
+            "{:?}",
+            r.head
+        );
+        // RFC 9110 §15.5.22: a 426 says what to upgrade to.
+        assert_eq!(r.header("Upgrade"), Some("websocket"), "{:?}", r.head);
+        assert_eq!(
+            r.header("Connection"),
+            Some("Upgrade, close"),
             "{:?}",
             r.head
         );
@@ -398,4 +412,84 @@ fn the_configured_path_is_the_only_websocket_endpoint() {
         c.frame(),
         (OpCode::Text, b"on the configured path".to_vec())
     );
+}
+
+#[test]
+fn a_second_host_or_version_line_gets_400() {
+    let server = start_echo(|_| {});
+    let good = upgrade_request("/ws", SAMPLE_KEY);
+    for line in ["Host: 127.0.0.1\r\n", "Sec-WebSocket-Version: 13\r\n"] {
+        let twice = good.replace(line, &format!("{line}{line}"));
+        let r = refused(&server, &twice);
+        assert_refused(&r, 400);
+        assert!(r.body.contains("more than one"), "{:?}", r.body);
+    }
+    let other_host = good.replace("Host: 127.0.0.1\r\n", "Host: a\r\nHost: b\r\n");
+    assert_refused(&refused(&server, &other_host), 400);
+    assert_eq!(server.total_stats().rejected_bad_request, 3);
+    assert_eq!(server.total_stats().upgraded, 0);
+}
+
+#[test]
+fn an_absolute_form_request_target_upgrades_by_its_path() {
+    let server = start_echo(|_| {});
+    let mut c = RawClient::connect(server.local_addr());
+    let req =
+        upgrade_request("/ws", SAMPLE_KEY).replacen("GET /ws ", "GET http://127.0.0.1/ws?x=1 ", 1);
+    c.send(req.as_bytes());
+    let head = c.read_head();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head:?}");
+    c.send_frame(true, OpCode::Text, b"absolute");
+    assert_eq!(c.frame(), (OpCode::Text, b"absolute".to_vec()));
+    // Its path still has to be the endpoint.
+    let elsewhere =
+        upgrade_request("/ws", SAMPLE_KEY).replacen("GET /ws ", "GET http://127.0.0.1/other ", 1);
+    assert_refused(&refused(&server, &elsewhere), 404);
+}
+
+#[test]
+fn obs_text_in_a_header_the_server_ignores_is_accepted() {
+    let server = start_echo(|_| {});
+    let mut req = upgrade_request("/ws", SAMPLE_KEY)
+        .replace("\r\n\r\n", "\r\nUser-Agent: caf\u{0}\r\n\r\n")
+        .into_bytes();
+    let at = req.iter().position(|&b| b == 0).unwrap();
+    req[at] = 0xe9; // Latin-1 'é': not UTF-8, legal obs-text
+    let mut c = RawClient::connect(server.local_addr());
+    c.send(&req);
+    let head = c.read_head();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head:?}");
+    c.send_frame(true, OpCode::Text, b"caf\xc3\xa9");
+    assert_eq!(c.frame(), (OpCode::Text, "café".as_bytes().to_vec()));
+}
+
+#[test]
+fn head_gets_405_with_allow_get_and_no_body() {
+    let server = start_echo(|_| {});
+    let req = upgrade_request("/ws", SAMPLE_KEY).replacen("GET ", "HEAD ", 1);
+    let mut c = RawClient::connect(server.local_addr());
+    c.send(req.as_bytes());
+    let r = c.read_response();
+    assert_eq!(r.status, 405, "{:?}", r.head);
+    assert_eq!(r.header("Allow"), Some("GET"));
+    assert_eq!(r.header("Connection"), Some("close"));
+    assert_eq!(r.body, "", "a response to HEAD has no body");
+    assert_eq!(server.total_stats().rejected_method, 1);
+}
+
+#[test]
+fn many_short_header_lines_under_the_size_cap_upgrade() {
+    let server = start_echo(|_| {});
+    // 600 lines (~5 KiB) is far under the 8 KiB cap: only bytes count.
+    let lines: String = (0..600).map(|i| format!("X-{i}: v\r\n")).collect();
+    let req = upgrade_request("/ws", SAMPLE_KEY).replace("\r\n\r\n", &format!("\r\n{lines}\r\n"));
+    assert!(req.len() < 8 * 1024);
+    let mut c = RawClient::connect(server.local_addr());
+    c.send(req.as_bytes());
+    let head = c.read_head();
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head:?}");
+    // Past the cap it is the size that is refused (431), not the count.
+    let lines: String = (0..1200).map(|i| format!("X-{i}: v\r\n")).collect();
+    let req = upgrade_request("/ws", SAMPLE_KEY).replace("\r\n\r\n", &format!("\r\n{lines}\r\n"));
+    assert_refused(&refused(&server, &req), 431);
 }

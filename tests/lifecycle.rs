@@ -319,9 +319,8 @@ fn a_client_that_ignores_the_goodbye_does_not_hold_shutdown_past_the_drain_timeo
 
 #[test]
 fn notify_socket_gets_ready_watchdog_and_stopping() {
-    let dir = std::env::temp_dir().join(format!("wsgate-notify-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("notify.sock");
+    let dir = temp_dir("notify");
+    let path = dir.path().join("notify.sock");
     let _ = std::fs::remove_file(&path);
     let sock = UnixDatagram::bind(&path).unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -11,6 +11,7 @@ use tungstenite::Message;
 
 use common::*;
 use wsgate::config::AppKind;
+use wsgate::protocol::OpCode;
 
 fn start(workers: usize, tweak: impl FnOnce(&mut wsgate::Config)) -> wsgate::ServerHandle {
     let mut cfg = wsgate::Config::for_tests();
@@ -224,6 +225,49 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS")
 }
 
+/// A subscriber cut for slow consumption while a large direct reply to it is
+/// half written still reads that reply whole, then a well-formed 1008 close
+/// frame: a close frame never starts inside another frame (RFC 6455 §5.2,
+/// §5.4), whichever kind of frame was in flight.
+#[test]
+fn a_slow_consumer_cut_never_splits_a_frame() {
+    let server = start(1, |c| c.max_outbound_bytes = 256 << 10);
+    let addr = server.local_addr();
+    let mut slow = RawClient::upgraded(addr);
+    // A small receive window: the reply below cannot all fit in the kernel
+    // buffers, so the server has to queue its tail.
+    socket2::SockRef::from(&slow.tcp)
+        .set_recv_buffer_size(32 << 10)
+        .unwrap();
+    slow.send_frame(true, OpCode::Text, br#"{"type":"subscribe","topic":"t"}"#);
+    let subscribed = br#"{"type":"subscribed","topic":"t"}"#.to_vec();
+    assert_eq!(slow.frame(), (OpCode::Text, subscribed));
+    let mut publisher = connect(addr);
+    publish(&mut publisher, "t", "1");
+    let first = br#"{"type":"message","topic":"t","payload":1}"#.to_vec();
+    assert_eq!(slow.frame(), (OpCode::Text, first));
+
+    // A direct reply (the echo command) far larger than the socket buffers,
+    // which the client does not read yet.
+    let echo = format!(r#"{{"type":"echo","payload":"{}"}}"#, "x".repeat(8 << 20));
+    slow.send_frame(true, OpCode::Text, echo.as_bytes());
+    eventually(Duration::from_secs(10), "the reply is queued", || {
+        server.total_stats().queued_bytes > 256 << 10
+    });
+    // Fan-out behind the half-written reply crosses the cap: the cut.
+    eventually(Duration::from_secs(5), "slow consumer cut", || {
+        publish(&mut publisher, "t", "2");
+        server.total_stats().slow_consumers > 0
+    });
+
+    // The client reads now: the whole reply, then 1008, then the FIN.
+    match slow.next_within(Duration::from_secs(20)) {
+        Got::Frame(OpCode::Text, p) => assert!(p == echo.as_bytes(), "reply altered"),
+        other => panic!("expected the whole reply, got {other:?}"),
+    }
+    slow.expect_close(1008);
+}
+
 /// A subscriber that stops reading while 50 MiB are published at it is
 /// disconnected with 1008; a fast subscriber on the same topic gets every
 /// message, and the server's memory stays bounded.
@@ -233,7 +277,14 @@ fn slow_consumer_is_disconnected_and_memory_stays_bounded() {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let child = Proc::wsgate(
         port,
-        &["--workers", "2", "--max-outbound-bytes", "1048576", "--max-message-size", "131072"],
+        &[
+            "--workers",
+            "2",
+            "--max-outbound-bytes",
+            "1048576",
+            "--max-message-size",
+            "131072",
+        ],
         &[],
     );
     let pid = child.0.id();

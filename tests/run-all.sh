@@ -1,12 +1,36 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh machine: installs the services and tools
-# the tests use (redis-server and nginx from apt, real ones, no mocks), then
-# runs formatting, clippy and every test. This is the README's test command
-# and what CI runs first.
+# The whole test suite, from a fresh machine: checks the Rust toolchain,
+# installs the services and tools the tests use (redis-server and nginx from
+# apt, real ones, no mocks), then runs formatting, clippy and every test
+# binary (all of them, even after a failure). This is the README's test
+# command and what CI runs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; exit 1; }
+# --- the Rust toolchain: say exactly what is missing ---------------------------
+need_rust=$(sed -n 's/^rust-version *= *"\([0-9.]*\)".*/\1/p' Cargo.toml)
+rustup_hint="install it with rustup (https://rustup.rs): curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --component clippy,rustfmt; then open a new shell (or: . \"\$HOME/.cargo/env\")"
+missing=()
+command -v cargo >/dev/null || missing+=("cargo (the Rust toolchain, $need_rust or newer) is not on PATH: $rustup_hint")
+command -v rustc >/dev/null || missing+=("rustc $need_rust or newer is not on PATH: $rustup_hint")
+if command -v rustc >/dev/null && [ -n "$need_rust" ]; then
+  have_rust=$(rustc --version | awk '{print $2}')
+  # sort -V puts the older first: the toolchain is too old if that is not $need_rust.
+  if [ "$(printf '%s\n%s\n' "$need_rust" "${have_rust%%-*}" | sort -V | head -n1)" != "$need_rust" ]; then
+    missing+=("rustc $have_rust ($(command -v rustc)) is older than rust-version = $need_rust in Cargo.toml (distribution packages are often older): $rustup_hint, or 'rustup update' if rustup is already installed")
+  fi
+fi
+if command -v cargo >/dev/null; then
+  cargo fmt --version >/dev/null 2>&1 || missing+=("rustfmt (cargo fmt) is missing: rustup component add rustfmt")
+  cargo clippy --version >/dev/null 2>&1 || missing+=("clippy (cargo clippy) is missing: rustup component add clippy")
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "tests/run-all.sh cannot run:" >&2
+  printf '  - %s\n' "${missing[@]}" >&2
+  exit 1
+fi
+
+# --- services and tools the tests run for real ---------------------------------
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
 command -v nginx >/dev/null || need_apt+=(nginx)
@@ -15,6 +39,10 @@ command -v systemd-analyze >/dev/null || need_apt+=(systemd)   # tests/tuning.rs
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"
+  command -v apt-get >/dev/null || {
+    echo "tests/run-all.sh: missing ${need_apt[*]}; install them with your package manager (no apt-get here)" >&2
+    exit 1
+  }
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
@@ -26,5 +54,6 @@ for svc in redis-server nginx; do
 done
 
 cargo fmt --all -- --check
-cargo clippy --all-targets --locked -- -D warnings
-cargo test --locked --all-targets
+cargo clippy --workspace --all-targets --locked -- -D warnings
+# --no-fail-fast: one failing test binary must not hide the results of the rest.
+cargo test --workspace --locked --all-targets --no-fail-fast

@@ -697,3 +697,248 @@ fn grafana_dashboard_queries_only_metrics_wsgate_exports() {
         "no RSS-per-connection panel"
     );
 }
+
+/// Every `wsgate_*` identifier in `text`.
+fn metric_names_in(text: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("wsgate_") {
+        let before = rest[..at].chars().next_back();
+        let tail = &rest[at..];
+        let len = tail.find(|c: char| !is_ident(c)).unwrap_or(tail.len());
+        let name = tail[..len].trim_end_matches('_');
+        if !before.is_some_and(is_ident) && name.starts_with("wsgate_") {
+            names.insert(name.to_string());
+        }
+        rest = &tail[len.max(1)..];
+    }
+    names
+}
+
+#[test]
+fn docs_name_only_metrics_wsgate_exports() {
+    // README.md and every Markdown file under tuning/ and bench/: PromQL
+    // copied from them must match what /metrics really has.
+    let mut docs = vec![repo("README.md")];
+    for dir in ["tuning", "bench"] {
+        for entry in std::fs::read_dir(repo(dir)).unwrap().flatten() {
+            let p = entry.path();
+            if p.extension().is_some_and(|e| e == "md") {
+                docs.push(p.to_string_lossy().into_owned());
+            }
+        }
+    }
+    let exported = Exported::scrape();
+    let is_exported = |name: &str| {
+        exported.metrics.contains_key(name)
+            // Histograms: the family name, or its _bucket/_sum/_count series.
+            || ["_bucket", "_sum", "_count"].iter().any(|s| {
+                name.strip_suffix(s)
+                    .is_some_and(|base| exported.metrics.contains_key(base))
+            })
+    };
+    let mut checked = 0;
+    for doc in &docs {
+        let text = std::fs::read_to_string(doc).unwrap();
+        for name in metric_names_in(&text) {
+            assert!(
+                is_exported(&name),
+                "{doc} names {name}, which /metrics does not export (exported: {:?})",
+                exported.metrics.keys().collect::<Vec<_>>()
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 5,
+        "only {checked} metric names found in {docs:?}"
+    );
+}
+
+#[test]
+fn metric_names_are_found_in_prose_and_promql() {
+    let names = metric_names_in(
+        "counted in `wsgate_deliveries`, rate(wsgate_bytes_in_total[1m]); not my_wsgate_x or wsgate_",
+    );
+    let want: BTreeSet<String> = ["wsgate_deliveries", "wsgate_bytes_in_total"]
+        .map(String::from)
+        .into();
+    assert_eq!(names, want);
+}
+
+#[test]
+fn run_all_names_a_too_old_rustc_and_runs_every_test_binary() {
+    // A fake rustc older than rust-version, first on PATH: the script must
+    // stop before building anything and say what to install.
+    let dir = common::temp_dir("old-rustc");
+    let fake = dir.path().join("rustc");
+    std::fs::write(
+        &fake,
+        "#!/bin/sh\necho 'rustc 1.63.0 (distribution build)'\n",
+    )
+    .unwrap();
+    let mut perms = std::fs::metadata(&fake).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perms, 0o755);
+    std::fs::set_permissions(&fake, perms).unwrap();
+    let path = format!(
+        "{}:{}",
+        dir.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = Command::new("bash")
+        .arg(repo("tests/run-all.sh"))
+        .env("PATH", path)
+        .output()
+        .expect("bash");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let manifest = std::fs::read_to_string(repo("Cargo.toml")).unwrap();
+    let need = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("rust-version = "))
+        .expect("rust-version in Cargo.toml")
+        .trim_matches('"');
+    assert!(
+        err.contains("rustc 1.63.0") && err.contains(&format!("rust-version = {need}")),
+        "{err}"
+    );
+    assert!(err.contains("rustup"), "{err}");
+
+    // One failing test binary must not hide the others.
+    let script = std::fs::read_to_string(repo("tests/run-all.sh")).unwrap();
+    let test_line = script
+        .lines()
+        .find(|l| l.trim_start().starts_with("cargo test"))
+        .expect("a cargo test line");
+    assert!(test_line.contains("--no-fail-fast"), "{test_line}");
+}
+
+#[test]
+fn scripts_print_their_usage_and_bench_scripts_change_nothing_unasked() {
+    for script in [
+        "tuning/tune.sh",
+        "tests/flake-hunt.sh",
+        "tests/conformance.sh",
+        "bench/million.sh",
+        "bench/reference.sh",
+    ] {
+        // Run as the docs do: directly, so the run bit must be set.
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(repo(script)).unwrap().permissions(),
+        );
+        assert!(mode & 0o111 != 0, "{script} is not executable");
+        let out = Command::new(repo(script)).arg("--help").output().unwrap();
+        assert!(out.status.success(), "{script} --help");
+        let help = String::from_utf8_lossy(&out.stdout);
+        assert!(help.contains("--"), "{script} --help: {help}");
+        for line in help.lines() {
+            assert!(
+                !line.starts_with("set -") && !line.starts_with("#!"),
+                "{script} --help prints its own code: {line}"
+            );
+        }
+        let out = Command::new(repo(script))
+            .arg("--no-such-flag")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{script} --no-such-flag");
+    }
+    let help = Command::new(repo("bench/million.sh"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for flag in ["--port", "--apply-sysctl", "--show-sysctl", "--out"] {
+        assert!(help.contains(flag), "million.sh --help lacks {flag}");
+    }
+    // Without --apply-sysctl the machine's settings are only read and shown.
+    let out = Command::new(repo("bench/million.sh"))
+        .arg("--show-sysctl")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let keys: BTreeSet<String> = settings().into_iter().map(|(k, _)| k).collect();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if line.starts_with("sysctl.conf") {
+            continue;
+        }
+        let (key, change) = line.trim().split_once(": ").expect("key: have → want");
+        assert!(keys.contains(key), "{line}");
+        assert!(change.contains(" → "), "{line}");
+    }
+}
+
+#[test]
+fn the_source_address_rule_is_one_rule() {
+    // sysctl.conf states the rule with its figure for 1M; tune.sh computes
+    // it. With the port range sysctl.conf sets, they must agree.
+    let (_, out) = tune(&["--target", "1000000"]);
+    let n: u64 = out
+        .split("a client should use ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no source-address count in:\n{out}"));
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
+    let range: Vec<&str> = range.split_whitespace().collect();
+    let conf = std::fs::read_to_string(repo("sysctl.conf")).unwrap();
+    let conf_range = settings()
+        .into_iter()
+        .find(|(k, _)| k == "net.ipv4.ip_local_port_range")
+        .expect("sysctl.conf sets the port range")
+        .1;
+    if conf_range.split_whitespace().collect::<Vec<_>>() == range {
+        assert!(
+            conf.contains(&format!("= {n} source addresses")),
+            "tune.sh says {n} source addresses for 1M; sysctl.conf says otherwise"
+        );
+    }
+    for doc in ["README.md", "bench/README.md", "tuning/README.md"] {
+        let text = std::fs::read_to_string(repo(doc)).unwrap();
+        assert!(
+            !text.contains("16 source addresses") && !text.contains("16+ source"),
+            "{doc} states another source-address rule"
+        );
+    }
+}
+
+#[test]
+fn bench_docs_run_wsbench_by_path_and_keep_published_results() {
+    // Following the docs must neither need wsbench on PATH nor overwrite
+    // the committed results in bench/results/.
+    for doc in ["README.md", "bench/README.md"] {
+        let text = std::fs::read_to_string(repo(doc)).unwrap();
+        let mut in_code = false;
+        for line in text.lines() {
+            if line.trim_start().starts_with("```") {
+                in_code = !in_code;
+                continue;
+            }
+            if !in_code {
+                continue;
+            }
+            let line = line.trim_start();
+            assert!(
+                !line.starts_with("wsbench "),
+                "{doc}: `{line}` needs wsbench on PATH"
+            );
+            if line.contains("bench/results") {
+                assert!(
+                    line.contains("--out bench/results") && line.contains("replace"),
+                    "{doc}: `{line}` writes into the published bench/results/"
+                );
+            }
+        }
+    }
+    for script in ["bench/million.sh", "bench/reference.sh"] {
+        let text = std::fs::read_to_string(repo(script)).unwrap();
+        let default = text
+            .lines()
+            .find_map(|l| l.strip_prefix("out="))
+            .unwrap_or_else(|| panic!("{script} has no out= default"));
+        assert!(
+            !default.contains("bench/results"),
+            "{script} writes into bench/results by default"
+        );
+    }
+}

@@ -6,7 +6,7 @@
 #   tuning/tune.sh [--target N] [--both-ends] [--apply]
 #
 #   --target N    connections to hold (default 1000000)
-#   --both-ends   the load generator runs on this box too (loopback
+#   --both-ends   the load generator runs on this machine too (loopback
 #                 benchmarks): kernel sockets, descriptors and conntrack
 #                 entries double
 #   --apply       apply ../sysctl.conf first (root), then check
@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
     --target) target=${2:?--target needs a number}; shift 2 ;;
     --both-ends) ends=2; shift ;;
     --apply) apply=1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "tune.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -48,7 +48,7 @@ sysval() { sysctl -n "$1" 2>/dev/null | awk '{print $NF}'; }
 sockets=$(( target * ends ))
 fds_per_process=$(( target + 1024 ))
 
-echo "target: $target connections ($ends end(s) on this box: $sockets sockets)"
+echo "target: $target connections ($ends end(s) on this machine: $sockets sockets)"
 soft=$(ulimit -Sn); hard=$(ulimit -Hn)
 [ "$soft" = unlimited ] && soft=$fds_per_process
 [ "$hard" = unlimited ] && hard=$fds_per_process
@@ -70,16 +70,14 @@ else
 fi
 # Memory: ~8 KiB of kernel socket structures per loopback connection (both
 # ends, /proc/slabinfo) i.e. ~4 KiB per socket, plus ≤256 B of wsgate per
-# connection, plus the client's own memory when it shares the box.
+# connection, plus the client's own memory when it shares the machine.
 avail_kib=$(awk '/MemAvailable/ {print $2}' /proc/meminfo)
 need_kib=$(( sockets * 4 + target / 4 + (ends - 1) * target / 2 ))
-check_min "MemAvailable (KiB)" "$avail_kib" "$need_kib" "more RAM, or spread connections over boxes"
+check_min "MemAvailable (KiB)" "$avail_kib" "$need_kib" "more RAM, or spread connections over machines"
 # Client side: ports per (source IP, destination) pair.
 read -r lo hi < <(sysctl -n net.ipv4.ip_local_port_range 2>/dev/null | tr '\t' ' ')
 ports=$(( hi - lo + 1 ))
-# connect() looks for a free port by scanning the range (even ports first):
-# past about half of an address's ports every connect scans thousands of
-# them and the ramp collapses. Keep each address at a quarter of its range.
+# The quarter-of-the-ports rule for source addresses, explained in sysctl.conf.
 ips=$(( (target * 4 + ports - 1) / ports ))
 report INFO "ephemeral ports per source IP" "$ports" "-" "a client should use $ips source address(es) for $target connections (wsbench --src-ips), each under a quarter of its ports"
 mig=$(sysval net.ipv4.tcp_migrate_req)

@@ -1,7 +1,7 @@
 //! `wsbench report`: charts (SVG and PNG) from a results JSON document.
 //!
-//! Picking the data out of the JSON is done by pure functions (unit-tested
-//! below); the drawing code only lays out what they return. Text in the PNGs
+//! Picking the data out of the typed results is done by pure functions
+//! (unit-tested below); the drawing code only lays out what they return. Text in the PNGs
 //! is rendered with DejaVu Sans, embedded in the binary (the `dejavu` crate),
 //! so no system font or fontconfig is needed; SVGs carry text as `<text>`.
 
@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use serde_json::{Map, Value};
+
+use crate::results::Results;
 
 #[derive(Args, Clone, Debug)]
 pub struct ReportArgs {
@@ -24,7 +25,8 @@ pub struct ReportArgs {
 /// Pixel size of every chart (SVG user units and PNG pixels alike).
 const SIZE: (u32, u32) = (1000, 600);
 
-/// The percentiles plotted per latency object: (JSON key, axis label).
+/// The percentiles plotted per distribution: (JSON key, axis label), in the
+/// order of [`crate::results::Percentiles::values_us`].
 pub const PERCENTILES: [(&str, &str); 5] = [
     ("p50_us", "p50"),
     ("p90_us", "p90"),
@@ -76,23 +78,17 @@ fn headroom(max: f64) -> f64 {
     }
 }
 
-/// The ramp from the document's `timeseries` (`{"t", "open", "server_rss"}`
-/// entries); `None` when there is none. RSS is plotted only when some sample
-/// is non-zero (it is 0 when no `--server-pid` was given); the run's
-/// `server_rss_before`, when present, is its value at t = 0.
-pub fn ramp(doc: &Value) -> Option<Ramp> {
-    let entries = doc.get("timeseries")?.as_array()?;
+/// The ramp from the document's `timeseries`; `None` when there is none.
+/// RSS is plotted only when some sample is non-zero (it is 0 when no
+/// `--server-pid` was given); the run's `server_rss_before`, when measured,
+/// is its value at t = 0.
+pub fn ramp(doc: &Results) -> Option<Ramp> {
+    let (samples, rss_before) = doc.ramp()?;
     let mut open = Vec::new();
     let mut rss = Vec::new();
-    for e in entries {
-        let Some(t) = e.get("t").and_then(Value::as_f64) else {
-            continue;
-        };
-        if let Some(n) = e.get("open").and_then(Value::as_u64) {
-            open.push((t, n as f64));
-        }
-        let r = e.get("server_rss").and_then(Value::as_u64).unwrap_or(0);
-        rss.push((t, r as f64 / (1024.0 * 1024.0)));
+    for e in samples {
+        open.push((e.t, e.open as f64));
+        rss.push((e.t, e.server_rss as f64 / (1024.0 * 1024.0)));
     }
     if open.is_empty() {
         return None;
@@ -104,7 +100,7 @@ pub fn ramp(doc: &Value) -> Option<Ramp> {
     }
     if rss.iter().all(|p| p.1 == 0.0) {
         rss.clear();
-    } else if let Some(before) = doc.get("server_rss_before").and_then(Value::as_u64) {
+    } else if let Some(before) = rss_before {
         if rss.first().is_some_and(|p| p.0 > 0.0) {
             rss.insert(0, (0.0, before as f64 / (1024.0 * 1024.0)));
         }
@@ -112,7 +108,7 @@ pub fn ramp(doc: &Value) -> Option<Ramp> {
     Some(Ramp { open, rss_mib: rss })
 }
 
-/// One latency distribution: its (dotted) key in the document, its sample
+/// One latency distribution: its field name in the document, its sample
 /// count and its percentiles in µs, in [`PERCENTILES`] order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Latency {
@@ -121,42 +117,18 @@ pub struct Latency {
     pub values_us: [f64; 5],
 }
 
-/// Every latency object in the document, in key order: any object
-/// with all of the [`PERCENTILES`] keys (nested objects are searched too and
-/// named by their dotted path). Empty histograms (`{"count": 0}`) have none
-/// of the keys and are left out.
-pub fn latencies(doc: &Value) -> Vec<Latency> {
-    let mut out = Vec::new();
-    if let Some(obj) = doc.as_object() {
-        collect_latencies(obj, "", &mut out);
-    }
-    out
-}
-
-fn collect_latencies(obj: &Map<String, Value>, prefix: &str, out: &mut Vec<Latency>) {
-    for (k, v) in obj {
-        let Some(inner) = v.as_object() else {
-            continue;
-        };
-        let name = if prefix.is_empty() {
-            k.clone()
-        } else {
-            format!("{prefix}.{k}")
-        };
-        let vals: Vec<f64> = PERCENTILES
-            .iter()
-            .filter_map(|(key, _)| inner.get(*key).and_then(Value::as_f64))
-            .collect();
-        if let Ok(values_us) = <[f64; 5]>::try_from(vals) {
-            out.push(Latency {
-                name,
-                count: inner.get("count").and_then(Value::as_u64),
-                values_us,
-            });
-        } else {
-            collect_latencies(inner, &name, out);
-        }
-    }
+/// Every latency distribution of the document that has samples.
+pub fn latencies(doc: &Results) -> Vec<Latency> {
+    doc.latencies()
+        .into_iter()
+        .filter_map(|(name, l)| {
+            Some(Latency {
+                name: name.to_string(),
+                count: Some(l.count),
+                values_us: l.percentiles?.values_us(),
+            })
+        })
+        .collect()
 }
 
 /// Bounds of a log axis covering `[min, max]` µs: whole decades, at least
@@ -223,15 +195,10 @@ pub fn percentile_label(x: f64) -> String {
 }
 
 /// A short title for the charts: the stem plus what the document says it is.
-pub fn title(stem: &str, doc: &Value) -> String {
-    let scenario = doc.get("scenario").and_then(Value::as_str).unwrap_or("");
-    let scale = ["target", "listeners", "connections", "held"]
-        .iter()
-        .find_map(|k| doc.get(*k).and_then(Value::as_u64));
-    match (scenario, scale) {
-        ("", _) => stem.to_string(),
-        (s, Some(n)) => format!("{stem}: {s}, {} connections", fmt_count(n as f64)),
-        (s, None) => format!("{stem}: {s}"),
+pub fn title(stem: &str, doc: &Results) -> String {
+    match (doc.scenario(), doc.scale()) {
+        (s, 0) => format!("{stem}: {s}"),
+        (s, n) => format!("{stem}: {s}, {} connections", fmt_count(n as f64)),
     }
 }
 
@@ -255,8 +222,12 @@ pub fn out_dir(results: &Path, out: Option<&Path>) -> PathBuf {
 pub fn report(a: ReportArgs) -> Result<(), String> {
     let text = std::fs::read_to_string(&a.results)
         .map_err(|e| format!("cannot read {}: {e}", a.results.display()))?;
-    let doc: Value = serde_json::from_str(&text)
-        .map_err(|e| format!("{} is not JSON: {e}", a.results.display()))?;
+    let doc: Results = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{} is not a wsbench results document: {e}",
+            a.results.display()
+        )
+    })?;
     let dir = out_dir(&a.results, a.out.as_deref());
     let stem = a
         .results
@@ -279,7 +250,7 @@ pub fn report(a: ReportArgs) -> Result<(), String> {
 
 /// Writes every chart the document has data for into `dir`; returns the
 /// paths written. Charts without data are skipped with a note on stderr.
-pub fn render(doc: &Value, stem: &str, dir: &Path) -> Result<Vec<PathBuf>, String> {
+pub fn render(doc: &Results, stem: &str, dir: &Path) -> Result<Vec<PathBuf>, String> {
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     register_font();
     let title = title(stem, doc);
@@ -339,6 +310,9 @@ fn err<E: std::fmt::Display>(e: E) -> String {
 
 const FONT: &str = "sans-serif";
 
+/// Radius in pixels of the marks on each ramp sample.
+const MARK_RADIUS: i32 = 3;
+
 fn draw_ramp<DB: DrawingBackend>(
     root: &DrawingArea<DB, Shift>,
     r: &Ramp,
@@ -371,6 +345,14 @@ fn draw_ramp<DB: DrawingBackend>(
         .map_err(err)?
         .label("connections open")
         .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], blue));
+    // Each sample marked: the line between two points is an interpolation.
+    chart
+        .draw_series(
+            r.open
+                .iter()
+                .map(|&p| Circle::new(p, MARK_RADIUS, BLUE.filled())),
+        )
+        .map_err(err)?;
     if with_rss {
         chart
             .configure_secondary_axes()
@@ -386,6 +368,13 @@ fn draw_ramp<DB: DrawingBackend>(
             .map_err(err)?
             .label("server RSS (MiB)")
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], red));
+        chart
+            .draw_secondary_series(
+                r.rss_mib
+                    .iter()
+                    .map(|&p| Circle::new(p, MARK_RADIUS, RED.filled())),
+            )
+            .map_err(err)?;
     }
     chart
         .configure_series_labels()
@@ -460,17 +449,48 @@ fn draw_latency<DB: DrawingBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::results::{BroadcastFigures, Churn, Latency as Dist};
+    use crate::results::{Connect, Echo, Percentiles, Sample, ServerFigures};
+
+    fn connect(samples: &[(f64, u64, u64)], rss_before: Option<u64>) -> Results {
+        Results::Connect(Box::new(Connect {
+            target: 1000,
+            timeseries: samples
+                .iter()
+                .map(|&(t, open, server_rss)| Sample {
+                    t,
+                    open,
+                    server_rss,
+                })
+                .collect(),
+            server: rss_before.map(|b| ServerFigures {
+                server_rss_before: b,
+                ..ServerFigures::default()
+            }),
+            ..Connect::default()
+        }))
+    }
+
+    fn dist(count: u64, p: u64) -> Dist {
+        Dist {
+            count,
+            percentiles: Some(Percentiles {
+                p50_us: p,
+                p90_us: p + 1,
+                p99_us: p + 2,
+                p999_us: p + 3,
+                max_us: p + 4,
+                mean_us: p as f64 + 0.5,
+            }),
+        }
+    }
 
     #[test]
     fn ramp_from_timeseries() {
-        let doc = json!({
-            "server_rss_before": 10 << 20,
-            "timeseries": [
-                {"t": 1.0, "open": 100, "server_rss": 20 << 20},
-                {"t": 2.5, "open": 300, "server_rss": 30 << 20},
-            ]
-        });
+        let doc = connect(
+            &[(1.0, 100, 20 << 20), (2.5, 300, 30 << 20)],
+            Some(10 << 20),
+        );
         let r = ramp(&doc).unwrap();
         assert_eq!(r.open, vec![(0.0, 0.0), (1.0, 100.0), (2.5, 300.0)]);
         assert_eq!(r.rss_mib, vec![(0.0, 10.0), (1.0, 20.0), (2.5, 30.0)]);
@@ -480,13 +500,22 @@ mod tests {
 
     #[test]
     fn ramp_without_server_pid_or_data() {
-        let doc = json!({"timeseries": [{"t": 0.4, "open": 50, "server_rss": 0}]});
+        let doc = connect(&[(0.4, 50, 0)], None);
         let r = ramp(&doc).unwrap();
         assert!(r.rss_mib.is_empty(), "all-zero RSS is not plotted");
         assert_eq!(r.open.len(), 2);
-        assert_eq!(ramp(&json!({"timeseries": []})), None);
-        assert_eq!(ramp(&json!({"opened": 3})), None);
-        assert_eq!(ramp(&json!({"timeseries": [{"x": 1}]})), None);
+        assert_eq!(ramp(&connect(&[], Some(1))), None);
+        let churn = Results::Churn(Churn {
+            held: 3,
+            replaced: 0,
+            reconnected: 0,
+            failed: 0,
+            failures: Default::default(),
+            unexpected_drops: 0,
+            churn_per_sec: None,
+            server_cpu_us_per_reconnect: None,
+        });
+        assert_eq!(ramp(&churn), None);
         let flat = Ramp {
             open: vec![(0.0, 0.0)],
             rss_mib: vec![],
@@ -498,30 +527,24 @@ mod tests {
     }
 
     #[test]
-    fn finds_latency_objects() {
-        let lat = |p: u64| json!({"count": 10, "p50_us": p, "p90_us": p + 1, "p99_us": p + 2, "p999_us": p + 3, "max_us": p + 4, "mean_us": p as f64 + 0.5});
-        let doc = json!({
-            "scenario": "connect",
-            "handshake_latency": lat(100),
-            "empty": {"count": 0},
-            "failures": {"refused": 1},
-            "nested": {"round_trip": lat(7)},
-            "broadcast_fanout_completion": lat(5000),
-            "partial": {"p50_us": 1},
+    fn finds_latency_distributions() {
+        let Results::Connect(mut c) = connect(&[], None) else {
+            unreachable!()
+        };
+        c.handshake_latency = Some(dist(10, 100));
+        c.broadcast = Some(BroadcastFigures {
+            broadcast_fanout_completion: dist(3, 5000),
+            ..BroadcastFigures::default()
         });
-        let l = latencies(&doc);
+        let l = latencies(&Results::Connect(c.clone()));
         let names: Vec<&str> = l.iter().map(|x| x.name.as_str()).collect();
-        assert_eq!(
-            names,
-            [
-                "broadcast_fanout_completion",
-                "handshake_latency",
-                "nested.round_trip"
-            ]
-        );
+        assert_eq!(names, ["broadcast_fanout_completion", "handshake_latency"]);
         assert_eq!(l[1].values_us, [100.0, 101.0, 102.0, 103.0, 104.0]);
         assert_eq!(l[1].count, Some(10));
-        assert!(latencies(&json!([1, 2])).is_empty());
+        // Empty histograms ({"count": 0}) have nothing to draw.
+        c.handshake_latency = Some(Dist::default());
+        c.broadcast = None;
+        assert!(latencies(&Results::Connect(c)).is_empty());
     }
 
     #[test]
@@ -549,12 +572,16 @@ mod tests {
         assert_eq!(percentile_label(0.5), "");
         assert_eq!(percentile_label(-1.0), "");
         assert_eq!(percentile_label(5.0), "");
+        let Results::Connect(mut c) = connect(&[], None) else {
+            unreachable!()
+        };
+        c.target = 1_000_000;
         assert_eq!(
-            title("run", &json!({"scenario": "connect", "target": 1_000_000})),
+            title("run", &Results::Connect(c.clone())),
             "run: connect, 1M connections"
         );
-        assert_eq!(title("run", &json!({"scenario": "churn"})), "run: churn");
-        assert_eq!(title("run", &json!({})), "run");
+        c.target = 0;
+        assert_eq!(title("run", &Results::Connect(c)), "run: connect");
     }
 
     #[test]
@@ -575,12 +602,40 @@ mod tests {
     }
 
     #[test]
+    fn ramp_chart_marks_every_sample() {
+        let dir = std::env::temp_dir().join(format!("wsbench-marks-{}", std::process::id()));
+        let doc = connect(
+            &[(0.0, 0, 0), (0.1, 120, 0), (0.2, 260, 0), (0.25, 300, 0)],
+            None,
+        );
+        let written = render(&doc, "marks", &dir).unwrap();
+        let svg = std::fs::read_to_string(&written[0]).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(svg.matches("<circle").count(), 4, "{svg}");
+    }
+
+    #[test]
     fn renders_svg_and_png() {
         let dir = std::env::temp_dir().join(format!("wsbench-charts-{}", std::process::id()));
-        let doc = json!({
-            "scenario": "echo",
-            "connections": 10,
-            "latency": {"count": 5, "p50_us": 90, "p90_us": 150, "p99_us": 900, "p999_us": 2000, "max_us": 2100, "mean_us": 120.0},
+        let doc = Results::Echo(Echo {
+            connections: 10,
+            failed_to_open: 0,
+            closed_by_server: 0,
+            round_trips: 5,
+            round_trips_per_sec: None,
+            latency: Dist {
+                count: 5,
+                percentiles: Some(Percentiles {
+                    p50_us: 90,
+                    p90_us: 150,
+                    p99_us: 900,
+                    p999_us: 2000,
+                    max_us: 2100,
+                    mean_us: 120.0,
+                }),
+            },
+            server_cpu_us_per_round_trip: None,
+            client_cpu_us_per_round_trip: None,
         });
         let written = render(&doc, "unit", &dir).unwrap();
         assert_eq!(

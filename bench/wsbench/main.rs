@@ -11,6 +11,7 @@ mod charts;
 mod client;
 mod procfs;
 mod report;
+mod results;
 mod scenarios;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};

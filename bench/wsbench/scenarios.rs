@@ -7,11 +7,15 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use serde_json::{json, Map, Value};
 
 use crate::client::{Engine, Ev, MsgKind};
 use crate::procfs;
-use crate::report::{aggregate_children, latency_json, markdown, new_histogram};
+use crate::report::markdown;
+use crate::results::{
+    aggregate_children, failures, merge_arrivals, new_histogram, per, Arrival, Broadcast,
+    BroadcastFigures, Churn, Connect, Echo, Latency, Mode, MultiFigures, Paced, Rate, Results,
+    Sample, ServerFigures,
+};
 use crate::Common;
 
 /// Snapshot of the server processes and the kernel, for before/after deltas.
@@ -37,15 +41,7 @@ impl Probe {
     }
 }
 
-fn per(n: f64, d: f64) -> Value {
-    if d > 0.0 {
-        json!((n / d * 100.0).round() / 100.0)
-    } else {
-        Value::Null
-    }
-}
-
-fn finish(title: &str, common: &Common, result: Value) -> Result<(), String> {
+fn finish(title: &str, common: &Common, result: Results) -> Result<(), String> {
     println!("{}", markdown(title, &result));
     if let Some(path) = &common.out {
         let text = serde_json::to_string_pretty(&result).map_err(|e| e.to_string())?;
@@ -171,21 +167,44 @@ fn post_broadcast(admin: &str, body: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Ramps `n` connections; returns (opened, failed, ramp time, handshake histogram, timeseries).
+/// What a ramp achieved.
+struct Ramped {
+    opened: u64,
+    failed: u64,
+    took: Duration,
+    handshake: Latency,
+    series: Vec<Sample>,
+}
+
+/// How often the ramp's `timeseries` is sampled. Fine enough that a ramp
+/// of a fraction of a second still shows its shape (at one sample a second
+/// it was a straight line between two points); the progress line on stderr
+/// stays at one a second.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+/// Ramps `n` connections.
 fn ramp(
     engine: &mut Engine,
     a: &ConnectArgs,
     n: u64,
     deadline: Instant,
     pids: &[u32],
-) -> Result<(u64, u64, Duration, Value, Vec<Value>), String> {
+) -> Result<Ramped, String> {
     let start = Instant::now();
     let mut started = 0u64;
     let (mut opened, mut failed) = (0u64, 0u64);
     let mut hs = new_histogram();
     let mut events = Vec::new();
     let mut series = Vec::new();
-    let mut last_report = Instant::now();
+    if !a.child {
+        series.push(Sample {
+            t: 0.0,
+            open: 0,
+            server_rss: procfs::rss(pids),
+        });
+    }
+    let mut next_sample = start + SAMPLE_EVERY;
+    let mut next_report = start + Duration::from_secs(1);
     while opened + failed < n && Instant::now() < deadline {
         let allowed = if a.rate > 0.0 {
             (start.elapsed().as_secs_f64() * a.rate) as u64
@@ -210,8 +229,9 @@ fn ramp(
                 Ev::Text { .. } => {}
             }
         }
-        if last_report.elapsed() >= Duration::from_secs(1) {
-            last_report = Instant::now();
+        let now = Instant::now();
+        if now >= next_sample {
+            next_sample += SAMPLE_EVERY;
             let t = start.elapsed().as_secs_f64();
             if a.child {
                 // The parent sums these into one progress line and series.
@@ -220,17 +240,34 @@ fn ramp(
                 continue;
             }
             let rss = procfs::rss(pids);
-            eprintln!(
-                "wsbench: {t:6.1}s open {opened:>8} failed {failed:>6} ({:.0}/s) server rss {} MiB",
-                opened as f64 / t,
-                rss >> 20
-            );
-            series.push(json!({"t": t, "open": opened, "server_rss": rss}));
+            series.push(Sample {
+                t,
+                open: opened,
+                server_rss: rss,
+            });
+            if now >= next_report {
+                next_report += Duration::from_secs(1);
+                eprintln!(
+                    "wsbench: {t:6.1}s open {opened:>8} failed {failed:>6} ({:.0}/s) server rss {} MiB",
+                    opened as f64 / t,
+                    rss >> 20
+                );
+            }
         }
     }
     let took = start.elapsed();
-    series.push(json!({"t": took.as_secs_f64(), "open": opened, "server_rss": procfs::rss(pids)}));
-    Ok((opened, failed, took, latency_json(&hs), series))
+    series.push(Sample {
+        t: took.as_secs_f64(),
+        open: opened,
+        server_rss: procfs::rss(pids),
+    });
+    Ok(Ramped {
+        opened,
+        failed,
+        took,
+        handshake: Latency::of(&hs),
+        series,
+    })
 }
 
 /// Polls until `stop()` or `secs` pass, answering pings and recording
@@ -297,8 +334,13 @@ pub fn connect(a: ConnectArgs) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(a.common.timeout);
     let pids = &a.common.server_pids;
     let before = Probe::take(pids);
-    let (opened, failed, took, handshake, series) =
-        ramp(&mut engine, &a, a.connections, deadline, pids)?;
+    let Ramped {
+        opened,
+        failed,
+        took,
+        handshake,
+        series,
+    } = ramp(&mut engine, &a, a.connections, deadline, pids)?;
     let ramp_cpu = procfs::cpu(pids).saturating_sub(before.cpu);
     let mut arrivals = Arrivals::new();
     let mut sent_us = Vec::new();
@@ -339,97 +381,83 @@ pub fn connect(a: ConnectArgs) -> Result<(), String> {
     };
     engine.close_all();
     let client_cpu = procfs::self_cpu().saturating_sub(before.self_cpu);
-    let failures: HashMap<_, _> = engine.failures.clone();
-    let mut result = json!({
-        "scenario": "connect",
-        "target": a.connections,
-        "opened": opened,
-        "failed": failed,
-        "failures": failures,
-        "ramp_secs": took.as_secs_f64(),
-        "handshakes_per_sec": per(opened as f64, took.as_secs_f64()),
-        "handshake_latency": handshake,
-        "drops_during_hold": drops,
-        "hold_secs": a.hold,
-        "client_cpu_secs": client_cpu.as_secs_f64(),
-        "timeseries": series,
-    });
+    let mut result = Connect {
+        target: a.connections,
+        opened,
+        failed,
+        failures: failures(&engine.failures),
+        ramp_secs: took.as_secs_f64(),
+        handshakes_per_sec: per(opened as f64, took.as_secs_f64()),
+        handshake_latency: Some(handshake),
+        drops_during_hold: drops,
+        hold_secs: Some(a.hold),
+        client_cpu_secs: client_cpu.as_secs_f64(),
+        timeseries: series,
+        ..Connect::default()
+    };
     if !pids.is_empty() && !a.child {
-        let m = result.as_object_mut().ok_or("result")?;
-        insert_server_figures(m, &before, &after, ramp_cpu, opened.max(1) as f64);
+        result.server = Some(server_figures(
+            &before,
+            &after,
+            ramp_cpu,
+            opened.max(1) as f64,
+        ));
     }
-    let arrivals_json = json!({
-        "broadcast_arrivals": arrivals
-            .iter()
-            .map(|(s, (n, t))| json!([s, n, t]))
-            .collect::<Vec<Value>>(),
-    });
+    let arrivals: Vec<Arrival> = arrivals.iter().map(|(s, (n, t))| (*s, *n, *t)).collect();
     if a.child {
-        result.as_object_mut().ok_or("result")?.insert(
-            "broadcast_arrivals".into(),
-            arrivals_json["broadcast_arrivals"].clone(),
-        );
-        println!("RESULT {result}");
+        result.broadcast_arrivals = arrivals;
+        let line = serde_json::to_string(&result).map_err(|e| e.to_string())?;
+        println!("RESULT {line}");
         return Ok(());
     }
     if a.broadcasts > 0 {
-        let m = result.as_object_mut().ok_or("result")?;
-        let arrivals = [arrivals_json];
-        insert_broadcast_figures(m, a.broadcasts, &arrivals, &sent_us, opened, bcast_cpu);
+        result.broadcast = Some(broadcast_figures(
+            a.broadcasts,
+            &arrivals,
+            &sent_us,
+            opened,
+            bcast_cpu,
+        ));
     }
-    finish("wsbench connect", &a.common, result)
+    finish(
+        "wsbench connect",
+        &a.common,
+        Results::Connect(Box::new(result)),
+    )
 }
 
 /// Server and kernel memory per connection and CPU per handshake, from the
 /// probes before the ramp and after it settled.
-fn insert_server_figures(
-    m: &mut Map<String, Value>,
-    before: &Probe,
-    after: &Probe,
-    ramp_cpu: Duration,
-    opened: f64,
-) {
-    let per_conn = |b: u64, a: u64| json!(((a as f64 - b as f64) / opened).round());
-    m.insert("server_rss_before".into(), json!(before.rss));
-    m.insert("server_rss_after".into(), json!(after.rss));
-    m.insert(
-        "server_bytes_per_conn".into(),
-        per_conn(before.rss, after.rss),
-    );
-    m.insert(
-        "kernel_tcp_buffer_bytes_per_conn".into(),
-        per_conn(before.tcp_mem, after.tcp_mem),
-    );
-    m.insert(
-        "kernel_socket_slab_bytes_per_conn".into(),
-        per_conn(before.slab, after.slab),
-    );
-    m.insert(
-        "server_cpu_us_per_handshake".into(),
-        per(ramp_cpu.as_secs_f64() * 1e6, opened),
-    );
+fn server_figures(before: &Probe, after: &Probe, ramp_cpu: Duration, opened: f64) -> ServerFigures {
+    let per_conn = |b: u64, a: u64| ((a as f64 - b as f64) / opened).round();
+    ServerFigures {
+        server_rss_before: before.rss,
+        server_rss_after: after.rss,
+        server_bytes_per_conn: per_conn(before.rss, after.rss),
+        kernel_tcp_buffer_bytes_per_conn: per_conn(before.tcp_mem, after.tcp_mem),
+        kernel_socket_slab_bytes_per_conn: per_conn(before.slab, after.slab),
+        server_cpu_us_per_handshake: per(ramp_cpu.as_secs_f64() * 1e6, opened),
+    }
 }
 
 /// Fan-out completion, missing deliveries and server CPU per delivery of
 /// `broadcasts` messages to `opened` connections, from the arrivals that
 /// one or more processes recorded.
-fn insert_broadcast_figures(
-    m: &mut Map<String, Value>,
+fn broadcast_figures(
     broadcasts: u64,
-    arrivals: &[Value],
+    arrivals: &[Arrival],
     sent_us: &[u64],
     opened: u64,
     cpu: Duration,
-) {
+) -> BroadcastFigures {
     let (fanout, missing) = merge_arrivals(arrivals, sent_us, opened);
     let deliveries = (broadcasts * opened).saturating_sub(missing) as f64;
-    m.insert("broadcasts".into(), json!(broadcasts));
-    m.insert("broadcast_fanout_completion".into(), fanout);
-    m.insert("broadcast_missing_deliveries".into(), json!(missing));
-    m.insert(
-        "server_cpu_us_per_delivery".into(),
-        per(cpu.as_secs_f64() * 1e6, deliveries),
-    );
+    BroadcastFigures {
+        broadcasts,
+        broadcast_fanout_completion: fanout,
+        broadcast_missing_deliveries: missing,
+        server_cpu_us_per_delivery: per(cpu.as_secs_f64() * 1e6, deliveries),
+    }
 }
 
 /// Broadcasts `a.broadcasts` messages through the admin API, one in flight:
@@ -476,7 +504,7 @@ enum ChildSays {
     Open { open: u64, failed: u64 },
     Ramped(u64),
     Arrived(u64),
-    Result(Value),
+    Result(Box<Connect>),
 }
 
 impl ChildSays {
@@ -566,11 +594,16 @@ fn connect_multi(a: ConnectArgs, procs: u64, cap: u64) -> Result<(), String> {
     let n = children.len();
     let give_up = start + Duration::from_secs(a.common.timeout + 30);
 
-    // --- ramp: one progress line and one series point per second ----------
+    // --- ramp: a series point every SAMPLE_EVERY, a progress line a second --
     let (mut open, mut failed) = (vec![0u64; n], vec![0u64; n]);
     let mut ramped: Vec<Option<u64>> = vec![None; n];
-    let mut series = Vec::new();
-    let mut next_sample = start + Duration::from_secs(1);
+    let mut series = vec![Sample {
+        t: 0.0,
+        open: 0,
+        server_rss: procfs::rss(&pids),
+    }];
+    let mut next_sample = start + SAMPLE_EVERY;
+    let mut next_report = start + Duration::from_secs(1);
     while ramped.iter().any(Option::is_none) && Instant::now() < give_up {
         let wait = next_sample.saturating_duration_since(Instant::now());
         match rx.recv_timeout(wait) {
@@ -588,22 +621,34 @@ fn connect_multi(a: ConnectArgs, procs: u64, cap: u64) -> Result<(), String> {
             Ok(_) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        if Instant::now() >= next_sample {
-            next_sample += Duration::from_secs(1);
+        let now = Instant::now();
+        if now >= next_sample {
+            next_sample += SAMPLE_EVERY;
             let t = start.elapsed().as_secs_f64();
             let (o, f): (u64, u64) = (open.iter().sum(), failed.iter().sum());
             let rss = procfs::rss(&pids);
-            eprintln!(
-                "wsbench: {t:6.1}s open {o:>8} failed {f:>6} ({:.0}/s) server rss {} MiB",
-                o as f64 / t,
-                rss >> 20
-            );
-            series.push(json!({"t": t, "open": o, "server_rss": rss}));
+            series.push(Sample {
+                t,
+                open: o,
+                server_rss: rss,
+            });
+            if now >= next_report {
+                next_report += Duration::from_secs(1);
+                eprintln!(
+                    "wsbench: {t:6.1}s open {o:>8} failed {f:>6} ({:.0}/s) server rss {} MiB",
+                    o as f64 / t,
+                    rss >> 20
+                );
+            }
         }
     }
     let ramp_secs = start.elapsed().as_secs_f64();
     let ramped_total: u64 = ramped.iter().flatten().sum();
-    series.push(json!({"t": ramp_secs, "open": ramped_total, "server_rss": procfs::rss(&pids)}));
+    series.push(Sample {
+        t: ramp_secs,
+        open: ramped_total,
+        server_rss: procfs::rss(&pids),
+    });
     let ramp_cpu = procfs::cpu(&pids).saturating_sub(before.cpu);
     std::thread::sleep(Duration::from_secs(a.settle));
     let after = Probe::take(&pids);
@@ -619,7 +664,7 @@ fn connect_multi(a: ConnectArgs, procs: u64, cap: u64) -> Result<(), String> {
 
     // --- broadcast to everyone, one in flight ------------------------------
     let mut sent_us = Vec::new();
-    let mut results: Vec<Option<Value>> = vec![None; n];
+    let mut results: Vec<Option<Box<Connect>>> = vec![None; n];
     let mut ended = vec![false; n];
     let bcast_cpu0 = procfs::cpu(&pids);
     let expecting = ramped.iter().filter(|k| k.unwrap_or(0) > 0).count();
@@ -670,39 +715,44 @@ fn connect_multi(a: ConnectArgs, procs: u64, cap: u64) -> Result<(), String> {
     for mut c in children {
         let _ = c.wait();
     }
-    let results: Vec<Value> = results.into_iter().flatten().collect();
+    let results: Vec<Connect> = results.into_iter().flatten().map(|r| *r).collect();
     if results.len() < n {
         eprintln!("wsbench: only {} of {n} processes reported", results.len());
     }
     let mut total = aggregate_children(&results);
-    let opened = total["opened"].as_u64().unwrap_or(0).max(1) as f64;
-    let m = total.as_object_mut().ok_or("result")?;
-    m.insert("timeseries".into(), json!(series));
-    m.insert("box_mem_used_before".into(), json!(before.box_mem));
-    m.insert("box_mem_used_after".into(), json!(after.box_mem));
-    m.insert("client_rss_after".into(), json!(client_rss));
-    m.insert(
-        "client_bytes_per_conn".into(),
-        json!((client_rss as f64 / opened).round()),
-    );
+    let opened = total.opened.max(1) as f64;
+    total.timeseries = series;
+    total.multi = Some(MultiFigures {
+        processes: results.len() as u64,
+        box_mem_used_before: before.box_mem,
+        box_mem_used_after: after.box_mem,
+        client_rss_after: client_rss,
+        client_bytes_per_conn: (client_rss as f64 / opened).round(),
+    });
     if a.broadcasts > 0 {
-        insert_broadcast_figures(
-            m,
+        let arrivals: Vec<Arrival> = results
+            .iter()
+            .flat_map(|r| r.broadcast_arrivals.iter().copied())
+            .collect();
+        total.broadcast = Some(broadcast_figures(
             a.broadcasts,
-            &results,
+            &arrivals,
             &sent_us,
             opened as u64,
             bcast_cpu,
-        );
+        ));
     }
-    m.insert("scenario".into(), json!("connect"));
-    m.insert("target".into(), json!(a.connections));
-    m.insert("ramp_secs".into(), json!(ramp_secs));
-    m.insert("handshakes_per_sec".into(), per(opened, ramp_secs));
+    total.target = a.connections;
+    total.ramp_secs = ramp_secs;
+    total.handshakes_per_sec = per(opened, ramp_secs);
     if !pids.is_empty() {
-        insert_server_figures(m, &before, &after, ramp_cpu, opened);
+        total.server = Some(server_figures(&before, &after, ramp_cpu, opened));
     }
-    finish("wsbench connect (multi-process)", &a.common, total)
+    finish(
+        "wsbench connect (multi-process)",
+        &a.common,
+        Results::Connect(Box::new(total)),
+    )
 }
 
 #[derive(Args, Clone, Debug)]
@@ -719,10 +769,10 @@ pub struct BroadcastArgs {
     /// listener has the previous one).
     #[arg(long, default_value_t = 0.0)]
     pub rate: f64,
-    /// `broadcast` (to every connection) or `publish` (to a topic the
-    /// listeners subscribe to).
-    #[arg(long, default_value = "publish")]
-    pub mode: String,
+    /// What the sender sends: `publish` (to a topic the listeners subscribe
+    /// to) or `broadcast` (to every connection).
+    #[arg(long, value_enum, default_value_t = Mode::Publish)]
+    pub mode: Mode,
     /// Extra payload bytes per message.
     #[arg(long, default_value_t = 0)]
     pub payload_bytes: usize,
@@ -732,18 +782,13 @@ pub struct BroadcastArgs {
 }
 
 pub fn broadcast(a: BroadcastArgs) -> Result<(), String> {
-    let publish = match a.mode.as_str() {
-        "publish" => true,
-        "broadcast" => false,
-        m => return Err(format!("--mode {m}: use publish or broadcast")),
-    };
+    let publish = a.mode == Mode::Publish;
     let mut engine =
         Engine::new(a.common.target()?, a.common.src_ips()?).map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(a.common.timeout);
     let pids = a.common.server_pids.clone();
     let ramp_args = ConnectArgs::ramp_only(&a.common, a.listeners + 1, a.concurrency);
-    let (opened, _failed, _, _, _) =
-        ramp(&mut engine, &ramp_args, a.listeners + 1, deadline, &pids)?;
+    let opened = ramp(&mut engine, &ramp_args, a.listeners + 1, deadline, &pids)?.opened;
     if opened < a.listeners + 1 {
         return Err(format!(
             "only {opened} of {} connections opened",
@@ -865,22 +910,25 @@ pub fn broadcast(a: BroadcastArgs) -> Result<(), String> {
     let server_cpu = after.cpu.saturating_sub(before.cpu).as_secs_f64();
     let client_cpu = after.self_cpu.saturating_sub(before.self_cpu).as_secs_f64();
     engine.close_all();
-    let result = json!({
-        "scenario": "broadcast",
-        "mode": a.mode,
-        "listeners": n,
-        "messages": a.messages,
-        "rate": if a.rate > 0.0 { json!(a.rate) } else { json!("one in flight") },
-        "payload_bytes": a.payload_bytes,
-        "fanout_completion": latency_json(&completion),
-        "deliveries": deliveries,
-        "missing_deliveries": missing,
-        "window_secs": window.as_secs_f64(),
-        "deliveries_per_sec": per(deliveries as f64, window.as_secs_f64()),
-        "server_cpu_secs": server_cpu,
-        "server_cpu_us_per_delivery": per(server_cpu * 1e6, deliveries as f64),
-        "client_cpu_secs": client_cpu,
-        "client_cpu_us_per_delivery": per(client_cpu * 1e6, deliveries as f64),
+    let result = Results::Broadcast(Broadcast {
+        mode: a.mode,
+        listeners: n,
+        messages: a.messages,
+        rate: if a.rate > 0.0 {
+            Rate::PerSec(a.rate)
+        } else {
+            Rate::Paced(Paced::OneInFlight)
+        },
+        payload_bytes: a.payload_bytes,
+        fanout_completion: Latency::of(&completion),
+        deliveries,
+        missing_deliveries: missing,
+        window_secs: window.as_secs_f64(),
+        deliveries_per_sec: per(deliveries as f64, window.as_secs_f64()),
+        server_cpu_secs: server_cpu,
+        server_cpu_us_per_delivery: per(server_cpu * 1e6, deliveries as f64),
+        client_cpu_secs: client_cpu,
+        client_cpu_us_per_delivery: per(client_cpu * 1e6, deliveries as f64),
     });
     finish("wsbench broadcast", &a.common, result)
 }
@@ -906,7 +954,7 @@ pub fn echo(a: EchoArgs) -> Result<(), String> {
     let deadline = Instant::now() + Duration::from_secs(a.common.timeout);
     let pids = a.common.server_pids.clone();
     let ramp_args = ConnectArgs::ramp_only(&a.common, a.connections, 512);
-    let (opened, _, _, _, _) = ramp(&mut engine, &ramp_args, a.connections, deadline, &pids)?;
+    let opened = ramp(&mut engine, &ramp_args, a.connections, deadline, &pids)?.opened;
     let keys = engine.keys();
     let pad = "x".repeat(a.payload_bytes);
     let msg = format!(r#"{{"type":"echo","payload":{{"seq":1,"pad":"{pad}"}}}}"#);
@@ -957,16 +1005,16 @@ pub fn echo(a: EchoArgs) -> Result<(), String> {
         );
     }
     let trips = lat.len();
-    let result = json!({
-        "scenario": "echo",
-        "connections": opened,
-        "failed_to_open": a.connections.saturating_sub(opened),
-        "closed_by_server": closed,
-        "round_trips": trips,
-        "round_trips_per_sec": per(trips as f64, window),
-        "latency": latency_json(&lat),
-        "server_cpu_us_per_round_trip": per(after.cpu.saturating_sub(before.cpu).as_secs_f64() * 1e6, trips as f64),
-        "client_cpu_us_per_round_trip": per(after.self_cpu.saturating_sub(before.self_cpu).as_secs_f64() * 1e6, trips as f64),
+    let cpu_per_trip = |d: Duration| per(d.as_secs_f64() * 1e6, trips as f64);
+    let result = Results::Echo(Echo {
+        connections: opened,
+        failed_to_open: a.connections.saturating_sub(opened),
+        closed_by_server: closed,
+        round_trips: trips,
+        round_trips_per_sec: per(trips as f64, window),
+        latency: Latency::of(&lat),
+        server_cpu_us_per_round_trip: cpu_per_trip(after.cpu.saturating_sub(before.cpu)),
+        client_cpu_us_per_round_trip: cpu_per_trip(after.self_cpu.saturating_sub(before.self_cpu)),
     });
     finish("wsbench echo", &a.common, result)
 }
@@ -1028,46 +1076,18 @@ pub fn churn(a: ChurnArgs) -> Result<(), String> {
     let window = start.elapsed().as_secs_f64();
     let after = Probe::take(&pids);
     engine.close_all();
-    let result = json!({
-        "scenario": "churn",
-        "held": a.connections,
-        "replaced": replaced,
-        "reconnected": opened,
-        "failed": failed,
-        "failures": engine.failures,
-        "unexpected_drops": drops,
-        "churn_per_sec": per(replaced as f64, window),
-        "server_cpu_us_per_reconnect": per(after.cpu.saturating_sub(before.cpu).as_secs_f64() * 1e6, opened as f64),
+    let server_cpu = after.cpu.saturating_sub(before.cpu).as_secs_f64();
+    let result = Results::Churn(Churn {
+        held: a.connections,
+        replaced,
+        reconnected: opened,
+        failed,
+        failures: failures(&engine.failures),
+        unexpected_drops: drops,
+        churn_per_sec: per(replaced as f64, window),
+        server_cpu_us_per_reconnect: per(server_cpu * 1e6, opened as f64),
     });
     finish("wsbench churn", &a.common, result)
-}
-
-/// Merges children's broadcast arrivals: per message, the time until the last
-/// connection anywhere had it; and how many deliveries never came.
-pub fn merge_arrivals(children: &[Value], sent_us: &[u64], connections: u64) -> (Value, u64) {
-    let mut per_seq: HashMap<u64, (u64, u64)> = HashMap::new();
-    for c in children {
-        for item in c["broadcast_arrivals"].as_array().into_iter().flatten() {
-            let (Some(s), Some(n), Some(t)) =
-                (item[0].as_u64(), item[1].as_u64(), item[2].as_u64())
-            else {
-                continue;
-            };
-            let e = per_seq.entry(s).or_insert((0, 0));
-            e.0 += n;
-            e.1 = e.1.max(t);
-        }
-    }
-    let mut h = new_histogram();
-    let mut missing = 0;
-    for (seq, sent) in sent_us.iter().enumerate() {
-        let (n, last) = per_seq.get(&(seq as u64)).copied().unwrap_or((0, 0));
-        missing += connections.saturating_sub(n);
-        if n > 0 && last >= *sent {
-            let _ = h.record((last - sent).max(1));
-        }
-    }
-    (latency_json(&h), missing)
 }
 
 #[cfg(test)]
@@ -1085,21 +1105,17 @@ mod tests {
         );
         assert_eq!(ChildSays::parse("RAMPED 7"), Some(ChildSays::Ramped(7)));
         assert_eq!(ChildSays::parse("ARRIVED 2"), Some(ChildSays::Arrived(2)));
+        let child = Connect {
+            opened: 1,
+            broadcast_arrivals: vec![(0, 1, 2)],
+            ..Connect::default()
+        };
+        let line = format!("RESULT {}", serde_json::to_string(&child).unwrap());
         assert_eq!(
-            ChildSays::parse(r#"RESULT {"opened":1}"#),
-            Some(ChildSays::Result(json!({"opened": 1})))
+            ChildSays::parse(&line),
+            Some(ChildSays::Result(Box::new(child)))
         );
         assert_eq!(ChildSays::parse("OPEN x 1"), None);
         assert_eq!(ChildSays::parse("noise"), None);
-    }
-
-    #[test]
-    fn arrivals_merge_across_children() {
-        let a = json!({"broadcast_arrivals": [[0, 10, 1_000_500], [1, 10, 2_000_900]]});
-        let b = json!({"broadcast_arrivals": [[0, 5, 1_001_000], [1, 4, 2_000_100]]});
-        let (fanout, missing) = merge_arrivals(&[a, b], &[1_000_000, 2_000_000], 15);
-        assert_eq!(fanout["count"], 2);
-        assert_eq!(missing, 1, "seq 1 reached 14 of 15");
-        assert!(fanout["max_us"].as_u64().unwrap() >= 999);
     }
 }

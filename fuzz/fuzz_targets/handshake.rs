@@ -1,17 +1,20 @@
 //! Arbitrary bytes as an HTTP upgrade request head.
 //!
-//! `parse_request` is incremental in the way the event loop uses it: it is
-//! called again, from the start, each time more bytes arrive. So besides "no
-//! panic" this target checks that the answer is stable under arrival order:
-//! a prefix that is already accepted or refused gives the same verdict as the
-//! whole input, and an accepted request is "incomplete" at every shorter
-//! prefix. Accepted requests are turned into the 101 response, which must be
-//! well-formed (no header injection through echoed values).
+//! The event loop scans only the newly arrived bytes for the end of the head
+//! (`scan_head`) and calls `parse_request` once that end is there. So besides
+//! "no panic" this target checks that the scan finds the same end however the
+//! bytes are split, that it never misses an end (or refuses a head) the
+//! parser accepts, and that the parser's answer is stable under arrival
+//! order: a prefix that is already accepted or refused gives the same verdict
+//! as the whole input, and an accepted request is "incomplete" at every
+//! shorter prefix. Accepted requests are turned into the 101 response, which
+//! must be well-formed (no header injection through echoed values).
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
 use wsgate::protocol::handshake::{
-    accept_key, accept_response, parse_request, HandshakeConfig, HandshakeError, UpgradeRequest,
+    accept_key, accept_response, parse_request, scan_head, HandshakeConfig, HandshakeError,
+    UpgradeRequest,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -41,7 +44,23 @@ fn check(data: &[u8], cfg: &HandshakeConfig) {
         .iter()
         .fold(0usize, |a, &b| a.wrapping_mul(31) ^ b as usize);
     let cuts = [n / 4, n / 2, n - n / 8, if n > 0 { steer % n } else { 0 }];
+    let cap = cfg.max_head_bytes;
+    let whole = scan_head(data, 0, cap);
+    if let Ok(Some(req)) = &full {
+        // The loop parses when the scan finds the end: the scan must find one
+        // no later than the parser's, and never refuse what it accepts.
+        match &whole {
+            Ok(Some(end)) => assert!(*end <= req.head_len, "scan end {end}"),
+            other => panic!("scan gave {other:?} for an accepted head"),
+        }
+    }
     for cut in cuts {
+        // The same end (or refusal) when the bytes arrive in two pieces.
+        let split = match scan_head(&data[..cut], 0, cap) {
+            Ok(None) => scan_head(data, cut, cap),
+            found => found,
+        };
+        assert_eq!(split, whole, "scan split at {cut}");
         let part = parse_request(&data[..cut], cfg);
         match (&part, &full) {
             (Ok(None), _) => {}
@@ -114,5 +133,11 @@ fn check_refusal(e: &HandshakeError) {
     assert!((400..500).contains(&code), "{e:?} -> {code}");
     let resp = e.response();
     assert!(resp.starts_with(format!("HTTP/1.1 {code} ").as_bytes()));
-    assert!(resp.windows(19).any(|w| w == b"Connection: close\r\n"));
+    // `Connection: close`, or `Connection: Upgrade, close` on a 426.
+    let text = String::from_utf8_lossy(&resp);
+    let connection = text
+        .split("\r\n")
+        .find_map(|l| l.strip_prefix("Connection: "))
+        .expect("a Connection header");
+    assert!(connection.split(',').any(|t| t.trim() == "close"), "{text:?}");
 }

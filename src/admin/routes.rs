@@ -50,10 +50,22 @@ pub fn authorized(shared: &Shared, head: &Head) -> bool {
     bool::from(given.as_bytes().ct_eq(token.as_bytes()))
 }
 
-/// `/readyz`: 200 while accepting, 503 while draining.
+/// `/healthz`: 200 while the process runs, 503 once a worker died (a
+/// liveness probe then restarts the process).
+pub fn liveness(shared: &Shared) -> Response {
+    if shared.metrics.workers_alive() {
+        Response::json(200, r#"{"status":"ok"}"#)
+    } else {
+        Response::json(503, r#"{"status":"worker down"}"#)
+    }
+}
+
+/// `/readyz`: 200 while accepting, 503 while draining or once a worker died.
 pub fn readiness(shared: &Shared) -> Response {
     if shared.draining.load(Ordering::Acquire) {
         Response::json(503, r#"{"status":"draining"}"#)
+    } else if !shared.metrics.workers_alive() {
+        Response::json(503, r#"{"status":"worker down"}"#)
     } else {
         Response::json(200, r#"{"status":"ready"}"#)
     }
@@ -68,7 +80,7 @@ pub fn route(shared: &Shared, head: &Head, body: &[u8]) -> Outcome {
             extra: None,
             body: metrics::render(&shared.metrics).into_bytes(),
         },
-        ("GET", "/healthz") => Response::json(200, r#"{"status":"ok"}"#),
+        ("GET", "/healthz") => liveness(shared),
         ("GET", "/readyz") => readiness(shared),
         ("POST", "/publish") => {
             let topic = form_urlencoded::parse(head.query.as_bytes())

@@ -43,6 +43,13 @@ pub enum Command<'a> {
 pub enum CommandError {
     #[error("message is not a JSON object: {0}")]
     Malformed(String),
+    /// A known field holds the wrong JSON type, e.g. `"topic":5`.
+    #[error("field '{field}' must be {expected}, got {got}")]
+    WrongType {
+        field: &'static str,
+        expected: &'static str,
+        got: &'static str,
+    },
     #[error("missing field '{0}'")]
     MissingField(&'static str),
     #[error("unknown type '{0}'")]
@@ -69,7 +76,9 @@ impl CommandError {
     /// The numeric `code` of the error reply (HTTP-like, documented in README).
     pub fn code(&self) -> u16 {
         match self {
-            CommandError::Malformed(_) | CommandError::MissingField(_) => 400,
+            CommandError::Malformed(_)
+            | CommandError::WrongType { .. }
+            | CommandError::MissingField(_) => 400,
             CommandError::UnknownType(_) => 404,
             CommandError::BadTopic(_) => 413,
             CommandError::Binary => 415,
@@ -96,8 +105,7 @@ struct Wire<'a> {
 
 /// Parses one text message. `max_topic` caps topic names in bytes.
 pub fn parse(text: &[u8], max_topic: usize) -> Result<Command<'_>, CommandError> {
-    let wire: Wire<'_> =
-        serde_json::from_slice(text).map_err(|e| CommandError::Malformed(e.to_string()))?;
+    let wire: Wire<'_> = serde_json::from_slice(text).map_err(|e| explain(text, e))?;
     let kind = wire.kind.ok_or(CommandError::MissingField("type"))?;
     let check_topic = |t| checked_topic(t, max_topic);
     Ok(match kind.as_ref() {
@@ -121,6 +129,41 @@ pub fn parse(text: &[u8], max_topic: usize) -> Result<Command<'_>, CommandError>
         },
         other => return Err(CommandError::UnknownType(other.chars().take(64).collect())),
     })
+}
+
+/// Turns a parse failure into what the client got wrong. serde's message
+/// ("invalid type: integer `5`, expected a string") names neither the field
+/// nor the object, so on this (cold) path the text is parsed again as a
+/// generic value to find the field with the wrong type.
+fn explain(text: &[u8], err: serde_json::Error) -> CommandError {
+    let Ok(serde_json::Value::Object(fields)) = serde_json::from_slice(text) else {
+        return CommandError::Malformed(err.to_string());
+    };
+    // Every field of `Wire` that must be a string (payload may be any JSON).
+    for field in ["type", "topic", "token"] {
+        match fields.get(field) {
+            None | Some(serde_json::Value::String(_)) => {}
+            Some(other) => {
+                return CommandError::WrongType {
+                    field,
+                    expected: "a string",
+                    got: json_kind(other),
+                }
+            }
+        }
+    }
+    CommandError::Malformed(err.to_string())
+}
+
+fn json_kind(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
 }
 
 fn checked_topic(t: Option<Cow<'_, str>>, max_topic: usize) -> Result<Cow<'_, str>, CommandError> {
@@ -270,6 +313,29 @@ mod tests {
             Err(CommandError::MissingField("type"))
         );
         assert_eq!(p(r#"{"type":7}"#).unwrap_err().code(), 400);
+        // A field of the wrong type is named, with what it should be.
+        let e = p(r#"{"type":"subscribe","topic":5}"#).unwrap_err();
+        assert_eq!(e.code(), 400);
+        assert_eq!(
+            e.to_string(),
+            "field 'topic' must be a string, got a number"
+        );
+        assert_eq!(
+            p(r#"{"type":["publish"],"topic":"t","payload":1}"#)
+                .unwrap_err()
+                .to_string(),
+            "field 'type' must be a string, got an array"
+        );
+        assert_eq!(
+            p(r#"{"type":"refresh","token":{}}"#)
+                .unwrap_err()
+                .to_string(),
+            "field 'token' must be a string, got an object"
+        );
+        assert!(p("[1,2]")
+            .unwrap_err()
+            .to_string()
+            .starts_with("message is not a JSON object"));
         assert_eq!(p(r#"{"type":"dance"}"#).unwrap_err().code(), 404);
         assert_eq!(
             p(r#"{"type":"subscribe"}"#),

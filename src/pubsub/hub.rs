@@ -32,6 +32,10 @@ pub enum WorkerMsg {
     Shutdown,
     /// Watchdog probe: the worker counts it, proving its loop still turns.
     Probe,
+    /// Debug builds: panic in the event loop, outside any connection's
+    /// processing (tests of worker-death reporting).
+    #[cfg(debug_assertions)]
+    DebugPanic,
 }
 
 #[derive(Debug)]

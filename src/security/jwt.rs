@@ -60,6 +60,16 @@ pub struct Grant {
     pub broadcast: Option<bool>,
 }
 
+impl Grant {
+    /// The Unix second the connection must be closed at: `exp` plus the
+    /// grace period. Saturating: `exp` is whatever the token says, and
+    /// `u64::MAX` plus any grace must not overflow (it panicked in debug
+    /// builds and wrapped to "long expired" in release builds).
+    pub fn ends_at(&self, grace_secs: u64) -> u64 {
+        self.exp.saturating_add(grace_secs)
+    }
+}
+
 /// Topics a token allows: exact names and `prefix.*` patterns. No `topics`
 /// claim means no restriction.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,9 +164,15 @@ pub fn token_from_request<'a>(
     query: Option<&'a str>,
 ) -> Option<Cow<'a, str>> {
     if let Some(h) = authorization {
+        // Compared as bytes: the header is the client's, and a multi-byte
+        // character across byte 7 must not be sliced through (that panicked).
         let h = h.trim();
-        if h.len() > 7 && h[..7].eq_ignore_ascii_case("bearer ") {
-            return Some(Cow::Borrowed(h[7..].trim()));
+        let (scheme, rest) = h.as_bytes().split_at_checked(7).unwrap_or((b"", b""));
+        if !rest.is_empty() && scheme.eq_ignore_ascii_case(b"bearer ") {
+            // Splitting after seven ASCII bytes is a character boundary.
+            if let Some(token) = h.get(7..) {
+                return Some(Cow::Borrowed(token.trim()));
+            }
         }
     }
     let q = query?;
@@ -265,5 +281,37 @@ mod tests {
         assert_eq!(token_from_request(Some("Basic zzz"), None), None);
         assert_eq!(token_from_request(None, Some("token=")), None);
         assert_eq!(token_from_request(None, None), None);
+    }
+
+    #[test]
+    fn a_multibyte_character_across_the_scheme_never_panics() {
+        // 'é' is two bytes at index 6..8: slicing at 7 used to panic.
+        assert_eq!(token_from_request(Some("Bearer\u{e9}x"), None), None);
+        assert_eq!(
+            token_from_request(Some("\u{e9}\u{e9}\u{e9}\u{e9}"), None),
+            None
+        );
+        assert_eq!(
+            token_from_request(Some("Bearer \u{e9}"), None).as_deref(),
+            Some("\u{e9}")
+        );
+        assert_eq!(token_from_request(Some("Bearer "), None), None);
+        for s in ["", "B", "Bearer", "bearer\u{e9}", "\u{1F600}\u{1F600}"] {
+            let _ = token_from_request(Some(s), Some("token=\u{e9}%ZZ"));
+        }
+    }
+
+    #[test]
+    fn expiry_plus_grace_saturates() {
+        let g = Grant {
+            user: None,
+            exp: u64::MAX - 1,
+            topics: TopicPerms::Any,
+            broadcast: None,
+        };
+        assert_eq!(g.ends_at(10), u64::MAX);
+        assert_eq!(g.ends_at(0), u64::MAX - 1);
+        let g = Grant { exp: 100, ..g };
+        assert_eq!(g.ends_at(5), 105);
     }
 }

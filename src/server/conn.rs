@@ -18,15 +18,17 @@ use rustc_hash::FxHashMap;
 use crate::app;
 use crate::app::pubsub::{Allowances, Caller, PubSubCx};
 use crate::config::AppKind;
+use crate::escape::Esc;
 use crate::protocol::close::close_payload;
 use crate::protocol::frame::write_server_frame;
 use crate::protocol::handshake::{
-    error_response, parse_request, write_accept_response, HandshakeConfig,
+    error_response, parse_request, scan_head, write_accept_response, HandshakeConfig,
+    HandshakeError,
 };
 use crate::protocol::message::PartialPool;
 use crate::protocol::{CloseCode, Event, OpCode, Receiver, ReceiverLimits};
 
-use super::admission::{Admission, Refusal};
+use super::admission::Admission;
 use super::stats::WorkerStats;
 use super::write_queue::WriteQueue;
 use crate::security::{Grant, Refused, Security};
@@ -44,7 +46,53 @@ pub enum Phase {
     /// peer has sent its close frame the socket is closed (the server closes
     /// TCP first, RFC 6455 §7.1.1); otherwise the write side is shut down and
     /// the socket closes on the peer's close frame, its FIN, or the timeout.
+    ///
+    /// `peer_closed` also covers a peer whose FIN arrived while output was
+    /// still queued: nothing more is read, and what is queued is still
+    /// written (a half-closed peer may be reading) until the queue is empty
+    /// or the close timeout passes.
     Closing { write_shut: bool, peer_closed: bool },
+}
+
+/// What the worker does when the peer's input ends (FIN or a read error),
+/// after one last flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnEof {
+    /// Nothing is owed to the peer: close the socket now.
+    Close,
+    /// Output is still queued: enter `phase` (read side closed, draining
+    /// writes) and close once the queue is written or the close timeout
+    /// passes. `start_timer` says the close timer is not running yet.
+    Drain { phase: Phase, start_timer: bool },
+}
+
+impl Phase {
+    /// Decides what the end of the peer's input means. Replies produced from
+    /// its last bytes (the answer to its close frame, an echo) are still
+    /// owed, and a half-closed peer may still be reading (RFC 6455 §5.5.1,
+    /// §7.1.1), so queued output is drained, bounded by the close timeout.
+    pub fn after_peer_eof(self, output_queued: bool) -> OnEof {
+        if !output_queued {
+            return OnEof::Close;
+        }
+        match self {
+            // Closing already runs the close timer.
+            Phase::Closing { write_shut, .. } => OnEof::Drain {
+                phase: Phase::Closing {
+                    write_shut,
+                    peer_closed: true,
+                },
+                start_timer: false,
+            },
+            Phase::Handshake | Phase::Open => OnEof::Drain {
+                phase: Phase::Closing {
+                    write_shut: false,
+                    peer_closed: true,
+                },
+                start_timer: true,
+            },
+        }
+    }
 }
 
 /// What the worker must do after a connection handled its input.
@@ -80,6 +128,8 @@ pub struct Ctx<'a> {
     pub peer_ips: &'a mut FxHashMap<u32, IpAddr>,
     pub rate: Option<RateLimit>,
     pub security: &'a Security,
+    /// Debug builds: [`crate::config::DEBUG_PANIC_MESSAGE`] panics (tests).
+    pub debug_panic: bool,
 }
 
 pub struct Conn {
@@ -104,8 +154,12 @@ pub struct Conn {
     /// Token bucket of the inbound message rate limit.
     pub tokens: f32,
     pub bucket_tick: u32,
-    /// Counted by [`Admission`]; released when the connection goes.
+    /// Counted by [`Admission`] against `--max-connections`; released when
+    /// the connection goes.
     pub admitted: bool,
+    /// Counted by [`Admission`] as handshaking (from accept until the
+    /// request head is answered, or the connection goes).
+    pub handshaking: bool,
     /// What the connection's token grants (only with authentication on).
     pub auth: Option<Box<Grant>>,
     /// Its allowance of broadcasts and token refreshes (pub/sub app).
@@ -134,6 +188,7 @@ impl Conn {
             tokens: f32::MAX,
             bucket_tick: 0,
             admitted: false,
+            handshaking: false,
             auth: None,
             allowances: Allowances::default(),
         }
@@ -156,57 +211,89 @@ impl Conn {
     }
 
     fn on_handshake_bytes(&mut self, key: usize, data: &mut [u8], cx: &mut Ctx<'_>) -> Transition {
+        let cap = cx.handshake.max_head_bytes;
+        // Only the bytes new in this read are scanned for the end of the
+        // head, and the head is parsed once, when that end has arrived:
+        // re-parsing from the start on every read made a head sent a byte
+        // per segment cost quadratic time.
         if let Some(mut head) = self.head.take() {
-            // parse_request refuses heads over the cap, so this stays bounded.
+            let scanned = head.len();
             head.extend_from_slice(data);
-            match self.try_upgrade(key, &mut head, cx) {
-                HeadStatus::NeedMore => {
+            match scan_head(&head, scanned, cap) {
+                Ok(None) => {
                     self.head = Some(head);
                     Transition::Keep
                 }
-                HeadStatus::Done(t) => t,
+                Ok(Some(_)) => match self.try_upgrade(key, &mut head, cx) {
+                    HeadStatus::NeedMore => {
+                        self.head = Some(head);
+                        Transition::Keep
+                    }
+                    HeadStatus::Done(t) => t,
+                },
+                Err(e) => self.reject(key, &e, cx),
             }
         } else {
-            match self.try_upgrade(key, data, cx) {
-                HeadStatus::NeedMore => {
+            match scan_head(data, 0, cap) {
+                Ok(None) => {
                     self.head = Some(data.to_vec());
                     Transition::Keep
                 }
-                HeadStatus::Done(t) => t,
+                Ok(Some(_)) => match self.try_upgrade(key, data, cx) {
+                    HeadStatus::NeedMore => {
+                        self.head = Some(data.to_vec());
+                        Transition::Keep
+                    }
+                    HeadStatus::Done(t) => t,
+                },
+                Err(e) => self.reject(key, &e, cx),
             }
         }
+    }
+
+    /// The request head is answered (accepted or refused): the connection
+    /// stops counting as handshaking. Returns the peer's address (known
+    /// from accept). It is kept past this point only for the per-IP limit.
+    fn end_handshake(&mut self, key: usize, cx: &mut Ctx<'_>) -> Option<IpAddr> {
+        let ip = cx.peer_ips.get(&(key as u32)).copied();
+        if std::mem::take(&mut self.handshaking) {
+            if let Some(ip) = ip {
+                cx.admission.end_handshake(ip);
+            }
+        }
+        if !cx.admission.tracks_ips() {
+            cx.peer_ips.remove(&(key as u32));
+        }
+        ip
     }
 
     fn try_upgrade(&mut self, key: usize, buf: &mut [u8], cx: &mut Ctx<'_>) -> HeadStatus {
         let head_len = match parse_request(buf, cx.handshake) {
             Ok(None) => return HeadStatus::NeedMore,
             Ok(Some(req)) => {
-                let ip = if cx.admission.tracks_ips() || cx.security.handshake_rate.is_some() {
-                    self.stream.peer_addr().ok().map(|a| a.ip())
-                } else {
-                    None
-                };
+                let ip = self.end_handshake(key, cx);
                 let checked =
                     cx.security
                         .check_upgrade(ip, req.origin, req.authorization, req.query);
                 let grant = match checked {
                     Ok(g) => g,
                     Err(why) => {
+                        tracing::debug!(
+                            reason = %Esc::str(&why.to_string()),
+                            origin = %Esc::str(req.origin.unwrap_or("-")),
+                            "upgrade refused"
+                        );
                         self.refuse(&why, cx);
                         return HeadStatus::Done(Transition::StartedClosing);
                     }
                 };
-                if let Err(why) = cx.admission.try_admit(ip) {
-                    let body = match why {
-                        Refusal::Full => "server is at its connection limit",
-                        Refusal::PerIp => "too many connections from your address",
-                    };
+                if let Err(why) = cx.admission.try_admit() {
                     cx.stats.handshake_failures.inc();
                     cx.stats.rejected_unavailable.inc();
                     cx.out.extend_from_slice(&error_response(
                         503,
                         "Service Unavailable",
-                        body,
+                        why.reason(),
                         &[("Retry-After", "1")],
                     ));
                     self.phase = Phase::Closing {
@@ -216,14 +303,9 @@ impl Conn {
                     return HeadStatus::Done(Transition::StartedClosing);
                 }
                 self.admitted = true;
-                if cx.admission.tracks_ips() {
-                    if let Some(ip) = ip {
-                        cx.peer_ips.insert(key as u32, ip);
-                    }
-                }
                 if let Some(g) = grant {
                     tracing::debug!(
-                        user = g.user.as_deref().unwrap_or("-"),
+                        user = %Esc::str(g.user.as_deref().unwrap_or("-")),
                         exp = g.exp,
                         "authenticated"
                     );
@@ -234,22 +316,7 @@ impl Conn {
                 req.head_len
             }
             Err(e) => {
-                tracing::debug!(error = %e, "upgrade refused");
-                cx.stats.handshake_failures.inc();
-                let by_status = match e.status().0 {
-                    404 => &cx.stats.rejected_not_found,
-                    405 => &cx.stats.rejected_method,
-                    426 => &cx.stats.rejected_version,
-                    431 => &cx.stats.rejected_too_large,
-                    _ => &cx.stats.rejected_bad_request,
-                };
-                by_status.inc();
-                cx.out.extend_from_slice(&e.response());
-                self.phase = Phase::Closing {
-                    write_shut: false,
-                    peer_closed: false,
-                };
-                return HeadStatus::Done(Transition::StartedClosing);
+                return HeadStatus::Done(self.reject(key, &e, cx));
             }
         };
         self.phase = Phase::Open;
@@ -272,9 +339,33 @@ impl Conn {
         })
     }
 
+    /// Answers a request head that is not a valid upgrade (400, 404, 405,
+    /// 426, 431) and starts closing.
+    fn reject(&mut self, key: usize, e: &HandshakeError, cx: &mut Ctx<'_>) -> Transition {
+        self.end_handshake(key, cx);
+        // The error texts are ours (no client bytes), but escaped anyway so
+        // a future variant quoting the request cannot forge log lines.
+        tracing::debug!(error = %Esc::str(&e.to_string()), "upgrade refused");
+        cx.stats.handshake_failures.inc();
+        let by_status = match e.status().0 {
+            404 => &cx.stats.rejected_not_found,
+            405 => &cx.stats.rejected_method,
+            426 => &cx.stats.rejected_version,
+            431 => &cx.stats.rejected_too_large,
+            _ => &cx.stats.rejected_bad_request,
+        };
+        by_status.inc();
+        cx.out.extend_from_slice(&e.response());
+        self.head = None;
+        self.phase = Phase::Closing {
+            write_shut: false,
+            peer_closed: false,
+        };
+        Transition::StartedClosing
+    }
+
     /// Answers a refused upgrade (401, 403 or 429) and starts closing.
     fn refuse(&mut self, why: &Refused, cx: &mut Ctx<'_>) {
-        tracing::debug!(reason = %why, "upgrade refused");
         cx.stats.handshake_failures.inc();
         let (status, phrase) = why.status();
         let (counter, extra): (_, &[(&str, &str)]) = match why {
@@ -316,6 +407,7 @@ impl Conn {
             self.bucket_tick = cx.now_tick;
         }
         let tokens = &mut self.tokens;
+        let debug_panic = cfg!(debug_assertions) && cx.debug_panic;
         let result = self.rx.feed(data, cx.limits, cx.pool, &mut |ev| {
             if limited {
                 if *tokens < 1.0 || rate_exceeded {
@@ -329,6 +421,11 @@ impl Conn {
                     stats.messages_in.inc();
                     match app_kind {
                         AppKind::Echo => {
+                            if debug_panic
+                                && payload == crate::config::DEBUG_PANIC_MESSAGE.as_bytes()
+                            {
+                                panic!("debug panic trigger");
+                            }
                             app::echo::on_message(kind, payload, out);
                             stats.messages_out.inc();
                         }
@@ -350,7 +447,7 @@ impl Conn {
         }
         match result {
             Err(e) => {
-                tracing::debug!(error = %e, "protocol error");
+                tracing::debug!(error = %Esc::str(&e.to_string()), "protocol error");
                 stats.protocol_errors.inc();
                 if e == crate::protocol::message::ProtocolError::ReassemblyBudget {
                     stats.reassembly_refused.inc();
@@ -412,16 +509,22 @@ impl Conn {
         }
     }
 
-    /// The close handshake is over and our bytes are out: nothing is left to
-    /// wait for.
-    pub fn close_complete(&self) -> bool {
+    /// The peer will send nothing that matters (its close frame or its FIN
+    /// came): reading it would only discard bytes.
+    pub fn reads_done(&self) -> bool {
         matches!(
             self.phase,
             Phase::Closing {
                 peer_closed: true,
                 ..
             }
-        ) && self.wq.is_none()
+        )
+    }
+
+    /// The close handshake is over (or the peer is gone) and our bytes are
+    /// out: nothing is left to wait for.
+    pub fn close_complete(&self) -> bool {
+        self.reads_done() && self.wq.is_none()
     }
 
     /// Returns heap buffers to the worker's pool before the slot is freed.
@@ -435,6 +538,55 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_peers_eof_with_nothing_queued_closes_at_once() {
+        for phase in [
+            Phase::Handshake,
+            Phase::Open,
+            Phase::Closing {
+                write_shut: true,
+                peer_closed: false,
+            },
+            Phase::Closing {
+                write_shut: false,
+                peer_closed: true,
+            },
+        ] {
+            assert_eq!(phase.after_peer_eof(false), OnEof::Close, "{phase:?}");
+        }
+    }
+
+    #[test]
+    fn the_peers_eof_with_output_queued_drains_it_under_the_close_timer() {
+        let draining = Phase::Closing {
+            write_shut: false,
+            peer_closed: true,
+        };
+        // An open connection (an echo still queued): start the close timer.
+        assert_eq!(
+            Phase::Open.after_peer_eof(true),
+            OnEof::Drain {
+                phase: draining,
+                start_timer: true
+            }
+        );
+        // Our close frame queued (after a protocol error, or answering the
+        // peer's close frame): the close timer already runs.
+        for peer_closed in [false, true] {
+            let closing = Phase::Closing {
+                write_shut: false,
+                peer_closed,
+            };
+            assert_eq!(
+                closing.after_peer_eof(true),
+                OnEof::Drain {
+                    phase: draining,
+                    start_timer: false
+                }
+            );
+        }
+    }
 
     #[test]
     fn an_idle_connection_is_small() {

@@ -8,6 +8,8 @@
 mod admission;
 mod conn;
 pub(crate) mod listener;
+mod no_sigpipe;
+mod panic_guard;
 mod stats;
 mod worker;
 mod write_queue;
@@ -103,10 +105,10 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         }
         _ => None,
     };
-    let admission = Arc::new(Admission::new(
-        config.max_connections,
-        config.max_connections_per_ip,
-    ));
+    let admission = Arc::new(
+        Admission::new(config.max_connections, config.max_connections_per_ip)
+            .with_handshake_caps(config.max_handshaking, config.max_handshaking_per_ip),
+    );
     let stats: Vec<Arc<WorkerStats>> = (0..n).map(|_| Arc::default()).collect();
     let metrics = MetricsSource {
         workers: stats.clone(),
@@ -131,19 +133,26 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         security: Arc::new(security_from(&config)?),
         reassembly,
     };
+    panic_guard::install_hook();
     let mut workers = Vec::with_capacity(n);
     for (id, ((l, (poll, rx)), stats)) in listeners.into_iter().zip(parts).zip(stats).enumerate() {
         let worker = Worker::new(id, poll, l, rx, stats.clone(), &shared)?;
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
+        // Alive from before `start` returns until the thread ends, however
+        // it ends (the guard is dropped with the closure).
+        let alive = panic_guard::AliveGuard::new(stats.clone());
         let thread = std::thread::Builder::new()
             .name(format!("wsgate-worker-{id}"))
             .spawn(move || {
+                let alive = alive;
                 if let Some(core) = core {
                     if !core_affinity::set_for_current(core) {
                         tracing::warn!(worker = id, "could not pin to core {}", core.id);
                     }
                 }
-                worker.run();
+                if worker.run() {
+                    alive.drained();
+                }
             })?;
         workers.push(WorkerHandle {
             thread: Some(thread),
@@ -186,6 +195,19 @@ impl ServerHandle {
     /// Upgraded connections held right now, across workers.
     pub fn admitted(&self) -> usize {
         self.admission.admitted()
+    }
+
+    /// Whether every worker thread still runs (see [`MetricsSource::workers_alive`]).
+    pub fn workers_alive(&self) -> bool {
+        self.workers.iter().all(|w| w.stats.alive.get() == 1)
+    }
+
+    /// Debug builds: makes worker `w` panic outside any connection's
+    /// processing, as a bug in the event loop itself would (tests of the
+    /// health reporting).
+    #[cfg(debug_assertions)]
+    pub fn debug_kill_worker(&self, w: usize) {
+        let _ = self.hub.try_send(w, WorkerMsg::DebugPanic);
     }
 
     /// Sends a watchdog probe to every worker; a worker whose `watchdog`

@@ -128,6 +128,12 @@ worker_stats! {
     pings_sent,
     /// Watchdog probes answered (proves the event loop turns).
     watchdog,
+    /// Gauge: 1 while the worker's thread runs (0 once it ended, e.g. by a
+    /// panic outside a connection's processing).
+    alive,
+    /// Panics caught while handling one connection (that connection was
+    /// closed, 1011 if it was upgraded; the worker carried on).
+    panics,
     /// Connections the peer closed with a close frame.
     peer_closes,
     /// Open connections lost without a close frame (EOF, reset).

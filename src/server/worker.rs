@@ -29,11 +29,15 @@ use crate::pubsub::topics::LocalTopics;
 use crate::pubsub::{Delivery, Hub, Notify, WorkerMsg};
 
 use super::admission::Admission;
-use super::conn::{Conn, Ctx, Phase, RateLimit, Transition};
+use super::conn::{Conn, Ctx, OnEof, Phase, RateLimit, Transition};
 use super::listener;
+use super::no_sigpipe::NoSigPipe;
+use super::panic_guard::guarded;
 use super::stats::WorkerStats;
-use super::write_queue::{Chunk, WriteQueue};
+use super::write_queue::{write_or_queue, Chunk};
+use crate::escape::Esc;
 use crate::protocol::frame::write_server_frame;
+use crate::protocol::handshake::error_response;
 use crate::protocol::OpCode;
 use crate::security::{unix_now, Security};
 use crate::timer_wheel::TimerWheel;
@@ -138,7 +142,15 @@ pub(crate) struct Worker {
     /// The largest frame a delivery can be: a max-size payload wrapped in
     /// the `message` envelope with a max-size topic (see `flush_outbox`).
     largest_delivery: usize,
+    /// When a caught panic was last logged, and how many since went unlogged.
+    panic_log: Option<(Instant, u64)>,
+    /// Debug builds with `Config::debug_panic_trigger`: see `Ctx::debug_panic`.
+    debug_panic: bool,
 }
+
+/// At most one log line per worker per this interval for caught panics (a
+/// client that can trigger one can trigger it in a loop).
+const PANIC_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
 /// Per-connection errors are logged at debug level only; at warn level a
 /// worker says at most once per interval how many there were.
@@ -265,11 +277,15 @@ impl Worker {
                 last: [0; 5],
             },
             largest_delivery,
+            panic_log: None,
+            debug_panic: cfg!(debug_assertions) && shared.config.debug_panic_trigger,
         })
     }
 
-    /// Runs the event loop until shutdown has drained.
-    pub(crate) fn run(mut self) {
+    /// Runs the event loop until shutdown has drained (returns true), or
+    /// until polling fails (returns false: the worker is lost).
+    pub(crate) fn run(mut self) -> bool {
+        let mut drained = false;
         let mut events = Events::with_capacity(1024);
         loop {
             // Connections set aside last turn are read this turn, after that
@@ -325,6 +341,7 @@ impl Worker {
             }
             if let Some(until) = self.draining_until {
                 if self.conns.is_empty() || now >= until {
+                    drained = true;
                     break;
                 }
             }
@@ -334,6 +351,7 @@ impl Worker {
             self.close_now(key);
         }
         tracing::debug!(worker = self.id, "worker stopped");
+        drained
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {
@@ -375,7 +393,7 @@ impl Worker {
                 return;
             };
             match listener.accept() {
-                Ok((stream, _peer)) => self.add_conn(stream, now),
+                Ok((stream, peer)) => self.add_conn(stream, peer.ip(), now),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.accept_pending = false;
                     return;
@@ -470,8 +488,26 @@ impl Worker {
         self.accept_pending = true;
     }
 
-    fn add_conn(&mut self, mut stream: TcpStream, now: Instant) {
+    fn add_conn(&mut self, mut stream: TcpStream, ip: IpAddr, now: Instant) {
         self.stats.accepted.inc();
+        if let Err(why) = self.admission.try_accept(ip) {
+            // Refused before it costs a slot, a timer or a buffer: one
+            // address's unfinished handshakes must not hold the descriptors
+            // every other client needs. Read what already arrived (closing
+            // with unread bytes would reset the connection before the
+            // answer is read), answer 503, close.
+            self.stats.handshake_failures.inc();
+            self.stats.rejected_unavailable.inc();
+            let _ = (&stream).read(&mut self.scratch);
+            let resp = error_response(
+                503,
+                "Service Unavailable",
+                why.reason(),
+                &[("Retry-After", "1")],
+            );
+            let _ = (&stream).write(&resp);
+            return;
+        }
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY failed");
         }
@@ -486,6 +522,8 @@ impl Worker {
             Interest::READABLE | Interest::WRITABLE,
         ) {
             tracing::warn!(error = %e, "register failed");
+            self.admission.end_handshake(ip);
+            self.admission.closed(ip);
             return;
         }
         // A peer that stops acknowledging what we send is dead: let the
@@ -499,8 +537,12 @@ impl Worker {
         let serial = self.next_serial;
         self.next_serial = self.next_serial.wrapping_add(1);
         let mut conn = Conn::new(stream, serial);
+        conn.handshaking = true;
         conn.timer = Some(self.wheel.schedule(deadline, key as u32));
         entry.insert(conn);
+        // Kept while it handshakes (to uncount it), for good with the
+        // per-IP connection limit on.
+        self.peer_ips.insert(key as u32, ip);
         self.stats.open.inc();
     }
 
@@ -562,11 +604,15 @@ impl Worker {
     /// The tick at which connection `key`'s token (plus grace) runs out.
     fn token_deadline(&self, key: usize) -> Option<u32> {
         let grant = self.conns.get(key)?.auth.as_ref()?;
-        let ends = grant.exp + self.config.jwt_expiry_grace.as_secs();
+        let ends = grant.ends_at(self.config.jwt_expiry_grace.as_secs());
         let left = ends.saturating_sub(unix_now());
         let left_ticks =
             (left.saturating_mul(1000) / TICK.as_millis() as u64).min(u32::MAX as u64 / 2);
-        Some(self.tick(Instant::now()) + left_ticks as u32 + 1)
+        Some(
+            self.tick(Instant::now())
+                .saturating_add(left_ticks as u32)
+                .saturating_add(1),
+        )
     }
 
     /// The deadline for a connection that just started closing.
@@ -586,7 +632,7 @@ impl Worker {
             let Some(conn) = self.conns.get_mut(key) else {
                 return;
             };
-            if conn.read_paused {
+            if conn.read_paused || conn.reads_done() {
                 break;
             }
             match conn.stream.read(&mut self.scratch) {
@@ -622,8 +668,19 @@ impl Worker {
                         peer_ips: &mut self.peer_ips,
                         rate: self.rate,
                         security: &self.security,
+                        debug_panic: self.debug_panic,
                     };
-                    match conn.on_bytes(key, &mut self.scratch[..n], &mut cx) {
+                    let phase = conn.phase;
+                    let data = &mut self.scratch[..n];
+                    let handled = guarded(|| conn.on_bytes(key, data, &mut cx));
+                    let transition = match handled {
+                        Ok(t) => t,
+                        Err(message) => {
+                            self.on_panic(key, phase, &message);
+                            return;
+                        }
+                    };
+                    match transition {
                         Transition::Keep => {}
                         Transition::Upgraded => {
                             // Stagger heartbeats: connections accepted in one
@@ -673,18 +730,32 @@ impl Worker {
         }
     }
 
-    /// The peer closed its side.
+    /// The peer closed its side (or reading failed).
     fn on_eof(&mut self, key: usize) {
         if self.conns.get(key).is_some_and(|c| c.phase == Phase::Open) {
             self.stats.abrupt_closes.inc();
         }
         // The peer's FIN can arrive in the same read as its last request
         // (a close frame, a handshake, a message): the replies produced
-        // from those bytes are still owed. A half-closed peer may still be
-        // reading, so give them one non-blocking write before closing.
-        // Nothing else is waited for: the peer will send nothing more.
-        self.flush(key);
-        self.close_now(key);
+        // from those bytes are still owed, and a half-closed peer may still
+        // be reading. What the socket does not take now is drained (see
+        // `Phase::after_peer_eof`).
+        if !self.flush(key) {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match conn.phase.after_peer_eof(conn.wq.is_some()) {
+            OnEof::Close => self.close_now(key),
+            OnEof::Drain { phase, start_timer } => {
+                conn.phase = phase;
+                if start_timer {
+                    let at = self.closing_deadline(self.tick(Instant::now()));
+                    self.set_timer(key, at);
+                }
+            }
+        }
     }
 
     /// Writes pending output (the shared `out` buffer, then/or the queue).
@@ -731,6 +802,8 @@ impl Worker {
         }
         // Backpressure: a client that sends faster than it reads is not read
         // from while its replies exceed the cap; TCP pushes back on it.
+        // Reading resumes at half the cap (no flapping on every write); a FIN
+        // found then while replies are still queued drains them (`on_eof`).
         let queued = conn.queued_bytes();
         let cap = self.config.max_outbound_bytes;
         if queued > cap {
@@ -748,8 +821,15 @@ impl Worker {
                 self.wheel.cancel(id);
             }
             self.stats.queued_bytes.sub(conn.queued_bytes() as u64);
+            let ip = self.peer_ips.remove(&(key as u32));
             if conn.admitted {
-                self.admission.release(self.peer_ips.remove(&(key as u32)));
+                self.admission.release();
+            }
+            if let Some(ip) = ip {
+                if conn.handshaking {
+                    self.admission.end_handshake(ip);
+                }
+                self.admission.closed(ip);
             }
             for id in conn.topics.drain(..) {
                 leave_topic(&mut self.topics, &self.hub, self.id, id, key as u32);
@@ -759,6 +839,52 @@ impl Worker {
             // it from the epoll set.
             self.stats.open.sub(1);
             self.stats.closed.inc();
+        }
+    }
+
+    /// A panic was caught in connection `key`'s processing (it was in
+    /// `phase` when that started). Only that connection pays: an upgraded
+    /// one is closed with 1011 (RFC 6455 §7.4.1, "unexpected condition"), a
+    /// handshaking or closing one is dropped. Counted, and logged at most
+    /// once per interval per worker.
+    fn on_panic(&mut self, key: usize, phase: Phase, message: &str) {
+        self.stats.panics.inc();
+        // Whatever the interrupted call wrote may be half a frame.
+        self.out.clear();
+        let now = Instant::now();
+        match self.panic_log {
+            Some((at, ref mut unlogged)) if now.duration_since(at) < PANIC_LOG_INTERVAL => {
+                *unlogged += 1;
+            }
+            last => {
+                let unlogged = last.map_or(0, |(_, n)| n);
+                tracing::error!(
+                    worker = self.id,
+                    panic = %Esc::str(message),
+                    unlogged_since_last = unlogged,
+                    "a bug was hit while handling one connection: that connection was closed \
+                     and the worker carries on (wsgate_panics counts them all)"
+                );
+                self.panic_log = Some((now, 0));
+            }
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        if phase == Phase::Open && conn.phase == Phase::Open {
+            conn.start_close(
+                CloseCode::INTERNAL_ERROR,
+                "internal error",
+                &mut self.out,
+                false,
+            );
+            // Reading goes on only to see the peer's close frame; should its
+            // receiver panic again, that is caught and the socket dropped.
+            let at = self.closing_deadline(self.tick(now));
+            self.set_timer(key, at);
+            self.flush(key);
+        } else {
+            self.close_now(key);
         }
     }
 
@@ -779,7 +905,11 @@ impl Worker {
                     self.close_now(key);
                 }
                 Phase::Closing { .. } => self.close_now(key),
-                Phase::Open => self.heartbeat(key, now_tick),
+                Phase::Open => {
+                    if let Err(message) = guarded(|| self.heartbeat(key, now_tick)) {
+                        self.on_panic(key, Phase::Open, &message);
+                    }
+                }
             }
         }
         self.expired = expired;
@@ -795,7 +925,7 @@ impl Worker {
         if conn
             .auth
             .as_ref()
-            .is_some_and(|g| unix_now() >= g.exp + grace)
+            .is_some_and(|g| unix_now() >= g.ends_at(grace))
         {
             // The token ran out and no fresh one came ({"type":"refresh"}).
             self.stats.token_expiries.inc();
@@ -857,6 +987,8 @@ impl Worker {
                 WorkerMsg::TicketDone { pending } => self.complete_pending(pending),
                 WorkerMsg::Shutdown => self.begin_shutdown(),
                 WorkerMsg::Probe => self.stats.watchdog.inc(),
+                #[cfg(debug_assertions)]
+                WorkerMsg::DebugPanic => panic!("debug: worker {} dies", self.id),
             }
         }
         // Batch used up: come back after serving sockets.
@@ -1038,8 +1170,9 @@ impl Worker {
             queued = conn.queued_bytes(),
             "slow consumer"
         );
-        // Free the queue at once, except the rest of a frame already half
-        // sent (cutting it would corrupt the stream before the close frame).
+        // Free the queue at once, except the rest of the frame already half
+        // sent, direct reply or fan-out (cutting it would put the close frame
+        // inside its payload). What stays is at most one frame.
         if let Some(wq) = conn.wq.as_mut() {
             let dropped = wq.drop_unstarted();
             self.stats.queued_bytes.sub(dropped as u64);
@@ -1096,34 +1229,10 @@ impl Worker {
 }
 
 /// Writes `out` after anything already queued; queues what the socket
-/// refuses. Returns the bytes written.
+/// refuses. `out` holds whole frames (or HTTP responses), which lets the
+/// queue tell where the one in flight ends. Returns the bytes written.
 fn write_out(conn: &mut Conn, out: &[u8]) -> io::Result<usize> {
-    if let Some(wq) = conn.wq.as_mut() {
-        if !out.is_empty() {
-            wq.push(Chunk::Owned(out.to_vec()));
-        }
-        let n = wq.write_to(&mut conn.stream)?;
-        if wq.is_empty() {
-            conn.wq = None;
-        }
-        return Ok(n);
-    }
-    let mut written = 0;
-    while written < out.len() {
-        match conn.stream.write(&out[written..]) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => written += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    if written < out.len() {
-        let mut wq = Box::<WriteQueue>::default();
-        wq.push(Chunk::Owned(out[written..].to_vec()));
-        conn.wq = Some(wq);
-    }
-    Ok(written)
+    write_or_queue(&mut conn.wq, &mut NoSigPipe(&conn.stream), out)
 }
 
 /// Writes fan-out frames after anything already queued: straight to the
@@ -1142,9 +1251,8 @@ fn write_frames(conn: &mut Conn, frames: FramesFor<'_>) -> io::Result<usize> {
             total += f.len();
         }
         loop {
-            // sendmsg rather than writev: it skips the VFS layer (measured
-            // ~8% less server CPU per delivery in the 15k-subscriber bench).
-            match socket2::SockRef::from(&conn.stream).send_vectored(&slices[..n]) {
+            // One sendmsg (see NoSigPipe).
+            match NoSigPipe(&conn.stream).write_vectored(&slices[..n]) {
                 Ok(w) => {
                     written = w;
                     break;
@@ -1177,7 +1285,10 @@ fn write_frames(conn: &mut Conn, frames: FramesFor<'_>) -> io::Result<usize> {
             wq.push(Chunk::Shared(f.clone()));
         }
     }
-    let wq = conn.wq.as_mut().map(|q| q.write_to(&mut conn.stream));
+    let wq = conn
+        .wq
+        .as_mut()
+        .map(|q| q.write_to(&mut NoSigPipe(&conn.stream)));
     let more = match wq {
         Some(r) => r?,
         None => 0,

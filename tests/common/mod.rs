@@ -103,17 +103,104 @@ pub fn http(addr: SocketAddr, method: &str, target: &str, body: &str) -> (u16, S
     (status, body)
 }
 
-/// A child process killed (and reaped) when the test ends, pass or fail.
+/// How long a process stopped by [`Proc`] gets between SIGTERM and SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// A scratch directory (`/tmp/wsgate-TAG-XXXX`) removed when dropped.
+pub fn temp_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("wsgate-{tag}-"))
+        .tempdir()
+        .expect("create a temp dir")
+}
+
+/// A child process stopped (and reaped) when the test ends, pass or fail:
+/// SIGTERM, up to [`STOP_GRACE`] to exit, then SIGKILL. A child spawned as
+/// its own process group leader (`process_group(0)`, as nginx is) is
+/// signalled as a group, so its workers go with it.
 pub struct Proc(pub Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        self.stop(STOP_GRACE);
     }
 }
 
+/// kill(2), ignoring "no such process".
+fn send_signal(target: i32, sig: i32) {
+    // SAFETY: kill(2) takes plain integers; callers pass a child of ours
+    // (or the group it leads) that has not been reaped, so the id is ours.
+    unsafe { libc::kill(target, sig) };
+}
+
+#[derive(PartialEq, Eq)]
+enum State {
+    Running,
+    /// Exited but not reaped: its pid (and group id) are still ours.
+    Exited,
+    /// Already reaped: signalling its pid could hit an unrelated process.
+    Reaped,
+}
+
 impl Proc {
+    /// Whether the child runs, without reaping it (waitid WNOWAIT).
+    fn state(&self) -> State {
+        // SAFETY: an all-zero siginfo_t is valid; waitid only writes it.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid(2) on our own child with a valid out pointer.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                self.0.id(),
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        if rc != 0 {
+            return State::Reaped;
+        }
+        // SAFETY: a successful waitid set si_pid (0: nothing has exited).
+        let exited_pid = unsafe { info.si_pid() };
+        if exited_pid == 0 {
+            State::Running
+        } else {
+            State::Exited
+        }
+    }
+
+    /// Whether the child leads its own process group (spawned with
+    /// `process_group(0)`): then it is signalled as a group.
+    fn leads_group(&self) -> bool {
+        let pid = self.0.id() as i32;
+        // SAFETY: getpgid(2) only reads; the child is not reaped.
+        unsafe { libc::getpgid(pid) == pid }
+    }
+
+    /// Stops the process: SIGTERM, `grace` to exit, then SIGKILL (for a
+    /// group, SIGKILL to what is left of it, e.g. nginx workers whose master
+    /// died), then reaps it.
+    pub fn stop(&mut self, grace: Duration) {
+        let mut state = self.state();
+        if state == State::Reaped {
+            return;
+        }
+        let group = self.leads_group();
+        let pid = self.0.id() as i32;
+        let target = if group { -pid } else { pid };
+        if state == State::Running && !grace.is_zero() {
+            send_signal(target, libc::SIGTERM);
+            let deadline = Instant::now() + grace;
+            while state == State::Running && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+                state = self.state();
+            }
+        }
+        if group || state == State::Running {
+            send_signal(target, libc::SIGKILL);
+        }
+        let _ = self.0.wait();
+    }
+
     pub fn signal(&self, sig: i32) {
         // SAFETY: kill(2) on a child we spawned and have not reaped.
         let rc = unsafe { libc::kill(self.0.id() as i32, sig) };
@@ -177,10 +264,9 @@ impl Proc {
     }
 }
 
-/// Kills and reaps a process now.
+/// Kills (SIGKILL, as a crash would) and reaps a process now.
 pub fn kill(mut p: Proc) {
-    let _ = p.0.kill();
-    let _ = p.0.wait();
+    p.stop(Duration::ZERO);
 }
 
 /// Asks a Redis server a command over RESP (for checks like NUMSUB).
@@ -311,6 +397,17 @@ impl RawClient {
         tcp.set_read_timeout(Some(READ_WITHIN)).unwrap();
         tcp.set_write_timeout(Some(Duration::from_secs(10)))
             .unwrap();
+        RawClient {
+            tcp,
+            buf: Vec::new(),
+        }
+    }
+
+    /// A raw client on a socket connected elsewhere (e.g. from a chosen
+    /// source address).
+    pub fn from_stream(tcp: TcpStream) -> RawClient {
+        tcp.set_nodelay(true).unwrap();
+        tcp.set_read_timeout(Some(READ_WITHIN)).unwrap();
         RawClient {
             tcp,
             buf: Vec::new(),

@@ -6,8 +6,6 @@
 //! (`--server-pid` is our own pid), so nothing else may run beside it while
 //! server CPU and memory are measured.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -82,6 +80,22 @@ fn run(mut cmd: Command, limit: Duration) -> Output {
         String::from_utf8_lossy(&output.stderr)
     );
     output
+}
+
+/// Every worker thread still runs its event loop: each answers a probe.
+fn assert_workers_alive(server: &wsgate::ServerHandle) {
+    let before: Vec<u64> = server.stats().iter().map(|s| s.watchdog).collect();
+    server.probe_workers();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while !server
+        .stats()
+        .iter()
+        .zip(&before)
+        .all(|(s, b)| s.watchdog > *b)
+    {
+        assert!(Instant::now() < deadline, "a worker does not answer");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 fn wsbench(args: &[&str]) -> Command {
@@ -196,6 +210,9 @@ fn wsbench_scenarios_and_report_against_a_live_server() {
             "connect",
             "--connections",
             "300",
+            // A sub-second ramp: its timeseries must still have a shape.
+            "--rate",
+            "600",
             "--hold",
             "1",
             "--settle",
@@ -228,6 +245,18 @@ fn wsbench_scenarios_and_report_against_a_live_server() {
     let ts = c["timeseries"].as_array().expect("timeseries");
     let last = ts.last().expect("at least the final sample");
     assert_eq!(u(last, "open"), 300);
+    // Sampled every 100 ms from t = 0, so a 0.5 s ramp has several points
+    // (at one a second it had only its final one).
+    assert_eq!(f(&ts[0], "t"), 0.0, "{ts:?}");
+    assert!(
+        ts.len() >= 4,
+        "only {} samples in a 0.5 s ramp: {ts:?}",
+        ts.len()
+    );
+    assert!(
+        ts.windows(2).all(|w| f(&w[0], "t") < f(&w[1], "t")),
+        "{ts:?}"
+    );
     assert!(u(last, "server_rss") > 0, "RSS of our own pid: {last}");
 
     // echo: closed loop, round trips and their latency.
@@ -365,10 +394,15 @@ fn wsbench_scenarios_and_report_against_a_live_server() {
     assert!(!o.status.success(), "churn results have nothing to chart");
 
     // The server took all that and still serves.
-    common::assert_workers_alive(&server);
-    let mut ws = common::connect(server.local_addr());
-    common::send(&mut ws, r#"{"type":"echo","payload":"still there?"}"#);
-    assert_eq!(common::recv(&mut ws)["payload"], "still there?");
+    assert_workers_alive(&server);
+    let (mut ws, _) = tungstenite::connect(url.as_str()).expect("connect");
+    ws.send(tungstenite::Message::text(
+        r#"{"type":"echo","payload":"still there?"}"#,
+    ))
+    .expect("send");
+    let reply = ws.read().expect("echo reply");
+    let reply: Value = serde_json::from_str(reply.to_text().expect("text")).expect("JSON");
+    assert_eq!(reply["payload"], "still there?");
     for (name, v) in [
         ("connect", &c),
         ("echo", &e),
