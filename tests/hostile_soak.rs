@@ -441,7 +441,7 @@ fn wait_all_released(server: &wsgate::ServerHandle, what: &str) {
 fn two_hundred_hostile_clients_for_20s_leave_the_server_healthy_and_rss_flat() {
     let t0 = Instant::now();
     let server = start_echo(|c| {
-        c.max_message_size = MAX_MESSAGE;
+        c.max_message_size = Some(MAX_MESSAGE);
         c.max_outbound_bytes = 128 * 1024;
         c.handshake_timeout = Duration::from_secs(1);
         c.ping_interval = Duration::from_secs(1);

@@ -12,6 +12,9 @@
 //! ([`Partial`]) exists only while a message or control frame is incomplete,
 //! and comes from and goes back to a [`PartialPool`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use super::close::{CloseCode, CloseFrame};
 use super::frame::{FrameError, FrameHeader, OpCode, Role, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use super::mask::apply_mask;
@@ -90,6 +93,10 @@ pub enum ProtocolError {
     TooManyFragments,
     #[error("invalid close frame (answered with {0})")]
     BadClose(CloseCode),
+    /// The process holds as many partly received bytes as it may
+    /// (`--max-reassembly-bytes`): this message would pass the budget.
+    #[error("server is out of memory for unfinished messages")]
+    ReassemblyBudget,
 }
 
 impl ProtocolError {
@@ -102,7 +109,8 @@ impl ProtocolError {
             ProtocolError::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
             ProtocolError::FrameTooBig
             | ProtocolError::MessageTooBig
-            | ProtocolError::TooManyFragments => CloseCode::MESSAGE_TOO_BIG,
+            | ProtocolError::TooManyFragments
+            | ProtocolError::ReassemblyBudget => CloseCode::MESSAGE_TOO_BIG,
             ProtocolError::BadClose(code) => *code,
         }
     }
@@ -126,6 +134,53 @@ impl Default for ReceiverLimits {
     }
 }
 
+/// Bytes of partly received messages the whole process may hold, shared by
+/// every worker's [`PartialPool`]. Without it each connection could park a
+/// whole max-size message (kept alive by pings between fragments) and a few
+/// dozen connections would take gigabytes.
+///
+/// A buffered frame reserves its announced length when its header arrives
+/// (one atomic operation per buffered frame, none for messages that arrive
+/// whole); the reservation is returned when the message completes or the
+/// connection goes.
+#[derive(Debug)]
+pub struct ReassemblyBudget {
+    limit: u64,
+    held: AtomicU64,
+}
+
+impl ReassemblyBudget {
+    pub fn new(limit: u64) -> Self {
+        ReassemblyBudget {
+            limit,
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes reserved right now (a gauge).
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    fn reserve(&self, n: u64) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                h.checked_add(n).filter(|t| *t <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, n: u64) {
+        if n > 0 {
+            self.held.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+}
+
 /// Heap state of an incomplete message or control frame.
 #[derive(Debug, Default)]
 pub struct Partial {
@@ -133,6 +188,8 @@ pub struct Partial {
     utf8: Utf8Validator,
     fragments: u32,
     control: Vec<u8>,
+    /// Bytes of the pool's [`ReassemblyBudget`] this message holds.
+    reserved: u64,
 }
 
 /// A small free list of [`Partial`]s, one per worker, so that connections
@@ -147,6 +204,8 @@ pub struct PartialPool {
     /// Buffers that grew past this are shrunk before being pooled, so a
     /// burst of 16 MiB messages does not pin 16 MiB per pooled buffer.
     keep_capacity: usize,
+    /// The process-wide cap on partly received bytes (none: unlimited).
+    budget: Option<Arc<ReassemblyBudget>>,
 }
 
 impl PartialPool {
@@ -155,6 +214,15 @@ impl PartialPool {
             free: Vec::new(),
             max_pooled,
             keep_capacity,
+            budget: None,
+        }
+    }
+
+    /// A default pool whose buffers count against `budget`.
+    pub fn with_budget(budget: Arc<ReassemblyBudget>) -> Self {
+        PartialPool {
+            budget: Some(budget),
+            ..PartialPool::default()
         }
     }
 
@@ -162,7 +230,26 @@ impl PartialPool {
         self.free.pop().unwrap_or_default()
     }
 
+    /// Reserves `n` more bytes of the budget for message `p`.
+    fn reserve(&self, p: &mut Partial, n: u64) -> Result<(), ProtocolError> {
+        if let Some(b) = &self.budget {
+            if !b.reserve(n) {
+                return Err(ProtocolError::ReassemblyBudget);
+            }
+            p.reserved += n;
+        }
+        Ok(())
+    }
+
+    /// Returns what message `p` reserved.
+    fn unreserve(&self, p: &mut Partial) {
+        if let Some(b) = &self.budget {
+            b.release(std::mem::take(&mut p.reserved));
+        }
+    }
+
     fn put(&mut self, mut p: Box<Partial>) {
+        self.unreserve(&mut p);
         if self.free.len() >= self.max_pooled {
             return;
         }
@@ -262,6 +349,9 @@ impl Receiver {
         let result = self.feed_inner(input, limits, pool, on_event);
         if result.is_err() {
             self.state = State::Done;
+            // Nothing more is read: the unfinished message (and its share
+            // of the reassembly budget) goes now, not when the socket closes.
+            self.in_message = None;
         }
         // Idle again: the reassembly buffer goes back to the pool.
         if self.in_message.is_none() && matches!(self.state, State::Header | State::Done) {
@@ -327,7 +417,7 @@ impl Receiver {
                 return Ok(());
             }
             self.state = State::Header;
-            self.complete_buffered(opcode, fin, on_event)?;
+            self.complete_buffered(opcode, fin, pool, on_event)?;
         }
     }
 
@@ -406,8 +496,9 @@ impl Receiver {
                 if h.fin && whole_here {
                     true
                 } else {
-                    self.in_message = Some(kind);
                     let p = self.partial.get_or_insert_with(|| pool.get());
+                    pool.reserve(p, h.payload_len)?;
+                    self.in_message = Some(kind);
                     p.msg.clear();
                     p.utf8 = Utf8Validator::new();
                     p.fragments = 1;
@@ -429,6 +520,7 @@ impl Receiver {
                 if p.fragments > limits.max_fragments {
                     return Err(ProtocolError::TooManyFragments);
                 }
+                pool.reserve(p, h.payload_len)?;
                 false
             }
         };
@@ -483,6 +575,7 @@ impl Receiver {
         &mut self,
         opcode: OpCode,
         fin: bool,
+        pool: &PartialPool,
         on_event: &mut dyn FnMut(Event<'_>),
     ) -> Result<(), ProtocolError> {
         let Some(mut p) = self.partial.take() else {
@@ -494,7 +587,7 @@ impl Receiver {
             r
         } else if fin {
             let kind = self.in_message.take();
-            match kind {
+            let r = match kind {
                 Some(MessageKind::Text) => match p.utf8.finish() {
                     Ok(()) => {
                         on_event(Event::Message(MessageKind::Text, &p.msg));
@@ -508,7 +601,10 @@ impl Receiver {
                 }
                 None => Err(ProtocolError::UnexpectedContinuation),
             }
-            .inspect(|_| p.msg.clear())
+            .inspect(|_| p.msg.clear());
+            // The message is complete: its bytes no longer count.
+            pool.unreserve(&mut p);
+            r
         } else {
             Ok(())
         };
