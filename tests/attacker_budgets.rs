@@ -206,9 +206,9 @@ impl Crowd {
                             break;
                         }
                         got += n;
+                        b.fetch_add(n as u64, Relaxed);
                     }
                 }
-                b.fetch_add(got as u64, Relaxed);
                 if got == 0 {
                     std::thread::sleep(Duration::from_millis(2));
                 }
@@ -291,8 +291,18 @@ fn broadcast_amplification_memory_comes_back() {
     for i in 0..BROADCASTS {
         burst.extend(client_frame(true, OpCode::Text, format!(r#"{{"type":"broadcast","payload":{i}}}"#).as_bytes()));
     }
-    writer.set_nonblocking(false).unwrap();
-    writer.write_all(&burst).unwrap();
+    // The socket is shared with the (non-blocking) reader: write around
+    // WouldBlock instead of making it blocking.
+    let mut sent = 0;
+    while sent < burst.len() {
+        match writer.write(&burst[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("attacker write: {e}"),
+        }
+    }
     let mut peak = 0;
     let started = Instant::now();
     let sampler = std::thread::spawn(move || {
