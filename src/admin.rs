@@ -269,7 +269,11 @@ impl Loop {
             };
             if self.conns.len() >= MAX_CONNECTIONS && !self.evict_oldest_reader() {
                 // Every slot is answering: this one waits for none.
-                self.shared.metrics.admin.evicted.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .admin
+                    .evicted
+                    .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let entry = self.conns.vacant_entry();
@@ -307,7 +311,11 @@ impl Loop {
         match oldest {
             Some(k) => {
                 self.conns.remove(k);
-                self.shared.metrics.admin.evicted.fetch_add(1, Ordering::Relaxed);
+                self.shared
+                    .metrics
+                    .admin
+                    .evicted
+                    .fetch_add(1, Ordering::Relaxed);
                 true
             }
             None => false,
@@ -390,10 +398,7 @@ impl Loop {
             );
         }
         if head.body_len > limit {
-            return Some(Response::error(
-                413,
-                &format!("body exceeds {limit} bytes"),
-            ));
+            return Some(Response::error(413, &format!("body exceeds {limit} bytes")));
         }
         let waiting_for_body = (conn.buf.len() as u64) < head.len as u64 + head.body_len;
         if head.expects_continue && waiting_for_body {
@@ -502,7 +507,11 @@ impl Loop {
             };
             match conn.state {
                 State::Reading { .. } => {
-                    self.shared.metrics.admin.timeouts.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .metrics
+                        .admin
+                        .timeouts
+                        .fetch_add(1, Ordering::Relaxed);
                     self.answer(key, Response::error(408, "request not received in time"));
                 }
                 State::Counting(_) => self.answer(

@@ -135,7 +135,11 @@ pub struct Config {
 
     /// Most subscriptions (connection × topic) in the whole process; past it,
     /// subscribe answers error 429.
-    #[arg(long, env = "WSGATE_MAX_TOTAL_SUBSCRIPTIONS", default_value_t = 10_000_000)]
+    #[arg(
+        long,
+        env = "WSGATE_MAX_TOTAL_SUBSCRIPTIONS",
+        default_value_t = 10_000_000
+    )]
     pub max_total_subscriptions: u64,
 
     /// Most topic entries in the whole process (a topic counts once per
@@ -145,7 +149,12 @@ pub struct Config {
     pub max_topics: u64,
 
     /// Which clients may broadcast to every connection.
-    #[arg(long, env = "WSGATE_CLIENT_BROADCAST", value_enum, default_value = "on")]
+    #[arg(
+        long,
+        env = "WSGATE_CLIENT_BROADCAST",
+        value_enum,
+        default_value = "on"
+    )]
     pub client_broadcast: ClientBroadcast,
 
     /// Broadcasts per second one connection may send, with bursts of twice

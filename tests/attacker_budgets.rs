@@ -85,7 +85,11 @@ fn broadcast_needs_permission_when_the_token_is_limited() {
     let mut ws = connect_with(addr, &limited);
     send_json(&mut ws, json!({"type": "broadcast", "payload": 1}));
     let v = broadcast_reply(&mut ws);
-    assert_eq!((v["type"].as_str(), v["code"].as_u64()), (Some("error"), Some(403)), "{v}");
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_u64()),
+        (Some("error"), Some(403)),
+        "{v}"
+    );
 
     let allowed = hs256(json!({"exp": in_a_minute(), "topics": ["chat.room1"], "broadcast": true}));
     let mut ws = connect_with(addr, &allowed);
@@ -158,13 +162,17 @@ fn broadcasts_are_rate_limited_per_connection() {
     // Burst of 2 × 5, plus what refilled while the 50 arrived.
     assert!((10..=15).contains(&ok), "{ok} broadcasts went through");
     if let tungstenite::stream::MaybeTlsStream::Plain(tcp) = other.get_mut() {
-        tcp.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
     }
     let mut seen = 0;
     while let Ok(Message::Text(_)) = other.read() {
         seen += 1;
     }
-    assert_eq!(seen, ok, "the other client got exactly the accepted broadcasts");
+    assert_eq!(
+        seen, ok,
+        "the other client got exactly the accepted broadcasts"
+    );
     assert_eq!(server.total_stats().broadcasts_refused, refused as u64);
 }
 
@@ -275,7 +283,11 @@ fn broadcast_amplification_memory_comes_back() {
     let mut warm = RawClient::upgraded(addr);
     let crowd = Crowd::join(addr, CONNECTIONS, Vec::new());
     for i in 0..20 {
-        warm.send_frame(true, OpCode::Text, format!(r#"{{"type":"broadcast","payload":{i}}}"#).as_bytes());
+        warm.send_frame(
+            true,
+            OpCode::Text,
+            format!(r#"{{"type":"broadcast","payload":{i}}}"#).as_bytes(),
+        );
     }
     crowd.settle(Duration::from_millis(500), Duration::from_secs(30));
     drop(warm);
@@ -289,7 +301,11 @@ fn broadcast_amplification_memory_comes_back() {
     let crowd = Crowd::join(addr, CONNECTIONS, vec![attacker.tcp]);
     let mut burst = Vec::new();
     for i in 0..BROADCASTS {
-        burst.extend(client_frame(true, OpCode::Text, format!(r#"{{"type":"broadcast","payload":{i}}}"#).as_bytes()));
+        burst.extend(client_frame(
+            true,
+            OpCode::Text,
+            format!(r#"{{"type":"broadcast","payload":{i}}}"#).as_bytes(),
+        ));
     }
     // The socket is shared with the (non-blocking) reader: write around
     // WouldBlock instead of making it blocking.
@@ -448,7 +464,8 @@ impl Drop for RsaKeys {
 
 /// An RSA key pair made with openssl for this test.
 fn rsa_keys() -> RsaKeys {
-    let dir = std::env::temp_dir().join(format!("wsgate-rsa-{}-{}", std::process::id(), free_port()));
+    let dir =
+        std::env::temp_dir().join(format!("wsgate-rsa-{}-{}", std::process::id(), free_port()));
     std::fs::create_dir_all(&dir).unwrap();
     let key = dir.join("key.pem");
     let run = |args: &[&str]| {
@@ -459,8 +476,23 @@ fn rsa_keys() -> RsaKeys {
             .expect("openssl runs");
         assert!(st.success(), "openssl {args:?}");
     };
-    run(&["genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key.to_str().unwrap()]);
-    run(&["pkey", "-in", key.to_str().unwrap(), "-pubout", "-out", dir.join("pub.pem").to_str().unwrap()]);
+    run(&[
+        "genpkey",
+        "-algorithm",
+        "RSA",
+        "-pkeyopt",
+        "rsa_keygen_bits:2048",
+        "-out",
+        key.to_str().unwrap(),
+    ]);
+    run(&[
+        "pkey",
+        "-in",
+        key.to_str().unwrap(),
+        "-pubout",
+        "-out",
+        dir.join("pub.pem").to_str().unwrap(),
+    ]);
     let private = std::fs::read(&key).unwrap();
     RsaKeys { dir, private }
 }
@@ -618,7 +650,11 @@ fn a_narrower_refresh_revokes_subscriptions() {
     send_json(&mut ws, json!({"type": "refresh", "token": narrow}));
     assert_eq!(recv(&mut ws)["type"], "refreshed");
     let v = recv(&mut ws);
-    assert_eq!((v["type"].as_str(), v["topic"].as_str()), (Some("unsubscribed"), Some("news.x")), "{v}");
+    assert_eq!(
+        (v["type"].as_str(), v["topic"].as_str()),
+        (Some("unsubscribed"), Some("news.x")),
+        "{v}"
+    );
     assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()));
     let admin = server.admin_addr().unwrap();
     let (_, body) = http(admin, "POST", "/publish?topic=news.x", "1");
@@ -626,7 +662,10 @@ fn a_narrower_refresh_revokes_subscriptions() {
     let (_, body) = http(admin, "POST", "/publish?topic=a", "2");
     assert_eq!(body, r#"{"delivered":1}"#);
     let v = recv(&mut ws);
-    assert_eq!((v["topic"].as_str(), v["payload"].as_u64()), (Some("a"), Some(2)));
+    assert_eq!(
+        (v["topic"].as_str(), v["payload"].as_u64()),
+        (Some("a"), Some(2))
+    );
     assert_eq!(server.total_stats().subscriptions_revoked, 1);
 }
 
@@ -648,12 +687,19 @@ fn topic_budgets_are_process_wide() {
     }
     send_json(&mut a, json!({"type": "subscribe", "topic": "t6"}));
     let v = recv(&mut a);
-    assert_eq!((v["type"].as_str(), v["code"].as_u64()), (Some("error"), Some(429)), "{v}");
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_u64()),
+        (Some("error"), Some(429)),
+        "{v}"
+    );
     // Existing topics still take subscribers until the subscription budget.
     let mut b = connect(addr);
     let mut joined = 0;
     for i in 0..6 {
-        send_json(&mut b, json!({"type": "subscribe", "topic": format!("t{i}")}));
+        send_json(
+            &mut b,
+            json!({"type": "subscribe", "topic": format!("t{i}")}),
+        );
         if recv(&mut b)["type"] == "subscribed" {
             joined += 1;
         }
@@ -662,7 +708,10 @@ fn topic_budgets_are_process_wide() {
     // worker b landed on, but the process never passes 10 subscriptions.
     assert!(joined <= 4, "{joined}");
     let scrape = http(server.admin_addr().unwrap(), "GET", "/metrics", "").1;
-    assert!(scrape.contains("wsgate_subscriptions 10") || joined < 4, "{scrape}");
+    assert!(
+        scrape.contains("wsgate_subscriptions 10") || joined < 4,
+        "{scrape}"
+    );
     assert!(scrape.contains("wsgate_topic_budget_refused"));
     drop(a);
     eventually(Duration::from_secs(3), "budget given back", || {
@@ -712,10 +761,17 @@ fn admin_slowloris_does_not_hang_health_checks() {
     let grown = threads_named_like_me().saturating_sub(threads);
     let t = Instant::now();
     assert_eq!(get(admin, "/healthz").0, 200);
-    assert!(t.elapsed() < Duration::from_secs(1), "healthz took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(1),
+        "healthz took {:?}",
+        t.elapsed()
+    );
     assert!(grown < 5, "{grown} threads for idle admin connections");
     let scrape = get(admin, "/metrics").1;
-    assert!(!scrape.contains("wsgate_admin_evicted 0\n"), "evictions are counted");
+    assert!(
+        !scrape.contains("wsgate_admin_evicted 0\n"),
+        "evictions are counted"
+    );
 }
 
 /// An unfinished request is answered 408 and closed after the request

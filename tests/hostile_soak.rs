@@ -320,7 +320,9 @@ impl Slot {
                 frame_into(&mut self.out, true, 0, 0x1, rng, text.as_bytes());
             }
             Behavior::TopicSpam => {
-                let topic: String = (0..200).map(|_| (b'a' + rng.below(26) as u8) as char).collect();
+                let topic: String = (0..200)
+                    .map(|_| (b'a' + rng.below(26) as u8) as char)
+                    .collect();
                 let text = format!(r#"{{"type":"subscribe","topic":"{topic}"}}"#);
                 frame_into(&mut self.out, true, 0, 0x1, rng, text.as_bytes());
             }
@@ -468,7 +470,11 @@ fn forged_token(rng: &mut Rng) -> String {
             .collect()
     };
     // {"alg":"HS256","typ":"JWT"}
-    format!("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{}.{}", part(60), part(43))
+    format!(
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{}.{}",
+        part(60),
+        part(43)
+    )
 }
 
 /// Runs `CONNECTIONS` hostile connections for `duration`, then drops them all.
@@ -721,12 +727,21 @@ fn next_of(ws: &mut Ws, kind: &str) -> Result<serde_json::Value, String> {
 /// a publish to its own subscriber every 10 ms, a health check every 500 ms.
 /// Both connections read everything they are sent (broadcasts included): a
 /// client that does not read is a slow consumer, not a well-behaved one.
-fn behave(addr: SocketAddr, admin: SocketAddr, path: &str, id: usize, duration: Duration) -> Observed {
+fn behave(
+    addr: SocketAddr,
+    admin: SocketAddr,
+    path: &str,
+    id: usize,
+    duration: Duration,
+) -> Observed {
     let mut seen = Observed::default();
     let mut echo = connect_path(addr, path);
     let mut sub = connect_path(addr, path);
     let topic = format!("wb.{id}");
-    send(&mut sub, &format!(r#"{{"type":"subscribe","topic":"{topic}"}}"#));
+    send(
+        &mut sub,
+        &format!(r#"{{"type":"subscribe","topic":"{topic}"}}"#),
+    );
     if let Err(e) = next_of(&mut sub, "subscribed") {
         seen.errors.push(e);
         return seen;
@@ -755,7 +770,8 @@ fn behave(addr: SocketAddr, admin: SocketAddr, path: &str, id: usize, duration: 
             let t = Instant::now();
             let (status, _) = http(admin, "GET", "/healthz", "");
             if status != 200 || t.elapsed() > Duration::from_secs(2) {
-                seen.errors.push(format!("healthz {status} in {:?}", t.elapsed()));
+                seen.errors
+                    .push(format!("healthz {status} in {:?}", t.elapsed()));
             }
         }
         std::thread::sleep(Duration::from_millis(10));
@@ -826,7 +842,11 @@ fn well_behaved_clients_do_not_notice_two_hundred_attackers() {
     hostile_load(target, WARMUP, 0xBAD5EED);
     wait_all_released(&server, "warm-up connections released");
     let quiet = well_behaved(addr, admin, &path, Duration::from_secs(3));
-    eprintln!("quiet run: {} samples, errors {:?}", quiet.echo.len(), quiet.errors);
+    eprintln!(
+        "quiet run: {} samples, errors {:?}",
+        quiet.echo.len(),
+        quiet.errors
+    );
     let baseline = rss_bytes();
 
     let (busy, tally) = std::thread::scope(|s| {
@@ -834,7 +854,11 @@ fn well_behaved_clients_do_not_notice_two_hundred_attackers() {
         // Let the attack get going before measuring.
         std::thread::sleep(Duration::from_secs(1));
         let busy = well_behaved(addr, admin, &path, RUN - Duration::from_secs(2));
-        eprintln!("attacked run: {} samples, errors {:?}", busy.echo.len(), busy.errors);
+        eprintln!(
+            "attacked run: {} samples, errors {:?}",
+            busy.echo.len(),
+            busy.errors
+        );
         (busy, attack.join().expect("attack threads"))
     });
     let during = server.total_stats();
@@ -869,7 +893,11 @@ fn well_behaved_clients_do_not_notice_two_hundred_attackers() {
         mib(after),
     );
     assert!(quiet.errors.is_empty(), "quiet run: {:?}", quiet.errors);
-    assert!(busy.errors.is_empty(), "well-behaved clients saw: {:?}", busy.errors);
+    assert!(
+        busy.errors.is_empty(),
+        "well-behaved clients saw: {:?}",
+        busy.errors
+    );
     assert!(busy.echo.len() > 100, "too few samples under attack");
     // Twice the quiet median, plus slack for a machine shared with others.
     let slack = Duration::from_millis(3);

@@ -233,7 +233,14 @@ fn slow_consumer_is_disconnected_and_memory_stays_bounded() {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let child = Proc::wsgate(
         port,
-        &["--workers", "2", "--max-outbound-bytes", "1048576", "--max-message-size", "131072"],
+        &[
+            "--workers",
+            "2",
+            "--max-outbound-bytes",
+            "1048576",
+            "--max-message-size",
+            "131072",
+        ],
         &[],
     );
     let pid = child.0.id();

@@ -118,10 +118,7 @@ impl Response {
 
     /// `{"error": message}` with `status`.
     pub fn error(status: u16, message: &str) -> Response {
-        Response::json(
-            status,
-            serde_json::json!({ "error": message }).to_string(),
-        )
+        Response::json(status, serde_json::json!({ "error": message }).to_string())
     }
 
     pub fn with_header(mut self, name: &'static str, value: &'static str) -> Response {

@@ -201,7 +201,10 @@ pub fn on_message(
         }
         Command::Broadcast { .. } if !caller.may_broadcast(cx.limits.client_broadcast) => {
             cx.stats.broadcasts_refused.inc();
-            reply(out, &commands::error_text(&CommandError::BroadcastForbidden));
+            reply(
+                out,
+                &commands::error_text(&CommandError::BroadcastForbidden),
+            );
         }
         Command::Broadcast { .. } if !caller.spend_broadcast(&cx.limits, cx.now_tick) => {
             cx.stats.broadcasts_refused.inc();
@@ -248,7 +251,9 @@ fn subscribe(topic: &str, caller: &mut Caller<'_>, cx: &mut PubSubCx<'_>, out: &
     }
     let budget = &cx.hub.topic_budget;
     let refusal = if caller.topics.len() >= cx.limits.max_subscriptions {
-        Some(CommandError::TooManySubscriptions(cx.limits.max_subscriptions))
+        Some(CommandError::TooManySubscriptions(
+            cx.limits.max_subscriptions,
+        ))
     } else if !budget.subscriptions.take() {
         Some(CommandError::ServerFull("subscriptions"))
     } else if existing.is_none() && !budget.topics.take() {
@@ -363,7 +368,8 @@ fn refresh(token: &str, caller: &mut Caller<'_>, cx: &mut PubSubCx<'_>, out: &mu
                 caller.topics.swap_remove(i);
                 leave_topic(cx.topics, cx.hub, cx.worker, id, caller.key);
                 cx.stats.subscriptions_revoked.inc();
-                let text = commands::revoked_text(&name, "the refreshed token does not allow this topic");
+                let text =
+                    commands::revoked_text(&name, "the refreshed token does not allow this topic");
                 reply(out, &text);
             }
             _ => i += 1,
