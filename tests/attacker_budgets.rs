@@ -462,6 +462,15 @@ impl Drop for RsaKeys {
     }
 }
 
+/// A temporary folder removed when the test ends, pass or fail.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// An RSA key pair made with openssl for this test.
 fn rsa_keys() -> RsaKeys {
     let dir =
@@ -792,9 +801,9 @@ fn admin_requests_have_a_deadline() {
 
 #[test]
 fn admin_token_guards_everything_but_the_probes() {
-    let dir = std::env::temp_dir().join(format!("wsgate-admin-token-{}", free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("token");
+    let dir = TempDir(std::env::temp_dir().join(format!("wsgate-admin-token-{}", free_port())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let file = dir.0.join("token");
     std::fs::write(&file, "s3cr3t-admin\n").unwrap();
     let server = start(|c| c.admin_token_file = Some(file.clone()));
     let admin = server.admin_addr().unwrap();
@@ -815,7 +824,6 @@ fn admin_token_guards_everything_but_the_probes() {
     };
     assert!(with("wrong").starts_with("HTTP/1.1 401"));
     assert!(with("s3cr3t-admin").starts_with("HTTP/1.1 200"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Once the server is stopped, its admin listener is closed for real (it
