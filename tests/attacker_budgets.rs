@@ -214,9 +214,9 @@ impl Crowd {
                             break;
                         }
                         got += n;
+                        b.fetch_add(n as u64, Relaxed);
                     }
                 }
-                b.fetch_add(got as u64, Relaxed);
                 if got == 0 {
                     std::thread::sleep(Duration::from_millis(2));
                 }
@@ -307,8 +307,18 @@ fn broadcast_amplification_memory_comes_back() {
             format!(r#"{{"type":"broadcast","payload":{i}}}"#).as_bytes(),
         ));
     }
-    writer.set_nonblocking(false).unwrap();
-    writer.write_all(&burst).unwrap();
+    // The socket is shared with the (non-blocking) reader: write around
+    // WouldBlock instead of making it blocking.
+    let mut sent = 0;
+    while sent < burst.len() {
+        match writer.write(&burst[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("attacker write: {e}"),
+        }
+    }
     let mut peak = 0;
     let started = Instant::now();
     let sampler = std::thread::spawn(move || {
@@ -449,6 +459,15 @@ struct RsaKeys {
 impl Drop for RsaKeys {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A temporary folder removed when the test ends, pass or fail.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -782,9 +801,9 @@ fn admin_requests_have_a_deadline() {
 
 #[test]
 fn admin_token_guards_everything_but_the_probes() {
-    let dir = std::env::temp_dir().join(format!("wsgate-admin-token-{}", free_port()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("token");
+    let dir = TempDir(std::env::temp_dir().join(format!("wsgate-admin-token-{}", free_port())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let file = dir.0.join("token");
     std::fs::write(&file, "s3cr3t-admin\n").unwrap();
     let server = start(|c| c.admin_token_file = Some(file.clone()));
     let admin = server.admin_addr().unwrap();
@@ -805,7 +824,6 @@ fn admin_token_guards_everything_but_the_probes() {
     };
     assert!(with("wrong").starts_with("HTTP/1.1 401"));
     assert!(with("s3cr3t-admin").starts_with("HTTP/1.1 200"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Once the server is stopped, its admin listener is closed for real (it
