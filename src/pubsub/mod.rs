@@ -6,6 +6,7 @@
 //! - [`topics`]: one worker's own topic → subscriber table (not shared).
 //! - [`hub`]: the per-worker inboxes and wakers; how deliveries travel.
 //! - [`ticket`]: counting deliveries across workers (`listenCount`, HTTP replies).
+//! - [`users`]: messages to a user, as reserved per-user topics.
 //! - [`outbox`]: one worker's per-iteration batch of frames per connection,
 //!   so each connection gets one write per loop iteration.
 //!
@@ -16,6 +17,7 @@ pub mod hub;
 pub mod outbox;
 pub mod ticket;
 pub mod topics;
+pub mod users;
 
 pub use hub::{Delivery, Hub, WorkerMsg};
 pub use ticket::{Notify, Ticket};

@@ -23,6 +23,7 @@ use mio::{Poll, Waker};
 
 use crate::admin::AdminServer;
 use crate::cluster::bridge::{self, Bridge, BridgeConfig};
+use crate::cluster::sharded::{self, ShardedConfig};
 use crate::config::Config;
 use crate::metrics::MetricsSource;
 use crate::pubsub::{directory::MAX_WORKERS, Hub, WorkerMsg};
@@ -78,20 +79,33 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         links.push((tx, waker));
         parts.push((poll, rx));
     }
-    let (link, bridge_parts) = match &config.redis {
-        Some(_) => {
+    let (link, bridge_parts) = match (&config.redis, &config.redis_cluster) {
+        (Some(_), _) | (_, Some(_)) => {
             let (link, parts) = bridge::channels();
             (Some(link), Some(parts))
         }
-        None => (None, None),
+        (None, None) => (None, None),
     };
     let hub = Arc::new(Hub::new(links, link));
-    let bridge = match (&config.redis, bridge_parts) {
-        (Some(url), Some(parts)) => {
+    let node_id = config.node_id.unwrap_or_else(random_node_id);
+    let bridge = match (&config.redis, &config.redis_cluster, bridge_parts) {
+        (_, Some(seeds), Some(parts)) => {
+            let seeds = crate::cluster::slots::parse_seeds(seeds).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("--redis-cluster: {e}"))
+            })?;
+            let cfg = ShardedConfig {
+                seeds,
+                prefix: config.cluster_prefix.clone(),
+                node_id,
+                broadcast_channels: usize::from(config.cluster_broadcast_channels),
+            };
+            Some(sharded::start(cfg, parts, hub.clone()))
+        }
+        (Some(url), None, Some(parts)) => {
             let cfg = BridgeConfig {
                 redis_url: url.clone(),
                 prefix: config.cluster_prefix.clone(),
-                node_id: config.node_id.unwrap_or_else(random_node_id),
+                node_id,
             };
             let b = Bridge::start(cfg, parts, hub.clone()).map_err(|e| {
                 io::Error::new(io::ErrorKind::InvalidInput, format!("--redis {url}: {e}"))
@@ -179,7 +193,7 @@ impl ServerHandle {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The cluster bridge's counters, when `--redis` is set.
+    /// The cluster bridge's counters, when `--redis` or `--redis-cluster` is set.
     pub fn cluster_stats(&self) -> Option<Arc<crate::cluster::ClusterStats>> {
         self.hub.cluster.as_ref().map(|c| c.stats.clone())
     }
