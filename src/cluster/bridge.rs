@@ -63,6 +63,9 @@ pub struct ClusterStats {
     pub resubscribes: AtomicU64,
     /// Redis Cluster: shard subscriber connections open now.
     pub shard_connections: AtomicU64,
+    /// Redis Cluster: shard channels Redis confirmed this node subscribed
+    /// to, over all shard connections (from the counts in its replies).
+    pub shard_subscriptions: AtomicU64,
 }
 
 /// One publish for other nodes.

@@ -53,6 +53,8 @@ pub const TOPOLOGY_EVERY: Duration = Duration::from_secs(1);
 const TOPOLOGY_MIN_GAP: Duration = Duration::from_millis(100);
 /// Supervisor tick: how quickly topic changes reach Redis.
 const TICK: Duration = Duration::from_millis(20);
+/// How long a master that refused a connection is left alone.
+const RETRY_CONNECT: Duration = Duration::from_millis(100);
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(1000);
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 /// Publisher-side streams numbered at once; past it the numbering restarts
@@ -116,6 +118,7 @@ pub fn start(cfg: ShardedConfig, parts: BridgeParts, hub: Arc<Hub>) -> Bridge {
             next_gen: 0,
             events: crossbeam_channel::unbounded(),
             need_refresh: true,
+            retry_at: HashMap::new(),
         };
         threads.push(spawn("wsgate-cluster-sub", move || sup.run()));
     }
@@ -268,8 +271,9 @@ impl Publisher {
                     continue;
                 }
                 backoff.reset();
-                stats.publisher_connected.store(true, Ordering::Release);
             }
+            // Whichever thread read the slot map first, publishing can start.
+            stats.publisher_connected.store(true, Ordering::Release);
             let first = match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(m) => m,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
@@ -364,7 +368,7 @@ impl Publisher {
                     self.conns.insert(addr.to_string(), c);
                 }
                 Err(e) => {
-                    tracing::warn!(addr, error = %e, "cluster: cannot reach shard (publisher)");
+                    tracing::debug!(addr, error = %e, "cluster: cannot reach shard (publisher)");
                     return (0, msgs);
                 }
             }
@@ -438,6 +442,8 @@ struct Supervisor {
     next_gen: u64,
     events: (Sender<Event>, Receiver<Event>),
     need_refresh: bool,
+    /// Masters that refused a connection, and when to try again.
+    retry_at: HashMap<String, Instant>,
 }
 
 impl Supervisor {
@@ -623,15 +629,26 @@ impl Supervisor {
         }
     }
 
-    /// Opens a subscriber connection to `addr` and starts its reader.
+    /// Opens a subscriber connection to `addr` and starts its reader. A
+    /// master that refused is tried again after [`RETRY_CONNECT`] (and
+    /// logged once per outage), not every tick.
     fn open(&mut self, addr: &str) -> bool {
+        let failing = self.retry_at.get(addr).copied();
+        if failing.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
         let stream = match dial(addr) {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(addr, error = %e, "cluster: cannot reach shard (subscriber)");
+                if failing.is_none() {
+                    tracing::warn!(addr, error = %e, "cluster: cannot reach shard (subscriber)");
+                }
+                self.retry_at
+                    .insert(addr.to_string(), Instant::now() + RETRY_CONNECT);
                 return false;
             }
         };
+        self.retry_at.remove(addr);
         let reader = match stream.try_clone() {
             Ok(r) => r,
             Err(_) => return false,
@@ -702,6 +719,9 @@ fn read_shard(
 ) {
     let mut parser = redis::Parser::new();
     let mut reader = BufReader::new(stream);
+    // Channels Redis says this connection holds (its replies carry it).
+    let mut confirmed = 0u64;
+    let subscriptions = &shared.stats.shard_subscriptions;
     loop {
         let value = match parser.parse_value(&mut reader) {
             Ok(v) => v,
@@ -709,6 +729,7 @@ fn read_shard(
                 if !shared.stop.load(Ordering::Acquire) {
                     tracing::debug!(addr, error = %e, "cluster: shard connection ended");
                 }
+                subscriptions.fetch_sub(confirmed, Ordering::Relaxed);
                 let _ = events.send(Event::Down {
                     addr: addr.to_string(),
                     generation,
@@ -736,6 +757,16 @@ fn read_shard(
         let Some(kind) = text(items.first()) else {
             continue;
         };
+        let is_ack = kind == "ssubscribe" || kind == "sunsubscribe";
+        if let (true, Some(Value::Int(n))) = (is_ack, items.get(2)) {
+            let n = u64::try_from(*n).unwrap_or(0);
+            if n >= confirmed {
+                subscriptions.fetch_add(n - confirmed, Ordering::Relaxed);
+            } else {
+                subscriptions.fetch_sub(confirmed - n, Ordering::Relaxed);
+            }
+            confirmed = n;
+        }
         match kind.as_str() {
             "smessage" => {
                 if let (Some(Value::BulkString(ch)), Some(Value::BulkString(payload))) =

@@ -1,0 +1,346 @@
+//! wsgate nodes over a real Redis Cluster (3 masters + 3 replicas, started
+//! by the test): sharded pub/sub by interest, broadcasts spread over the
+//! shards, exactly-once delivery, messages to users, and the cluster's own
+//! life (a master failing over, a slot moving while traffic flows).
+
+mod common;
+#[path = "support/redis_cluster.rs"]
+mod rc;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rc::RedisCluster;
+use tungstenite::stream::MaybeTlsStream;
+use wsgate::cluster::ClusterStats;
+use wsgate::config::AppKind;
+
+/// Broadcast channels per node (the default).
+const BROADCAST: u64 = 16;
+
+fn node(cluster: &RedisCluster, prefix: &str) -> wsgate::ServerHandle {
+    if let Ok(filter) = std::env::var("WSGATE_TEST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_test_writer()
+            .try_init();
+    }
+    let mut cfg = wsgate::Config::for_tests();
+    cfg.app = AppKind::PubSub;
+    cfg.workers = Some(2);
+    cfg.drain_timeout = Duration::from_secs(1);
+    cfg.redis_cluster = Some(cluster.seeds());
+    cfg.cluster_prefix = prefix.to_string();
+    wsgate::start(cfg).expect("node starts")
+}
+
+fn stats(n: &wsgate::ServerHandle) -> std::sync::Arc<ClusterStats> {
+    n.cluster_stats().expect("cluster bridge")
+}
+
+/// Waits until Redis confirmed `want` shard subscriptions for node `n`.
+fn wait_subscriptions(n: &wsgate::ServerHandle, want: u64) {
+    let st = stats(n);
+    eventually(Duration::from_secs(20), "shard subscriptions", || {
+        st.shard_subscriptions.load(Ordering::Relaxed) == want
+            && st.subscriber_connected.load(Ordering::Acquire)
+    });
+}
+
+/// Subscribes one connection to many topics (pipelined).
+fn subscribe_all(ws: &mut Ws, topics: &[String]) {
+    for t in topics {
+        send(
+            ws,
+            &serde_json::json!({"type": "subscribe", "topic": t}).to_string(),
+        );
+    }
+    for _ in topics {
+        assert_eq!(recv(ws)["type"], "subscribed");
+    }
+}
+
+/// Asserts nothing more arrives within `quiet`.
+fn assert_silent(ws: &mut Ws, quiet: Duration) {
+    let MaybeTlsStream::Plain(tcp) = ws.get_ref() else {
+        unreachable!()
+    };
+    tcp.set_read_timeout(Some(quiet)).unwrap();
+    match ws.read() {
+        Ok(tungstenite::Message::Text(t)) => panic!("unexpected extra message: {t}"),
+        Ok(other) => panic!("unexpected frame: {other:?}"),
+        Err(_) => {}
+    }
+}
+
+#[test]
+fn thousand_topics_exactly_once_across_three_nodes_by_interest() {
+    let cluster = RedisCluster::start(3, 1);
+    let nodes: Vec<_> = (0..3).map(|_| node(&cluster, "x1")).collect();
+    let topics: Vec<String> = (0..1000).map(|i| format!("topic-{i}")).collect();
+    // Node B holds every topic; node C the even ones; node A none.
+    let mut on_b = connect(nodes[1].local_addr());
+    subscribe_all(&mut on_b, &topics);
+    let evens: Vec<String> = topics.iter().step_by(2).cloned().collect();
+    let mut on_c = connect(nodes[2].local_addr());
+    subscribe_all(&mut on_c, &evens);
+    wait_subscriptions(&nodes[0], BROADCAST);
+    wait_subscriptions(&nodes[1], BROADCAST + 1000);
+    wait_subscriptions(&nodes[2], BROADCAST + 500);
+    // Interest per shard, as Redis sees it: each channel at its owner.
+    assert_eq!(cluster.shard_numsub("x1:t:topic-0"), 2);
+    assert_eq!(cluster.shard_numsub("x1:t:topic-1"), 1);
+    assert_eq!(cluster.shard_numsub("x1:t:nobody"), 0);
+
+    let mut publisher = connect(nodes[0].local_addr());
+    for (i, t) in topics.iter().enumerate() {
+        publish(&mut publisher, t, &format!(r#"{{"i":{i}}}"#));
+    }
+    for (ws, want) in [(&mut on_b, &topics), (&mut on_c, &evens)] {
+        let mut seen = HashSet::new();
+        for _ in 0..want.len() {
+            let v = recv(ws);
+            assert_eq!(v["type"], "message");
+            let t = v["topic"].as_str().unwrap().to_string();
+            assert_eq!(v["payload"]["i"], t["topic-".len()..].parse::<u64>().unwrap());
+            assert!(seen.insert(t.clone()), "{t} delivered twice");
+        }
+        assert_eq!(seen.len(), want.len());
+        assert_silent(ws, Duration::from_millis(500));
+    }
+    let a = stats(&nodes[0]);
+    assert_eq!(a.published.load(Ordering::Relaxed), 1000);
+    assert_eq!(a.dropped_out.load(Ordering::Relaxed), 0);
+    for n in &nodes[1..] {
+        let s = stats(n);
+        assert_eq!(s.lost.load(Ordering::Relaxed), 0);
+        assert_eq!(s.duplicates.load(Ordering::Relaxed), 0);
+    }
+    assert_eq!(stats(&nodes[1]).received.load(Ordering::Relaxed), 1000);
+    assert_eq!(stats(&nodes[2]).received.load(Ordering::Relaxed), 500);
+
+    // The last subscriber leaving unsubscribes the node at that shard.
+    send(&mut on_c, r#"{"type":"unsubscribe","topic":"topic-0"}"#);
+    assert_eq!(recv(&mut on_c)["type"], "unsubscribed");
+    wait_subscriptions(&nodes[2], BROADCAST + 499);
+    eventually(Duration::from_secs(5), "SUNSUBSCRIBE at the shard", || {
+        cluster.shard_numsub("x1:t:topic-0") == 1
+    });
+}
+
+#[test]
+fn broadcasts_spread_over_every_shard_and_reach_every_node() {
+    let cluster = RedisCluster::start(3, 1);
+    // The broadcast channels land on every master (balanced slot ranges).
+    let channels = wsgate::cluster::wire::broadcast_channels("x2", BROADCAST as usize);
+    let owners: HashSet<u16> = channels.iter().map(|c| cluster.owner_of(c)).collect();
+    assert_eq!(owners.len(), 3, "broadcast channels on {owners:?}");
+
+    let nodes: Vec<_> = (0..3).map(|_| node(&cluster, "x2")).collect();
+    for n in &nodes {
+        wait_subscriptions(n, BROADCAST);
+    }
+    let mut clients: Vec<Ws> = nodes.iter().map(|n| connect(n.local_addr())).collect();
+    const N: u64 = 60;
+    let admin = nodes[0].admin_addr().unwrap();
+    for i in 0..N {
+        let (status, body) = http(admin, "POST", "/broadcast", &format!(r#"{{"b":{i}}}"#));
+        assert_eq!(status, 200, "{body}");
+    }
+    for c in clients.iter_mut() {
+        let mut got = HashSet::new();
+        for _ in 0..N {
+            let v = recv(c);
+            assert_eq!(v["type"], "broadcast");
+            assert!(got.insert(v["payload"]["b"].as_u64().unwrap()), "duplicate");
+        }
+        assert_silent(c, Duration::from_millis(300));
+    }
+    // Each master carried a share of them.
+    for port in cluster.masters() {
+        let calls = rc::spublish_calls(port);
+        assert!(calls >= N / 6, "master {port} took {calls} of {N} broadcasts");
+    }
+    let per_master: HashMap<u16, usize> = channels.iter().fold(HashMap::new(), |mut m, c| {
+        *m.entry(cluster.owner_of(c)).or_default() += 1;
+        m
+    });
+    assert!(per_master.values().all(|n| *n >= 4), "{per_master:?}");
+}
+
+#[test]
+fn duplicates_are_dropped_and_gaps_counted() {
+    let cluster = RedisCluster::start(3, 1);
+    let b = node(&cluster, "x3");
+    let mut sub = connect(b.local_addr());
+    subscribe(&mut sub, "dup");
+    wait_subscriptions(&b, BROADCAST + 1);
+    // Another "node" (id 42) speaking the wire format straight to Redis.
+    let port = cluster.owner_of("x3:t:dup");
+    let msg = |seq: u64, body: &str| {
+        let id = wsgate::cluster::wire::MessageId {
+            node: 42,
+            epoch: 7,
+            seq,
+        };
+        wsgate::cluster::wire::encode_sharded(id, body.as_bytes())
+    };
+    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).unwrap();
+    let mut con = client.get_connection().unwrap();
+    let mut spublish = |bytes: Vec<u8>| {
+        let n: i64 = redis::cmd("SPUBLISH")
+            .arg("x3:t:dup")
+            .arg(bytes)
+            .query(&mut con)
+            .unwrap();
+        assert_eq!(n, 1, "one subscriber node");
+    };
+    spublish(msg(1, "1"));
+    spublish(msg(1, "1")); // a retried publish
+    spublish(msg(2, "2"));
+    spublish(msg(5, "5")); // 3 and 4 never came
+    for want in [1, 2, 5] {
+        assert_eq!(recv(&mut sub)["payload"], want);
+    }
+    assert_silent(&mut sub, Duration::from_millis(300));
+    let st = stats(&b);
+    assert_eq!(st.duplicates.load(Ordering::Relaxed), 1);
+    assert_eq!(st.lost.load(Ordering::Relaxed), 2);
+    assert_eq!(st.received.load(Ordering::Relaxed), 3);
+}
+
+/// Publishes `{"s":seq}` on each topic in turn from `ws`, `rounds` times,
+/// starting at `next[topic]`.
+fn publish_rounds(ws: &mut Ws, topics: &[String], next: &mut HashMap<String, u64>, rounds: u64) {
+    for _ in 0..rounds {
+        for t in topics {
+            let s = next.entry(t.clone()).or_insert(0);
+            publish(ws, t, &format!(r#"{{"s":{s}}}"#));
+            *s += 1;
+        }
+    }
+}
+
+/// Reads until the last sequence of every topic arrived; checks that each
+/// topic's sequence only goes up (no duplicate, no reordering) and returns
+/// how many messages arrived.
+fn drain_until_last(ws: &mut Ws, last: &HashMap<String, u64>, within: Duration) -> u64 {
+    let deadline = Instant::now() + within;
+    let mut high: HashMap<String, u64> = HashMap::new();
+    let mut got = 0;
+    while last.iter().any(|(t, l)| high.get(t) != Some(&(*l - 1))) {
+        assert!(Instant::now() < deadline, "delivery did not resume: {high:?}");
+        let v = match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => serde_json::from_str::<serde_json::Value>(&t).unwrap(),
+            Ok(_) => continue,
+            Err(e) => panic!("{e}: got {got}, high {high:?}, last {last:?}"),
+        };
+        let t = v["topic"].as_str().unwrap().to_string();
+        let s = v["payload"]["s"].as_u64().unwrap();
+        if let Some(h) = high.get(&t) {
+            assert!(s > *h, "{t}: {s} after {h} (duplicate or reordered)");
+        }
+        high.insert(t, s);
+        got += 1;
+    }
+    got
+}
+
+#[test]
+fn master_failover_resubscribes_and_counts_what_was_lost() {
+    let mut cluster = RedisCluster::start(3, 1);
+    let a = node(&cluster, "x4");
+    let b = node(&cluster, "x4");
+    let topics: Vec<String> = (0..30).map(|i| format!("f{i}")).collect();
+    let mut sub = connect(b.local_addr());
+    subscribe_all(&mut sub, &topics);
+    wait_subscriptions(&b, BROADCAST + 30);
+    let mut publisher = connect(a.local_addr());
+    let mut next = HashMap::new();
+    publish_rounds(&mut publisher, &topics, &mut next, 5);
+    assert_eq!(drain_until_last(&mut sub, &next, Duration::from_secs(10)), 150);
+
+    // Kill the master that owns f0's slot; its replica takes over.
+    let victim = cluster.owner_of("x4:t:f0");
+    let on_victim = topics
+        .iter()
+        .filter(|t| cluster.owner_of(&format!("x4:t:{t}")) == victim)
+        .count();
+    cluster.kill(victim);
+    let killed_at = Instant::now();
+    let st_b = stats(&b);
+    let slot = wsgate::cluster::slots::key_slot(b"x4:t:f0") as usize;
+    let mut resumed = None;
+    // Keep publishing through the failover window.
+    while killed_at.elapsed() < Duration::from_secs(3) {
+        publish_rounds(&mut publisher, &topics, &mut next, 1);
+        std::thread::sleep(Duration::from_millis(100));
+        if resumed.is_none() && cluster.slot_owners().is_some_and(|o| o[slot] != victim)
+            && st_b.subscriber_connected.load(Ordering::Acquire)
+        {
+            resumed = Some(killed_at.elapsed());
+        }
+    }
+    cluster.wait_ok(6, Duration::from_secs(30));
+    assert_ne!(cluster.owner_of("x4:t:f0"), victim);
+    wait_subscriptions(&b, BROADCAST + 30);
+    let failed_over = resumed.unwrap_or_else(|| killed_at.elapsed());
+    // Delivery resumes on every topic, including the failed-over shard's.
+    publish_rounds(&mut publisher, &topics, &mut next, 3);
+    let published: u64 = next.values().sum();
+    let got = 150 + drain_until_last(&mut sub, &next, Duration::from_secs(20));
+    let st = stats(&b);
+    let lost = st.lost.load(Ordering::Relaxed);
+    eprintln!(
+        "failover: {on_victim} of 30 topics on the killed master; replica promoted and node resubscribed within {failed_over:?}; \
+         published {published}, delivered {got}, counted lost {lost}, \
+         dropped at the publisher {}",
+        stats(&a).dropped_out.load(Ordering::Relaxed)
+    );
+    // Never silently: every message is delivered or counted lost, and what
+    // the publisher had to drop is part of what the receiver counts.
+    assert_eq!(got + lost, published);
+    assert!(lost >= stats(&a).dropped_out.load(Ordering::Relaxed));
+    assert_eq!(st.duplicates.load(Ordering::Relaxed), 0);
+    assert!(st.reconnects.load(Ordering::Relaxed) >= 1);
+}
+
+#[test]
+fn a_slot_moving_live_moves_the_subscription() {
+    let cluster = RedisCluster::start(3, 0);
+    let a = node(&cluster, "x5");
+    let b = node(&cluster, "x5");
+    let topics = vec!["mover".to_string(), "stayer".to_string()];
+    let mut sub = connect(b.local_addr());
+    subscribe_all(&mut sub, &topics);
+    wait_subscriptions(&b, BROADCAST + 2);
+    let mut publisher = connect(a.local_addr());
+    let mut next = HashMap::new();
+    publish_rounds(&mut publisher, &topics, &mut next, 20);
+    drain_until_last(&mut sub, &next, Duration::from_secs(10));
+
+    let channel = "x5:t:mover";
+    let slot = wsgate::cluster::slots::key_slot(channel.as_bytes());
+    let from = cluster.owner_of(channel);
+    let to = *cluster.masters().iter().find(|p| **p != from).unwrap();
+    cluster.move_slot(slot, to);
+    assert_eq!(cluster.owner_of(channel), to);
+    // Traffic keeps flowing while the bridges notice (MOVED on publish,
+    // sunsubscribe from the old owner).
+    for _ in 0..20 {
+        publish_rounds(&mut publisher, &topics, &mut next, 1);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eventually(Duration::from_secs(10), "subscribed at the new owner", || {
+        cluster.shard_numsub(channel) == 1
+    });
+    publish_rounds(&mut publisher, &topics, &mut next, 5);
+    let published: u64 = next.values().sum();
+    let got = 40 + drain_until_last(&mut sub, &next, Duration::from_secs(15));
+    let st = stats(&b);
+    assert!(st.resubscribes.load(Ordering::Relaxed) >= 1);
+    assert_eq!(st.duplicates.load(Ordering::Relaxed), 0);
+    assert_eq!(got + st.lost.load(Ordering::Relaxed), published);
+}
