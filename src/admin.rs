@@ -5,6 +5,7 @@
 //! delivery counts; it never touches a connection.
 //!
 //! - `POST /publish?topic=T` (body: JSON payload) → `{"delivered":N}`
+//! - `POST /publish?user=U` → to every connection of user U (JWT `sub`)
 //! - `POST /broadcast` (body: JSON payload) → `{"delivered":N}`
 //! - `GET /metrics` → Prometheus text format
 //! - `GET /healthz` → 200 while the process runs, 503 once a worker died
@@ -25,7 +26,7 @@ use crate::config::Config;
 use crate::metrics::{self, MetricsSource};
 use crate::protocol::frame::encode_server_frame;
 use crate::protocol::OpCode;
-use crate::pubsub::{Hub, Notify, Ticket};
+use crate::pubsub::{users, Hub, Notify, Ticket};
 
 const HANDLER_THREADS: usize = 2;
 /// How long a publish waits for room in a worker's inbox.
@@ -167,17 +168,12 @@ fn handle(mut req: Request, shared: &Shared) {
             }
         }
         (Method::Post, "/publish") => {
-            let topic = form_urlencoded::parse(query.as_bytes())
-                .find(|(k, _)| k == "topic")
-                .map(|(_, v)| v.into_owned());
-            match (topic, read_payload(&mut req, shared)) {
+            // `?topic=T` or `?user=U` (a user's reserved topic).
+            let target = users::publish_target(query, shared.config.max_topic_bytes);
+            match (target, read_payload(&mut req, shared)) {
                 (_, Err(resp)) => resp,
-                (None, _) => error(400, "missing query parameter 'topic'"),
-                (Some(t), _) if t.is_empty() || t.len() > shared.config.max_topic_bytes => error(
-                    400,
-                    &format!("topic must be 1 to {} bytes", shared.config.max_topic_bytes),
-                ),
-                (Some(topic), Ok(payload)) => publish(shared, Some(&topic), &payload),
+                (Err(msg), _) => error(400, &msg),
+                (Ok(topic), Ok(payload)) => publish(shared, Some(&topic), &payload),
             }
         }
         (Method::Post, "/broadcast") => match read_payload(&mut req, shared) {
@@ -222,7 +218,7 @@ fn publish(shared: &Shared, topic: Option<&str>, payload: &[u8]) -> Response<io:
     hub.published(topic, payload);
     let (text, targets) = match topic {
         Some(t) => (
-            commands::message_text(t, payload),
+            users::message_text(t, payload),
             hub.directory.workers_for(t),
         ),
         None => (commands::broadcast_text(payload), hub.all_workers()),

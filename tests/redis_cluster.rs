@@ -21,6 +21,14 @@ use wsgate::config::AppKind;
 const BROADCAST: u64 = 16;
 
 fn node(cluster: &RedisCluster, prefix: &str) -> wsgate::ServerHandle {
+    node_with(cluster, prefix, |_| {})
+}
+
+fn node_with(
+    cluster: &RedisCluster,
+    prefix: &str,
+    tweak: impl FnOnce(&mut wsgate::Config),
+) -> wsgate::ServerHandle {
     if let Ok(filter) = std::env::var("WSGATE_TEST_LOG") {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
@@ -33,6 +41,7 @@ fn node(cluster: &RedisCluster, prefix: &str) -> wsgate::ServerHandle {
     cfg.drain_timeout = Duration::from_secs(1);
     cfg.redis_cluster = Some(cluster.seeds());
     cfg.cluster_prefix = prefix.to_string();
+    tweak(&mut cfg);
     wsgate::start(cfg).expect("node starts")
 }
 
@@ -46,6 +55,7 @@ fn wait_subscriptions(n: &wsgate::ServerHandle, want: u64) {
     eventually(Duration::from_secs(20), "shard subscriptions", || {
         st.shard_subscriptions.load(Ordering::Relaxed) == want
             && st.subscriber_connected.load(Ordering::Acquire)
+            && st.publisher_connected.load(Ordering::Acquire)
     });
 }
 
@@ -128,6 +138,60 @@ fn thousand_topics_exactly_once_across_three_nodes_by_interest() {
     eventually(Duration::from_secs(5), "SUNSUBSCRIBE at the shard", || {
         cluster.shard_numsub("x1:t:topic-0") == 1
     });
+}
+
+const SECRET: &str = "cluster-user-secret-0123456789";
+
+fn connect_as(addr: std::net::SocketAddr, user: &str) -> Ws {
+    let claims = serde_json::json!({"sub": user, "exp": wsgate::security::unix_now() + 600});
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let tcp = std::net::TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let url = format!("ws://{addr}/ws?token={token}");
+    tungstenite::client::client(url, MaybeTlsStream::Plain(tcp))
+        .expect("upgrade")
+        .0
+}
+
+#[test]
+fn a_user_message_reaches_the_user_on_every_node_and_only_nodes_holding_them() {
+    let cluster = RedisCluster::start(3, 1);
+    let nodes: Vec<_> = (0..3)
+        .map(|_| node_with(&cluster, "x6", |c| c.jwt_secret = Some(SECRET.into())))
+        .collect();
+    let mut alice: Vec<Ws> = vec![
+        connect_as(nodes[1].local_addr(), "alice"),
+        connect_as(nodes[1].local_addr(), "alice"),
+        connect_as(nodes[2].local_addr(), "alice"),
+    ];
+    let mut bob = connect_as(nodes[2].local_addr(), "bob");
+    // Interest: the user's channel is held by the nodes holding the user.
+    wait_subscriptions(&nodes[0], BROADCAST);
+    wait_subscriptions(&nodes[1], BROADCAST + 1);
+    wait_subscriptions(&nodes[2], BROADCAST + 2);
+    assert_eq!(cluster.shard_numsub("x6:u:alice"), 2);
+    assert_eq!(cluster.shard_numsub("x6:u:bob"), 1);
+
+    let admin = nodes[0].admin_addr().unwrap();
+    let (status, body) = http(admin, "POST", "/publish?user=alice", r#""hi""#);
+    assert_eq!((status, body.as_str()), (200, r#"{"delivered":0}"#));
+    for a in alice.iter_mut() {
+        assert_eq!(
+            recv_text(a),
+            r#"{"type":"message","user":"alice","payload":"hi"}"#
+        );
+        assert_silent(a, Duration::from_millis(200));
+    }
+    assert_silent(&mut bob, Duration::from_millis(300));
+    // Alice leaves node C: C stops listening for her.
+    drop(alice.pop());
+    wait_subscriptions(&nodes[2], BROADCAST + 1);
+    assert_eq!(cluster.shard_numsub("x6:u:alice"), 1);
 }
 
 #[test]

@@ -49,6 +49,8 @@ pub enum CommandError {
     UnknownType(String),
     #[error("topic must be 1 to {0} bytes")]
     BadTopic(usize),
+    #[error("topic names starting with NUL are reserved")]
+    ReservedTopic,
     #[error("too many subscriptions (limit {0})")]
     TooManySubscriptions(usize),
     #[error("binary messages are not part of this protocol; send JSON text")]
@@ -66,6 +68,7 @@ impl CommandError {
             CommandError::Malformed(_) | CommandError::MissingField(_) => 400,
             CommandError::UnknownType(_) => 404,
             CommandError::BadTopic(_) => 413,
+            CommandError::ReservedTopic => 403,
             CommandError::Binary => 415,
             CommandError::TooManySubscriptions(_) => 429,
             CommandError::Forbidden(..) => 403,
@@ -119,6 +122,10 @@ fn checked_topic(t: Option<Cow<'_, str>>, max_topic: usize) -> Result<Cow<'_, st
     let t = t.ok_or(CommandError::MissingField("topic"))?;
     if t.is_empty() || t.len() > max_topic {
         return Err(CommandError::BadTopic(max_topic));
+    }
+    // Names starting with NUL are the server's own (users' topics).
+    if crate::pubsub::users::is_reserved(&t) {
+        return Err(CommandError::ReservedTopic);
     }
     Ok(t)
 }

@@ -16,7 +16,7 @@ use crate::protocol::frame::{encode_server_frame, write_server_frame};
 use crate::protocol::{MessageKind, OpCode};
 use crate::pubsub::outbox::Outbox;
 use crate::pubsub::topics::LocalTopics;
-use crate::pubsub::{Hub, Notify, Ticket};
+use crate::pubsub::{users, Hub, Notify, Ticket};
 use crate::security::{Grant, Security};
 
 /// Limits of the client protocol.
@@ -112,7 +112,9 @@ pub fn on_message(
                 .topics
                 .id_of(&topic)
                 .is_some_and(|id| caller.topics.contains(&id));
-            if !already && caller.topics.len() >= cx.limits.max_subscriptions {
+            // A user's reserved topic does not count against the limit.
+            let own = usize::from(caller.auth.as_ref().is_some_and(|g| g.user.is_some()));
+            if !already && caller.topics.len() >= cx.limits.max_subscriptions + own {
                 let e = CommandError::TooManySubscriptions(cx.limits.max_subscriptions);
                 reply(out, &commands::error_text(&e));
                 return;
@@ -179,6 +181,20 @@ pub fn on_message(
                 ticket: Some(ticket),
             });
         }
+    }
+}
+
+/// A connection authenticated as `user` joins the user's reserved topic, so
+/// messages to the user (`POST /publish?user=U`, from any node) reach it.
+/// It leaves with the connection's other topics when it closes.
+pub fn join_user(user: &str, conn: u32, conn_topics: &mut Vec<u32>, cx: &mut PubSubCx<'_>) {
+    let topic = users::user_topic(user);
+    let joined = cx.topics.join(&topic, conn);
+    if joined.new_member {
+        conn_topics.push(joined.topic_id);
+    }
+    if joined.first_local {
+        cx.hub.topic_joined(&topic, cx.worker);
     }
 }
 

@@ -169,6 +169,8 @@ impl Shared {
         }
         tracing::info!(masters = t.masters().len(), "cluster: slot map changed");
         *cur = Arc::new(t);
+        // Publishes are taken from now on, whichever thread read the map.
+        self.stats.publisher_connected.store(true, Ordering::Release);
         true
     }
 
@@ -272,8 +274,6 @@ impl Publisher {
                 }
                 backoff.reset();
             }
-            // Whichever thread read the slot map first, publishing can start.
-            stats.publisher_connected.store(true, Ordering::Release);
             let first = match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(m) => m,
                 Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,

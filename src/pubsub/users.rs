@@ -44,9 +44,56 @@ pub fn message_text(topic: &str, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Where `POST /publish` sends, from its query: `topic=T`, or `user=U`
+/// (U's reserved topic). The error is the reply's message (HTTP 400).
+pub fn publish_target(query: &str, max_topic_bytes: usize) -> Result<String, String> {
+    let mut topic = None;
+    let mut user = None;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "topic" => topic = Some(v.into_owned()),
+            "user" => user = Some(v.into_owned()),
+            _ => {}
+        }
+    }
+    let check = |name: &str, v: &str| {
+        if v.is_empty() || v.len() > max_topic_bytes {
+            Err(format!("{name} must be 1 to {max_topic_bytes} bytes"))
+        } else {
+            Ok(())
+        }
+    };
+    match (topic, user) {
+        (Some(_), Some(_)) => Err("give 'topic' or 'user', not both".into()),
+        (None, None) => Err("missing query parameter 'topic' (or 'user')".into()),
+        (Some(t), None) => {
+            check("topic", &t)?;
+            if is_reserved(&t) {
+                return Err("topic names starting with NUL are reserved".into());
+            }
+            Ok(t)
+        }
+        (None, Some(u)) => {
+            check("user", &u)?;
+            Ok(user_topic(&u))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn publish_targets() {
+        assert_eq!(publish_target("topic=a%2Fb", 8), Ok("a/b".into()));
+        assert_eq!(publish_target("user=al%20ice", 8), Ok(user_topic("al ice")));
+        assert!(publish_target("topic=a&user=b", 8).is_err());
+        assert!(publish_target("", 8).is_err());
+        assert!(publish_target("topic=", 8).is_err());
+        assert!(publish_target("user=123456789", 8).is_err());
+        assert!(publish_target("topic=%00u:alice", 16).is_err());
+    }
 
     #[test]
     fn user_topics() {

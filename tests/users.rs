@@ -1,0 +1,84 @@
+//! Messages to a user: `POST /publish?user=U` reaches every connection
+//! whose token's `sub` is U, on every worker, and nobody else.
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::*;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use tungstenite::stream::MaybeTlsStream;
+
+const SECRET: &str = "user-test-secret-0123456789";
+
+pub fn token(user: &str) -> String {
+    let claims = serde_json::json!({"sub": user, "exp": wsgate::security::unix_now() + 600});
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn connect_as(addr: SocketAddr, user: &str) -> Ws {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let url = format!("ws://{addr}/ws?token={}", token(user));
+    let (ws, _) = tungstenite::client::client(url, MaybeTlsStream::Plain(tcp)).expect("upgrade");
+    ws
+}
+
+fn silent(ws: &mut Ws) {
+    let MaybeTlsStream::Plain(tcp) = ws.get_ref() else {
+        unreachable!()
+    };
+    tcp.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    if let Ok(m) = ws.read() {
+        panic!("unexpected message: {m:?}");
+    }
+}
+
+#[test]
+fn a_user_message_reaches_every_connection_of_that_user_only() {
+    let mut cfg = wsgate::Config::for_tests();
+    cfg.workers = Some(2);
+    cfg.drain_timeout = Duration::from_secs(1);
+    cfg.jwt_secret = Some(SECRET.into());
+    cfg.max_subscriptions = 1;
+    let server = wsgate::start(cfg).unwrap();
+    let addr = server.local_addr();
+    // Several connections, so the kernel spreads them over both workers.
+    let mut alice: Vec<Ws> = (0..4).map(|_| connect_as(addr, "alice")).collect();
+    let mut bob = connect_as(addr, "bob");
+    let admin = server.admin_addr().unwrap();
+    let (status, body) = http(admin, "POST", "/publish?user=alice", r#"{"n":1}"#);
+    assert_eq!((status, body.as_str()), (200, r#"{"delivered":4}"#));
+    for a in alice.iter_mut() {
+        assert_eq!(
+            recv_text(a),
+            r#"{"type":"message","user":"alice","payload":{"n":1}}"#
+        );
+    }
+    silent(&mut bob);
+
+    // The reserved topic behind it is not a client's to take...
+    send(&mut bob, r#"{"type":"subscribe","topic":"\u0000u:alice"}"#);
+    let v = recv(&mut bob);
+    assert_eq!((v["type"].as_str(), v["code"].as_u64()), (Some("error"), Some(403)));
+    // ...nor a backend's to name directly.
+    let (status, _) = http(admin, "POST", "/publish?topic=%00u:alice", "1");
+    assert_eq!(status, 400);
+    // And it does not use up the connection's subscription limit (1 here).
+    send(&mut bob, r#"{"type":"subscribe","topic":"news"}"#);
+    assert_eq!(recv(&mut bob)["type"], "subscribed");
+
+    // Alice's connections gone: nobody gets her messages.
+    drop(alice);
+    eventually(Duration::from_secs(5), "alice's connections closed", || {
+        http(admin, "POST", "/publish?user=alice", "2").1 == r#"{"delivered":0}"#
+    });
+    let (status, _) = http(admin, "POST", "/publish?user=", "1");
+    assert_eq!(status, 400);
+}
