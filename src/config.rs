@@ -80,6 +80,12 @@ pub struct Config {
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub cluster_broadcast_channels: u16,
 
+    /// With --redis-cluster: how long a publish whose shard refuses it (a
+    /// master failing over, a slot moving) is held and retried before it is
+    /// dropped and counted. Cover your cluster-node-timeout plus election.
+    #[arg(long, env = "WSGATE_CLUSTER_PUBLISH_HOLD", default_value = "20s", value_parser = parse_duration)]
+    pub cluster_publish_hold: Duration,
+
     /// Redis channel prefix; nodes with the same prefix form one cluster.
     #[arg(long, env = "WSGATE_CLUSTER_PREFIX", default_value = "wsgate")]
     pub cluster_prefix: String,

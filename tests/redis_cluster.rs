@@ -114,7 +114,10 @@ fn thousand_topics_exactly_once_across_three_nodes_by_interest() {
             let v = recv(ws);
             assert_eq!(v["type"], "message");
             let t = v["topic"].as_str().unwrap().to_string();
-            assert_eq!(v["payload"]["i"], t["topic-".len()..].parse::<u64>().unwrap());
+            assert_eq!(
+                v["payload"]["i"],
+                t["topic-".len()..].parse::<u64>().unwrap()
+            );
             assert!(seen.insert(t.clone()), "{t} delivered twice");
         }
         assert_eq!(seen.len(), want.len());
@@ -225,7 +228,10 @@ fn broadcasts_spread_over_every_shard_and_reach_every_node() {
     // Each master carried a share of them.
     for port in cluster.masters() {
         let calls = rc::spublish_calls(port);
-        assert!(calls >= N / 6, "master {port} took {calls} of {N} broadcasts");
+        assert!(
+            calls >= N / 6,
+            "master {port} took {calls} of {N} broadcasts"
+        );
     }
     let per_master: HashMap<u16, usize> = channels.iter().fold(HashMap::new(), |mut m, c| {
         *m.entry(cluster.owner_of(c)).or_default() += 1;
@@ -295,9 +301,14 @@ fn drain_until_last(ws: &mut Ws, last: &HashMap<String, u64>, within: Duration) 
     let mut high: HashMap<String, u64> = HashMap::new();
     let mut got = 0;
     while last.iter().any(|(t, l)| high.get(t) != Some(&(*l - 1))) {
-        assert!(Instant::now() < deadline, "delivery did not resume: {high:?}");
+        assert!(
+            Instant::now() < deadline,
+            "delivery did not resume: {high:?}"
+        );
         let v = match ws.read() {
-            Ok(tungstenite::Message::Text(t)) => serde_json::from_str::<serde_json::Value>(&t).unwrap(),
+            Ok(tungstenite::Message::Text(t)) => {
+                serde_json::from_str::<serde_json::Value>(&t).unwrap()
+            }
             Ok(_) => continue,
             Err(e) => panic!("{e}: got {got}, high {high:?}, last {last:?}"),
         };
@@ -312,11 +323,18 @@ fn drain_until_last(ws: &mut Ws, last: &HashMap<String, u64>, within: Duration) 
     got
 }
 
-#[test]
-fn master_failover_resubscribes_and_counts_what_was_lost() {
+/// Kills a master under traffic and waits for its replica to take over.
+/// Returns (published, delivered, counted lost, dropped at the publisher).
+fn failover(prefix: &str, hold: Option<Duration>) -> (u64, u64, u64, u64) {
     let mut cluster = RedisCluster::start(3, 1);
-    let a = node(&cluster, "x4");
-    let b = node(&cluster, "x4");
+    let tweak = |c: &mut wsgate::Config| {
+        if let Some(h) = hold {
+            c.cluster_publish_hold = h;
+        }
+    };
+    let a = node_with(&cluster, prefix, tweak);
+    let b = node_with(&cluster, prefix, tweak);
+    let ch = |t: &str| format!("{prefix}:t:{t}");
     let topics: Vec<String> = (0..30).map(|i| format!("f{i}")).collect();
     let mut sub = connect(b.local_addr());
     subscribe_all(&mut sub, &topics);
@@ -324,31 +342,35 @@ fn master_failover_resubscribes_and_counts_what_was_lost() {
     let mut publisher = connect(a.local_addr());
     let mut next = HashMap::new();
     publish_rounds(&mut publisher, &topics, &mut next, 5);
-    assert_eq!(drain_until_last(&mut sub, &next, Duration::from_secs(10)), 150);
+    assert_eq!(
+        drain_until_last(&mut sub, &next, Duration::from_secs(10)),
+        150
+    );
 
     // Kill the master that owns f0's slot; its replica takes over.
-    let victim = cluster.owner_of("x4:t:f0");
+    let victim = cluster.owner_of(&ch("f0"));
     let on_victim = topics
         .iter()
-        .filter(|t| cluster.owner_of(&format!("x4:t:{t}")) == victim)
+        .filter(|t| cluster.owner_of(&ch(t)) == victim)
         .count();
     cluster.kill(victim);
     let killed_at = Instant::now();
     let st_b = stats(&b);
-    let slot = wsgate::cluster::slots::key_slot(b"x4:t:f0") as usize;
+    let slot = wsgate::cluster::slots::key_slot(ch("f0").as_bytes()) as usize;
     let mut resumed = None;
     // Keep publishing through the failover window.
     while killed_at.elapsed() < Duration::from_secs(3) {
         publish_rounds(&mut publisher, &topics, &mut next, 1);
         std::thread::sleep(Duration::from_millis(100));
-        if resumed.is_none() && cluster.slot_owners().is_some_and(|o| o[slot] != victim)
+        if resumed.is_none()
+            && cluster.slot_owners().is_some_and(|o| o[slot] != victim)
             && st_b.subscriber_connected.load(Ordering::Acquire)
         {
             resumed = Some(killed_at.elapsed());
         }
     }
     cluster.wait_ok(6, Duration::from_secs(30));
-    assert_ne!(cluster.owner_of("x4:t:f0"), victim);
+    assert_ne!(cluster.owner_of(&ch("f0")), victim);
     wait_subscriptions(&b, BROADCAST + 30);
     let failed_over = resumed.unwrap_or_else(|| killed_at.elapsed());
     // Delivery resumes on every topic, including the failed-over shard's.
@@ -357,11 +379,11 @@ fn master_failover_resubscribes_and_counts_what_was_lost() {
     let got = 150 + drain_until_last(&mut sub, &next, Duration::from_secs(20));
     let st = stats(&b);
     let lost = st.lost.load(Ordering::Relaxed);
+    let dropped = stats(&a).dropped_out.load(Ordering::Relaxed);
     eprintln!(
         "failover: {on_victim} of 30 topics on the killed master; replica promoted and node resubscribed within {failed_over:?}; \
          published {published}, delivered {got}, counted lost {lost}, \
-         dropped at the publisher {}",
-        stats(&a).dropped_out.load(Ordering::Relaxed)
+         dropped at the publisher {dropped} (hold {hold:?})"
     );
     // Never silently: every message is delivered or counted lost, and what
     // the publisher had to drop is part of what the receiver counts.
@@ -369,6 +391,35 @@ fn master_failover_resubscribes_and_counts_what_was_lost() {
     assert!(lost >= stats(&a).dropped_out.load(Ordering::Relaxed));
     assert_eq!(st.duplicates.load(Ordering::Relaxed), 0);
     assert!(st.reconnects.load(Ordering::Relaxed) >= 1);
+    // Operators see the same on /metrics.
+    let (_, metrics) = http(b.admin_addr().unwrap(), "GET", "/metrics", "");
+    assert!(
+        metrics.contains(&format!("\nwsgate_cluster_messages_lost_total {lost}\n")),
+        "{metrics}"
+    );
+    assert!(metrics.contains(&format!(
+        "\nwsgate_cluster_shard_subscriptions {}\n",
+        BROADCAST + 30
+    )));
+    (published, got, lost, dropped)
+}
+
+#[test]
+fn master_failover_loses_nothing_while_publishes_are_held() {
+    // The default hold (20 s) covers the failover (~2-3 s here).
+    let (published, got, lost, dropped) = failover("x4", None);
+    assert_eq!(dropped, 0);
+    assert_eq!(got + lost, published);
+}
+
+#[test]
+fn master_failover_past_the_hold_counts_what_was_lost() {
+    // A hold shorter than the failover: the shard's publishes are dropped,
+    // counted at the publisher and, as sequence gaps, at the receiver.
+    let (published, got, lost, dropped) = failover("x7", Some(Duration::from_millis(300)));
+    assert!(dropped > 0, "nothing dropped with a 300 ms hold?");
+    assert!(lost >= dropped, "lost {lost} < dropped {dropped}");
+    assert_eq!(got + lost, published);
 }
 
 #[test]
@@ -397,9 +448,11 @@ fn a_slot_moving_live_moves_the_subscription() {
         publish_rounds(&mut publisher, &topics, &mut next, 1);
         std::thread::sleep(Duration::from_millis(50));
     }
-    eventually(Duration::from_secs(10), "subscribed at the new owner", || {
-        cluster.shard_numsub(channel) == 1
-    });
+    eventually(
+        Duration::from_secs(10),
+        "subscribed at the new owner",
+        || cluster.shard_numsub(channel) == 1,
+    );
     publish_rounds(&mut publisher, &topics, &mut next, 5);
     let published: u64 = next.values().sum();
     let got = 40 + drain_until_last(&mut sub, &next, Duration::from_secs(15));

@@ -34,7 +34,8 @@ fn silent(ws: &mut Ws) {
     let MaybeTlsStream::Plain(tcp) = ws.get_ref() else {
         unreachable!()
     };
-    tcp.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
     if let Ok(m) = ws.read() {
         panic!("unexpected message: {m:?}");
     }
@@ -66,7 +67,10 @@ fn a_user_message_reaches_every_connection_of_that_user_only() {
     // The reserved topic behind it is not a client's to take...
     send(&mut bob, r#"{"type":"subscribe","topic":"\u0000u:alice"}"#);
     let v = recv(&mut bob);
-    assert_eq!((v["type"].as_str(), v["code"].as_u64()), (Some("error"), Some(403)));
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_u64()),
+        (Some("error"), Some(403))
+    );
     // ...nor a backend's to name directly.
     let (status, _) = http(admin, "POST", "/publish?topic=%00u:alice", "1");
     assert_eq!(status, 400);

@@ -435,7 +435,10 @@ impl Subscriber {
 /// false when no worker needed it.
 pub(crate) fn deliver(hub: &Hub, topic: Option<&str>, payload: &[u8]) -> bool {
     let (text, targets) = match topic {
-        Some(t) => (users::message_text(t, payload), hub.directory.workers_for(t)),
+        Some(t) => (
+            users::message_text(t, payload),
+            hub.directory.workers_for(t),
+        ),
         None => (commands::broadcast_text(payload), hub.all_workers()),
     };
     if targets.is_empty() {

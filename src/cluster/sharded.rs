@@ -7,8 +7,10 @@
 //! - the **publisher** numbers each message per channel (see
 //!   [`super::dedup`]), groups a batch by owning master and pipelines
 //!   `SPUBLISH` to each. A command refused with `MOVED`/`TRYAGAIN`/
-//!   `CLUSTERDOWN` or lost with its connection is retried against a fresh
-//!   slot map for up to [`PUBLISH_RETRY`]; receivers drop the duplicates a
+//!   `CLUSTERDOWN` or lost with its connection is parked and retried against
+//!   a fresh slot map for up to `--cluster-publish-hold`, while other
+//!   shards' traffic goes on; later messages for a parked slot wait behind
+//!   it, so each channel keeps its order. Receivers drop the duplicates a
 //!   retry can cause. What still fails is counted as dropped.
 //! - the **supervisor** owns the set of wanted channels (the broadcast
 //!   channels, plus one per topic and per user with local subscribers), one
@@ -44,13 +46,17 @@ use crate::pubsub::{users, Hub};
 
 /// Publishes sent to Redis in one batch (split per master).
 const BATCH: usize = 256;
-/// How long a batch is retried (fresh slot map each time) before what is
-/// left is dropped and counted.
-pub const PUBLISH_RETRY: Duration = Duration::from_secs(2);
+/// How often messages a shard refused are tried again (fresh slot map).
+const RETRY_EVERY: Duration = Duration::from_millis(50);
+/// Messages waiting for their shard at most; past it new ones are dropped.
+const MAX_PARKED: usize = 65_536;
+/// How long retried publishes wait after the slot map changed, so other
+/// nodes have re-subscribed at the new owner when they arrive.
+pub const RESUBSCRIBE_GRACE: Duration = Duration::from_millis(300);
 /// How often the supervisor re-reads the slot map when nothing is wrong.
 pub const TOPOLOGY_EVERY: Duration = Duration::from_secs(1);
 /// Least time between two slot map reads (failures ask for one each).
-const TOPOLOGY_MIN_GAP: Duration = Duration::from_millis(100);
+const TOPOLOGY_MIN_GAP: Duration = Duration::from_millis(50);
 /// Supervisor tick: how quickly topic changes reach Redis.
 const TICK: Duration = Duration::from_millis(20);
 /// How long a master that refused a connection is left alone.
@@ -70,6 +76,9 @@ pub struct ShardedConfig {
     pub node_id: u64,
     /// How many channels broadcasts are spread over.
     pub broadcast_channels: usize,
+    /// How long a publish its shard refuses (failing over, slot moving) is
+    /// held and retried before it is dropped and counted.
+    pub publish_hold: Duration,
 }
 
 /// What the threads share.
@@ -170,7 +179,9 @@ impl Shared {
         tracing::info!(masters = t.masters().len(), "cluster: slot map changed");
         *cur = Arc::new(t);
         // Publishes are taken from now on, whichever thread read the map.
-        self.stats.publisher_connected.store(true, Ordering::Release);
+        self.stats
+            .publisher_connected
+            .store(true, Ordering::Release);
         true
     }
 
@@ -235,6 +246,8 @@ struct Ready {
     channel: String,
     slot: u16,
     bytes: Vec<u8>,
+    /// Past this, a message its shard would not take is dropped.
+    deadline: Instant,
 }
 
 struct Publisher {
@@ -243,6 +256,14 @@ struct Publisher {
     seqs: HashMap<String, u64>,
     epoch: u32,
     next_broadcast: usize,
+    /// Messages their shard did not take yet, oldest first.
+    parked: Vec<Ready>,
+    /// Slots with parked messages: later messages for them wait behind, so
+    /// each channel's order holds (the receivers' duplicate check needs it).
+    parked_slots: HashSet<u16>,
+    next_retry: Instant,
+    /// The slot map of the last retry.
+    retried_with: Option<Arc<Topology>>,
 }
 
 impl Publisher {
@@ -255,6 +276,10 @@ impl Publisher {
             // --node-id is not mistaken for replaying old numbers.
             epoch: rand_u32(),
             next_broadcast: 0,
+            parked: Vec::new(),
+            parked_slots: HashSet::new(),
+            next_retry: Instant::now(),
+            retried_with: None,
         }
     }
 
@@ -274,20 +299,29 @@ impl Publisher {
                 }
                 backoff.reset();
             }
-            let first = match rx.recv_timeout(Duration::from_millis(100)) {
-                Ok(m) => m,
-                Err(crossbeam_channel::RecvTimeoutError::Timeout) => continue,
-                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            let wait = if self.parked.is_empty() {
+                Duration::from_millis(100)
+            } else {
+                RETRY_EVERY
             };
             let mut batch = Vec::with_capacity(BATCH);
-            batch.push(self.ready(first));
+            match rx.recv_timeout(wait) {
+                Ok(m) => batch.push(self.ready(m)),
+                Err(crossbeam_channel::RecvTimeoutError::Timeout) => {}
+                Err(crossbeam_channel::RecvTimeoutError::Disconnected) => return,
+            }
             while batch.len() < BATCH {
                 match rx.try_recv() {
                     Ok(m) => batch.push(self.ready(m)),
                     Err(_) => break,
                 }
             }
-            self.send(batch);
+            if !self.parked.is_empty() && Instant::now() >= self.next_retry {
+                self.retry();
+            }
+            if !batch.is_empty() {
+                self.send(batch);
+            }
         }
     }
 
@@ -318,45 +352,101 @@ impl Publisher {
             slot: key_slot(channel.as_bytes()),
             bytes: wire::encode_sharded(id, &m.payload),
             channel,
+            deadline: Instant::now() + self.shared.cfg.publish_hold,
         }
     }
 
-    /// Sends a batch, retrying what fails against a fresh slot map.
-    fn send(&mut self, mut pending: Vec<Ready>) {
-        let stats = self.shared.stats.clone();
-        let deadline = Instant::now() + PUBLISH_RETRY;
-        loop {
-            let topology = self.shared.topology();
-            let mut by_master: HashMap<String, Vec<Ready>> = HashMap::new();
-            let mut failed = Vec::new();
-            for r in pending {
-                match topology.owner(r.slot) {
-                    Some(addr) => by_master.entry(addr.to_string()).or_default().push(r),
-                    None => failed.push(r),
-                }
-            }
-            for (addr, msgs) in by_master {
-                let (sent, mut left) = self.send_to(&addr, msgs);
-                stats.published.fetch_add(sent, Ordering::Relaxed);
-                failed.append(&mut left);
-            }
-            if failed.is_empty() || self.shared.stop.load(Ordering::Acquire) {
-                return;
-            }
-            if Instant::now() >= deadline {
-                stats
-                    .dropped_out
-                    .fetch_add(failed.len() as u64, Ordering::Relaxed);
-                tracing::warn!(
-                    dropped = failed.len(),
-                    "cluster: publishes dropped (their shard did not take them in time)"
-                );
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-            self.shared.refresh();
-            pending = failed;
+    /// Sends new messages; those for a slot with parked messages, or that
+    /// their shard refuses, are parked.
+    fn send(&mut self, batch: Vec<Ready>) {
+        let (held, fresh): (Vec<Ready>, Vec<Ready>) = batch
+            .into_iter()
+            .partition(|r| self.parked_slots.contains(&r.slot));
+        self.park(held);
+        let failed = self.send_now(fresh);
+        if !failed.is_empty() {
+            // First sign of trouble: look again at the map soon.
+            self.next_retry = Instant::now() + RETRY_EVERY;
         }
+        self.park(failed);
+    }
+
+    /// Retries the parked messages against a fresh slot map.
+    fn retry(&mut self) {
+        self.shared.refresh();
+        let topology = self.shared.topology();
+        let moved = self
+            .retried_with
+            .as_ref()
+            .is_some_and(|t| !Arc::ptr_eq(t, &topology));
+        self.retried_with = Some(topology);
+        if moved {
+            // The slot map changed (a failover, a reshard): give the other
+            // nodes' subscribers a moment to follow it, or the held-back
+            // messages reach the new master before they do.
+            self.next_retry = Instant::now() + RESUBSCRIBE_GRACE;
+            return;
+        }
+        let parked = std::mem::take(&mut self.parked);
+        self.parked_slots.clear();
+        let now = Instant::now();
+        let (live, expired): (Vec<Ready>, Vec<Ready>) =
+            parked.into_iter().partition(|r| r.deadline > now);
+        if !expired.is_empty() {
+            self.shared
+                .stats
+                .dropped_out
+                .fetch_add(expired.len() as u64, Ordering::Relaxed);
+            tracing::warn!(
+                dropped = expired.len(),
+                "cluster: publishes dropped (their shard did not take them in time)"
+            );
+        }
+        let failed = self.send_now(live);
+        self.park(failed);
+        self.next_retry = Instant::now() + RETRY_EVERY;
+    }
+
+    fn park(&mut self, msgs: Vec<Ready>) {
+        for r in msgs {
+            if self.parked.len() >= MAX_PARKED {
+                self.shared
+                    .stats
+                    .dropped_out
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            self.parked_slots.insert(r.slot);
+            self.parked.push(r);
+        }
+        if self.parked.is_empty() {
+            self.retried_with = None;
+        } else if self.retried_with.is_none() {
+            self.retried_with = Some(self.shared.topology());
+        }
+    }
+
+    /// One attempt: groups by owning master and pipelines to each. Returns
+    /// what was not taken, in order.
+    fn send_now(&mut self, msgs: Vec<Ready>) -> Vec<Ready> {
+        let topology = self.shared.topology();
+        let mut by_master: HashMap<String, Vec<Ready>> = HashMap::new();
+        let mut failed = Vec::new();
+        for r in msgs {
+            match topology.owner(r.slot) {
+                Some(addr) => by_master.entry(addr.to_string()).or_default().push(r),
+                None => failed.push(r),
+            }
+        }
+        for (addr, msgs) in by_master {
+            let (sent, mut left) = self.send_to(&addr, msgs);
+            self.shared
+                .stats
+                .published
+                .fetch_add(sent, Ordering::Relaxed);
+            failed.append(&mut left);
+        }
+        failed
     }
 
     /// Pipelines `SPUBLISH` for `msgs` to `addr`. Returns how many Redis
@@ -479,7 +569,11 @@ impl Supervisor {
     fn on_event(&mut self, e: Event) {
         match e {
             Event::Down { addr, generation } => {
-                if self.conns.get(&addr).is_some_and(|c| c.generation == generation) {
+                if self
+                    .conns
+                    .get(&addr)
+                    .is_some_and(|c| c.generation == generation)
+                {
                     self.drop_conn(&addr);
                     self.shared.stats.reconnects.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(addr = %addr, "cluster: shard subscription lost; resubscribing");
@@ -491,11 +585,17 @@ impl Supervisor {
                 generation,
                 channel,
             } => {
-                let ours = self.conns.get(&addr).is_some_and(|c| c.generation == generation);
+                let ours = self
+                    .conns
+                    .get(&addr)
+                    .is_some_and(|c| c.generation == generation);
                 if ours && self.placed.get(&channel) == Some(&addr) {
                     // Not asked for by us: its slot moved away.
                     self.placed.remove(&channel);
-                    self.shared.stats.resubscribes.fetch_add(1, Ordering::Relaxed);
+                    self.shared
+                        .stats
+                        .resubscribes
+                        .fetch_add(1, Ordering::Relaxed);
                     self.need_refresh = true;
                 }
             }
@@ -655,11 +755,7 @@ impl Supervisor {
         };
         self.next_gen += 1;
         let generation = self.next_gen;
-        let (shared, events, a) = (
-            self.shared.clone(),
-            self.events.0.clone(),
-            addr.to_string(),
-        );
+        let (shared, events, a) = (self.shared.clone(), self.events.0.clone(), addr.to_string());
         let handle = spawn("wsgate-cluster-shard", move || {
             read_shard(reader, &a, generation, &shared, &events)
         });

@@ -180,7 +180,11 @@ mod tests {
             ])
         };
         let reply = Value::Array(vec![
-            Value::Array(vec![Value::Int(0), Value::Int(8191), node("10.0.0.1", 7000)]),
+            Value::Array(vec![
+                Value::Int(0),
+                Value::Int(8191),
+                node("10.0.0.1", 7000),
+            ]),
             Value::Array(vec![
                 Value::Int(8192),
                 Value::Int(16383),

@@ -132,7 +132,10 @@ mod tests {
             parse_channel("wsgate", &user_channel("wsgate", "u:1")),
             Some(Target::User("u:1"))
         );
-        assert_eq!(parse_channel("wsgate", "wsgate:b:12"), Some(Target::Broadcast));
+        assert_eq!(
+            parse_channel("wsgate", "wsgate:b:12"),
+            Some(Target::Broadcast)
+        );
         assert_eq!(parse_channel("wsgate", "wsgate:b:x"), None);
     }
 

@@ -98,6 +98,7 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
                 prefix: config.cluster_prefix.clone(),
                 node_id,
                 broadcast_channels: usize::from(config.cluster_broadcast_channels),
+                publish_hold: config.cluster_publish_hold,
             };
             Some(sharded::start(cfg, parts, hub.clone()))
         }

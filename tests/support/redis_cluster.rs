@@ -122,9 +122,9 @@ impl RedisCluster {
                     info.contains("cluster_state:ok")
                         && info.contains(&format!("cluster_known_nodes:{known}"))
                 })
-            }) && self.slot_owners().is_some_and(|owners| {
-                owners.iter().all(|o| self.alive_ports().contains(o))
-            });
+            }) && self
+                .slot_owners()
+                .is_some_and(|owners| owners.iter().all(|o| self.alive_ports().contains(o)));
             if ok {
                 return;
             }
@@ -265,14 +265,21 @@ fn text(v: &Value) -> String {
 fn wait_port(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server on {port} did not start");
+        assert!(
+            Instant::now() < deadline,
+            "redis-server on {port} did not start"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        let mut children: Vec<Child> = self.nodes.iter_mut().filter_map(|(_, c)| c.take()).collect();
+        let mut children: Vec<Child> = self
+            .nodes
+            .iter_mut()
+            .filter_map(|(_, c)| c.take())
+            .collect();
         for c in &children {
             // SAFETY: kill(2) on children we spawned and have not reaped.
             unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
