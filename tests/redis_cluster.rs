@@ -143,6 +143,52 @@ fn thousand_topics_exactly_once_across_three_nodes_by_interest() {
     });
 }
 
+#[test]
+fn our_nodes_restarting_resubscribe_and_a_restarted_publisher_is_not_a_duplicate() {
+    let cluster = RedisCluster::start(3, 0);
+    // The publisher keeps its node id across the restart (--node-id).
+    let fixed = |c: &mut wsgate::Config| c.node_id = Some(7);
+    let a = node_with(&cluster, "x8", fixed);
+    let b = node(&cluster, "x8");
+    let mut sub = connect(b.local_addr());
+    subscribe(&mut sub, "r");
+    wait_subscriptions(&b, BROADCAST + 1);
+    wait_subscriptions(&a, BROADCAST);
+    let admin = a.admin_addr().unwrap();
+    for i in 0..5 {
+        http(admin, "POST", "/publish?topic=r", &i.to_string());
+    }
+    for i in 0..5 {
+        assert_eq!(recv(&mut sub)["payload"], i);
+    }
+    // The publisher restarts: same id, numbering from 1 again.
+    drop(a);
+    let a = node_with(&cluster, "x8", fixed);
+    wait_subscriptions(&a, BROADCAST);
+    let admin = a.admin_addr().unwrap();
+    for i in 5..10 {
+        http(admin, "POST", "/publish?topic=r", &i.to_string());
+    }
+    for i in 5..10 {
+        assert_eq!(recv(&mut sub)["payload"], i);
+    }
+    assert_eq!(stats(&b).duplicates.load(Ordering::Relaxed), 0);
+    // The subscriber's node restarts: its client comes back, the new node
+    // subscribes again and the old subscription is gone from Redis.
+    drop(sub);
+    drop(b);
+    let b = node(&cluster, "x8");
+    let mut sub = connect(b.local_addr());
+    subscribe(&mut sub, "r");
+    wait_subscriptions(&b, BROADCAST + 1);
+    eventually(Duration::from_secs(5), "one subscriber node", || {
+        cluster.shard_numsub("x8:t:r") == 1
+    });
+    http(admin, "POST", "/publish?topic=r", "10");
+    assert_eq!(recv(&mut sub)["payload"], 10);
+    assert_silent(&mut sub, Duration::from_millis(300));
+}
+
 const SECRET: &str = "cluster-user-secret-0123456789";
 
 fn connect_as(addr: std::net::SocketAddr, user: &str) -> Ws {

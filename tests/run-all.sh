@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "cargo (Rust toolchain) is required" >&2; exit 1; }
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v redis-cli >/dev/null || need_apt+=(redis-tools)   # tests/redis_cluster.rs: redis-cli --cluster create
 command -v nginx >/dev/null || need_apt+=(nginx)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)   # tests/tuning.rs verifies tuning/wsgate.service
