@@ -507,3 +507,49 @@ fn a_slot_moving_live_moves_the_subscription() {
     assert_eq!(st.duplicates.load(Ordering::Relaxed), 0);
     assert_eq!(got + st.lost.load(Ordering::Relaxed), published);
 }
+
+#[test]
+fn redis_cluster_settings_from_flag_file_and_conflicts() {
+    let c = wsgate::Config::from_args([
+        "wsgate",
+        "--redis-cluster",
+        "redis://127.0.0.1:7000,redis://127.0.0.1:7001",
+    ])
+    .unwrap();
+    assert_eq!(
+        c.redis_cluster.as_deref(),
+        Some("redis://127.0.0.1:7000,redis://127.0.0.1:7001")
+    );
+    assert_eq!(c.cluster_broadcast_channels, 16);
+    assert_eq!(c.cluster_publish_hold, Duration::from_secs(20));
+    // One Redis or a Redis Cluster, not both.
+    assert!(wsgate::Config::from_args([
+        "wsgate",
+        "--redis",
+        "redis://h:1/",
+        "--redis-cluster",
+        "redis://h:2"
+    ])
+    .is_err());
+    let dir = std::env::temp_dir().join(format!("wsgate-rc-conf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("wsgate.toml");
+    std::fs::write(
+        &file,
+        "redis-cluster = \"redis://10.0.0.1:6379\"\ncluster-publish-hold = \"5s\"\n",
+    )
+    .unwrap();
+    let loaded =
+        wsgate::config::Loaded::from_args(["wsgate", "--config", file.to_str().unwrap()]).unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(
+        loaded.config.redis_cluster.as_deref(),
+        Some("redis://10.0.0.1:6379")
+    );
+    assert_eq!(loaded.config.cluster_publish_hold, Duration::from_secs(5));
+    // A bad seed list is refused at start, naming the setting.
+    let mut cfg = wsgate::Config::for_tests();
+    cfg.redis_cluster = Some("redis://nohostport".into());
+    let err = wsgate::start(cfg).err().expect("refused");
+    assert!(err.to_string().contains("--redis-cluster"), "{err}");
+}
