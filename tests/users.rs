@@ -86,3 +86,32 @@ fn a_user_message_reaches_every_connection_of_that_user_only() {
     let (status, _) = http(admin, "POST", "/publish?user=", "1");
     assert_eq!(status, 400);
 }
+
+#[test]
+fn a_user_message_crosses_nodes_over_a_single_redis_too() {
+    let rport = free_port();
+    let _redis = Proc::redis(rport);
+    let node = || {
+        let mut cfg = wsgate::Config::for_tests();
+        cfg.workers = Some(2);
+        cfg.drain_timeout = Duration::from_secs(1);
+        cfg.jwt_secret = Some(SECRET.into());
+        cfg.redis = Some(format!("redis://127.0.0.1:{rport}/"));
+        cfg.cluster_prefix = "u1".into();
+        wsgate::start(cfg).unwrap()
+    };
+    let (a, b) = (node(), node());
+    let mut alice = connect_as(b.local_addr(), "alice");
+    let mut bob = connect_as(b.local_addr(), "bob");
+    // Only node B listens for alice, on her user topic's channel.
+    eventually(Duration::from_secs(5), "B subscribed for alice", || {
+        redis_cmd(rport, &["PUBSUB", "NUMSUB", "u1:t:\0u:alice"]).ends_with(":1\r\n")
+    });
+    let (status, _) = http(a.admin_addr().unwrap(), "POST", "/publish?user=alice", "7");
+    assert_eq!(status, 200);
+    assert_eq!(
+        recv_text(&mut alice),
+        r#"{"type":"message","user":"alice","payload":7}"#
+    );
+    silent(&mut bob);
+}
