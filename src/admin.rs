@@ -7,6 +7,7 @@
 //! - `POST /publish?topic=T` (body: JSON payload) → `{"delivered":N}`
 //! - `POST /publish?user=U` → to every connection of user U (JWT `sub`)
 //! - `POST /broadcast` (body: JSON payload) → `{"delivered":N}`
+//! - `GET /presence?topic=T[&users=1]` → cluster-wide subscriptions (and users)
 //! - `GET /metrics` → Prometheus text format
 //! - `GET /healthz` → 200 while the process runs, 503 once a worker died
 //! - `GET /readyz` → 200 while accepting, 503 while draining or a worker died
@@ -176,12 +177,20 @@ fn handle(mut req: Request, shared: &Shared) {
                 (Ok(topic), Ok(payload)) => publish(shared, Some(&topic), &payload),
             }
         }
+        (Method::Get, "/presence") => {
+            let (status, body) = crate::cluster::presence::http_answer(
+                &shared.hub,
+                query,
+                shared.config.max_topic_bytes,
+            );
+            json_response(status, body)
+        }
         (Method::Post, "/broadcast") => match read_payload(&mut req, shared) {
             Ok(payload) => publish(shared, None, &payload),
             Err(resp) => resp,
         },
         (_, "/publish" | "/broadcast") => error(405, "use POST"),
-        (_, "/healthz" | "/readyz" | "/metrics") => error(405, "use GET"),
+        (_, "/healthz" | "/readyz" | "/metrics" | "/presence") => error(405, "use GET"),
         _ => error(
             404,
             "unknown path (try /publish, /broadcast, /healthz, /readyz)",

@@ -86,6 +86,12 @@ pub struct Config {
     #[arg(long, env = "WSGATE_CLUSTER_PUBLISH_HOLD", default_value = "20s", value_parser = parse_duration)]
     pub cluster_publish_hold: Duration,
 
+    /// With --redis or --redis-cluster: how long a node's presence entries
+    /// (GET /presence) outlive it if it dies without cleaning up; renewed
+    /// every third of it.
+    #[arg(long, env = "WSGATE_CLUSTER_PRESENCE_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub cluster_presence_ttl: Duration,
+
     /// Redis channel prefix; nodes with the same prefix form one cluster.
     #[arg(long, env = "WSGATE_CLUSTER_PREFIX", default_value = "wsgate")]
     pub cluster_prefix: String,

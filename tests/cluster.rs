@@ -414,3 +414,26 @@ fn adding_a_third_node_behind_nginx_moves_about_a_third_of_clients() {
     );
     stop.store(true, Ordering::Relaxed);
 }
+
+#[test]
+fn presence_over_a_single_redis_sums_the_nodes() {
+    let rport = free_port();
+    let _redis = Proc::redis(rport);
+    let a = node(rport, "c5");
+    let b = node(rport, "c5");
+    let mut subs = Vec::new();
+    for (n, count) in [(&a, 2), (&b, 3)] {
+        for _ in 0..count {
+            let mut s = connect(n.local_addr());
+            subscribe(&mut s, "lobby");
+            subs.push(s);
+        }
+    }
+    for n in [&a, &b] {
+        let admin = n.admin_addr().unwrap();
+        eventually(Duration::from_secs(5), "5 in the lobby", || {
+            http(admin, "GET", "/presence?topic=lobby", "").1
+                == r#"{"subscriptions":5,"topic":"lobby"}"#
+        });
+    }
+}

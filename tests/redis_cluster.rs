@@ -553,3 +553,114 @@ fn redis_cluster_settings_from_flag_file_and_conflicts() {
     let err = wsgate::start(cfg).err().expect("refused");
     assert!(err.to_string().contains("--redis-cluster"), "{err}");
 }
+
+fn presence(admin: std::net::SocketAddr, topic: &str) -> serde_json::Value {
+    let (status, body) = http(
+        admin,
+        "GET",
+        &format!("/presence?topic={topic}&users=1"),
+        "",
+    );
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[test]
+fn presence_counts_across_nodes_and_a_dead_node_drops_out_within_the_ttl() {
+    let cluster = RedisCluster::start(3, 0);
+    let ttl = |c: &mut wsgate::Config| {
+        c.jwt_secret = Some(SECRET.into());
+        c.cluster_presence_ttl = Duration::from_secs(3);
+    };
+    let a = node_with(&cluster, "x9", ttl);
+    let b = node_with(&cluster, "x9", ttl);
+    // Node C is a real process (settings from the environment), so it can
+    // die without cleaning up.
+    let c_port = free_port();
+    let mut c = Proc::wsgate(
+        c_port,
+        &["--workers", "1"],
+        &[
+            ("WSGATE_REDIS_CLUSTER", &cluster.seeds()),
+            ("WSGATE_CLUSTER_PREFIX", "x9"),
+            ("WSGATE_CLUSTER_PRESENCE_TTL", "3s"),
+            ("WSGATE_JWT_SECRET", SECRET),
+        ],
+    );
+    let c_addr: std::net::SocketAddr = format!("127.0.0.1:{c_port}").parse().unwrap();
+    let mut on_b = vec![
+        connect_as(b.local_addr(), "alice"),
+        connect_as(b.local_addr(), "alice"),
+        connect_as(b.local_addr(), "carol"),
+    ];
+    for ws in on_b.iter_mut() {
+        subscribe(ws, "room");
+    }
+    let mut bob = connect_as(c_addr, "bob");
+    subscribe(&mut bob, "room");
+    let admin = a.admin_addr().unwrap();
+    eventually(Duration::from_secs(10), "4 subscriptions in room", || {
+        presence(admin, "room")["subscriptions"] == 4
+    });
+    let p = presence(admin, "room");
+    assert_eq!(p["users"], serde_json::json!(["alice", "bob", "carol"]));
+    assert_eq!(p["users_complete"], true);
+    // Any node answers the same.
+    let p_b = presence(b.admin_addr().unwrap(), "room");
+    assert_eq!(p_b["subscriptions"], 4);
+
+    // An unsubscribe is seen within a flush.
+    send(&mut on_b[2], r#"{"type":"unsubscribe","topic":"room"}"#);
+    recv(&mut on_b[2]);
+    eventually(Duration::from_secs(5), "carol gone", || {
+        presence(admin, "room")["users"] == serde_json::json!(["alice", "bob"])
+    });
+    // A node stopping cleanly removes its part at once.
+    drop(on_b);
+    drop(b);
+    eventually(Duration::from_secs(5), "node B's part gone", || {
+        presence(admin, "room")["subscriptions"] == 1
+    });
+    // A node that dies leaves its part behind until the TTL.
+    c.signal(libc::SIGKILL);
+    c.wait_exit(Duration::from_secs(5));
+    let died = Instant::now();
+    eventually(Duration::from_secs(10), "node C's part expired", || {
+        presence(admin, "room")["subscriptions"] == 0
+    });
+    let gone_after = died.elapsed();
+    eprintln!("presence: dead node dropped out after {gone_after:?} (ttl 3s)");
+    assert!(gone_after <= Duration::from_secs(3) + Duration::from_millis(1500));
+    // Presence writes are batched: 50 subscriptions to one topic within a
+    // flush interval cost a couple of HSETs, not 50.
+    let hsets = || -> u64 {
+        cluster
+            .masters()
+            .iter()
+            .map(|p| rc::command_calls(*p, "hset"))
+            .sum()
+    };
+    let before = hsets();
+    let mut crowd: Vec<Ws> = (0..50).map(|_| connect_as(a.local_addr(), "fan")).collect();
+    for ws in crowd.iter_mut() {
+        subscribe(ws, "crowd");
+    }
+    assert_eq!(presence(admin, "crowd")["subscriptions"], 50);
+    // Wait until the count reached Redis (what other nodes read).
+    let owner = cluster.owner_of("x9:p:crowd");
+    eventually(Duration::from_secs(5), "the crowd written to Redis", || {
+        let Some(redis::Value::Array(vals)) = rc::query(owner, &["HVALS", "x9:p:crowd"]) else {
+            return false;
+        };
+        vals.iter().any(|v| match v {
+            redis::Value::BulkString(b) => {
+                serde_json::from_slice::<serde_json::Value>(b).is_ok_and(|f| f["n"] == 50)
+            }
+            _ => false,
+        })
+    });
+    let spent = hsets() - before;
+    assert!(spent <= 4, "{spent} HSETs for 50 subscriptions");
+    let (status, _) = http(admin, "GET", "/presence", "");
+    assert_eq!(status, 400);
+}

@@ -64,6 +64,16 @@ fn a_user_message_reaches_every_connection_of_that_user_only() {
     }
     silent(&mut bob);
 
+    // Presence without a cluster: this node's subscriptions, and who.
+    for a in alice.iter_mut().take(2) {
+        subscribe(a, "stage");
+    }
+    let (status, body) = http(admin, "GET", "/presence?topic=stage&users=1", "");
+    assert_eq!(status, 200);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["subscriptions"], 2);
+    assert_eq!(v["users"], serde_json::json!(["alice"]));
+
     // The reserved topic behind it is not a client's to take...
     send(&mut bob, r#"{"type":"subscribe","topic":"\u0000u:alice"}"#);
     let v = recv(&mut bob);

@@ -66,6 +66,11 @@ pub struct Caller<'a> {
 }
 
 impl Caller<'_> {
+    /// The authenticated user (JWT `sub`), if any.
+    fn user(&self) -> Option<&str> {
+        self.auth.as_ref().and_then(|g| g.user.as_deref())
+    }
+
     fn may_use(&self, topic: &str) -> bool {
         self.auth.as_ref().is_none_or(|g| g.topics.allows(topic))
     }
@@ -122,6 +127,7 @@ pub fn on_message(
             let joined = cx.topics.join(&topic, caller.key);
             if joined.new_member {
                 caller.topics.push(joined.topic_id);
+                cx.hub.presence.join(&topic, caller.user());
             }
             if joined.first_local {
                 cx.hub.topic_joined(&topic, cx.worker);
@@ -132,6 +138,7 @@ pub fn on_message(
             if let Some(id) = cx.topics.id_of(&topic) {
                 if let Some(pos) = caller.topics.iter().position(|t| *t == id) {
                     caller.topics.swap_remove(pos);
+                    cx.hub.presence.leave(&topic, caller.user());
                     if let Some(name) = cx.topics.leave(id, caller.key) {
                         cx.hub.topic_left(&name, cx.worker);
                     }

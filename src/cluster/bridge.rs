@@ -83,6 +83,8 @@ pub struct ClusterLink {
     /// Set when a topic hint was dropped: the subscriber reconciles all.
     resync: Arc<AtomicBool>,
     pub stats: Arc<ClusterStats>,
+    /// Cluster-wide presence, once the bridge runs.
+    pub presence: Arc<std::sync::OnceLock<Arc<super::presence::PresenceStore>>>,
 }
 
 impl ClusterLink {
@@ -131,6 +133,7 @@ pub fn channels() -> (ClusterLink, BridgeParts) {
             changes,
             resync: resync.clone(),
             stats: stats.clone(),
+            presence: Arc::default(),
         },
         BridgeParts {
             out_rx,
@@ -192,6 +195,15 @@ impl Bridge {
     /// A bridge made of other threads sharing `stop` (the sharded one).
     pub(crate) fn from_threads(stop: Arc<AtomicBool>, threads: Vec<JoinHandle<()>>) -> Bridge {
         Bridge { stop, threads }
+    }
+
+    /// Adds a thread that stops with the bridge (it watches [`Self::stop_flag`]).
+    pub(crate) fn add_thread(&mut self, t: JoinHandle<()>) {
+        self.threads.push(t);
+    }
+
+    pub(crate) fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
     }
 
     pub fn stop(self) {

@@ -7,6 +7,7 @@
 //!   and hand messages from other nodes to the local workers through the hub.
 //! - [`sharded`]: the same over a Redis Cluster, shard by shard.
 //! - [`slots`]: hash slots and the slot map (pure).
+//! - [`presence`]: cluster-wide subscription counts kept in Redis.
 //! - [`dedup`]: per-publisher sequence numbers: duplicates dropped, gaps
 //!   counted as lost (pure).
 //!
@@ -16,6 +17,7 @@
 
 pub mod bridge;
 pub mod dedup;
+pub mod presence;
 pub mod sharded;
 pub mod slots;
 pub mod wire;

@@ -39,6 +39,7 @@ use redis::Value;
 
 use super::bridge::{self, spawn, Bridge, BridgeParts, Outbound};
 use super::dedup::{Dedup, Verdict};
+use super::presence;
 use super::slots::{key_slot, Topology};
 use super::wire::{self, MessageId, Target};
 use super::ClusterStats;
@@ -95,7 +96,11 @@ struct Shared {
 
 /// Starts the sharded bridge's threads. An unreachable cluster is retried
 /// in the background.
-pub fn start(cfg: ShardedConfig, parts: BridgeParts, hub: Arc<Hub>) -> Bridge {
+pub(crate) fn start(
+    cfg: ShardedConfig,
+    parts: BridgeParts,
+    hub: Arc<Hub>,
+) -> (Bridge, Arc<dyn presence::Router>) {
     let stop = Arc::new(AtomicBool::new(false));
     let broadcast = wire::broadcast_channels(&cfg.prefix, cfg.broadcast_channels);
     let shared = Arc::new(Shared {
@@ -108,6 +113,7 @@ pub fn start(cfg: ShardedConfig, parts: BridgeParts, hub: Arc<Hub>) -> Bridge {
         dedup: Mutex::new(Dedup::default()),
         stop: stop.clone(),
     });
+    let router: Arc<dyn presence::Router> = shared.clone();
     let mut threads = Vec::new();
     {
         let shared = shared.clone();
@@ -131,7 +137,20 @@ pub fn start(cfg: ShardedConfig, parts: BridgeParts, hub: Arc<Hub>) -> Bridge {
         };
         threads.push(spawn("wsgate-cluster-sub", move || sup.run()));
     }
-    Bridge::from_threads(stop, threads)
+    (Bridge::from_threads(stop, threads), router)
+}
+
+/// Presence keys go to the master owning their slot.
+impl presence::Router for Shared {
+    fn addr_for(&self, key: &[u8]) -> Option<String> {
+        self.topology().owner(key_slot(key)).map(str::to_string)
+    }
+    fn connect(&self, addr: &str) -> redis::RedisResult<redis::Connection> {
+        connect(addr)
+    }
+    fn stale(&self) {
+        self.refresh();
+    }
 }
 
 impl Shared {

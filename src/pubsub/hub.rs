@@ -16,6 +16,7 @@ use crossbeam_utils::CachePadded;
 use mio::Waker;
 
 use super::directory::{TopicDirectory, WorkerSet};
+use super::presence::LocalPresence;
 use super::ticket::{Notify, Ticket};
 use crate::cluster::ClusterLink;
 
@@ -62,6 +63,8 @@ pub struct Hub {
     pub publishes: AtomicU64,
     /// The Redis bridge, when this node is part of a cluster.
     pub cluster: Option<ClusterLink>,
+    /// Subscriptions per topic on this node (`GET /presence`).
+    pub presence: LocalPresence,
 }
 
 impl Hub {
@@ -81,6 +84,7 @@ impl Hub {
             inbox_full_drops: AtomicU64::new(0),
             publishes: AtomicU64::new(0),
             cluster,
+            presence: LocalPresence::default(),
         }
     }
 

@@ -23,6 +23,7 @@ use mio::{Poll, Waker};
 
 use crate::admin::AdminServer;
 use crate::cluster::bridge::{self, Bridge, BridgeConfig};
+use crate::cluster::presence;
 use crate::cluster::sharded::{self, ShardedConfig};
 use crate::config::Config;
 use crate::metrics::MetricsSource;
@@ -100,7 +101,8 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
                 broadcast_channels: usize::from(config.cluster_broadcast_channels),
                 publish_hold: config.cluster_publish_hold,
             };
-            Some(sharded::start(cfg, parts, hub.clone()))
+            let (b, router) = sharded::start(cfg, parts, hub.clone());
+            Some((b, router))
         }
         (Some(url), None, Some(parts)) => {
             let cfg = BridgeConfig {
@@ -108,12 +110,30 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
                 prefix: config.cluster_prefix.clone(),
                 node_id,
             };
-            let b = Bridge::start(cfg, parts, hub.clone()).map_err(|e| {
+            let bad = |e: redis::RedisError| {
                 io::Error::new(io::ErrorKind::InvalidInput, format!("--redis {url}: {e}"))
-            })?;
-            Some(b)
+            };
+            let b = Bridge::start(cfg, parts, hub.clone()).map_err(bad)?;
+            let client = redis::Client::open(url.as_str()).map_err(bad)?;
+            let router: Arc<dyn presence::Router> = Arc::new(presence::SingleRouter(client));
+            Some((b, router))
         }
         _ => None,
+    };
+    // Presence rides on whichever bridge runs.
+    let bridge = match (bridge, &hub.cluster) {
+        (Some((mut b, router)), Some(link)) => {
+            let store = Arc::new(presence::PresenceStore::new(
+                config.cluster_prefix.clone(),
+                node_id,
+                config.cluster_presence_ttl,
+                router,
+            ));
+            let _ = link.presence.set(store.clone());
+            b.add_thread(presence::start_writer(store, hub.clone(), b.stop_flag()));
+            Some(b)
+        }
+        (b, _) => b.map(|(b, _)| b),
     };
     let admission = Arc::new(
         Admission::new(config.max_connections, config.max_connections_per_ip)

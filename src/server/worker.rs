@@ -799,7 +799,11 @@ impl Worker {
                 }
                 self.admission.closed(ip);
             }
+            let user = conn.auth.as_ref().and_then(|g| g.user.as_deref());
             for id in conn.topics.drain(..) {
+                if let Some(t) = self.topics.get(id) {
+                    self.hub.presence.leave(&t.name, user);
+                }
                 if let Some(name) = self.topics.leave(id, key as u32) {
                     self.hub.topic_left(&name, self.id);
                 }

@@ -220,9 +220,15 @@ impl RedisCluster {
 
 /// How many `SPUBLISH` commands the node on `port` ran.
 pub fn spublish_calls(port: u16) -> u64 {
+    command_calls(port, "spublish")
+}
+
+/// How many times the node on `port` ran `command` (lowercase).
+pub fn command_calls(port: u16, command: &str) -> u64 {
     let info = query(port, &["INFO", "commandstats"]).map_or_else(String::new, |v| text(&v));
+    let prefix = format!("cmdstat_{command}:calls=");
     info.lines()
-        .find_map(|l| l.strip_prefix("cmdstat_spublish:calls="))
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
         .and_then(|rest| rest.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
