@@ -18,7 +18,12 @@ pub struct RedisCluster {
     dir: PathBuf,
     /// (port, process); None once killed by the test.
     pub nodes: Vec<(u16, Option<Child>)>,
+    /// One cluster at a time per test binary: six redis-servers per test
+    /// running side by side starve a small box (failover timing included).
+    _turn: std::sync::MutexGuard<'static, ()>,
 }
+
+static TURN: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -37,9 +42,11 @@ impl RedisCluster {
             free_port()
         ));
         std::fs::create_dir_all(&dir).unwrap();
+        let turn = TURN.lock().unwrap_or_else(|e| e.into_inner());
         let mut cluster = RedisCluster {
             dir,
             nodes: Vec::new(),
+            _turn: turn,
         };
         let total = masters * (1 + replicas);
         for _ in 0..total {
@@ -64,7 +71,7 @@ impl RedisCluster {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        cluster.wait_ok(total, Duration::from_secs(30));
+        cluster.wait_ok(total, Duration::from_secs(60));
         cluster
     }
 
