@@ -664,3 +664,120 @@ fn presence_counts_across_nodes_and_a_dead_node_drops_out_within_the_ttl() {
     let (status, _) = http(admin, "GET", "/presence", "");
     assert_eq!(status, 400);
 }
+
+/// Redis CPU seconds (user + sys) of the server on `port`.
+fn redis_cpu(port: u16) -> f64 {
+    let Some(v) = rc::query(port, &["INFO", "cpu"]) else {
+        return 0.0;
+    };
+    let text = match v {
+        redis::Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),
+        redis::Value::VerbatimString { text, .. } => text,
+        _ => String::new(),
+    };
+    text.lines()
+        .filter(|l| l.starts_with("used_cpu_sys:") || l.starts_with("used_cpu_user:"))
+        .filter_map(|l| l.split(':').nth(1)?.trim().parse::<f64>().ok())
+        .sum()
+}
+
+/// Publisher on node A, subscribers (all topics) on nodes B and C: publishes
+/// per second end to end, and Redis CPU per message. Returns a report line.
+fn throughput(label: &str, redis_ports: &[u16], tweak: &dyn Fn(&mut wsgate::Config)) -> String {
+    use std::sync::atomic::AtomicU64;
+    use std::sync::Arc;
+    const TOPICS: usize = 100;
+    const N: u64 = 50_000;
+    let mk = || {
+        let mut cfg = wsgate::Config::for_tests();
+        cfg.app = AppKind::PubSub;
+        cfg.workers = Some(1);
+        cfg.drain_timeout = Duration::from_secs(1);
+        cfg.max_messages_per_sec = 0;
+        cfg.cluster_prefix = "tp".into();
+        tweak(&mut cfg);
+        wsgate::start(cfg).unwrap()
+    };
+    let (a, b, c) = (mk(), mk(), mk());
+    let topics: Vec<String> = (0..TOPICS).map(|i| format!("tp{i}")).collect();
+    let got: Vec<Arc<AtomicU64>> = (0..2).map(|_| Arc::new(AtomicU64::new(0))).collect();
+    let mut readers = Vec::new();
+    for (n, counter) in [&b, &c].into_iter().zip(&got) {
+        let mut ws = connect(n.local_addr());
+        subscribe_all(&mut ws, &topics);
+        let counter = counter.clone();
+        readers.push(std::thread::spawn(move || {
+            let MaybeTlsStream::Plain(tcp) = ws.get_ref() else {
+                unreachable!()
+            };
+            tcp.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            while let Ok(m) = ws.read() {
+                if m.is_text() && counter.fetch_add(1, Ordering::Relaxed) + 1 == N {
+                    break;
+                }
+            }
+            Instant::now()
+        }));
+    }
+    for n in [&a, &b, &c] {
+        let st = stats(n);
+        eventually(Duration::from_secs(20), "bridges ready", || {
+            st.subscriber_connected.load(Ordering::Acquire)
+                && st.publisher_connected.load(Ordering::Acquire)
+        });
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let cpu0: f64 = redis_ports.iter().map(|p| redis_cpu(*p)).sum();
+    let mut publisher = connect(a.local_addr());
+    let start = Instant::now();
+    for i in 0..N {
+        // Keep at most 20k in flight so no queue overflows.
+        while i - got[0]
+            .load(Ordering::Relaxed)
+            .min(got[1].load(Ordering::Relaxed))
+            > 20_000
+        {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let t = &topics[i as usize % TOPICS];
+        publisher
+            .write(tungstenite::Message::text(format!(
+                r#"{{"type":"publish","topic":"{t}","payload":{i}}}"#
+            )))
+            .unwrap();
+        if i % 64 == 63 {
+            publisher.flush().unwrap();
+        }
+    }
+    publisher.flush().unwrap();
+    let ends: Vec<Instant> = readers.into_iter().map(|r| r.join().unwrap()).collect();
+    let elapsed = ends.iter().max().unwrap().duration_since(start);
+    let cpu = redis_ports.iter().map(|p| redis_cpu(*p)).sum::<f64>() - cpu0;
+    let received: Vec<u64> = got.iter().map(|g| g.load(Ordering::Relaxed)).collect();
+    format!(
+        "{label}: {N} publishes to {TOPICS} topics, node A -> nodes B and C: {:.0} publishes/s \
+         end to end (received {received:?}), Redis CPU {:.1} us per publish ({} server(s)), \
+         dropped at A {}",
+        N as f64 / elapsed.as_secs_f64(),
+        cpu * 1e6 / N as f64,
+        redis_ports.len(),
+        stats(&a).dropped_out.load(Ordering::Relaxed)
+    )
+}
+
+/// `cargo test --release --test redis_cluster -- --ignored --nocapture`
+#[test]
+#[ignore = "measurement; run by hand in release mode"]
+fn measure_one_redis_vs_a_three_master_cluster() {
+    let port = free_port();
+    let redis = Proc::redis(port);
+    let url = format!("redis://127.0.0.1:{port}/");
+    let one = throughput("one Redis", &[port], &|c| c.redis = Some(url.clone()));
+    drop(redis);
+    let cluster = RedisCluster::start(3, 0);
+    let seeds = cluster.seeds();
+    let three = throughput("Redis Cluster, 3 masters", &cluster.masters(), &|c| {
+        c.redis_cluster = Some(seeds.clone())
+    });
+    eprintln!("{one}\n{three}");
+}
