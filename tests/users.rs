@@ -13,7 +13,10 @@ use tungstenite::stream::MaybeTlsStream;
 const SECRET: &str = "user-test-secret-0123456789";
 
 pub fn token(user: &str) -> String {
-    let claims = serde_json::json!({"sub": user, "exp": wsgate::security::unix_now() + 600});
+    token_with(serde_json::json!({"sub": user, "exp": wsgate::security::unix_now() + 600}))
+}
+
+fn token_with(claims: serde_json::Value) -> String {
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
         &claims,
@@ -23,9 +26,13 @@ pub fn token(user: &str) -> String {
 }
 
 fn connect_as(addr: SocketAddr, user: &str) -> Ws {
+    connect_token(addr, &token(user))
+}
+
+fn connect_token(addr: SocketAddr, token: &str) -> Ws {
     let tcp = TcpStream::connect(addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let url = format!("ws://{addr}/ws?token={}", token(user));
+    let url = format!("ws://{addr}/ws?token={token}");
     let (ws, _) = tungstenite::client::client(url, MaybeTlsStream::Plain(tcp)).expect("upgrade");
     ws
 }
@@ -124,4 +131,56 @@ fn a_user_message_crosses_nodes_over_a_single_redis_too() {
         r#"{"type":"message","user":"alice","payload":7}"#
     );
     silent(&mut bob);
+}
+
+#[test]
+fn a_client_may_message_a_user_only_if_its_token_says_so() {
+    let mut cfg = wsgate::Config::for_tests();
+    cfg.workers = Some(2);
+    cfg.drain_timeout = Duration::from_secs(1);
+    cfg.jwt_secret = Some(SECRET.into());
+    let server = wsgate::start(cfg).unwrap();
+    let addr = server.local_addr();
+    let mut alice: Vec<Ws> = (0..3).map(|_| connect_as(addr, "alice")).collect();
+    let exp = wsgate::security::unix_now() + 600;
+    let mut support = connect_token(
+        addr,
+        &token_with(serde_json::json!({"sub": "support", "exp": exp, "users": ["alice", "vip.*"]})),
+    );
+    let mut bob = connect_as(addr, "bob");
+    // No `users` claim: not allowed.
+    send(
+        &mut bob,
+        r#"{"type":"publish","user":"alice","payload":"spam"}"#,
+    );
+    let v = recv(&mut bob);
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_u64()),
+        (Some("error"), Some(403))
+    );
+    // Allowed by the claim: every connection of alice, on every worker.
+    send(
+        &mut support,
+        r#"{"type":"publish","user":"alice","payload":{"ticket":9}}"#,
+    );
+    for a in alice.iter_mut() {
+        assert_eq!(
+            recv_text(a),
+            r#"{"type":"message","user":"alice","payload":{"ticket":9}}"#
+        );
+        silent(a);
+    }
+    // Not a user the claim names.
+    send(
+        &mut support,
+        r#"{"type":"publish","user":"bob","payload":1}"#,
+    );
+    assert_eq!(recv(&mut support)["code"], 403);
+    silent(&mut bob);
+    // Topic and user together is a malformed command.
+    send(
+        &mut support,
+        r#"{"type":"publish","topic":"t","user":"alice","payload":1}"#,
+    );
+    assert_eq!(recv(&mut support)["code"], 400);
 }

@@ -30,6 +30,11 @@ pub enum Command<'a> {
         topic: Cow<'a, str>,
         payload: &'a [u8],
     },
+    /// A message to every connection of a user (needs the token's `users`).
+    PublishUser {
+        user: Cow<'a, str>,
+        payload: &'a [u8],
+    },
     /// Application-level heartbeat.
     Ping,
     /// A fresh token for a connection whose token is about to expire.
@@ -87,6 +92,8 @@ struct Wire<'a> {
     payload: Option<&'a RawValue>,
     #[serde(borrow)]
     token: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    user: Option<Cow<'a, str>>,
 }
 
 /// Parses one text message. `max_topic` caps topic names in bytes.
@@ -110,9 +117,25 @@ pub fn parse(text: &[u8], max_topic: usize) -> Result<Command<'_>, CommandError>
         "unsubscribe" => Command::Unsubscribe {
             topic: check_topic(wire.topic)?,
         },
-        "publish" => Command::Publish {
-            topic: check_topic(wire.topic)?,
-            payload: payload(wire.payload)?,
+        "publish" => match (wire.topic, wire.user) {
+            (None, Some(user)) => {
+                if user.is_empty() || user.len() > max_topic {
+                    return Err(CommandError::BadTopic(max_topic));
+                }
+                Command::PublishUser {
+                    user,
+                    payload: payload(wire.payload)?,
+                }
+            }
+            (Some(_), Some(_)) => {
+                return Err(CommandError::Malformed(
+                    "give 'topic' or 'user', not both".into(),
+                ))
+            }
+            (topic, None) => Command::Publish {
+                topic: check_topic(topic)?,
+                payload: payload(wire.payload)?,
+            },
         },
         other => return Err(CommandError::UnknownType(other.chars().take(64).collect())),
     })

@@ -147,19 +147,15 @@ pub fn on_message(
             // Idempotent: leaving a topic you are not in still confirms.
             reply(out, &commands::subscription_text(false, &topic));
         }
-        Command::Publish { topic, payload } => {
-            cx.hub.published(Some(&topic), payload);
-            let frame: Arc<[u8]> =
-                encode_server_frame(OpCode::Text, &commands::message_text(&topic, payload)).into();
-            let targets = cx.hub.directory.workers_for(&topic);
-            if targets.len() > usize::from(targets.contains(cx.worker)) {
-                let name: Arc<str> = Arc::from(topic.as_ref());
-                cx.hub
-                    .dispatch(targets, Some(cx.worker), Some(&name), &frame, None, None);
-            }
-            if let Some(id) = cx.topics.id_of(&topic) {
-                deliver_to_topic(cx.topics, cx.outbox, id, frame);
-            }
+        Command::Publish { topic, payload } => publish(&topic, payload, cx),
+        Command::PublishUser { user, .. }
+            if !caller.auth.as_ref().is_some_and(|g| g.users.allows(&user)) =>
+        {
+            let e = CommandError::Forbidden("message user", user.into_owned());
+            reply(out, &commands::error_text(&e));
+        }
+        Command::PublishUser { user, payload } => {
+            publish(&users::user_topic(&user), payload, cx);
         }
         Command::Broadcast { payload } => {
             cx.hub.published(None, payload);
@@ -188,6 +184,23 @@ pub fn on_message(
                 ticket: Some(ticket),
             });
         }
+    }
+}
+
+/// Delivers a publish to this node's subscribers of `topic` (a user's
+/// reserved topic included) and hands it to the cluster bridge.
+fn publish(topic: &str, payload: &[u8], cx: &mut PubSubCx<'_>) {
+    cx.hub.published(Some(topic), payload);
+    let frame: Arc<[u8]> =
+        encode_server_frame(OpCode::Text, &users::message_text(topic, payload)).into();
+    let targets = cx.hub.directory.workers_for(topic);
+    if targets.len() > usize::from(targets.contains(cx.worker)) {
+        let name: Arc<str> = Arc::from(topic);
+        cx.hub
+            .dispatch(targets, Some(cx.worker), Some(&name), &frame, None, None);
+    }
+    if let Some(id) = cx.topics.id_of(topic) {
+        deliver_to_topic(cx.topics, cx.outbox, id, frame);
     }
 }
 

@@ -46,6 +46,9 @@ struct Claims {
     sub: Option<String>,
     exp: u64,
     topics: Option<Vec<String>>,
+    /// Users this token may message (`{"type":"publish","user":U}`); exact
+    /// names or `prefix.*` patterns, like `topics`. Absent: none.
+    users: Option<Vec<String>>,
 }
 
 /// What a valid token grants a connection.
@@ -55,6 +58,8 @@ pub struct Grant {
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
     pub topics: TopicPerms,
+    /// Users it may send messages to (none without a `users` claim).
+    pub users: TopicPerms,
 }
 
 impl Grant {
@@ -149,6 +154,7 @@ impl Authenticator {
             user: c.sub,
             exp: c.exp,
             topics: c.topics.map_or(TopicPerms::Any, TopicPerms::Only),
+            users: TopicPerms::Only(c.users.unwrap_or_default()),
         })
     }
 }
@@ -303,6 +309,7 @@ mod tests {
             user: None,
             exp: u64::MAX - 1,
             topics: TopicPerms::Any,
+            users: TopicPerms::Only(Vec::new()),
         };
         assert_eq!(g.ends_at(10), u64::MAX);
         assert_eq!(g.ends_at(0), u64::MAX - 1);
