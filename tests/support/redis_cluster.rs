@@ -36,6 +36,7 @@ fn free_port() -> u16 {
 impl RedisCluster {
     /// `masters` masters with `replicas` replicas each.
     pub fn start(masters: usize, replicas: usize) -> RedisCluster {
+        require_redis_7();
         let dir = std::env::temp_dir().join(format!(
             "wsgate-rcluster-{}-{}",
             std::process::id(),
@@ -239,6 +240,25 @@ pub fn command_calls(port: u16, command: &str) -> u64 {
         .and_then(|rest| rest.split(',').next())
         .and_then(|n| n.parse().ok())
         .unwrap_or(0)
+}
+
+/// Sharded pub/sub needs Redis 7: say so plainly rather than fail later.
+fn require_redis_7() {
+    let out = Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .expect("redis-server from apt");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let major = text
+        .split("v=")
+        .nth(1)
+        .and_then(|v| v.split('.').next())
+        .and_then(|m| m.parse::<u32>().ok())
+        .unwrap_or(0);
+    assert!(
+        major >= 7,
+        "these tests need redis-server 7 or later (sharded pub/sub); found: {text}"
+    );
 }
 
 fn must(port: u16, args: &[&str]) {
