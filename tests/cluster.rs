@@ -154,6 +154,21 @@ fn redis_restart_loses_only_what_was_published_while_down() {
     assert!(b_stats.reconnects.load(Ordering::Relaxed) >= 1);
 }
 
+/// An nginx master that is stopped the way nginx expects (SIGTERM, then
+/// the master ends its workers and exits) when dropped: a SIGKILLed master
+/// leaves its worker processes running.
+struct Nginx(Proc);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        self.0.signal(libc::SIGTERM);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while matches!(self.0 .0.try_wait(), Ok(None)) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
 /// The test copy of tuning/nginx.conf: same directives, test ports, small
 /// limits, files in a scratch directory.
 fn nginx_conf(listen: u16, upstreams: &[u16]) -> String {
@@ -214,7 +229,7 @@ fn clients_through_nginx_land_on_both_nodes_and_publishes_reach_all() {
         nginx_conf(port, &[a.local_addr().port(), b.local_addr().port()]),
     )
     .unwrap();
-    let _nginx = Proc(
+    let nginx = Nginx(Proc(
         std::process::Command::new("nginx")
             .arg("-p")
             .arg(&dir)
@@ -228,7 +243,7 @@ fn clients_through_nginx_land_on_both_nodes_and_publishes_reach_all() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("nginx from apt (apt-get install nginx)"),
-    );
+    ));
     wait_for_port(port, Duration::from_secs(10));
     // hash $remote_addr: spread clients over several loopback source
     // addresses so both nodes get some.
@@ -271,6 +286,7 @@ fn clients_through_nginx_land_on_both_nodes_and_publishes_reach_all() {
             r#"{"type":"message","topic":"news","payload":"flash"}"#
         );
     }
+    drop(nginx);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -326,7 +342,7 @@ fn landing(upstreams: &[u16], balance: Option<&str>, clients: &[std::net::Ipv4Ad
         conf = conf.replace("hash $remote_addr consistent;", b);
     }
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let nginx = Proc(
+    let nginx = Nginx(Proc(
         std::process::Command::new("nginx")
             .arg("-p")
             .arg(&dir)
@@ -340,7 +356,7 @@ fn landing(upstreams: &[u16], balance: Option<&str>, clients: &[std::net::Ipv4Ad
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("nginx from apt"),
-    );
+    ));
     wait_for_port(port, Duration::from_secs(10));
     let front: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let out = clients
