@@ -8,7 +8,9 @@
 //! HTTP wire rules in [`http`].
 //!
 //! - `POST /publish?topic=T` (body: JSON payload) → `{"delivered":N}`
+//! - `POST /publish?user=U` → to every connection of user U (JWT `sub`)
 //! - `POST /broadcast` (body: JSON payload) → `{"delivered":N}`
+//! - `GET /presence?topic=T[&users=1]` → cluster-wide subscriptions (and users)
 //! - `GET /metrics` → Prometheus text format
 //! - `GET /healthz` → 200 while the process runs, 503 once a worker died
 //! - `GET /readyz` → 200 while accepting, 503 while draining or a worker died
@@ -94,6 +96,8 @@ enum State {
     Reading { continue_sent: bool },
     /// A publish waits for the workers' delivery count.
     Counting(Receiver<u64>),
+    /// A blocking answer (presence) is being made on its own thread.
+    Answering(Receiver<Response>),
     /// The answer is being written.
     Writing { out: Vec<u8>, pos: usize },
     /// Answered; the rest of the request is read and dropped until EOF.
@@ -248,7 +252,7 @@ impl Loop {
     fn timeout(&self, now: Instant) -> Duration {
         let mut next = now + Duration::from_secs(1);
         for (_, c) in &self.conns {
-            if matches!(c.state, State::Counting(_)) {
+            if matches!(c.state, State::Counting(_) | State::Answering(_)) {
                 return COUNT_POLL;
             }
             next = next.min(c.deadline);
@@ -329,7 +333,7 @@ impl Loop {
         match conn.state {
             State::Reading { .. } | State::Lingering => self.read(key),
             State::Writing { .. } => self.write(key),
-            State::Counting(_) => {}
+            State::Counting(_) | State::Answering(_) => {}
         }
     }
 
@@ -431,6 +435,11 @@ impl Loop {
                 conn.state = State::Counting(rx);
                 conn.deadline = Instant::now() + COUNT_WAIT;
             }
+            Outcome::Answering(rx) => {
+                conn.buf = Vec::new();
+                conn.state = State::Answering(rx);
+                conn.deadline = Instant::now() + COUNT_WAIT;
+            }
         }
     }
 
@@ -478,15 +487,23 @@ impl Loop {
     fn check_counts(&mut self) {
         let mut done = Vec::new();
         for (key, c) in &self.conns {
-            if let State::Counting(rx) = &c.state {
-                match rx.try_recv() {
+            match &c.state {
+                State::Counting(rx) => match rx.try_recv() {
                     Ok(n) => done.push((key, routes::delivered(n))),
                     Err(TryRecvError::Empty) => {}
                     Err(TryRecvError::Disconnected) => done.push((
                         key,
                         Response::error(504, "workers did not confirm delivery in time"),
                     )),
-                }
+                },
+                State::Answering(rx) => match rx.try_recv() {
+                    Ok(resp) => done.push((key, resp)),
+                    Err(TryRecvError::Empty) => {}
+                    Err(TryRecvError::Disconnected) => {
+                        done.push((key, Response::error(500, "no answer was made")))
+                    }
+                },
+                _ => {}
             }
         }
         for (key, resp) in done {
@@ -518,6 +535,7 @@ impl Loop {
                     key,
                     Response::error(504, "workers did not confirm delivery in time"),
                 ),
+                State::Answering(_) => self.answer(key, Response::error(504, "no answer in time")),
                 State::Writing { .. } | State::Lingering => {
                     self.conns.remove(key);
                 }

@@ -87,6 +87,30 @@ pub struct Config {
     #[arg(long, env = "WSGATE_REDIS")]
     pub redis: Option<String>,
 
+    /// Join a cluster through a Redis Cluster instead of one Redis: seed nodes
+    /// (redis://h1:p1,redis://h2:p2,...). Topics, users and broadcasts travel
+    /// with sharded pub/sub (Redis 7+), each on the shard owning its slot.
+    #[arg(long, env = "WSGATE_REDIS_CLUSTER", conflicts_with = "redis")]
+    pub redis_cluster: Option<String>,
+
+    /// With --redis-cluster: how many channels (in evenly spaced slots)
+    /// broadcasts are spread over, so no one shard carries them all.
+    #[arg(long, env = "WSGATE_CLUSTER_BROADCAST_CHANNELS", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub cluster_broadcast_channels: u16,
+
+    /// With --redis-cluster: how long a publish whose shard refuses it (a
+    /// master failing over, a slot moving) is held and retried before it is
+    /// dropped and counted. Cover your cluster-node-timeout plus election.
+    #[arg(long, env = "WSGATE_CLUSTER_PUBLISH_HOLD", default_value = "20s", value_parser = parse_duration)]
+    pub cluster_publish_hold: Duration,
+
+    /// With --redis or --redis-cluster: how long a node's presence entries
+    /// (GET /presence) outlive it if it dies without cleaning up; renewed
+    /// every third of it.
+    #[arg(long, env = "WSGATE_CLUSTER_PRESENCE_TTL", default_value = "15s", value_parser = parse_duration)]
+    pub cluster_presence_ttl: Duration,
+
     /// Redis channel prefix; nodes with the same prefix form one cluster.
     #[arg(long, env = "WSGATE_CLUSTER_PREFIX", default_value = "wsgate")]
     pub cluster_prefix: String,

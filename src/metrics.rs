@@ -403,7 +403,7 @@ impl Collector for MetricsSource {
                     ),
                 ],
             )?;
-            let counters: [(&str, &str, u64); 4] = [
+            let counters: [(&str, &str, u64); 7] = [
                 (
                     "wsgate_cluster_published",
                     "Publishes sent to Redis for other nodes",
@@ -424,9 +424,39 @@ impl Collector for MetricsSource {
                     "Redis connections lost and re-established",
                     st.reconnects.load(relaxed),
                 ),
+                (
+                    "wsgate_cluster_messages_lost",
+                    "Redis Cluster: messages from other nodes that never arrived (sequence gaps)",
+                    st.lost.load(relaxed),
+                ),
+                (
+                    "wsgate_cluster_duplicates_dropped",
+                    "Redis Cluster: messages from other nodes that arrived twice, dropped",
+                    st.duplicates.load(relaxed),
+                ),
+                (
+                    "wsgate_cluster_resubscribes",
+                    "Redis Cluster: channels subscribed again after their slot moved or failed over",
+                    st.resubscribes.load(relaxed),
+                ),
             ];
             for (name, help, v) in counters {
                 family(&mut enc, name, help, Counter, &[(Vec::new(), v)])?;
+            }
+            let gauges: [(&str, &str, u64); 2] = [
+                (
+                    "wsgate_cluster_shard_connections",
+                    "Redis Cluster: shard subscriber connections open",
+                    st.shard_connections.load(relaxed),
+                ),
+                (
+                    "wsgate_cluster_shard_subscriptions",
+                    "Redis Cluster: shard channels Redis confirmed this node holds",
+                    st.shard_subscriptions.load(relaxed),
+                ),
+            ];
+            for (name, help, v) in gauges {
+                family(&mut enc, name, help, Gauge, &[(Vec::new(), v)])?;
             }
         }
         family(

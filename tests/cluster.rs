@@ -336,3 +336,149 @@ fn clients_through_nginx_land_on_both_nodes_and_publishes_reach_all() {
         );
     }
 }
+
+/// Tiny HTTP upstreams that answer with their index, to see where nginx
+/// sends each client. They stop when the returned flag is set.
+fn tag_servers(n: usize) -> (Vec<u16>, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::io::{Read, Write};
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut ports = Vec::new();
+    for i in 0..n {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        ports.push(l.local_addr().unwrap().port());
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        let mut buf = [0u8; 2048];
+                        let _ = s.read(&mut buf);
+                        let body = i.to_string();
+                        let _ = s.write_all(
+                            format!(
+                                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            )
+                            .as_bytes(),
+                        );
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        });
+    }
+    (ports, stop)
+}
+
+/// Starts nginx on the test copy of tuning/nginx.conf (hash line replaced by
+/// `balance` when given) and asks it once from each source address; returns
+/// the upstream index each client landed on.
+fn landing(upstreams: &[u16], balance: Option<&str>, clients: &[std::net::Ipv4Addr]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let tmp = temp_dir("nginx-hash");
+    let dir = tmp.path();
+    std::fs::create_dir_all(dir.join("logs")).unwrap();
+    let port = free_port();
+    let mut conf = nginx_conf(port, upstreams);
+    if let Some(b) = balance {
+        conf = conf.replace("hash $remote_addr consistent;", b);
+    }
+    let conf_path = dir.join("nginx.conf");
+    std::fs::write(&conf_path, conf).unwrap();
+    let nginx = nginx(dir, &conf_path, port);
+    let front: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let out = clients
+        .iter()
+        .map(|ip| {
+            let sock =
+                socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+            sock.bind(&std::net::SocketAddr::new((*ip).into(), 0).into())
+                .unwrap();
+            sock.connect(&front.into()).unwrap();
+            let mut tcp: std::net::TcpStream = sock.into();
+            tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            tcp.write_all(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut resp = String::new();
+            tcp.read_to_string(&mut resp).unwrap();
+            let body = resp.rsplit("\r\n\r\n").next().unwrap();
+            body.trim()
+                .parse::<u8>()
+                .unwrap_or_else(|_| panic!("{resp}"))
+        })
+        .collect();
+    drop(nginx);
+    out
+}
+
+#[test]
+fn adding_a_third_node_behind_nginx_moves_about_a_third_of_clients() {
+    let (ports, stop) = tag_servers(3);
+    // 600 client addresses over 3 /24 blocks.
+    let clients: Vec<std::net::Ipv4Addr> = (1..=3u8)
+        .flat_map(|c| (1..=200u8).map(move |d| std::net::Ipv4Addr::new(127, 0, c, d)))
+        .collect();
+    let two = landing(&ports[..2], None, &clients);
+    let three = landing(&ports, None, &clients);
+    let moved = two.iter().zip(&three).filter(|(a, b)| a != b).count();
+    // Consistent hashing: only clients the new node takes move, about 1/3.
+    assert!(
+        two.iter().zip(&three).all(|(a, b)| a == b || *b == 2),
+        "a client moved between the old nodes"
+    );
+    let share = moved as f64 / clients.len() as f64;
+    eprintln!(
+        "hash consistent: {moved} of {} clients moved ({share:.2})",
+        clients.len()
+    );
+    assert!((0.2..=0.45).contains(&share), "moved {share:.2}");
+    // A plain modulo hash moves most of them (about 2/3).
+    let two_mod = landing(&ports[..2], Some("hash $remote_addr;"), &clients);
+    let three_mod = landing(&ports, Some("hash $remote_addr;"), &clients);
+    let moved_mod = two_mod
+        .iter()
+        .zip(&three_mod)
+        .filter(|(a, b)| a != b)
+        .count();
+    let share_mod = moved_mod as f64 / clients.len() as f64;
+    eprintln!("hash (modulo): {moved_mod} moved ({share_mod:.2})");
+    assert!(share_mod > 0.5, "modulo moved only {share_mod:.2}");
+    // ip_hash keys on the first three octets: each /24 is one node.
+    let ip = landing(&ports, Some("ip_hash;"), &clients);
+    let per_block: std::collections::HashSet<(u8, u8)> = clients
+        .iter()
+        .zip(&ip)
+        .map(|(c, n)| (c.octets()[2], *n))
+        .collect();
+    assert_eq!(
+        per_block.len(),
+        3,
+        "ip_hash sends each /24 block to one node"
+    );
+    stop.store(true, Ordering::Relaxed);
+}
+
+#[test]
+fn presence_over_a_single_redis_sums_the_nodes() {
+    let rport = free_port();
+    let _redis = Proc::redis(rport);
+    let a = node(rport, "c5");
+    let b = node(rport, "c5");
+    let mut subs = Vec::new();
+    for (n, count) in [(&a, 2), (&b, 3)] {
+        for _ in 0..count {
+            let mut s = connect(n.local_addr());
+            subscribe(&mut s, "lobby");
+            subs.push(s);
+        }
+    }
+    for n in [&a, &b] {
+        let admin = n.admin_addr().unwrap();
+        eventually(Duration::from_secs(5), "5 in the lobby", || {
+            http(admin, "GET", "/presence?topic=lobby", "").1
+                == r#"{"subscriptions":5,"topic":"lobby"}"#
+        });
+    }
+}

@@ -33,6 +33,7 @@ fi
 # --- services and tools the tests run for real ---------------------------------
 need_apt=()
 command -v redis-server >/dev/null || need_apt+=(redis-server)
+command -v redis-cli >/dev/null || need_apt+=(redis-tools)   # tests/redis_cluster.rs: redis-cli --cluster create
 command -v nginx >/dev/null || need_apt+=(nginx)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)   # tests/tuning.rs verifies tuning/wsgate.service

@@ -18,13 +18,17 @@ use crate::app::commands;
 use crate::metrics;
 use crate::protocol::frame::encode_server_frame;
 use crate::protocol::OpCode;
-use crate::pubsub::{Notify, Ticket};
+use crate::pubsub::{users, Notify, Ticket};
 
 /// What a request turned into.
 pub enum Outcome {
     Now(Response),
     /// A publish on its way: the delivery count arrives on this receiver.
     Counting(Receiver<u64>),
+    /// An answer that needs a blocking call (Redis): it is made on a thread
+    /// of its own and the answer arrives on this receiver, so the admin loop
+    /// keeps serving meanwhile.
+    Answering(Receiver<Response>),
 }
 
 /// Paths a load balancer probes: open even when a token is required.
@@ -83,28 +87,24 @@ pub fn route(shared: &Shared, head: &Head, body: &[u8]) -> Outcome {
         ("GET", "/healthz") => liveness(shared),
         ("GET", "/readyz") => readiness(shared),
         ("POST", "/publish") => {
-            let topic = form_urlencoded::parse(head.query.as_bytes())
-                .find(|(k, _)| k == "topic")
-                .map(|(_, v)| v.into_owned());
-            let max = shared.config.max_topic_bytes;
-            match (topic, json_payload(body)) {
+            // `?topic=T` or `?user=U` (a user's reserved topic).
+            let target = users::publish_target(&head.query, shared.config.max_topic_bytes);
+            match (target, json_payload(body)) {
                 (_, Err(resp)) => resp,
-                (None, _) => Response::error(400, "missing query parameter 'topic'"),
-                (Some(t), _) if t.is_empty() || t.len() > max => {
-                    Response::error(400, &format!("topic must be 1 to {max} bytes"))
-                }
-                (Some(topic), Ok(payload)) => return publish(shared, Some(&topic), payload),
+                (Err(msg), _) => Response::error(400, &msg),
+                (Ok(topic), Ok(payload)) => return publish(shared, Some(&topic), payload),
             }
         }
+        ("GET", "/presence") => return presence(shared, &head.query),
         ("POST", "/broadcast") => match json_payload(body) {
             Ok(payload) => return publish(shared, None, payload),
             Err(resp) => resp,
         },
         (_, "/publish" | "/broadcast") => Response::error(405, "use POST"),
-        (_, "/healthz" | "/readyz" | "/metrics") => Response::error(405, "use GET"),
+        (_, "/healthz" | "/readyz" | "/metrics" | "/presence") => Response::error(405, "use GET"),
         _ => Response::error(
             404,
-            "unknown path (try /publish, /broadcast, /metrics, /healthz, /readyz)",
+            "unknown path (try /publish, /broadcast, /presence, /metrics, /healthz, /readyz)",
         ),
     };
     Outcome::Now(response)
@@ -124,7 +124,7 @@ fn publish(shared: &Shared, topic: Option<&str>, payload: &[u8]) -> Outcome {
     hub.published(topic, payload);
     let (text, targets) = match topic {
         Some(t) => (
-            commands::message_text(t, payload),
+            users::message_text(t, payload),
             hub.directory.workers_for(t),
         ),
         None => (commands::broadcast_text(payload), hub.all_workers()),
@@ -141,6 +141,26 @@ fn publish(shared: &Shared, topic: Option<&str>, payload: &[u8]) -> Outcome {
     // (wsgate_inbox_full_drops) and reports 0 for its part.
     hub.dispatch(targets, None, topic.as_ref(), &frame, Some(&ticket), None);
     Outcome::Counting(rx)
+}
+
+/// `GET /presence?topic=T[&users=1]`: cluster-wide subscriptions, read
+/// from Redis off the admin loop (at most one thread per admin connection,
+/// and those are capped).
+fn presence(shared: &Shared, query: &str) -> Outcome {
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let hub = shared.hub.clone();
+    let query = query.to_string();
+    let max = shared.config.max_topic_bytes;
+    let spawned = std::thread::Builder::new()
+        .name("wsgate-admin-presence".into())
+        .spawn(move || {
+            let (status, body) = crate::cluster::presence::http_answer(&hub, &query, max);
+            let _ = tx.send(Response::json(status, body));
+        });
+    match spawned {
+        Ok(_) => Outcome::Answering(rx),
+        Err(e) => Outcome::Now(Response::error(503, &format!("cannot answer now: {e}"))),
+    }
 }
 
 /// The answer once the workers' count arrived.

@@ -30,6 +30,11 @@ pub enum Command<'a> {
         topic: Cow<'a, str>,
         payload: &'a [u8],
     },
+    /// A message to every connection of a user (needs the token's `users`).
+    PublishUser {
+        user: Cow<'a, str>,
+        payload: &'a [u8],
+    },
     /// Application-level heartbeat.
     Ping,
     /// A fresh token for a connection whose token is about to expire.
@@ -56,6 +61,8 @@ pub enum CommandError {
     UnknownType(String),
     #[error("topic must be 1 to {0} bytes")]
     BadTopic(usize),
+    #[error("topic names starting with NUL are reserved")]
+    ReservedTopic,
     #[error("too many subscriptions (limit {0})")]
     TooManySubscriptions(usize),
     #[error("binary messages are not part of this protocol; send JSON text")]
@@ -81,6 +88,7 @@ impl CommandError {
             | CommandError::MissingField(_) => 400,
             CommandError::UnknownType(_) => 404,
             CommandError::BadTopic(_) => 413,
+            CommandError::ReservedTopic => 403,
             CommandError::Binary => 415,
             CommandError::TooManySubscriptions(_)
             | CommandError::RateLimited(_)
@@ -101,6 +109,8 @@ struct Wire<'a> {
     payload: Option<&'a RawValue>,
     #[serde(borrow)]
     token: Option<Cow<'a, str>>,
+    #[serde(borrow)]
+    user: Option<Cow<'a, str>>,
 }
 
 /// Parses one text message. `max_topic` caps topic names in bytes.
@@ -123,9 +133,25 @@ pub fn parse(text: &[u8], max_topic: usize) -> Result<Command<'_>, CommandError>
         "unsubscribe" => Command::Unsubscribe {
             topic: check_topic(wire.topic)?,
         },
-        "publish" => Command::Publish {
-            topic: check_topic(wire.topic)?,
-            payload: payload(wire.payload)?,
+        "publish" => match (wire.topic, wire.user) {
+            (None, Some(user)) => {
+                if user.is_empty() || user.len() > max_topic {
+                    return Err(CommandError::BadTopic(max_topic));
+                }
+                Command::PublishUser {
+                    user,
+                    payload: payload(wire.payload)?,
+                }
+            }
+            (Some(_), Some(_)) => {
+                return Err(CommandError::Malformed(
+                    "give 'topic' or 'user', not both".into(),
+                ))
+            }
+            (topic, None) => Command::Publish {
+                topic: check_topic(topic)?,
+                payload: payload(wire.payload)?,
+            },
         },
         other => return Err(CommandError::UnknownType(other.chars().take(64).collect())),
     })
@@ -170,6 +196,10 @@ fn checked_topic(t: Option<Cow<'_, str>>, max_topic: usize) -> Result<Cow<'_, st
     let t = t.ok_or(CommandError::MissingField("topic"))?;
     if t.is_empty() || t.len() > max_topic {
         return Err(CommandError::BadTopic(max_topic));
+    }
+    // Names starting with NUL are the server's own (users' topics).
+    if crate::pubsub::users::is_reserved(&t) {
+        return Err(CommandError::ReservedTopic);
     }
     Ok(t)
 }

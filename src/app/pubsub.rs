@@ -18,7 +18,7 @@ use crate::protocol::frame::{encode_server_frame, write_server_frame};
 use crate::protocol::{MessageKind, OpCode};
 use crate::pubsub::outbox::Outbox;
 use crate::pubsub::topics::LocalTopics;
-use crate::pubsub::{Hub, Notify, Ticket};
+use crate::pubsub::{users, Hub, Notify, Ticket};
 use crate::security::{Grant, Security};
 use crate::server::WorkerStats;
 
@@ -97,6 +97,11 @@ pub struct Caller<'a> {
 }
 
 impl Caller<'_> {
+    /// The authenticated user (JWT `sub`), if any.
+    fn user(&self) -> Option<&str> {
+        self.auth.as_ref().and_then(|g| g.user.as_deref())
+    }
+
     fn may_use(&self, topic: &str) -> bool {
         self.auth.as_ref().is_none_or(|g| g.topics.allows(topic))
     }
@@ -175,29 +180,22 @@ pub fn on_message(
             if let Some(id) = cx.topics.id_of(&topic) {
                 if let Some(pos) = caller.topics.iter().position(|t| *t == id) {
                     caller.topics.swap_remove(pos);
+                    cx.hub.presence.leave(&topic, caller.user());
                     leave_topic(cx.topics, cx.hub, cx.worker, id, caller.key);
                 }
             }
             // Idempotent: leaving a topic you are not in still confirms.
             reply(out, &commands::subscription_text(false, &topic));
         }
-        Command::Publish { topic, payload } => {
-            cx.hub.published(Some(&topic), payload);
-            let frame: Arc<[u8]> =
-                encode_server_frame(OpCode::Text, &commands::message_text(&topic, payload)).into();
-            let targets = cx.hub.directory.workers_for(&topic);
-            if targets.len() > usize::from(targets.contains(cx.worker)) {
-                let name: Arc<str> = Arc::from(topic.as_ref());
-                cx.hub
-                    .dispatch(targets, Some(cx.worker), Some(&name), &frame, None, None);
-            }
-            if let Some(local) = cx.topics.id_of(&topic).and_then(|id| cx.topics.get(id)) {
-                cx.broadcasts.push(LocalBroadcast {
-                    frame,
-                    topic: Some(local.name.clone()),
-                    ticket: None,
-                });
-            }
+        Command::Publish { topic, payload } => publish(&topic, payload, cx),
+        Command::PublishUser { user, .. }
+            if !caller.auth.as_ref().is_some_and(|g| g.users.allows(&user)) =>
+        {
+            let e = CommandError::Forbidden("message user", user.into_owned());
+            reply(out, &commands::error_text(&e));
+        }
+        Command::PublishUser { user, payload } => {
+            publish(&users::user_topic(&user), payload, cx);
         }
         Command::Broadcast { .. } if !caller.may_broadcast(cx.limits.client_broadcast) => {
             cx.stats.broadcasts_refused.inc();
@@ -250,7 +248,9 @@ fn subscribe(topic: &str, caller: &mut Caller<'_>, cx: &mut PubSubCx<'_>, out: &
         return reply(out, &commands::subscription_text(true, topic));
     }
     let budget = &cx.hub.topic_budget;
-    let refusal = if caller.topics.len() >= cx.limits.max_subscriptions {
+    // A user's reserved topic does not count against the per-connection limit.
+    let own = usize::from(caller.auth.as_ref().is_some_and(|g| g.user.is_some()));
+    let refusal = if caller.topics.len() >= cx.limits.max_subscriptions + own {
         Some(CommandError::TooManySubscriptions(
             cx.limits.max_subscriptions,
         ))
@@ -268,6 +268,7 @@ fn subscribe(topic: &str, caller: &mut Caller<'_>, cx: &mut PubSubCx<'_>, out: &
     }
     let joined = cx.topics.join(topic, caller.key);
     caller.topics.push(joined.topic_id);
+    cx.hub.presence.join(topic, caller.user());
     if joined.first_local {
         cx.hub.topic_joined(topic, cx.worker);
     }
@@ -282,6 +283,57 @@ pub fn leave_topic(topics: &mut LocalTopics, hub: &Hub, worker: usize, id: u32, 
     if let Some(name) = topics.leave(id, conn) {
         hub.topic_budget.topics.give();
         hub.topic_left(&name, worker);
+    }
+}
+
+/// Delivers a publish to this node's subscribers of `topic` (a user's
+/// reserved topic included) and hands it to the cluster bridge. Local
+/// subscribers get it after the sender's read is processed, like broadcasts.
+fn publish(topic: &str, payload: &[u8], cx: &mut PubSubCx<'_>) {
+    cx.hub.published(Some(topic), payload);
+    let frame: Arc<[u8]> =
+        encode_server_frame(OpCode::Text, &users::message_text(topic, payload)).into();
+    let targets = cx.hub.directory.workers_for(topic);
+    if targets.len() > usize::from(targets.contains(cx.worker)) {
+        let name: Arc<str> = Arc::from(topic);
+        cx.hub
+            .dispatch(targets, Some(cx.worker), Some(&name), &frame, None, None);
+    }
+    if let Some(local) = cx.topics.id_of(topic).and_then(|id| cx.topics.get(id)) {
+        cx.broadcasts.push(LocalBroadcast {
+            frame,
+            topic: Some(local.name.clone()),
+            ticket: None,
+        });
+    }
+}
+
+/// A connection authenticated as `user` joins the user's reserved topic, so
+/// messages to the user (`POST /publish?user=U`, from any node) reach it.
+/// It leaves with the connection's other topics when it closes. The
+/// subscription counts against the process's topic budgets like any other;
+/// when they are spent the connection is still served, but messages to its
+/// user do not reach it (the refusal is counted).
+pub fn join_user(user: &str, conn: u32, conn_topics: &mut Vec<u32>, cx: &mut PubSubCx<'_>) {
+    let topic = users::user_topic(user);
+    let existing = cx.topics.id_of(&topic);
+    if existing.is_some_and(|id| conn_topics.contains(&id)) {
+        return;
+    }
+    let budget = &cx.hub.topic_budget;
+    if !budget.subscriptions.take() {
+        cx.stats.subscribes_refused.inc();
+        return;
+    }
+    if existing.is_none() && !budget.topics.take() {
+        budget.subscriptions.give();
+        cx.stats.subscribes_refused.inc();
+        return;
+    }
+    let joined = cx.topics.join(&topic, conn);
+    conn_topics.push(joined.topic_id);
+    if joined.first_local {
+        cx.hub.topic_joined(&topic, cx.worker);
     }
 }
 
@@ -364,8 +416,11 @@ fn refresh(token: &str, caller: &mut Caller<'_>, cx: &mut PubSubCx<'_>, out: &mu
         let id = caller.topics[i];
         let name = cx.topics.get(id).map(|t| t.name.clone());
         match name {
-            Some(name) if !grant.topics.allows(&name) => {
+            // The user's own topic is not a grant of `topics` (and a
+            // refresh keeps the same `sub`).
+            Some(name) if !users::is_reserved(&name) && !grant.topics.allows(&name) => {
                 caller.topics.swap_remove(i);
+                cx.hub.presence.leave(&name, caller.user());
                 leave_topic(cx.topics, cx.hub, cx.worker, id, caller.key);
                 cx.stats.subscriptions_revoked.inc();
                 let text =

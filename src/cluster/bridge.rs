@@ -23,7 +23,7 @@ use super::wire::{self, Target};
 use crate::app::commands;
 use crate::protocol::frame::encode_server_frame;
 use crate::protocol::OpCode;
-use crate::pubsub::Hub;
+use crate::pubsub::{users, Hub};
 
 /// Publishes waiting for the publisher thread; past this they are dropped.
 const OUTBOUND_DEPTH: usize = 65_536;
@@ -50,13 +50,27 @@ pub struct ClusterStats {
     pub dropped_out: AtomicU64,
     /// Messages from other nodes handed to workers.
     pub received: AtomicU64,
-    /// Reconnections (both connections).
+    /// Reconnections (both connections; on a Redis Cluster, each shard
+    /// connection lost).
     pub reconnects: AtomicU64,
+    /// Redis Cluster: messages from other nodes that never arrived, seen as
+    /// gaps in their publisher's per-channel sequence.
+    pub lost: AtomicU64,
+    /// Redis Cluster: messages that arrived twice and were dropped.
+    pub duplicates: AtomicU64,
+    /// Redis Cluster: channels subscribed again elsewhere after their slot
+    /// moved or their shard failed over.
+    pub resubscribes: AtomicU64,
+    /// Redis Cluster: shard subscriber connections open now.
+    pub shard_connections: AtomicU64,
+    /// Redis Cluster: shard channels Redis confirmed this node subscribed
+    /// to, over all shard connections (from the counts in its replies).
+    pub shard_subscriptions: AtomicU64,
 }
 
 /// One publish for other nodes.
 #[derive(Debug)]
-pub struct Outbound {
+pub(crate) struct Outbound {
     pub topic: Option<Arc<str>>,
     pub payload: Box<[u8]>,
 }
@@ -69,6 +83,8 @@ pub struct ClusterLink {
     /// Set when a topic hint was dropped: the subscriber reconciles all.
     resync: Arc<AtomicBool>,
     pub stats: Arc<ClusterStats>,
+    /// Cluster-wide presence, once the bridge runs.
+    pub presence: Arc<std::sync::OnceLock<Arc<super::presence::PresenceStore>>>,
 }
 
 impl ClusterLink {
@@ -99,10 +115,10 @@ impl ClusterLink {
 
 /// The channels behind a [`ClusterLink`], before the threads start.
 pub struct BridgeParts {
-    out_rx: Receiver<Outbound>,
-    changes_rx: Receiver<Arc<str>>,
-    resync: Arc<AtomicBool>,
-    stats: Arc<ClusterStats>,
+    pub(crate) out_rx: Receiver<Outbound>,
+    pub(crate) changes_rx: Receiver<Arc<str>>,
+    pub(crate) resync: Arc<AtomicBool>,
+    pub(crate) stats: Arc<ClusterStats>,
 }
 
 /// Creates the link the hub holds and the parts the threads take.
@@ -117,6 +133,7 @@ pub fn channels() -> (ClusterLink, BridgeParts) {
             changes,
             resync: resync.clone(),
             stats: stats.clone(),
+            presence: Arc::default(),
         },
         BridgeParts {
             out_rx,
@@ -175,6 +192,20 @@ impl Bridge {
         Ok(Bridge { stop, threads })
     }
 
+    /// A bridge made of other threads sharing `stop` (the sharded one).
+    pub(crate) fn from_threads(stop: Arc<AtomicBool>, threads: Vec<JoinHandle<()>>) -> Bridge {
+        Bridge { stop, threads }
+    }
+
+    /// Adds a thread that stops with the bridge (it watches [`Self::stop_flag`]).
+    pub(crate) fn add_thread(&mut self, t: JoinHandle<()>) {
+        self.threads.push(t);
+    }
+
+    pub(crate) fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
     pub fn stop(self) {
         self.stop.store(true, Ordering::Release);
         for t in self.threads {
@@ -183,7 +214,7 @@ impl Bridge {
     }
 }
 
-fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+pub(crate) fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name(name.into())
         .spawn(f)
@@ -191,14 +222,14 @@ fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
 }
 
 /// Capped exponential back-off that sleeps in small steps so `stop` is seen.
-struct Backoff(Duration);
+pub(crate) struct Backoff(Duration);
 
 impl Backoff {
-    fn new() -> Backoff {
+    pub(crate) fn new() -> Backoff {
         Backoff(BACKOFF_MIN)
     }
 
-    fn wait(&mut self, stop: &AtomicBool) {
+    pub(crate) fn wait(&mut self, stop: &AtomicBool) {
         let until = Instant::now() + self.0;
         while Instant::now() < until && !stop.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(20));
@@ -206,7 +237,7 @@ impl Backoff {
         self.0 = (self.0 * 2).min(BACKOFF_MAX);
     }
 
-    fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.0 = BACKOFF_MIN;
     }
 }
@@ -390,8 +421,7 @@ impl Subscriber {
         Ok(())
     }
 
-    /// A message from Redis: unless we sent it, encode the frame once and
-    /// hand it to the workers that have subscribers.
+    /// A message from Redis: unless we sent it, hand it to the workers.
     fn relay(&self, msg: &redis::Msg) {
         let Some((node, payload)) = wire::decode_message(msg.get_payload_bytes()) else {
             return;
@@ -399,31 +429,42 @@ impl Subscriber {
         if node == self.cfg.node_id {
             return; // Delivered locally when it was published here.
         }
-        let hub = &self.hub;
-        let (text, targets, topic) =
-            match wire::parse_channel(&self.cfg.prefix, msg.get_channel_name()) {
-                Some(Target::Topic(t)) => (
-                    commands::message_text(t, payload),
-                    hub.directory.workers_for(t),
-                    Some(Arc::<str>::from(t)),
-                ),
-                Some(Target::Broadcast) => {
-                    (commands::broadcast_text(payload), hub.all_workers(), None)
-                }
-                None => return,
-            };
-        if targets.is_empty() {
-            return;
+        let topic = match wire::parse_channel(&self.cfg.prefix, msg.get_channel_name()) {
+            Some(Target::Topic(t)) => Some(t),
+            Some(Target::Broadcast) => None,
+            // The single-Redis bridge carries users as reserved topics.
+            Some(Target::User(_)) | None => return,
+        };
+        if deliver(&self.hub, topic, payload) {
+            self.stats.received.fetch_add(1, Ordering::Relaxed);
         }
-        let frame: Arc<[u8]> = encode_server_frame(OpCode::Text, &text).into();
-        hub.dispatch(
-            targets,
-            None,
-            topic.as_ref(),
-            &frame,
-            None,
-            Some(DELIVER_WAIT),
-        );
-        self.stats.received.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// Delivers a message from another node to this node's workers: to the
+/// local subscribers of `topic` (a user's reserved topic included), or to
+/// every connection when `topic` is None. Encodes the frame once. Returns
+/// false when no worker needed it.
+pub(crate) fn deliver(hub: &Hub, topic: Option<&str>, payload: &[u8]) -> bool {
+    let (text, targets) = match topic {
+        Some(t) => (
+            users::message_text(t, payload),
+            hub.directory.workers_for(t),
+        ),
+        None => (commands::broadcast_text(payload), hub.all_workers()),
+    };
+    if targets.is_empty() {
+        return false;
+    }
+    let frame: Arc<[u8]> = encode_server_frame(OpCode::Text, &text).into();
+    let topic: Option<Arc<str>> = topic.map(Arc::from);
+    hub.dispatch(
+        targets,
+        None,
+        topic.as_ref(),
+        &frame,
+        None,
+        Some(DELIVER_WAIT),
+    );
+    true
 }

@@ -1,15 +1,25 @@
-//! The cluster bridge: several wsgate nodes share topics and broadcasts
-//! through Redis pub/sub.
+//! The cluster bridge: several wsgate nodes share topics, broadcasts and
+//! messages to users through Redis pub/sub — one Redis (`--redis`) or a
+//! Redis Cluster with sharded pub/sub (`--redis-cluster`).
 //!
 //! - [`wire`]: channel names and the node-tagged message format (pure).
-//! - [`bridge`]: the threads that talk to Redis, reconnect with back-off, and
-//!   hand messages from other nodes to the local workers through the hub.
+//! - [`bridge`]: the threads that talk to one Redis, reconnect with back-off,
+//!   and hand messages from other nodes to the local workers through the hub.
+//! - [`sharded`]: the same over a Redis Cluster, shard by shard.
+//! - [`slots`]: hash slots and the slot map (pure).
+//! - [`presence`]: cluster-wide subscription counts kept in Redis.
+//! - [`dedup`]: per-publisher sequence numbers: duplicates dropped, gaps
+//!   counted as lost (pure).
 //!
 //! Workers never wait for Redis: they hand publishes to the bridge through a
 //! bounded channel and deliver locally themselves. With Redis down, local
 //! delivery goes on and what was meant for other nodes is counted as dropped.
 
 pub mod bridge;
+pub mod dedup;
+pub mod presence;
+pub mod sharded;
+pub mod slots;
 pub mod wire;
 
 pub use bridge::{ClusterLink, ClusterStats};

@@ -17,6 +17,7 @@ use mio::Waker;
 
 use super::budget::TopicBudget;
 use super::directory::{TopicDirectory, WorkerSet};
+use super::presence::LocalPresence;
 use super::ticket::{Notify, Ticket};
 use crate::cluster::ClusterLink;
 
@@ -65,6 +66,8 @@ pub struct Hub {
     pub cluster: Option<ClusterLink>,
     /// Process-wide caps on subscriptions and topic entries.
     pub topic_budget: TopicBudget,
+    /// Subscriptions per topic on this node (`GET /presence`).
+    pub presence: LocalPresence,
 }
 
 impl Hub {
@@ -89,6 +92,7 @@ impl Hub {
             publishes: AtomicU64::new(0),
             cluster,
             topic_budget,
+            presence: LocalPresence::default(),
         }
     }
 

@@ -6,6 +6,8 @@
 //! - [`topics`]: one worker's own topic → subscriber table (not shared).
 //! - [`hub`]: the per-worker inboxes and wakers; how deliveries travel.
 //! - [`ticket`]: counting deliveries across workers (`listenCount`, HTTP replies).
+//! - [`presence`]: subscriptions per topic (and by which users) on this node.
+//! - [`users`]: messages to a user, as reserved per-user topics.
 //! - [`outbox`]: one worker's per-iteration batch of frames per connection,
 //!   so each connection gets one write per loop iteration.
 //!
@@ -17,8 +19,10 @@ pub mod budget;
 pub mod directory;
 pub mod hub;
 pub mod outbox;
+pub mod presence;
 pub mod ticket;
 pub mod topics;
+pub mod users;
 
 pub use hub::{Delivery, Hub, WorkerMsg};
 pub use ticket::{Notify, Ticket};

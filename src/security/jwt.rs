@@ -47,6 +47,9 @@ struct Claims {
     exp: u64,
     topics: Option<Vec<String>>,
     broadcast: Option<bool>,
+    /// Users this token may message (`{"type":"publish","user":U}`); exact
+    /// names or `prefix.*` patterns, like `topics`. Absent: none.
+    users: Option<Vec<String>>,
 }
 
 /// What a valid token grants a connection.
@@ -58,6 +61,8 @@ pub struct Grant {
     pub topics: TopicPerms,
     /// The token's `broadcast` claim, if it has one.
     pub broadcast: Option<bool>,
+    /// Users it may send messages to (none without a `users` claim).
+    pub users: TopicPerms,
 }
 
 impl Grant {
@@ -153,6 +158,7 @@ impl Authenticator {
             exp: c.exp,
             topics: c.topics.map_or(TopicPerms::Any, TopicPerms::Only),
             broadcast: c.broadcast,
+            users: TopicPerms::Only(c.users.unwrap_or_default()),
         })
     }
 }
@@ -308,6 +314,7 @@ mod tests {
             exp: u64::MAX - 1,
             topics: TopicPerms::Any,
             broadcast: None,
+            users: TopicPerms::Only(Vec::new()),
         };
         assert_eq!(g.ends_at(10), u64::MAX);
         assert_eq!(g.ends_at(0), u64::MAX - 1);

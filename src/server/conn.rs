@@ -310,6 +310,9 @@ impl Conn {
                         "authenticated"
                     );
                     cx.stats.authenticated.inc();
+                    if let (Some(user), AppKind::PubSub) = (&g.user, cx.app) {
+                        app::pubsub::join_user(user, key as u32, &mut self.topics, &mut cx.pubsub);
+                    }
                     self.auth = Some(Box::new(g));
                 }
                 write_accept_response(&req, cx.out);

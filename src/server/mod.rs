@@ -24,6 +24,8 @@ use mio::{Poll, Waker};
 
 use crate::admin::AdminServer;
 use crate::cluster::bridge::{self, Bridge, BridgeConfig};
+use crate::cluster::presence;
+use crate::cluster::sharded::{self, ShardedConfig};
 use crate::config::Config;
 use crate::metrics::MetricsSource;
 use crate::protocol::message::ReassemblyBudget;
@@ -81,29 +83,62 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         links.push((tx, waker));
         parts.push((poll, rx));
     }
-    let (link, bridge_parts) = match &config.redis {
-        Some(_) => {
+    let (link, bridge_parts) = match (&config.redis, &config.redis_cluster) {
+        (Some(_), _) | (_, Some(_)) => {
             let (link, parts) = bridge::channels();
             (Some(link), Some(parts))
         }
-        None => (None, None),
+        (None, None) => (None, None),
     };
     let topic_budget = TopicBudget::new(config.max_total_subscriptions, config.max_topics);
     let hub = Arc::new(Hub::new(links, link, topic_budget));
     let reassembly = Arc::new(ReassemblyBudget::new(config.max_reassembly_bytes));
-    let bridge = match (&config.redis, bridge_parts) {
-        (Some(url), Some(parts)) => {
+    let node_id = config.node_id.unwrap_or_else(random_node_id);
+    let bridge = match (&config.redis, &config.redis_cluster, bridge_parts) {
+        (_, Some(seeds), Some(parts)) => {
+            let seeds = crate::cluster::slots::parse_seeds(seeds).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidInput, format!("--redis-cluster: {e}"))
+            })?;
+            let cfg = ShardedConfig {
+                seeds,
+                prefix: config.cluster_prefix.clone(),
+                node_id,
+                broadcast_channels: usize::from(config.cluster_broadcast_channels),
+                publish_hold: config.cluster_publish_hold,
+            };
+            let (b, router) = sharded::start(cfg, parts, hub.clone());
+            Some((b, router))
+        }
+        (Some(url), None, Some(parts)) => {
             let cfg = BridgeConfig {
                 redis_url: url.clone(),
                 prefix: config.cluster_prefix.clone(),
-                node_id: config.node_id.unwrap_or_else(random_node_id),
+                node_id,
             };
-            let b = Bridge::start(cfg, parts, hub.clone()).map_err(|e| {
+            let bad = |e: redis::RedisError| {
                 io::Error::new(io::ErrorKind::InvalidInput, format!("--redis {url}: {e}"))
-            })?;
-            Some(b)
+            };
+            let b = Bridge::start(cfg, parts, hub.clone()).map_err(bad)?;
+            let client = redis::Client::open(url.as_str()).map_err(bad)?;
+            let router: Arc<dyn presence::Router> = Arc::new(presence::SingleRouter(client));
+            Some((b, router))
         }
         _ => None,
+    };
+    // Presence rides on whichever bridge runs.
+    let bridge = match (bridge, &hub.cluster) {
+        (Some((mut b, router)), Some(link)) => {
+            let store = Arc::new(presence::PresenceStore::new(
+                config.cluster_prefix.clone(),
+                node_id,
+                config.cluster_presence_ttl,
+                router,
+            ));
+            let _ = link.presence.set(store.clone());
+            b.add_thread(presence::start_writer(store, hub.clone(), b.stop_flag()));
+            Some(b)
+        }
+        (b, _) => b.map(|(b, _)| b),
     };
     let admission = Arc::new(
         Admission::new(config.max_connections, config.max_connections_per_ip)
@@ -187,7 +222,7 @@ impl ServerHandle {
             .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// The cluster bridge's counters, when `--redis` is set.
+    /// The cluster bridge's counters, when `--redis` or `--redis-cluster` is set.
     pub fn cluster_stats(&self) -> Option<Arc<crate::cluster::ClusterStats>> {
         self.hub.cluster.as_ref().map(|c| c.stats.clone())
     }

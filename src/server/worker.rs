@@ -831,7 +831,11 @@ impl Worker {
                 }
                 self.admission.closed(ip);
             }
+            let user = conn.auth.as_ref().and_then(|g| g.user.as_deref());
             for id in conn.topics.drain(..) {
+                if let Some(t) = self.topics.get(id) {
+                    self.hub.presence.leave(&t.name, user);
+                }
                 leave_topic(&mut self.topics, &self.hub, self.id, id, key as u32);
             }
             conn.release(&mut self.pool);
