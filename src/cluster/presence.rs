@@ -31,6 +31,10 @@ use crate::pubsub::Hub;
 pub const FLUSH_EVERY: Duration = Duration::from_secs(1);
 const IO_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// How long a presence question waits per step for an unknown slot owner
+/// (20 steps: about the slot map's refresh period and then some).
+const ROUTE_WAIT_STEP: Duration = Duration::from_millis(100);
+
 /// How keys reach Redis: one Redis, or the shard owning the key's slot.
 pub(crate) trait Router: Send + Sync {
     /// Which server holds `key` (a name used to group and to connect).
@@ -132,10 +136,19 @@ impl PresenceStore {
     /// taken from `local` (fresher than what it last wrote).
     pub fn query(&self, topic: &str, local: &TopicPresence) -> Result<Presence, PresenceError> {
         let key = presence_key(&self.prefix, topic);
-        let addr = self
-            .router
-            .addr_for(key.as_bytes())
-            .ok_or(PresenceError::NoRoute)?;
+        // Right after start (or a failover) the slot map may not be known
+        // yet; it is refreshed once a second, and this runs on a thread of
+        // its own, so wait for it briefly rather than answer 503.
+        let mut addr = self.router.addr_for(key.as_bytes());
+        for _ in 0..20 {
+            if addr.is_some() {
+                break;
+            }
+            self.router.stale();
+            std::thread::sleep(ROUTE_WAIT_STEP);
+            addr = self.router.addr_for(key.as_bytes());
+        }
+        let addr = addr.ok_or(PresenceError::NoRoute)?;
         let mut con = self
             .router
             .connect(&addr)
