@@ -122,6 +122,19 @@ fn json_payload(body: &[u8]) -> Result<&[u8], Response> {
 fn publish(shared: &Shared, topic: Option<&str>, payload: &[u8]) -> Outcome {
     let hub = &shared.hub;
     hub.published(topic, payload);
+    if let (Some(history), Some(topic)) = (&hub.history, topic) {
+        // The offset is taken where every other publish of the topic takes
+        // it (see `Hub::publish_with_history`).
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let sent = hub.publish_with_history(history, topic, payload, |parts| {
+            Some(Arc::new(Ticket::new(parts, Notify::Channel(tx))))
+        });
+        return if sent == 0 {
+            Outcome::Now(Response::json(200, r#"{"delivered":0}"#))
+        } else {
+            Outcome::Counting(rx)
+        };
+    }
     let (text, targets) = match topic {
         Some(t) => (
             commands::message_text(t, payload),

@@ -17,6 +17,7 @@ use mio::Waker;
 
 use super::budget::TopicBudget;
 use super::directory::{TopicDirectory, WorkerSet};
+use super::history::{History, Seq};
 use super::ticket::{Notify, Ticket};
 use crate::cluster::ClusterLink;
 
@@ -43,6 +44,9 @@ pub struct Delivery {
     pub topic: Option<Arc<str>>,
     pub frame: Arc<[u8]>,
     pub ticket: Option<Arc<Ticket>>,
+    /// The message's position, for a topic with history: the worker skips
+    /// connections that got it in their replay (see `History::subscribe`).
+    pub seq: Option<Seq>,
 }
 
 struct Link {
@@ -65,6 +69,8 @@ pub struct Hub {
     pub cluster: Option<ClusterLink>,
     /// Process-wide caps on subscriptions and topic entries.
     pub topic_budget: TopicBudget,
+    /// Topic history (`--history-size` > 0).
+    pub history: Option<History>,
 }
 
 impl Hub {
@@ -89,7 +95,54 @@ impl Hub {
             publishes: AtomicU64::new(0),
             cluster,
             topic_budget,
+            history: None,
         }
+    }
+
+    /// Turns topic history on.
+    pub fn with_history(mut self, history: Option<History>) -> Hub {
+        self.history = history;
+        self
+    }
+
+    /// A publish to a topic with history: takes the next offset, stores the
+    /// frame and queues it for *every* worker with subscribers — the
+    /// publishing worker too, through its own inbox — while the topic's lock
+    /// is held. Every worker's inbox thus receives the topic's messages in
+    /// offset order, however many threads publish (delivering the
+    /// publisher's own part directly, as topics without history do, could
+    /// overtake a smaller offset already waiting in its inbox).
+    ///
+    /// `ticket` is called with the number of workers the message goes to
+    /// (when there is any) and returns what counts their deliveries.
+    /// Returns that number. Never waits for room in an inbox (it holds the
+    /// topic's lock, which the workers' publishes need): a full inbox drops
+    /// the delivery and counts it, as for worker-to-worker sends.
+    pub fn publish_with_history(
+        &self,
+        history: &History,
+        topic: &str,
+        payload: &[u8],
+        ticket: impl FnOnce(usize) -> Option<Arc<Ticket>>,
+    ) -> usize {
+        let name: Arc<str> = Arc::from(topic);
+        history.append(
+            topic,
+            |offset, epoch| {
+                let text = crate::app::commands::message_text_at(topic, payload, offset, epoch);
+                crate::protocol::frame::encode_server_frame(crate::protocol::OpCode::Text, &text)
+                    .into()
+            },
+            |seq, frame| {
+                let targets = self.directory.workers_for(topic);
+                if targets.is_empty() {
+                    return 0;
+                }
+                let ticket = ticket(targets.len());
+                self.dispatch_seq(targets, &name, frame, ticket.as_ref(), seq);
+                targets.len()
+            },
+        )
     }
 
     pub fn worker_count(&self) -> usize {
@@ -197,17 +250,49 @@ impl Hub {
                 topic: topic.cloned(),
                 frame: frame.clone(),
                 ticket: ticket.cloned(),
+                seq: None,
             });
-            let sent = match wait {
-                None => self.try_send(w, msg),
-                Some(t) => self.send_timeout(w, msg, t),
-            };
-            if sent.is_err() {
-                self.inbox_full_drops.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(worker = w, "worker inbox full: delivery dropped");
-                if let Some(t) = ticket {
-                    self.part_done(t, 0, None);
-                }
+            self.send_delivery(w, msg, ticket, wait);
+        }
+    }
+
+    /// [`Hub::dispatch`] for a message of a topic with history, to every
+    /// worker in `targets`.
+    fn dispatch_seq(
+        &self,
+        targets: WorkerSet,
+        topic: &Arc<str>,
+        frame: &Arc<[u8]>,
+        ticket: Option<&Arc<Ticket>>,
+        seq: Seq,
+    ) {
+        for w in targets.iter().filter(|w| *w < self.links.len()) {
+            let msg = WorkerMsg::Deliver(Delivery {
+                topic: Some(topic.clone()),
+                frame: frame.clone(),
+                ticket: ticket.cloned(),
+                seq: Some(seq),
+            });
+            self.send_delivery(w, msg, ticket, None);
+        }
+    }
+
+    fn send_delivery(
+        &self,
+        w: usize,
+        msg: WorkerMsg,
+        ticket: Option<&Arc<Ticket>>,
+        wait: Option<Duration>,
+    ) {
+        let sent = match wait {
+            None => self.try_send(w, msg),
+            Some(t) => self.send_timeout(w, msg, t),
+        };
+        if sent.is_err() {
+            self.inbox_full_drops.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(worker = w, "worker inbox full: delivery dropped");
+            if let Some(t) = ticket {
+                self.part_done(t, 0, None);
             }
         }
     }

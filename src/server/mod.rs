@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::metrics::MetricsSource;
 use crate::protocol::message::ReassemblyBudget;
 use crate::pubsub::budget::TopicBudget;
+use crate::pubsub::history::{History, HistoryConfig};
 use crate::pubsub::{directory::MAX_WORKERS, Hub, WorkerMsg};
 use crate::security::{Authenticator, HandshakeRate, OriginPolicy, Security};
 pub use admission::Admission;
@@ -89,7 +90,14 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         None => (None, None),
     };
     let topic_budget = TopicBudget::new(config.max_total_subscriptions, config.max_topics);
-    let hub = Arc::new(Hub::new(links, link, topic_budget));
+    let history = (config.history_size > 0).then(|| {
+        History::new(HistoryConfig {
+            size: config.history_size,
+            ttl: config.history_ttl,
+            max_bytes: usize::try_from(config.history_max_bytes).unwrap_or(usize::MAX),
+        })
+    });
+    let hub = Arc::new(Hub::new(links, link, topic_budget).with_history(history));
     let reassembly = Arc::new(ReassemblyBudget::new(config.max_reassembly_bytes));
     let bridge = match (&config.redis, bridge_parts) {
         (Some(url), Some(parts)) => {

@@ -999,7 +999,7 @@ impl Worker {
     fn deliver_from_inbox(&mut self, d: Delivery) {
         let count = match &d.topic {
             Some(topic) => match self.topics.id_of(topic) {
-                Some(id) => deliver_to_topic(&self.topics, &mut self.outbox, id, d.frame),
+                Some(id) => deliver_to_topic(&mut self.topics, &mut self.outbox, id, d.frame, d.seq),
                 None => 0,
             },
             None => {
@@ -1041,9 +1041,23 @@ impl Worker {
                 self.flush(from);
                 self.flush_outbox_early();
             }
+            if let Some(conn) = b.only {
+                // A resume's replay, for its connection alone.
+                if self
+                    .conns
+                    .get(conn as usize)
+                    .is_some_and(|c| c.phase == Phase::Open)
+                {
+                    let f = self.outbox.add_frame(b.frame);
+                    self.outbox.push(conn as usize, f);
+                }
+                continue;
+            }
             let count = match &b.topic {
                 Some(name) => match self.topics.id_of(name) {
-                    Some(id) => deliver_to_topic(&self.topics, &mut self.outbox, id, b.frame),
+                    Some(id) => {
+                        deliver_to_topic(&mut self.topics, &mut self.outbox, id, b.frame, None)
+                    }
                     None => 0,
                 },
                 None => {
