@@ -96,15 +96,27 @@ pub fn route(shared: &Shared, head: &Head, body: &[u8]) -> Outcome {
                 (Some(topic), Ok(payload)) => return publish(shared, Some(&topic), payload),
             }
         }
+        ("POST", "/drain") => {
+            // Readiness first, so the load balancer stops sending clients
+            // while the workers start closing.
+            shared.draining.store(true, Ordering::Release);
+            for w in 0..shared.hub.worker_count() {
+                // A full inbox is retried by the shutdown that follows
+                // (`ServerHandle::shutdown` waits for room).
+                let _ = shared.hub.try_send(w, crate::pubsub::WorkerMsg::Shutdown);
+            }
+            let _ = shared.drain_requested.try_send(());
+            Response::json(202, r#"{"status":"draining"}"#)
+        }
         ("POST", "/broadcast") => match json_payload(body) {
             Ok(payload) => return publish(shared, None, payload),
             Err(resp) => resp,
         },
-        (_, "/publish" | "/broadcast") => Response::error(405, "use POST"),
+        (_, "/publish" | "/broadcast" | "/drain") => Response::error(405, "use POST"),
         (_, "/healthz" | "/readyz" | "/metrics") => Response::error(405, "use GET"),
         _ => Response::error(
             404,
-            "unknown path (try /publish, /broadcast, /metrics, /healthz, /readyz)",
+            "unknown path (try /publish, /broadcast, /drain, /metrics, /healthz, /readyz)",
         ),
     };
     Outcome::Now(response)

@@ -48,6 +48,7 @@ pub struct ServerHandle {
     hub: Arc<Hub>,
     admission: Arc<Admission>,
     workers: Vec<WorkerHandle>,
+    drain_rx: crossbeam_channel::Receiver<()>,
 }
 
 /// Starts a server: binds every worker's listener, then spawns the workers.
@@ -125,12 +126,14 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         reassembly: reassembly.clone(),
         admin: Arc::default(),
     };
+    let (drain_tx, drain_rx) = crossbeam_channel::bounded(1);
     let admin = match config.admin_listen {
         Some(addr) => Some(AdminServer::start(
             addr,
             hub.clone(),
             config.clone(),
             metrics,
+            drain_tx,
         )?),
         None => None,
     };
@@ -174,6 +177,7 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         hub,
         admission,
         workers,
+        drain_rx,
     })
 }
 
@@ -186,6 +190,13 @@ impl ServerHandle {
     /// The admin HTTP listener's address, if it runs.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().map(|a| a.local_addr())
+    }
+
+    /// Receives once when the admin API was asked to drain (`POST /drain`):
+    /// the workers are already closing; call [`ServerHandle::shutdown`] and
+    /// [`ServerHandle::join`] as on SIGTERM.
+    pub fn drain_requested(&self) -> crossbeam_channel::Receiver<()> {
+        self.drain_rx.clone()
     }
 
     /// Deliveries dropped because a worker's inbox was full.
