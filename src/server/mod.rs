@@ -49,6 +49,9 @@ pub struct ServerHandle {
     admission: Arc<Admission>,
     workers: Vec<WorkerHandle>,
     drain_rx: crossbeam_channel::Receiver<()>,
+    /// Held so `drain_rx` never reads as disconnected (without an admin
+    /// listener nobody else holds a sender).
+    _drain_tx: crossbeam_channel::Sender<()>,
 }
 
 /// Starts a server: binds every worker's listener, then spawns the workers.
@@ -133,7 +136,7 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
             hub.clone(),
             config.clone(),
             metrics,
-            drain_tx,
+            drain_tx.clone(),
         )?),
         None => None,
     };
@@ -178,6 +181,7 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         admission,
         workers,
         drain_rx,
+        _drain_tx: drain_tx,
     })
 }
 
