@@ -27,6 +27,9 @@ pub enum WorkerMsg {
     /// Write `frame` to the local subscribers of `topic` (or to every open
     /// connection when `topic` is None) and report the count on `ticket`.
     Deliver(Delivery),
+    /// A message of a topic with history, at its position (boxed so the
+    /// inbox slots of every worker stay as small as without history).
+    DeliverAt(Box<Delivery>, Seq),
     /// A `broadcastResult` this worker is waiting for can be sent.
     TicketDone { pending: usize },
     /// Stop accepting, close every connection with 1001, drain, exit.
@@ -44,9 +47,6 @@ pub struct Delivery {
     pub topic: Option<Arc<str>>,
     pub frame: Arc<[u8]>,
     pub ticket: Option<Arc<Ticket>>,
-    /// The message's position, for a topic with history: the worker skips
-    /// connections that got it in their replay (see `History::subscribe`).
-    pub seq: Option<Seq>,
 }
 
 struct Link {
@@ -250,7 +250,6 @@ impl Hub {
                 topic: topic.cloned(),
                 frame: frame.clone(),
                 ticket: ticket.cloned(),
-                seq: None,
             });
             self.send_delivery(w, msg, ticket, wait);
         }
@@ -267,12 +266,12 @@ impl Hub {
         seq: Seq,
     ) {
         for w in targets.iter().filter(|w| *w < self.links.len()) {
-            let msg = WorkerMsg::Deliver(Delivery {
+            let delivery = Delivery {
                 topic: Some(topic.clone()),
                 frame: frame.clone(),
                 ticket: ticket.cloned(),
-                seq: Some(seq),
-            });
+            };
+            let msg = WorkerMsg::DeliverAt(Box::new(delivery), seq);
             self.send_delivery(w, msg, ticket, None);
         }
     }

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::protocol::handshake::HandshakeConfig;
 use crate::protocol::message::{PartialPool, ReassemblyBudget};
 use crate::protocol::{CloseCode, ReceiverLimits};
+use crate::pubsub::history::Seq;
 use crate::pubsub::outbox::{FramesFor, Outbox};
 use crate::pubsub::topics::LocalTopics;
 use crate::pubsub::{Delivery, Hub, Notify, WorkerMsg};
@@ -1030,8 +1031,14 @@ impl Worker {
                 return;
             };
             match msg {
+                WorkerMsg::DeliverAt(d, seq) => {
+                    self.deliver_from_inbox(*d, Some(seq));
+                    if self.outbox.is_heavy() {
+                        self.flush_outbox_early();
+                    }
+                }
                 WorkerMsg::Deliver(d) => {
-                    self.deliver_from_inbox(d);
+                    self.deliver_from_inbox(d, None);
                     if self.outbox.is_heavy() {
                         self.flush_outbox_early();
                     }
@@ -1048,10 +1055,10 @@ impl Worker {
     }
 
     /// A publish or broadcast from another thread, for our connections.
-    fn deliver_from_inbox(&mut self, d: Delivery) {
+    fn deliver_from_inbox(&mut self, d: Delivery, seq: Option<Seq>) {
         let count = match &d.topic {
             Some(topic) => match self.topics.id_of(topic) {
-                Some(id) => deliver_to_topic(&mut self.topics, &mut self.outbox, id, d.frame, d.seq),
+                Some(id) => deliver_to_topic(&mut self.topics, &mut self.outbox, id, d.frame, seq),
                 None => 0,
             },
             None => {
