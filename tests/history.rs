@@ -42,8 +42,12 @@ fn next_message(ws: &mut Ws, topic: &str) -> (u64, String, Value) {
     let v = recv(ws);
     assert_eq!(v["type"], "message", "{v}");
     assert_eq!(v["topic"], topic, "{v}");
-    let offset = v["offset"].as_u64().unwrap_or_else(|| panic!("no offset: {v}"));
-    let epoch = v["epoch"].as_str().unwrap_or_else(|| panic!("no epoch: {v}"));
+    let offset = v["offset"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no offset: {v}"));
+    let epoch = v["epoch"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no epoch: {v}"));
     (offset, epoch.to_string(), v["payload"].clone())
 }
 
@@ -64,7 +68,10 @@ fn assert_complete(who: &str, seen: &[(u64, Value)], total: u64) {
         let from = p["p"].to_string();
         let i = p["i"].as_i64().unwrap();
         let prev = last.insert(from.clone(), i).unwrap_or(-1);
-        assert!(i > prev, "{who}: publisher {from} out of order at offset {offset}");
+        assert!(
+            i > prev,
+            "{who}: publisher {from} out of order at offset {offset}"
+        );
     }
 }
 
@@ -81,7 +88,10 @@ fn resume_has_no_gap_and_no_duplicate_at_the_seam_while_others_publish() {
     for s in &mut steady {
         let v = subscribe_since(s, "h", None);
         assert_eq!(v["offset"], 0, "{v}");
-        assert!(v["epoch"].is_string() && v.get("recovered").is_none(), "{v}");
+        assert!(
+            v["epoch"].is_string() && v.get("recovered").is_none(),
+            "{v}"
+        );
     }
     // The resuming client's first connection subscribes before anything is
     // published (a plain subscribe starts live).
@@ -223,7 +233,10 @@ fn topics_without_history_carry_no_position_and_resume_is_unrecovered() {
     let server = wsgate::start(cfg).unwrap();
     let mut sub = connect(server.local_addr());
     let v = subscribe_since(&mut sub, "plain", Some((3, "x")));
-    assert_eq!(v, json!({"type":"subscribed","topic":"plain","recovered":false}));
+    assert_eq!(
+        v,
+        json!({"type":"subscribed","topic":"plain","recovered":false})
+    );
     let mut publisher = connect(server.local_addr());
     publish(&mut publisher, "plain", "1");
     assert_eq!(
@@ -335,7 +348,10 @@ fn assert_spread(closes: &[(Duration, u16, String)], spread: Duration) {
         "closes within {:?}",
         last - first
     );
-    assert!(last <= spread + Duration::from_millis(800), "last close at {last:?}");
+    assert!(
+        last <= spread + Duration::from_millis(800),
+        "last close at {last:?}"
+    );
     let in_first_half = closes.iter().filter(|c| c.0 < first + spread / 2).count();
     assert!(
         in_first_half < closes.len(),
@@ -432,7 +448,10 @@ fn a_handshake_storm_gets_fast_503s_with_retry_after_and_open_clients_carry_on()
         upgraded.len()
     );
     assert!(shed >= 100, "only {shed} answered 503 ({reset} reset)");
-    assert!(retry_values.len() > 1, "Retry-After is not jittered: {retry_values:?}");
+    assert!(
+        retry_values.len() > 1,
+        "Retry-After is not jittered: {retry_values:?}"
+    );
     // The established connection is served as before.
     let t = Instant::now();
     send(&mut established, r#"{"type":"ping"}"#);
@@ -446,4 +465,3 @@ fn a_handshake_storm_gets_fast_503s_with_retry_after_and_open_clients_carry_on()
         .sum();
     assert_eq!(counted as usize, shed + reset);
 }
-

@@ -347,8 +347,8 @@ mod tests {
                 }),
             })
         );
-        let e = p(r#"{"type":"subscribe","topic":"n","since":{"offset":-1,"epoch":"e"}}"#)
-            .unwrap_err();
+        let e =
+            p(r#"{"type":"subscribe","topic":"n","since":{"offset":-1,"epoch":"e"}}"#).unwrap_err();
         assert_eq!(e.code(), 400);
         assert!(e.to_string().starts_with("field 'since' must be"), "{e}");
         assert_eq!(

@@ -331,7 +331,10 @@ impl History {
             .logs
             .iter()
             .map(|e| {
-                let used = e.value().try_lock().map_or_else(|_| Instant::now(), |g| g.last_used);
+                let used = e
+                    .value()
+                    .try_lock()
+                    .map_or_else(|_| Instant::now(), |g| g.last_used);
                 (used, e.key().clone(), e.value().clone())
             })
             .collect();
@@ -389,7 +392,10 @@ mod tests {
         }
         let epoch = h.epoch_of("t").unwrap();
         let s = h.subscribe("t", Some((3, &epoch)), |_| {});
-        assert_eq!((s.recovered, s.last.offset, s.replay.len()), (Some(true), 5, 2));
+        assert_eq!(
+            (s.recovered, s.last.offset, s.replay.len()),
+            (Some(true), 5, 2)
+        );
         // 1 fell out (3 kept: 3, 4, 5): resuming after 1 needs 2.
         let s = h.subscribe("t", Some((1, &epoch)), |_| {});
         assert_eq!((s.recovered, s.replay.len()), (Some(false), 0));

@@ -589,8 +589,8 @@ impl Worker {
             return true;
         };
         let rate = f64::from(self.config.max_handshakes_per_sec);
-        *tokens = (*tokens + now.saturating_duration_since(*last).as_secs_f64() * rate)
-            .min(2.0 * rate);
+        *tokens =
+            (*tokens + now.saturating_duration_since(*last).as_secs_f64() * rate).min(2.0 * rate);
         *last = now;
         if *tokens < 1.0 {
             return false;
