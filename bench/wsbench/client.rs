@@ -132,7 +132,10 @@ fn contains(text: &[u8], what: &[u8]) -> bool {
 fn find_number(text: &[u8], key: &[u8]) -> Option<u64> {
     let at = text.windows(key.len()).rposition(|w| w == key)? + key.len();
     let digits = text[at..].iter().take_while(|b| b.is_ascii_digit()).count();
-    std::str::from_utf8(&text[at..at + digits]).ok()?.parse().ok()
+    std::str::from_utf8(&text[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

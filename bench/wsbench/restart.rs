@@ -187,9 +187,10 @@ pub fn restart(a: RestartArgs) -> Result<(), String> {
             }
             // Done once publishing stopped, everyone is back, and nothing
             // arrived for a second.
-            let all_back = clients.iter().all(|c| c.key.is_some() && c.down_since.is_none());
-            if !publishing && all_back && now.duration_since(quiet_since) > Duration::from_secs(1)
-            {
+            let all_back = clients
+                .iter()
+                .all(|c| c.key.is_some() && c.down_since.is_none());
+            if !publishing && all_back && now.duration_since(quiet_since) > Duration::from_secs(1) {
                 break;
             }
         }
@@ -240,32 +241,33 @@ pub fn restart(a: RestartArgs) -> Result<(), String> {
                         due.push((now + Duration::from_millis(100) + jitter(200), id));
                     }
                 }
-                Ev::Closed { key, .. } => {
-                    match by_key.remove(&key) {
-                        Some(PUBLISHER) => {
-                            publisher = None;
-                            due.push((now + jitter(a.reconnect_jitter_ms), PUBLISHER));
-                        }
-                        Some(id) => {
-                            let c = &mut clients[id];
-                            c.key = None;
-                            c.down_since.get_or_insert(now);
-                            due.push((now + jitter(a.reconnect_jitter_ms), id));
-                        }
-                        None => {}
+                Ev::Closed { key, .. } => match by_key.remove(&key) {
+                    Some(PUBLISHER) => {
+                        publisher = None;
+                        due.push((now + jitter(a.reconnect_jitter_ms), PUBLISHER));
                     }
-                }
+                    Some(id) => {
+                        let c = &mut clients[id];
+                        c.key = None;
+                        c.down_since.get_or_insert(now);
+                        due.push((now + jitter(a.reconnect_jitter_ms), id));
+                    }
+                    None => {}
+                },
                 Ev::Text {
                     key,
                     kind,
-                    pos: Some(Pos {
-                        offset,
-                        epoch,
-                        recovered,
-                    }),
+                    pos:
+                        Some(Pos {
+                            offset,
+                            epoch,
+                            recovered,
+                        }),
                     ..
                 } => {
-                    let Some(&id) = by_key.get(&key) else { continue };
+                    let Some(&id) = by_key.get(&key) else {
+                        continue;
+                    };
                     if id == PUBLISHER {
                         continue;
                     }
