@@ -465,3 +465,33 @@ fn a_handshake_storm_gets_fast_503s_with_retry_after_and_open_clients_carry_on()
         .sum();
     assert_eq!(counted as usize, shed + reset);
 }
+
+#[test]
+fn post_drain_stops_the_binary_like_sigterm() {
+    let port = free_port();
+    let admin_port = free_port();
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_wsgate"));
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .args([
+            "--workers",
+            "2",
+            "--drain-spread",
+            "300ms",
+            "--log-level",
+            "warn",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut p = Proc(cmd.spawn().expect("spawn wsgate"));
+    wait_for_port(port, Duration::from_secs(10));
+    wait_for_port(admin_port, Duration::from_secs(10));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let mut c = RawClient::upgraded(addr);
+    assert_eq!(http(admin, "POST", "/drain", "").0, 202);
+    assert_eq!(http(admin, "GET", "/readyz", "").0, 503);
+    assert_eq!(c.close_code(), 1001);
+    drop(c);
+    assert!(p.wait_exit(Duration::from_secs(10)).success());
+}
