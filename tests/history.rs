@@ -495,3 +495,34 @@ fn post_drain_stops_the_binary_like_sigterm() {
     drop(c);
     assert!(p.wait_exit(Duration::from_secs(10)).success());
 }
+
+#[test]
+fn history_ttl_drops_old_messages_from_the_replay() {
+    let server = history_server(|c| c.history_ttl = Some(Duration::from_millis(300)));
+    let addr = server.local_addr();
+    let mut publisher = connect(addr);
+    let mut sub = connect(addr);
+    let epoch = subscribe_since(&mut sub, "ttl", None)["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    publish(&mut publisher, "ttl", "1");
+    publish(&mut publisher, "ttl", "2");
+    assert_eq!(next_message(&mut sub, "ttl").0, 1);
+    assert_eq!(next_message(&mut sub, "ttl").0, 2);
+    std::thread::sleep(Duration::from_millis(500));
+    publish(&mut publisher, "ttl", "3");
+    assert_eq!(next_message(&mut sub, "ttl").0, 3);
+    // 1 and 2 are past the TTL: resuming after 0 cannot be served...
+    let mut late = connect(addr);
+    let v = subscribe_since(&mut late, "ttl", Some((0, &epoch)));
+    assert_eq!(
+        (v["recovered"].clone(), v["offset"].clone()),
+        (json!(false), json!(3))
+    );
+    // ... resuming after 2 can.
+    let mut resumer = connect(addr);
+    let v = subscribe_since(&mut resumer, "ttl", Some((2, &epoch)));
+    assert_eq!(v["recovered"], true, "{v}");
+    assert_eq!(next_message(&mut resumer, "ttl").0, 3);
+}
