@@ -14,6 +14,9 @@
 //! - `GET /metrics` → Prometheus text format
 //! - `GET /healthz` → 200 while the process runs, 503 once a worker died
 //! - `GET /readyz` → 200 while accepting, 503 while draining or a worker died
+//! - `POST /drain` → 202: `/readyz` answers 503 from now on, the workers
+//!   close their connections (spread over `--drain-spread`) and the process
+//!   exits as on SIGTERM
 //!
 //! Why one event loop rather than a thread per connection: a client that
 //! announces a body and never sends it, or simply holds connections open,
@@ -87,6 +90,8 @@ pub(crate) struct Shared {
     metrics: MetricsSource,
     config: Arc<Config>,
     draining: Arc<AtomicBool>,
+    /// Tells whoever runs the server that `POST /drain` was called.
+    drain_requested: crossbeam_channel::Sender<()>,
     /// `--admin-token-file`'s token.
     token: Option<String>,
 }
@@ -119,6 +124,7 @@ impl AdminServer {
         hub: Arc<Hub>,
         config: Arc<Config>,
         metrics: MetricsSource,
+        drain_requested: crossbeam_channel::Sender<()>,
     ) -> io::Result<AdminServer> {
         // SO_REUSEPORT like the public port, so a new process can start on
         // the same admin address during a zero-downtime restart; the kernel
@@ -147,6 +153,7 @@ impl AdminServer {
             metrics,
             config,
             draining: draining.clone(),
+            drain_requested,
             token,
         };
         let mut admin = Loop {

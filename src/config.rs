@@ -275,6 +275,34 @@ pub struct Config {
     #[arg(long, env = "WSGATE_DRAIN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub drain_timeout: Duration,
 
+    /// On SIGTERM or admin POST /drain, spread the closes (1001, with a
+    /// jittered `{"reconnect_in_ms":N}` reason) over this long so clients do
+    /// not all reconnect at once (0 = close every connection at once).
+    #[arg(long, env = "WSGATE_DRAIN_SPREAD", default_value = "0s", value_parser = parse_duration)]
+    pub drain_spread: Duration,
+
+    /// Messages each topic keeps for clients that resume with
+    /// {"type":"subscribe","since":…} (0 = no history; messages then carry no
+    /// offset/epoch).
+    #[arg(long, env = "WSGATE_HISTORY_SIZE", default_value_t = 0)]
+    pub history_size: usize,
+
+    /// With history on: messages older than this are dropped and not
+    /// replayed (default: kept until --history-size pushes them out).
+    #[arg(long, env = "WSGATE_HISTORY_TTL", value_parser = parse_duration)]
+    pub history_ttl: Option<Duration>,
+
+    /// Bytes of history the whole process may hold; past it the least
+    /// recently used topics lose their history (their epoch changes).
+    #[arg(long, env = "WSGATE_HISTORY_MAX_BYTES", default_value_t = 256 << 20)]
+    pub history_max_bytes: u64,
+
+    /// WebSocket upgrades one worker accepts per second, with bursts of
+    /// twice that; past it new connections get a fast 503 with a jittered
+    /// Retry-After (0 = no limit).
+    #[arg(long, env = "WSGATE_MAX_HANDSHAKES_PER_SEC", default_value_t = 0)]
+    pub max_handshakes_per_sec: u32,
+
     /// Largest HTTP upgrade request head, in bytes (larger gets 431).
     #[arg(long, env = "WSGATE_MAX_REQUEST_HEAD", default_value_t = 8 * 1024)]
     pub max_request_head: usize,

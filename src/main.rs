@@ -136,7 +136,11 @@ fn main() -> ExitCode {
     if let Some(interval) = systemd::watchdog_interval() {
         systemd::spawn_watchdog(Arc::downgrade(&server), interval, watchdog_stop.clone());
     }
-    let _ = first_rx.recv();
+    let drain_rx = server.drain_requested();
+    crossbeam_channel::select! {
+        recv(first_rx) -> _ => {}
+        recv(drain_rx) -> _ => tracing::info!("shutting down: the admin API asked to drain"),
+    }
     systemd::stopping();
     watchdog_stop.store(true, Ordering::Release);
     server.shutdown();

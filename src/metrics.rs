@@ -277,6 +277,13 @@ impl Collector for MetricsSource {
         )?;
         family(
             &mut enc,
+            "wsgate_handshakes_shed",
+            "New connections answered 503 + Retry-After because the worker was over --max-handshakes-per-sec",
+            Counter,
+            &per_worker(s, |s| s.handshakes_shed),
+        )?;
+        family(
+            &mut enc,
             "wsgate_panics",
             "Panics caught while handling one connection (that connection was closed)",
             Counter,
@@ -383,6 +390,44 @@ impl Collector for MetricsSource {
         ];
         for (name, help, kind, v) in globals {
             family(&mut enc, name, help, kind, &[(Vec::new(), v)])?;
+        }
+        if let Some(h) = &self.hub.history {
+            let history: [(&str, &str, MetricType, u64); 4] = [
+                (
+                    "wsgate_history_bytes",
+                    "Bytes of topic history held (budget: --history-max-bytes)",
+                    Gauge,
+                    h.bytes() as u64,
+                ),
+                (
+                    "wsgate_history_topics",
+                    "Topics with a history log",
+                    Gauge,
+                    h.topics() as u64,
+                ),
+                (
+                    "wsgate_history_evictions",
+                    "Topics whose whole history was dropped to stay under --history-max-bytes (their epoch changed)",
+                    Counter,
+                    h.evictions.load(relaxed),
+                ),
+                (
+                    "wsgate_history_resumes_unrecovered",
+                    "Resuming subscribes answered recovered:false (epoch changed or offset no longer held)",
+                    Counter,
+                    h.not_resumed.load(relaxed),
+                ),
+            ];
+            for (name, help, kind, v) in history {
+                family(&mut enc, name, help, kind, &[(Vec::new(), v)])?;
+            }
+            family(
+                &mut enc,
+                "wsgate_history_resumes",
+                "Resuming subscribes answered recovered:true (the missed messages were replayed)",
+                Counter,
+                &[(Vec::new(), h.resumed.load(relaxed))],
+            )?;
         }
         if let Some(c) = &self.hub.cluster {
             let st = &c.stats;

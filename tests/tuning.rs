@@ -374,6 +374,7 @@ impl Exported {
         let mut cfg = wsgate::Config::for_tests();
         cfg.workers = Some(2);
         cfg.redis = Some(format!("redis://127.0.0.1:{}/", common::free_port()));
+        cfg.history_size = 16;
         let server = wsgate::start(cfg).expect("server starts");
         let admin = server.admin_addr().expect("admin listener");
         let (status, body) = common::http(admin, "GET", "/metrics", "");

@@ -54,11 +54,88 @@ pub enum Ev {
         key: usize,
         kind: MsgKind,
         seq: Option<u64>,
+        /// With [`Engine::positions`] on: the history position in a
+        /// `message` or `subscribed` text.
+        pos: Option<Pos>,
     },
     Closed {
         key: usize,
         code: Option<u16>,
     },
+}
+
+/// A history position: `"offset":N`, `"epoch":"E"`, and
+/// `"recovered":true|false` when present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pos {
+    pub offset: u64,
+    pub epoch: Epoch,
+    pub recovered: Option<bool>,
+}
+
+/// An epoch string, inline (no allocation per message); longer ones are cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Epoch {
+    bytes: [u8; 48],
+    len: u8,
+}
+
+impl Epoch {
+    fn new(s: &[u8]) -> Epoch {
+        let len = s.len().min(48);
+        let mut bytes = [0u8; 48];
+        bytes[..len].copy_from_slice(&s[..len]);
+        Epoch {
+            bytes,
+            len: len as u8,
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
+    }
+}
+
+/// The position in `text`, if it has an `"offset"`.
+pub fn find_pos(text: &[u8]) -> Option<Pos> {
+    let offset = find_number(text, b"\"offset\":")?;
+    const E: &[u8] = b"\"epoch\":\"";
+    let epoch = text
+        .windows(E.len())
+        .rposition(|w| w == E)
+        .map(|at| {
+            let rest = &text[at + E.len()..];
+            let end = rest.iter().position(|b| *b == b'"').unwrap_or(rest.len());
+            Epoch::new(&rest[..end])
+        })
+        .unwrap_or(Epoch::new(b""));
+    let recovered = if contains(text, b"\"recovered\":true") {
+        Some(true)
+    } else if contains(text, b"\"recovered\":false") {
+        Some(false)
+    } else {
+        None
+    };
+    Some(Pos {
+        offset,
+        epoch,
+        recovered,
+    })
+}
+
+fn contains(text: &[u8], what: &[u8]) -> bool {
+    text.windows(what.len()).any(|w| w == what)
+}
+
+/// The number after the last `key` in `text` (the server writes the
+/// position after the payload, so the last one is the server's).
+fn find_number(text: &[u8], key: &[u8]) -> Option<u64> {
+    let at = text.windows(key.len()).rposition(|w| w == key)? + key.len();
+    let digits = text[at..].iter().take_while(|b| b.is_ascii_digit()).count();
+    std::str::from_utf8(&text[at..at + digits])
+        .ok()?
+        .parse()
+        .ok()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +198,9 @@ pub struct Engine {
     pub connecting: usize,
     pub open: usize,
     pub failures: HashMap<&'static str, u64>,
+    /// Parse history positions into [`Ev::Text`] (off: no cost for the
+    /// scenarios that do not need them).
+    pub positions: bool,
 }
 
 impl Engine {
@@ -138,6 +218,7 @@ impl Engine {
             connecting: 0,
             open: 0,
             failures: HashMap::new(),
+            positions: false,
         })
     }
 
@@ -474,6 +555,11 @@ impl Engine {
                     key,
                     kind: classify(payload),
                     seq: find_seq(payload),
+                    pos: if self.positions {
+                        find_pos(payload)
+                    } else {
+                        None
+                    },
                 }),
                 OpCode::Ping => {
                     let mut f = Vec::new();
@@ -584,5 +670,12 @@ mod tests {
         );
         assert_eq!(find_seq(br#"{"seq":"x"}"#), None);
         assert_eq!(find_seq(b"none"), None);
+        let m = br#"{"type":"message","topic":"t","payload":{"offset":1,"epoch":"x"},"offset":7,"epoch":"e"}"#;
+        let p = find_pos(m).unwrap();
+        assert_eq!((p.offset, p.recovered, p.epoch.as_str()), (7, None, "e"));
+        let s = br#"{"type":"subscribed","topic":"t","recovered":false,"epoch":"e","offset":9}"#;
+        let q = find_pos(s).unwrap();
+        assert_eq!((q.offset, q.epoch, q.recovered), (9, p.epoch, Some(false)));
+        assert_eq!(find_pos(br#"{"type":"message","payload":1}"#), None);
     }
 }

@@ -11,6 +11,7 @@ mod charts;
 mod client;
 mod procfs;
 mod report;
+mod restart;
 mod results;
 mod scenarios;
 
@@ -41,6 +42,10 @@ enum Cmd {
     Echo(scenarios::EchoArgs),
     /// Hold N while connecting/disconnecting R per second.
     Churn(scenarios::ChurnArgs),
+    /// N clients on K history topics, a steady publisher, every connection
+    /// lost mid-run (or --restart-cmd run): lost/duplicated/out-of-order
+    /// messages from offsets, and reconnection times.
+    Restart(restart::RestartArgs),
     /// Draw charts (SVG and PNG) from a results JSON: ramp and latency.
     Report(charts::ReportArgs),
 }
@@ -107,6 +112,7 @@ fn main() -> ExitCode {
         Cmd::Broadcast(a) => scenarios::broadcast(a),
         Cmd::Echo(a) => scenarios::echo(a),
         Cmd::Churn(a) => scenarios::churn(a),
+        Cmd::Restart(a) => restart::restart(a),
         Cmd::Report(a) => charts::report(a),
     };
     match result {

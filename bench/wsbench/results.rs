@@ -23,6 +23,7 @@ pub enum Results {
     Broadcast(Broadcast),
     Echo(Echo),
     Churn(Churn),
+    Restart(crate::restart::Restart),
 }
 
 impl Results {
@@ -32,6 +33,7 @@ impl Results {
             Results::Broadcast(_) => "broadcast",
             Results::Echo(_) => "echo",
             Results::Churn(_) => "churn",
+            Results::Restart(_) => "restart",
         }
     }
 
@@ -42,6 +44,7 @@ impl Results {
             Results::Broadcast(b) => b.listeners,
             Results::Echo(e) => e.connections,
             Results::Churn(c) => c.held,
+            Results::Restart(r) => r.clients,
         }
     }
 
@@ -58,6 +61,10 @@ impl Results {
             Results::Broadcast(b) => vec![("fanout_completion", Some(&b.fanout_completion))],
             Results::Echo(e) => vec![("latency", Some(&e.latency))],
             Results::Churn(_) => vec![],
+            Results::Restart(r) => vec![
+                ("reconnection", Some(&r.reconnection)),
+                ("handshake_latency", Some(&r.handshake_latency)),
+            ],
         };
         all.into_iter()
             .filter_map(|(name, l)| Some((name, l?)))

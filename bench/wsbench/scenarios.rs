@@ -41,7 +41,7 @@ impl Probe {
     }
 }
 
-fn finish(title: &str, common: &Common, result: Results) -> Result<(), String> {
+pub fn finish(title: &str, common: &Common, result: Results) -> Result<(), String> {
     println!("{}", markdown(title, &result));
     if let Some(path) = &common.out {
         let text = serde_json::to_string_pretty(&result).map_err(|e| e.to_string())?;
@@ -869,6 +869,7 @@ pub fn broadcast(a: BroadcastArgs) -> Result<(), String> {
                 key,
                 kind: MsgKind::Broadcast | MsgKind::Message,
                 seq: Some(s),
+                ..
             } = ev
             {
                 if key != sender && s < a.messages {

@@ -96,15 +96,27 @@ pub fn route(shared: &Shared, head: &Head, body: &[u8]) -> Outcome {
             }
         }
         ("GET", "/presence") => return presence(shared, &head.query),
+        ("POST", "/drain") => {
+            // Readiness first, so the load balancer stops sending clients
+            // while the workers start closing.
+            shared.draining.store(true, Ordering::Release);
+            for w in 0..shared.hub.worker_count() {
+                // A full inbox is retried by the shutdown that follows
+                // (`ServerHandle::shutdown` waits for room).
+                let _ = shared.hub.try_send(w, crate::pubsub::WorkerMsg::Shutdown);
+            }
+            let _ = shared.drain_requested.try_send(());
+            Response::json(202, r#"{"status":"draining"}"#)
+        }
         ("POST", "/broadcast") => match json_payload(body) {
             Ok(payload) => return publish(shared, None, payload),
             Err(resp) => resp,
         },
-        (_, "/publish" | "/broadcast") => Response::error(405, "use POST"),
+        (_, "/publish" | "/broadcast" | "/drain") => Response::error(405, "use POST"),
         (_, "/healthz" | "/readyz" | "/metrics" | "/presence") => Response::error(405, "use GET"),
         _ => Response::error(
             404,
-            "unknown path (try /publish, /broadcast, /presence, /metrics, /healthz, /readyz)",
+            "unknown path (try /publish, /broadcast, /drain, /presence, /metrics, /healthz, /readyz)",
         ),
     };
     Outcome::Now(response)
@@ -122,6 +134,19 @@ fn json_payload(body: &[u8]) -> Result<&[u8], Response> {
 fn publish(shared: &Shared, topic: Option<&str>, payload: &[u8]) -> Outcome {
     let hub = &shared.hub;
     hub.published(topic, payload);
+    if let (Some(history), Some(topic)) = (&hub.history, topic) {
+        // The offset is taken where every other publish of the topic takes
+        // it (see `Hub::publish_with_history`).
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        let sent = hub.publish_with_history(history, topic, payload, |parts| {
+            Some(Arc::new(Ticket::new(parts, Notify::Channel(tx))))
+        });
+        return if sent == 0 {
+            Outcome::Now(Response::json(200, r#"{"delivered":0}"#))
+        } else {
+            Outcome::Counting(rx)
+        };
+    }
     let (text, targets) = match topic {
         Some(t) => (
             users::message_text(t, payload),

@@ -22,6 +22,8 @@ pub enum Command<'a> {
     },
     Subscribe {
         topic: Cow<'a, str>,
+        /// Resume: the position of the last message the client saw.
+        since: Option<Since<'a>>,
     },
     Unsubscribe {
         topic: Cow<'a, str>,
@@ -41,6 +43,14 @@ pub enum Command<'a> {
     Refresh {
         token: Cow<'a, str>,
     },
+}
+
+/// `"since":{"offset":O,"epoch":"E"}` of a resuming subscribe.
+#[derive(Debug, PartialEq, Eq, Deserialize)]
+pub struct Since<'a> {
+    pub offset: u64,
+    #[serde(borrow)]
+    pub epoch: Cow<'a, str>,
 }
 
 /// Why a command was refused. The connection stays open.
@@ -111,6 +121,7 @@ struct Wire<'a> {
     token: Option<Cow<'a, str>>,
     #[serde(borrow)]
     user: Option<Cow<'a, str>>,
+    since: Option<Since<'a>>,
 }
 
 /// Parses one text message. `max_topic` caps topic names in bytes.
@@ -129,6 +140,7 @@ pub fn parse(text: &[u8], max_topic: usize) -> Result<Command<'_>, CommandError>
         },
         "subscribe" => Command::Subscribe {
             topic: check_topic(wire.topic)?,
+            since: wire.since,
         },
         "unsubscribe" => Command::Unsubscribe {
             topic: check_topic(wire.topic)?,
@@ -178,6 +190,17 @@ fn explain(text: &[u8], err: serde_json::Error) -> CommandError {
             }
         }
     }
+    if let Some(since) = fields.get("since") {
+        let ok = since.get("offset").is_some_and(serde_json::Value::is_u64)
+            && since.get("epoch").is_some_and(serde_json::Value::is_string);
+        if !ok {
+            return CommandError::WrongType {
+                field: "since",
+                expected: r#"{"offset":<unsigned integer>,"epoch":<string>}"#,
+                got: json_kind(since),
+            };
+        }
+    }
     CommandError::Malformed(err.to_string())
 }
 
@@ -222,6 +245,45 @@ pub fn message_text(topic: &str, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(br#","payload":"#);
     out.extend_from_slice(payload);
     out.push(b'}');
+    out
+}
+
+/// `{"type":"message","topic":T,"payload":P,"offset":O,"epoch":"E"}`: a
+/// message of a topic with history.
+pub fn message_text_at(topic: &str, payload: &[u8], offset: u64, epoch: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(80 + topic.len() + payload.len() + epoch.len());
+    out.extend_from_slice(br#"{"type":"message","topic":"#);
+    json_string(&mut out, topic);
+    out.extend_from_slice(br#","payload":"#);
+    out.extend_from_slice(payload);
+    let _ = write!(out, r#","offset":{offset},"epoch":"#);
+    json_string(&mut out, epoch);
+    out.push(b'}');
+    out
+}
+
+/// `{"type":"subscribed","topic":T,"recovered":R,"epoch":"E","offset":L}`
+/// for a topic with history (`recovered` only when the client resumed).
+pub fn subscribed_text_at(topic: &str, recovered: Option<bool>, epoch: &str, last: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(96 + topic.len() + epoch.len());
+    out.extend_from_slice(br#"{"type":"subscribed","topic":"#);
+    json_string(&mut out, topic);
+    if let Some(r) = recovered {
+        let _ = write!(out, r#","recovered":{r}"#);
+    }
+    out.extend_from_slice(br#","epoch":"#);
+    json_string(&mut out, epoch);
+    let _ = write!(out, r#","offset":{last}}}"#);
+    out
+}
+
+/// `{"type":"subscribed","topic":T,"recovered":false}`: a resume asked of a
+/// topic that keeps no history.
+pub fn subscribed_unrecovered_text(topic: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + topic.len());
+    out.extend_from_slice(br#"{"type":"subscribed","topic":"#);
+    json_string(&mut out, topic);
+    out.extend_from_slice(br#","recovered":false}"#);
     out
 }
 
@@ -300,9 +362,24 @@ mod tests {
         assert_eq!(
             p(r#"{"type":"subscribe","topic":"news"}"#),
             Ok(Command::Subscribe {
-                topic: "news".into()
+                topic: "news".into(),
+                since: None,
             })
         );
+        assert_eq!(
+            p(r#"{"type":"subscribe","topic":"n","since":{"offset":7,"epoch":"e1"}}"#),
+            Ok(Command::Subscribe {
+                topic: "n".into(),
+                since: Some(Since {
+                    offset: 7,
+                    epoch: "e1".into()
+                }),
+            })
+        );
+        let e =
+            p(r#"{"type":"subscribe","topic":"n","since":{"offset":-1,"epoch":"e"}}"#).unwrap_err();
+        assert_eq!(e.code(), 400);
+        assert!(e.to_string().starts_with("field 'since' must be"), "{e}");
         assert_eq!(
             p(r#"{"type":"unsubscribe","topic":"a\"b"}"#),
             Ok(Command::Unsubscribe {
@@ -395,6 +472,10 @@ mod tests {
             broadcast_result_text(b"\"hi\"", 42),
             subscription_text(true, "t\n"),
             subscription_text(false, "t"),
+            message_text_at("t", b"{}", 3, "ep\"1"),
+            subscribed_text_at("t", Some(true), "e", 9),
+            subscribed_text_at("t", None, "e", 0),
+            subscribed_unrecovered_text("t"),
             PONG_TEXT.to_vec(),
             error_text(&CommandError::UnknownType("x\"y".into())),
         ];

@@ -12,10 +12,11 @@ use std::sync::Arc;
 
 use slab::Slab;
 
-use crate::app::commands::{self, Command, CommandError};
+use crate::app::commands::{self, Command, CommandError, Since};
 use crate::config::ClientBroadcast;
 use crate::protocol::frame::{encode_server_frame, write_server_frame};
 use crate::protocol::{MessageKind, OpCode};
+use crate::pubsub::history::Seq;
 use crate::pubsub::outbox::Outbox;
 use crate::pubsub::topics::LocalTopics;
 use crate::pubsub::{users, Hub, Notify, Ticket};
@@ -68,6 +69,8 @@ pub struct LocalBroadcast {
     /// subscribers are those at delivery time); None for a broadcast.
     pub topic: Option<Arc<str>>,
     pub ticket: Option<Arc<Ticket>>,
+    /// Only for this connection (a resume's replay), not a fan-out.
+    pub only: Option<u32>,
 }
 
 /// One worker's pub/sub state, borrowed by connections while they run
@@ -166,7 +169,7 @@ pub fn on_message(
     match cmd {
         Command::Echo => reply(out, text),
         Command::Ping => reply(out, commands::PONG_TEXT),
-        Command::Subscribe { topic } if !caller.may_use(&topic) => {
+        Command::Subscribe { topic, .. } if !caller.may_use(&topic) => {
             let e = CommandError::Forbidden("subscribe to", topic.into_owned());
             reply(out, &commands::error_text(&e));
         }
@@ -175,7 +178,7 @@ pub fn on_message(
             reply(out, &commands::error_text(&e));
         }
         Command::Refresh { token } => refresh(&token, caller, cx, out),
-        Command::Subscribe { topic } => subscribe(&topic, caller, cx, out),
+        Command::Subscribe { topic, since } => subscribe(&topic, since, caller, cx, out),
         Command::Unsubscribe { topic } => {
             if let Some(id) = cx.topics.id_of(&topic) {
                 if let Some(pos) = caller.topics.iter().position(|t| *t == id) {
@@ -234,17 +237,25 @@ pub fn on_message(
                 frame,
                 topic: None,
                 ticket: Some(ticket),
+                only: None,
             });
         }
     }
 }
 
 /// `{"type":"subscribe"}`: joins within the connection's and the process's
-/// topic budgets.
-fn subscribe(topic: &str, caller: &mut Caller<'_>, cx: &mut PubSubCx<'_>, out: &mut Vec<u8>) {
+/// topic budgets; with history on, answers the topic's position and replays
+/// what a resuming client missed.
+fn subscribe(
+    topic: &str,
+    since: Option<Since<'_>>,
+    caller: &mut Caller<'_>,
+    cx: &mut PubSubCx<'_>,
+    out: &mut Vec<u8>,
+) {
     let existing = cx.topics.id_of(topic);
     if existing.is_some_and(|id| caller.topics.contains(&id)) {
-        // Already in: idempotent, costs nothing.
+        // Already in (and receiving live): idempotent, costs nothing.
         return reply(out, &commands::subscription_text(true, topic));
     }
     let budget = &cx.hub.topic_budget;
@@ -266,13 +277,54 @@ fn subscribe(topic: &str, caller: &mut Caller<'_>, cx: &mut PubSubCx<'_>, out: &
         cx.stats.subscribes_refused.inc();
         return reply(out, &commands::error_text(&e));
     }
-    let joined = cx.topics.join(topic, caller.key);
-    caller.topics.push(joined.topic_id);
+    let Some(history) = &cx.hub.history else {
+        let joined = cx.topics.join(topic, caller.key);
+        caller.topics.push(joined.topic_id);
+        cx.hub.presence.join(topic, caller.user());
+        if joined.first_local {
+            cx.hub.topic_joined(topic, cx.worker);
+        }
+        let text = match since {
+            // No history to resume from: the client must refetch.
+            Some(_) => commands::subscribed_unrecovered_text(topic),
+            None => commands::subscription_text(true, topic),
+        };
+        return reply(out, &text);
+    };
+    // Joining (the connection and the directory) happens under the topic's
+    // history lock, atomically with reading its position: see
+    // `History::subscribe` for why replay and live then meet without a gap
+    // or a duplicate.
+    let (topics, hub, worker, key) = (&mut *cx.topics, cx.hub, cx.worker, caller.key);
+    let mut joined_id = 0;
+    let snap = history.subscribe(
+        topic,
+        since.as_ref().map(|s| (s.offset, s.epoch.as_ref())),
+        |last: Seq| {
+            let joined = topics.join(topic, key);
+            joined_id = joined.topic_id;
+            topics.fence(joined.topic_id, key, last);
+            if joined.first_local {
+                hub.topic_joined(topic, worker);
+            }
+        },
+    );
+    caller.topics.push(joined_id);
     cx.hub.presence.join(topic, caller.user());
-    if joined.first_local {
-        cx.hub.topic_joined(topic, cx.worker);
+    reply(
+        out,
+        &commands::subscribed_text_at(topic, snap.recovered, &snap.epoch, snap.last.offset),
+    );
+    // The replay goes out after the reply and before anything live: the
+    // worker queues it in this order before it next reads its inbox.
+    for frame in snap.replay {
+        cx.broadcasts.push(LocalBroadcast {
+            frame,
+            topic: None,
+            ticket: None,
+            only: Some(caller.key),
+        });
     }
-    reply(out, &commands::subscription_text(true, topic));
 }
 
 /// Removes connection `conn` from local topic `id` and gives its share of
@@ -289,8 +341,22 @@ pub fn leave_topic(topics: &mut LocalTopics, hub: &Hub, worker: usize, id: u32, 
 /// Delivers a publish to this node's subscribers of `topic` (a user's
 /// reserved topic included) and hands it to the cluster bridge. Local
 /// subscribers get it after the sender's read is processed, like broadcasts.
+///
+/// With topic history on, the publish takes its offset where every other
+/// publish of the topic takes it, and even this worker's own subscribers
+/// get it through its inbox (see `Hub::publish_with_history`). Users'
+/// reserved topics keep no history.
 fn publish(topic: &str, payload: &[u8], cx: &mut PubSubCx<'_>) {
     cx.hub.published(Some(topic), payload);
+    if let Some(h) = cx
+        .hub
+        .history
+        .as_ref()
+        .filter(|_| !users::is_reserved(topic))
+    {
+        cx.hub.publish_with_history(h, topic, payload, |_| None);
+        return;
+    }
     let frame: Arc<[u8]> =
         encode_server_frame(OpCode::Text, &users::message_text(topic, payload)).into();
     let targets = cx.hub.directory.workers_for(topic);
@@ -304,6 +370,7 @@ fn publish(topic: &str, payload: &[u8], cx: &mut PubSubCx<'_>) {
             frame,
             topic: Some(local.name.clone()),
             ticket: None,
+            only: None,
         });
     }
 }
@@ -337,24 +404,44 @@ pub fn join_user(user: &str, conn: u32, conn_topics: &mut Vec<u32>, cx: &mut Pub
     }
 }
 
-/// Queues `frame` for every local subscriber of topic `id`; returns how many.
+/// Queues `frame` for every local subscriber of topic `id` (but those whose
+/// replay already held the message at `seq`); returns how many.
 pub fn deliver_to_topic(
-    topics: &LocalTopics,
+    topics: &mut LocalTopics,
     outbox: &mut Outbox,
     id: u32,
     frame: Arc<[u8]>,
+    seq: Option<Seq>,
 ) -> u64 {
-    let Some(topic) = topics.get(id) else {
+    let Some(topic) = topics.get_mut(id) else {
         return 0;
     };
     if topic.subscribers.is_empty() {
         return 0;
     }
     let f = outbox.add_frame(frame);
-    for &conn in &topic.subscribers {
-        outbox.push(conn as usize, f);
+    match seq {
+        Some(seq) if !topic.fences.is_empty() => {
+            let subscribers = &topic.subscribers;
+            let mut fences = std::mem::take(&mut topic.fences);
+            fences.retain(|(_, fence)| fence.gen == seq.gen && fence.offset >= seq.offset);
+            let mut n = 0;
+            for &conn in subscribers {
+                if !fences.iter().any(|(c, _)| *c == conn) {
+                    outbox.push(conn as usize, f);
+                    n += 1;
+                }
+            }
+            topic.fences = fences;
+            n
+        }
+        _ => {
+            for &conn in &topic.subscribers {
+                outbox.push(conn as usize, f);
+            }
+            topic.subscribers.len() as u64
+        }
     }
-    topic.subscribers.len() as u64
 }
 
 /// The `broadcastResult` frame for a finished broadcast.

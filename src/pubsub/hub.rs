@@ -17,6 +17,7 @@ use mio::Waker;
 
 use super::budget::TopicBudget;
 use super::directory::{TopicDirectory, WorkerSet};
+use super::history::{History, Seq};
 use super::presence::LocalPresence;
 use super::ticket::{Notify, Ticket};
 use crate::cluster::ClusterLink;
@@ -27,6 +28,9 @@ pub enum WorkerMsg {
     /// Write `frame` to the local subscribers of `topic` (or to every open
     /// connection when `topic` is None) and report the count on `ticket`.
     Deliver(Delivery),
+    /// A message of a topic with history, at its position (boxed so the
+    /// inbox slots of every worker stay as small as without history).
+    DeliverAt(Box<Delivery>, Seq),
     /// A `broadcastResult` this worker is waiting for can be sent.
     TicketDone { pending: usize },
     /// Stop accepting, close every connection with 1001, drain, exit.
@@ -68,6 +72,8 @@ pub struct Hub {
     pub topic_budget: TopicBudget,
     /// Subscriptions per topic on this node (`GET /presence`).
     pub presence: LocalPresence,
+    /// Topic history (`--history-size` > 0).
+    pub history: Option<History>,
 }
 
 impl Hub {
@@ -93,7 +99,54 @@ impl Hub {
             cluster,
             topic_budget,
             presence: LocalPresence::default(),
+            history: None,
         }
+    }
+
+    /// Turns topic history on.
+    pub fn with_history(mut self, history: Option<History>) -> Hub {
+        self.history = history;
+        self
+    }
+
+    /// A publish to a topic with history: takes the next offset, stores the
+    /// frame and queues it for *every* worker with subscribers — the
+    /// publishing worker too, through its own inbox — while the topic's lock
+    /// is held. Every worker's inbox thus receives the topic's messages in
+    /// offset order, however many threads publish (delivering the
+    /// publisher's own part directly, as topics without history do, could
+    /// overtake a smaller offset already waiting in its inbox).
+    ///
+    /// `ticket` is called with the number of workers the message goes to
+    /// (when there is any) and returns what counts their deliveries.
+    /// Returns that number. Never waits for room in an inbox (it holds the
+    /// topic's lock, which the workers' publishes need): a full inbox drops
+    /// the delivery and counts it, as for worker-to-worker sends.
+    pub fn publish_with_history(
+        &self,
+        history: &History,
+        topic: &str,
+        payload: &[u8],
+        ticket: impl FnOnce(usize) -> Option<Arc<Ticket>>,
+    ) -> usize {
+        let name: Arc<str> = Arc::from(topic);
+        history.append(
+            topic,
+            |offset, epoch| {
+                let text = crate::app::commands::message_text_at(topic, payload, offset, epoch);
+                crate::protocol::frame::encode_server_frame(crate::protocol::OpCode::Text, &text)
+                    .into()
+            },
+            |seq, frame| {
+                let targets = self.directory.workers_for(topic);
+                if targets.is_empty() {
+                    return 0;
+                }
+                let ticket = ticket(targets.len());
+                self.dispatch_seq(targets, &name, frame, ticket.as_ref(), seq);
+                targets.len()
+            },
+        )
     }
 
     pub fn worker_count(&self) -> usize {
@@ -202,16 +255,47 @@ impl Hub {
                 frame: frame.clone(),
                 ticket: ticket.cloned(),
             });
-            let sent = match wait {
-                None => self.try_send(w, msg),
-                Some(t) => self.send_timeout(w, msg, t),
+            self.send_delivery(w, msg, ticket, wait);
+        }
+    }
+
+    /// [`Hub::dispatch`] for a message of a topic with history, to every
+    /// worker in `targets`.
+    fn dispatch_seq(
+        &self,
+        targets: WorkerSet,
+        topic: &Arc<str>,
+        frame: &Arc<[u8]>,
+        ticket: Option<&Arc<Ticket>>,
+        seq: Seq,
+    ) {
+        for w in targets.iter().filter(|w| *w < self.links.len()) {
+            let delivery = Delivery {
+                topic: Some(topic.clone()),
+                frame: frame.clone(),
+                ticket: ticket.cloned(),
             };
-            if sent.is_err() {
-                self.inbox_full_drops.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(worker = w, "worker inbox full: delivery dropped");
-                if let Some(t) = ticket {
-                    self.part_done(t, 0, None);
-                }
+            let msg = WorkerMsg::DeliverAt(Box::new(delivery), seq);
+            self.send_delivery(w, msg, ticket, None);
+        }
+    }
+
+    fn send_delivery(
+        &self,
+        w: usize,
+        msg: WorkerMsg,
+        ticket: Option<&Arc<Ticket>>,
+        wait: Option<Duration>,
+    ) {
+        let sent = match wait {
+            None => self.try_send(w, msg),
+            Some(t) => self.send_timeout(w, msg, t),
+        };
+        if sent.is_err() {
+            self.inbox_full_drops.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(worker = w, "worker inbox full: delivery dropped");
+            if let Some(t) = ticket {
+                self.part_done(t, 0, None);
             }
         }
     }

@@ -12,11 +12,14 @@
 //!   so each connection gets one write per loop iteration.
 //!
 //! - [`budget`]: process-wide caps on subscriptions and topic entries.
+//! - [`history`]: the last messages of each topic and their positions, for
+//!   clients that resume after a reconnect.
 //!
 //! Nothing here touches sockets; the worker does the writing.
 
 pub mod budget;
 pub mod directory;
+pub mod history;
 pub mod hub;
 pub mod outbox;
 pub mod presence;

@@ -11,10 +11,18 @@ use std::sync::Arc;
 use rustc_hash::FxHashSet;
 use slab::Slab;
 
+use super::history::Seq;
+
 #[derive(Debug)]
 pub struct Topic {
     pub name: Arc<str>,
     pub subscribers: FxHashSet<u32>,
+    /// Subscribers that joined a topic with history at position `seq`: a
+    /// message at or before it that still reaches this worker was in their
+    /// replay (or before their subscribe) and is skipped for them. A fence
+    /// goes away with the first message past it (messages arrive in offset
+    /// order), so this is empty except right after subscribes.
+    pub fences: Vec<(u32, Seq)>,
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +58,7 @@ impl LocalTopics {
                 let id = self.topics.insert(Topic {
                     name: name.clone(),
                     subscribers: FxHashSet::default(),
+                    fences: Vec::new(),
                 }) as u32;
                 self.by_name.insert(name, id);
                 (id, true)
@@ -63,11 +72,25 @@ impl LocalTopics {
         }
     }
 
+    pub fn get_mut(&mut self, id: u32) -> Option<&mut Topic> {
+        self.topics.get_mut(id as usize)
+    }
+
+    /// Makes `conn` skip topic `id`'s messages up to `seq` (see [`Topic::fences`]).
+    pub fn fence(&mut self, id: u32, conn: u32, seq: Seq) {
+        if let Some(t) = self.topics.get_mut(id as usize) {
+            t.fences.retain(|(c, _)| *c != conn);
+            t.fences.push((conn, seq));
+        }
+    }
+
     /// Removes `conn` from topic `id`. Returns the topic's name if it has no
     /// local subscribers left (the directory must forget this worker).
     pub fn leave(&mut self, id: u32, conn: u32) -> Option<Arc<str>> {
         let topic = self.topics.get_mut(id as usize)?;
         topic.subscribers.remove(&conn);
+        // The slab key may be reused by a later connection.
+        topic.fences.retain(|(c, _)| *c != conn);
         if !topic.subscribers.is_empty() {
             return None;
         }

@@ -30,6 +30,7 @@ use crate::config::Config;
 use crate::metrics::MetricsSource;
 use crate::protocol::message::ReassemblyBudget;
 use crate::pubsub::budget::TopicBudget;
+use crate::pubsub::history::{History, HistoryConfig};
 use crate::pubsub::{directory::MAX_WORKERS, Hub, WorkerMsg};
 use crate::security::{Authenticator, HandshakeRate, OriginPolicy, Security};
 pub use admission::Admission;
@@ -49,6 +50,10 @@ pub struct ServerHandle {
     hub: Arc<Hub>,
     admission: Arc<Admission>,
     workers: Vec<WorkerHandle>,
+    drain_rx: crossbeam_channel::Receiver<()>,
+    /// Held so `drain_rx` never reads as disconnected (without an admin
+    /// listener nobody else holds a sender).
+    _drain_tx: crossbeam_channel::Sender<()>,
 }
 
 /// Starts a server: binds every worker's listener, then spawns the workers.
@@ -91,7 +96,14 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         (None, None) => (None, None),
     };
     let topic_budget = TopicBudget::new(config.max_total_subscriptions, config.max_topics);
-    let hub = Arc::new(Hub::new(links, link, topic_budget));
+    let history = (config.history_size > 0).then(|| {
+        History::new(HistoryConfig {
+            size: config.history_size,
+            ttl: config.history_ttl,
+            max_bytes: usize::try_from(config.history_max_bytes).unwrap_or(usize::MAX),
+        })
+    });
+    let hub = Arc::new(Hub::new(links, link, topic_budget).with_history(history));
     let reassembly = Arc::new(ReassemblyBudget::new(config.max_reassembly_bytes));
     let node_id = config.node_id.unwrap_or_else(random_node_id);
     let bridge = match (&config.redis, &config.redis_cluster, bridge_parts) {
@@ -152,12 +164,14 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         reassembly: reassembly.clone(),
         admin: Arc::default(),
     };
+    let (drain_tx, drain_rx) = crossbeam_channel::bounded(1);
     let admin = match config.admin_listen {
         Some(addr) => Some(AdminServer::start(
             addr,
             hub.clone(),
             config.clone(),
             metrics,
+            drain_tx.clone(),
         )?),
         None => None,
     };
@@ -201,6 +215,8 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         hub,
         admission,
         workers,
+        drain_rx,
+        _drain_tx: drain_tx,
     })
 }
 
@@ -213,6 +229,13 @@ impl ServerHandle {
     /// The admin HTTP listener's address, if it runs.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin.as_ref().map(|a| a.local_addr())
+    }
+
+    /// Receives once when the admin API was asked to drain (`POST /drain`):
+    /// the workers are already closing; call [`ServerHandle::shutdown`] and
+    /// [`ServerHandle::join`] as on SIGTERM.
+    pub fn drain_requested(&self) -> crossbeam_channel::Receiver<()> {
+        self.drain_rx.clone()
     }
 
     /// Deliveries dropped because a worker's inbox was full.

@@ -103,6 +103,9 @@ worker_stats! {
     rejected_forbidden,
     /// ... of which over the per-IP handshake rate (429).
     rejected_rate,
+    /// New connections answered 503 at once because the worker was over
+    /// `--max-handshakes-per-sec` (not counted as handshake failures).
+    handshakes_shed,
     /// Upgrades that presented a valid token.
     authenticated,
     /// Connections closed (1008) when their token expired.

@@ -24,6 +24,7 @@ use crate::config::Config;
 use crate::protocol::handshake::HandshakeConfig;
 use crate::protocol::message::{PartialPool, ReassemblyBudget};
 use crate::protocol::{CloseCode, ReceiverLimits};
+use crate::pubsub::history::Seq;
 use crate::pubsub::outbox::{FramesFor, Outbox};
 use crate::pubsub::topics::LocalTopics;
 use crate::pubsub::{Delivery, Hub, Notify, WorkerMsg};
@@ -134,6 +135,11 @@ pub(crate) struct Worker {
     /// because the process ran out of descriptors.
     left_group: Option<LeftGroup>,
     draining_until: Option<Instant>,
+    /// `--max-handshakes-per-sec` token bucket: (tokens, last refill).
+    handshake_bucket: Option<(f64, Instant)>,
+    /// Open connections still to close during a spread drain: (when, key,
+    /// serial), in time order.
+    drain_queue: std::collections::VecDeque<(Instant, usize, u32)>,
     /// Connections to read again next turn: their reading was un-paused
     /// (backpressure eased), or they used up their read budget.
     read_again: Vec<usize>,
@@ -271,6 +277,13 @@ impl Worker {
             listen_addr,
             left_group: None,
             draining_until: None,
+            drain_queue: Default::default(),
+            handshake_bucket: (shared.config.max_handshakes_per_sec > 0).then(|| {
+                (
+                    2.0 * f64::from(shared.config.max_handshakes_per_sec),
+                    Instant::now(),
+                )
+            }),
             read_again: Vec::new(),
             trouble: TroubleReport {
                 next: Instant::now() + TROUBLE_INTERVAL,
@@ -333,6 +346,10 @@ impl Worker {
             self.maybe_rejoin(now);
             self.check_pending(now);
             self.flush_outbox();
+            if !self.drain_queue.is_empty() {
+                // After the flush: what was batched for them goes out first.
+                self.close_due(now);
+            }
             self.outbox.end_turn();
             self.expire(now);
             self.stats.timers.set(self.wheel.len() as u64);
@@ -371,6 +388,7 @@ impl Worker {
             self.accept_paused_until,
             self.left_group.as_ref().map(|l| l.retry_at),
             self.draining_until,
+            self.drain_queue.front().map(|d| d.0),
             self.pending_check_at,
         ];
         for t in candidates.into_iter().flatten() {
@@ -490,6 +508,24 @@ impl Worker {
 
     fn add_conn(&mut self, mut stream: TcpStream, ip: IpAddr, now: Instant) {
         self.stats.accepted.inc();
+        if !self.handshake_allowed(now) {
+            // A reconnect storm: more upgrades than this worker is set to
+            // serve. A fast 503 now, with a jittered Retry-After so the
+            // retries do not come back as one wave, costs the worker less
+            // than letting them queue and time out, and keeps the
+            // established connections' latency.
+            self.stats.handshakes_shed.inc();
+            let _ = (&stream).read(&mut self.scratch);
+            let retry = fastrand::u32(1..=5).to_string();
+            let resp = error_response(
+                503,
+                "Service Unavailable",
+                "too many connection attempts; retry later",
+                &[("Retry-After", &retry)],
+            );
+            let _ = (&stream).write(&resp);
+            return;
+        }
         if let Err(why) = self.admission.try_accept(ip) {
             // Refused before it costs a slot, a timer or a buffer: one
             // address's unfinished handshakes must not hold the descriptors
@@ -544,6 +580,23 @@ impl Worker {
         // per-IP connection limit on.
         self.peer_ips.insert(key as u32, ip);
         self.stats.open.inc();
+    }
+
+    /// Takes one upgrade from the worker's `--max-handshakes-per-sec`
+    /// bucket (bursts of twice the rate); true when there is no limit.
+    fn handshake_allowed(&mut self, now: Instant) -> bool {
+        let Some((tokens, last)) = self.handshake_bucket.as_mut() else {
+            return true;
+        };
+        let rate = f64::from(self.config.max_handshakes_per_sec);
+        *tokens =
+            (*tokens + now.saturating_duration_since(*last).as_secs_f64() * rate).min(2.0 * rate);
+        *last = now;
+        if *tokens < 1.0 {
+            return false;
+        }
+        *tokens -= 1.0;
+        true
     }
 
     /// Logs one warning summarising connections closed for misbehaving since
@@ -982,8 +1035,14 @@ impl Worker {
                 return;
             };
             match msg {
+                WorkerMsg::DeliverAt(d, seq) => {
+                    self.deliver_from_inbox(*d, Some(seq));
+                    if self.outbox.is_heavy() {
+                        self.flush_outbox_early();
+                    }
+                }
                 WorkerMsg::Deliver(d) => {
-                    self.deliver_from_inbox(d);
+                    self.deliver_from_inbox(d, None);
                     if self.outbox.is_heavy() {
                         self.flush_outbox_early();
                     }
@@ -1000,10 +1059,10 @@ impl Worker {
     }
 
     /// A publish or broadcast from another thread, for our connections.
-    fn deliver_from_inbox(&mut self, d: Delivery) {
+    fn deliver_from_inbox(&mut self, d: Delivery, seq: Option<Seq>) {
         let count = match &d.topic {
             Some(topic) => match self.topics.id_of(topic) {
-                Some(id) => deliver_to_topic(&self.topics, &mut self.outbox, id, d.frame),
+                Some(id) => deliver_to_topic(&mut self.topics, &mut self.outbox, id, d.frame, seq),
                 None => 0,
             },
             None => {
@@ -1045,9 +1104,23 @@ impl Worker {
                 self.flush(from);
                 self.flush_outbox_early();
             }
+            if let Some(conn) = b.only {
+                // A resume's replay, for its connection alone.
+                if self
+                    .conns
+                    .get(conn as usize)
+                    .is_some_and(|c| c.phase == Phase::Open)
+                {
+                    let f = self.outbox.add_frame(b.frame);
+                    self.outbox.push(conn as usize, f);
+                }
+                continue;
+            }
             let count = match &b.topic {
                 Some(name) => match self.topics.id_of(name) {
-                    Some(id) => deliver_to_topic(&self.topics, &mut self.outbox, id, b.frame),
+                    Some(id) => {
+                        deliver_to_topic(&mut self.topics, &mut self.outbox, id, b.frame, None)
+                    }
                     None => 0,
                 },
                 None => {
@@ -1195,8 +1268,9 @@ impl Worker {
         self.flush(key);
     }
 
-    /// Stops accepting and says goodbye (1001) to every connection; the loop
-    /// exits when all are closed or the drain timeout passes.
+    /// Stops accepting and says goodbye (1001) to every connection, all at
+    /// once or spread over `--drain-spread`; the loop exits when all are
+    /// closed or the spread plus the drain timeout has passed.
     fn begin_shutdown(&mut self) {
         if self.draining_until.is_some() {
             return;
@@ -1204,13 +1278,15 @@ impl Worker {
         // Deliveries already batched go out before the goodbye.
         self.flush_outbox();
         let now = Instant::now();
-        self.draining_until = Some(now + self.config.drain_timeout);
+        let spread = self.config.drain_spread;
+        self.draining_until = Some(now + spread + self.config.drain_timeout);
         let drain_tick = self.closing_deadline(self.tick(now));
         if let Some(mut l) = self.listener.take() {
             // Closing the listener makes the kernel route new connections to
             // the other processes bound to the port.
             let _ = self.poll.registry().deregister(&mut l);
         }
+        let mut open = Vec::new();
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             let Some(conn) = self.conns.get_mut(key) else {
@@ -1218,17 +1294,65 @@ impl Worker {
             };
             match conn.phase {
                 Phase::Handshake => self.close_now(key),
-                Phase::Open => {
-                    // Fan-out already queued for this client goes out first.
-                    self.stats.shutdown_closes.inc();
-                    let reason = "server shutting down";
-                    conn.start_close(CloseCode::GOING_AWAY, reason, &mut self.out, false);
-                    self.set_timer(key, drain_tick);
-                    self.flush(key);
-                }
+                Phase::Open => open.push((key, conn.serial)),
                 Phase::Closing { .. } => self.set_timer(key, drain_tick),
             }
         }
+        if spread.is_zero() {
+            for (key, _) in open {
+                self.say_goodbye(key);
+            }
+            return;
+        }
+        // A herd of reconnects is what the spread avoids: each connection
+        // gets its own moment in the window, in random order, so the
+        // reconnects arrive at an even rate wherever clients came from.
+        fastrand::shuffle(&mut open);
+        let n = open.len() as f64;
+        self.drain_queue = open
+            .into_iter()
+            .enumerate()
+            .map(|(i, (key, serial))| {
+                let at = now + spread.mul_f64((i as f64 + fastrand::f64()) / n);
+                (at, key, serial)
+            })
+            .collect();
+        self.close_due(now);
+    }
+
+    /// Closes the connections whose moment in the drain spread has come.
+    fn close_due(&mut self, now: Instant) {
+        while let Some(&(at, key, serial)) = self.drain_queue.front() {
+            if at > now {
+                return;
+            }
+            self.drain_queue.pop_front();
+            let same = self
+                .conns
+                .get(key)
+                .is_some_and(|c| c.serial == serial && c.phase == Phase::Open);
+            if same {
+                self.say_goodbye(key);
+            }
+        }
+    }
+
+    /// Closes one open connection for the drain: 1001, and a reason that
+    /// tells the client when to come back, `{"reconnect_in_ms":N}` with N
+    /// uniform in [0, max(spread, 1 s)] so the reconnects spread further.
+    fn say_goodbye(&mut self, key: usize) {
+        let drain_tick = self.closing_deadline(self.tick(Instant::now()));
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        // Fan-out already queued for this client goes out first.
+        self.stats.shutdown_closes.inc();
+        let window = self.config.drain_spread.max(Duration::from_secs(1));
+        let ms = fastrand::u64(0..=window.as_millis() as u64);
+        let reason = format!(r#"{{"reconnect_in_ms":{ms}}}"#);
+        conn.start_close(CloseCode::GOING_AWAY, &reason, &mut self.out, false);
+        self.set_timer(key, drain_tick);
+        self.flush(key);
     }
 }
 

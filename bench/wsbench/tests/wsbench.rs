@@ -197,6 +197,8 @@ fn wsbench_scenarios_and_report_against_a_live_server() {
     cfg.max_messages_per_sec = 0;
     // The broadcast scenario measures fan-out, not the per-client broadcast limit.
     cfg.max_broadcasts_per_sec = 0;
+    // For the restart scenario (the others use no topic history).
+    cfg.history_size = 10_000;
     let server = wsgate::start(cfg).expect("server starts");
     let url = format!("ws://{}/ws", server.local_addr());
     let admin = server.admin_addr().expect("admin API on").to_string();
@@ -394,6 +396,43 @@ fn wsbench_scenarios_and_report_against_a_live_server() {
         .output()
         .expect("run report");
     assert!(!o.status.success(), "churn results have nothing to chart");
+
+    // restart: 300 clients on 3 history topics lose their connections
+    // mid-run and resume: nothing lost, doubled or reordered.
+    let (rs, _) = scenario(
+        dir,
+        &url,
+        "restart",
+        &[
+            "restart",
+            "--connections",
+            "300",
+            "--topics",
+            "3",
+            "--rate",
+            "100",
+            "--duration",
+            "3",
+            "--at",
+            "1.5",
+            "--reconnect-jitter-ms",
+            "300",
+        ],
+    );
+    assert_eq!(u(&rs, "clients"), 300);
+    assert_eq!(u(&rs, "resumed"), 300, "{rs:#}");
+    assert!(u(&rs, "published") >= 250, "{rs:#}");
+    assert_eq!(u(&rs, "delivered"), u(&rs, "published") * 100, "{rs:#}");
+    for k in [
+        "lost",
+        "duplicated",
+        "out_of_order",
+        "unrecovered",
+        "epoch_changes",
+    ] {
+        assert_eq!(u(&rs, k), 0, "{k}: {rs:#}");
+    }
+    assert_latency(&rs, "reconnection", 300);
 
     // The server took all that and still serves.
     assert_workers_alive(&server);
