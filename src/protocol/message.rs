@@ -8,11 +8,17 @@
 //! message that arrives in one read is handed out without any copy. It must
 //! not do IO or decide what to *send*; the event loop reacts to [`Event`]s.
 //!
+//! With permessage-deflate negotiated (RFC 7692), a data message whose first
+//! frame has RSV1 set is reassembled compressed and inflated once complete,
+//! through the worker's one [`Inflater`] (kept in the [`PartialPool`]), with
+//! the size limit applied to the inflated bytes while inflating.
+//!
 //! Memory: an idle receiver is a few dozen inline bytes. The reassembly buffer
 //! ([`Partial`]) exists only while a message or control frame is incomplete,
 //! and comes from and goes back to a [`PartialPool`].
 
 use super::close::{CloseCode, CloseFrame};
+use super::deflate::{Agreed, InflateError, Inflater};
 use super::frame::{FrameError, FrameHeader, OpCode, Role, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use super::mask::apply_mask;
 use super::utf8::Utf8Validator;
@@ -90,6 +96,12 @@ pub enum ProtocolError {
     TooManyFragments,
     #[error("invalid close frame (answered with {0})")]
     BadClose(CloseCode),
+    #[error("RSV1 (compressed) set on a control frame")]
+    CompressedControl,
+    #[error("RSV1 (compressed) set on a continuation frame")]
+    CompressedContinuation,
+    #[error("compressed message is not valid DEFLATE data")]
+    BadDeflate,
 }
 
 impl ProtocolError {
@@ -98,8 +110,10 @@ impl ProtocolError {
         match self {
             ProtocolError::Frame(_)
             | ProtocolError::UnexpectedContinuation
-            | ProtocolError::ExpectedContinuation => CloseCode::PROTOCOL_ERROR,
-            ProtocolError::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            | ProtocolError::ExpectedContinuation
+            | ProtocolError::CompressedControl
+            | ProtocolError::CompressedContinuation => CloseCode::PROTOCOL_ERROR,
+            ProtocolError::InvalidUtf8 | ProtocolError::BadDeflate => CloseCode::INVALID_PAYLOAD,
             ProtocolError::FrameTooBig
             | ProtocolError::MessageTooBig
             | ProtocolError::TooManyFragments => CloseCode::MESSAGE_TOO_BIG,
@@ -132,11 +146,14 @@ pub struct Partial {
     msg: Vec<u8>,
     utf8: Utf8Validator,
     fragments: u32,
+    /// `msg` holds compressed bytes (RSV1 on the first frame).
+    compressed: bool,
     control: Vec<u8>,
 }
 
-/// A small free list of [`Partial`]s, one per worker, so that connections
-/// borrow reassembly buffers only while they need them.
+/// A worker's receive scratch: a small free list of [`Partial`]s, so that
+/// connections borrow reassembly buffers only while they need them, and the
+/// worker's one [`Inflater`] for compressed messages (made on first use).
 #[derive(Debug)]
 pub struct PartialPool {
     // Boxed on purpose: a connection holds `Option<Box<Partial>>` (8 bytes
@@ -147,6 +164,9 @@ pub struct PartialPool {
     /// Buffers that grew past this are shrunk before being pooled, so a
     /// burst of 16 MiB messages does not pin 16 MiB per pooled buffer.
     keep_capacity: usize,
+    inflater: Option<Box<Inflater>>,
+    /// Compressed messages inflated (for metrics).
+    inflations: u64,
 }
 
 impl PartialPool {
@@ -155,7 +175,27 @@ impl PartialPool {
             free: Vec::new(),
             max_pooled,
             keep_capacity,
+            inflater: None,
+            inflations: 0,
         }
+    }
+
+    /// How many compressed messages this pool's inflater has inflated.
+    pub fn inflations(&self) -> u64 {
+        self.inflations
+    }
+
+    /// Inflates one compressed message, capped at `limit` bytes.
+    fn inflate(&mut self, payload: &[u8], limit: u64) -> Result<&[u8], ProtocolError> {
+        self.inflations += 1;
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        self.inflater
+            .get_or_insert_with(Default::default)
+            .inflate(payload, limit)
+            .map_err(|e| match e {
+                InflateError::TooBig => ProtocolError::MessageTooBig,
+                InflateError::Corrupt => ProtocolError::BadDeflate,
+            })
     }
 
     fn get(&mut self) -> Box<Partial> {
@@ -171,6 +211,7 @@ impl PartialPool {
         p.control.clear();
         p.utf8 = Utf8Validator::new();
         p.fragments = 0;
+        p.compressed = false;
         self.free.push(p);
     }
 
@@ -196,6 +237,8 @@ enum State {
         mask_off: u8,
         /// The whole payload is in the current input: hand it out in place.
         direct: bool,
+        /// A one-frame message with RSV1: inflate it before handing it out.
+        compressed: bool,
     },
     /// A close frame was received or an error occurred: ignore the rest.
     Done,
@@ -209,6 +252,9 @@ pub struct Receiver {
     hdr_len: u8,
     /// Kind of the message being reassembled, if one is in progress.
     in_message: Option<MessageKind>,
+    /// permessage-deflate, when negotiated: RSV1 is allowed on the first
+    /// frame of a data message.
+    deflate: Option<Agreed>,
     partial: Option<Box<Partial>>,
 }
 
@@ -225,8 +271,19 @@ impl Receiver {
             hdr: [0; MAX_HEADER_LEN],
             hdr_len: 0,
             in_message: None,
+            deflate: None,
             partial: None,
         }
+    }
+
+    /// permessage-deflate was negotiated for this connection.
+    pub fn enable_deflate(&mut self, agreed: Agreed) {
+        self.deflate = Some(agreed);
+    }
+
+    /// The negotiated permessage-deflate parameters, if any.
+    pub fn deflate(&self) -> Option<Agreed> {
+        self.deflate
     }
 
     /// True while a message is only partly received (the connection holds a
@@ -299,6 +356,7 @@ impl Receiver {
                 mask,
                 mask_off,
                 direct,
+                compressed,
             } = self.state
             else {
                 continue;
@@ -311,7 +369,7 @@ impl Receiver {
             if direct {
                 debug_assert_eq!(remaining, 0);
                 self.state = State::Header;
-                self.complete_direct(opcode, chunk, on_event)?;
+                self.complete_direct(opcode, compressed, chunk, limits, pool, on_event)?;
                 continue;
             }
             self.append_chunk(opcode, chunk)?;
@@ -323,11 +381,12 @@ impl Receiver {
                     mask,
                     mask_off: next_off,
                     direct,
+                    compressed,
                 };
                 return Ok(());
             }
             self.state = State::Header;
-            self.complete_buffered(opcode, fin, on_event)?;
+            self.complete_buffered(opcode, fin, limits, pool, on_event)?;
         }
     }
 
@@ -338,8 +397,10 @@ impl Receiver {
         pos: &mut usize,
     ) -> Result<Option<FrameHeader>, ProtocolError> {
         let avail = &input[*pos..];
+        // RSV1 means "compressed" once permessage-deflate is negotiated.
+        let rsv = if self.deflate.is_some() { 0x4 } else { 0 };
         if self.hdr_len == 0 {
-            return match FrameHeader::decode(avail, Role::Server, 0)? {
+            return match FrameHeader::decode(avail, Role::Server, rsv)? {
                 Some((h, n)) => {
                     *pos += n;
                     Ok(Some(h))
@@ -356,7 +417,7 @@ impl Receiver {
         let old = self.hdr_len as usize;
         let take = (MAX_HEADER_LEN - old).min(avail.len());
         self.hdr[old..old + take].copy_from_slice(&avail[..take]);
-        match FrameHeader::decode(&self.hdr[..old + take], Role::Server, 0)? {
+        match FrameHeader::decode(&self.hdr[..old + take], Role::Server, rsv)? {
             Some((h, n)) => {
                 *pos += n - old;
                 self.hdr_len = 0;
@@ -380,7 +441,16 @@ impl Receiver {
         pool: &mut PartialPool,
     ) -> Result<(), ProtocolError> {
         let whole_here = h.payload_len <= available as u64;
+        // Only negotiated RSV1 gets past the header decoder (RFC 7692 §6.1:
+        // only on the first frame of a data message).
+        let compressed = h.rsv & 0x4 != 0;
         let direct = match h.opcode {
+            OpCode::Ping | OpCode::Pong | OpCode::Close if compressed => {
+                return Err(ProtocolError::CompressedControl);
+            }
+            OpCode::Continuation if compressed => {
+                return Err(ProtocolError::CompressedContinuation);
+            }
             OpCode::Ping | OpCode::Pong | OpCode::Close => {
                 if !whole_here {
                     let p = self.partial.get_or_insert_with(|| pool.get());
@@ -411,6 +481,7 @@ impl Receiver {
                     p.msg.clear();
                     p.utf8 = Utf8Validator::new();
                     p.fragments = 1;
+                    p.compressed = compressed;
                     false
                 }
             }
@@ -439,6 +510,7 @@ impl Receiver {
             mask: h.mask.unwrap_or([0; 4]),
             mask_off: 0,
             direct,
+            compressed,
         };
         Ok(())
     }
@@ -452,7 +524,8 @@ impl Receiver {
         if opcode.is_control() {
             p.control.extend_from_slice(chunk);
         } else {
-            if self.in_message == Some(MessageKind::Text) {
+            // Compressed text is validated once inflated.
+            if self.in_message == Some(MessageKind::Text) && !p.compressed {
                 p.utf8.feed(chunk).map_err(|_| ProtocolError::InvalidUtf8)?;
             }
             p.msg.extend_from_slice(chunk);
@@ -464,9 +537,20 @@ impl Receiver {
     fn complete_direct(
         &mut self,
         opcode: OpCode,
+        compressed: bool,
         payload: &[u8],
+        limits: &ReceiverLimits,
+        pool: &mut PartialPool,
         on_event: &mut dyn FnMut(Event<'_>),
     ) -> Result<(), ProtocolError> {
+        if compressed {
+            let kind = if opcode == OpCode::Text {
+                MessageKind::Text
+            } else {
+                MessageKind::Binary
+            };
+            return emit_inflated(kind, payload, limits, pool, on_event);
+        }
         match opcode {
             OpCode::Text => {
                 std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?;
@@ -483,6 +567,8 @@ impl Receiver {
         &mut self,
         opcode: OpCode,
         fin: bool,
+        limits: &ReceiverLimits,
+        pool: &mut PartialPool,
         on_event: &mut dyn FnMut(Event<'_>),
     ) -> Result<(), ProtocolError> {
         let Some(mut p) = self.partial.take() else {
@@ -492,6 +578,15 @@ impl Receiver {
             let r = self.control(opcode, &p.control, on_event);
             p.control.clear();
             r
+        } else if fin && p.compressed {
+            match self.in_message.take() {
+                Some(kind) => emit_inflated(kind, &p.msg, limits, pool, on_event),
+                None => Err(ProtocolError::UnexpectedContinuation),
+            }
+            .inspect(|_| {
+                p.msg.clear();
+                p.compressed = false;
+            })
         } else if fin {
             let kind = self.in_message.take();
             match kind {
@@ -535,6 +630,23 @@ impl Receiver {
         }
         Ok(())
     }
+}
+
+/// Inflates a complete compressed message (RFC 7692 §7.2.2) within the
+/// message size limit, validates text, and hands it out.
+fn emit_inflated(
+    kind: MessageKind,
+    payload: &[u8],
+    limits: &ReceiverLimits,
+    pool: &mut PartialPool,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<(), ProtocolError> {
+    let data = pool.inflate(payload, limits.max_message_bytes)?;
+    if kind == MessageKind::Text {
+        std::str::from_utf8(data).map_err(|_| ProtocolError::InvalidUtf8)?;
+    }
+    on_event(Event::Message(kind, data));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -203,6 +203,7 @@ impl Worker {
             path: config.path.clone(),
             max_head_bytes: config.max_request_head,
             subprotocols: Vec::new(),
+            permessage_deflate: config.permessage_deflate,
         };
         let rate = (config.max_messages_per_sec > 0).then(|| {
             let per_sec = config.max_messages_per_sec as f32;
