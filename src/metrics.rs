@@ -110,7 +110,7 @@ impl Collector for MetricsSource {
         use MetricType::{Counter, Gauge};
         let snaps: Vec<StatsSnapshot> = self.workers.iter().map(|w| w.snapshot()).collect();
         let s = &snaps;
-        let simple: [(&str, &str, MetricType, Field); 13] = [
+        let simple: [(&str, &str, MetricType, Field); 16] = [
             (
                 "wsgate_authenticated_upgrades",
                 "Upgrades that presented a valid token",
@@ -161,6 +161,24 @@ impl Collector for MetricsSource {
                 "Fan-out frames written (publish and broadcast)",
                 Counter,
                 |s| s.deliveries,
+            ),
+            (
+                "wsgate_deflate_negotiated",
+                "Connections that negotiated permessage-deflate",
+                Counter,
+                |s| s.deflate_negotiated,
+            ),
+            (
+                "wsgate_deflate_compressions",
+                "Messages compressed (replies, and each fan-out frame once for all its subscribers)",
+                Counter,
+                |s| s.deflate_compressions,
+            ),
+            (
+                "wsgate_deflate_inflations",
+                "Compressed client messages inflated",
+                Counter,
+                |s| s.deflate_inflations,
             ),
             ("wsgate_pings_sent", "Heartbeat pings sent", Counter, |s| {
                 s.pings_sent

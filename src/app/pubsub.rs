@@ -12,7 +12,8 @@ use std::sync::Arc;
 use slab::Slab;
 
 use crate::app::commands::{self, Command, CommandError};
-use crate::protocol::frame::{encode_server_frame, write_server_frame};
+use crate::protocol::deflate::Replies;
+use crate::protocol::frame::encode_server_frame;
 use crate::protocol::{MessageKind, OpCode};
 use crate::pubsub::outbox::Outbox;
 use crate::pubsub::topics::LocalTopics;
@@ -71,8 +72,8 @@ impl Caller<'_> {
     }
 }
 
-fn reply(out: &mut Vec<u8>, text: &[u8]) {
-    write_server_frame(out, OpCode::Text, text);
+fn reply(out: &mut Replies<'_>, text: &[u8]) {
+    out.message(OpCode::Text, text);
 }
 
 /// Runs one message from a client. Returns the number of messages written
@@ -82,7 +83,7 @@ pub fn on_message(
     text: &[u8],
     caller: &mut Caller<'_>,
     cx: &mut PubSubCx<'_>,
-    out: &mut Vec<u8>,
+    out: &mut Replies<'_>,
 ) {
     if kind == MessageKind::Binary {
         reply(out, &commands::error_text(&CommandError::Binary));
@@ -213,7 +214,7 @@ pub fn broadcast_result_frame(pending: &PendingResult) -> Arc<[u8]> {
 
 /// `{"type":"refresh","token":T}`: a fresh token extends the connection past
 /// its current token's expiry (and may change its topic permissions).
-fn refresh(token: &str, caller: &mut Caller<'_>, cx: &PubSubCx<'_>, out: &mut Vec<u8>) {
+fn refresh(token: &str, caller: &mut Caller<'_>, cx: &PubSubCx<'_>, out: &mut Replies<'_>) {
     let Some(auth) = &cx.security.auth else {
         let e = CommandError::Unauthorized("authentication is not enabled".into());
         return reply(out, &commands::error_text(&e));

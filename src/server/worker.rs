@@ -20,6 +20,7 @@ use crate::app::pubsub::{
     broadcast_result_frame, deliver_to_topic, LocalBroadcast, PendingResult, PubSubCx, PubSubLimits,
 };
 use crate::config::Config;
+use crate::protocol::deflate::Deflater;
 use crate::protocol::handshake::HandshakeConfig;
 use crate::protocol::message::PartialPool;
 use crate::protocol::{CloseCode, ReceiverLimits};
@@ -95,6 +96,9 @@ pub(crate) struct Worker {
     scratch: Box<[u8]>,
     out: Vec<u8>,
     pool: PartialPool,
+    /// Compressor for replies and fan-out (permessage-deflate), reset per
+    /// message: connections own none.
+    deflater: Deflater,
     limits: ReceiverLimits,
     handshake: HandshakeConfig,
     config: Arc<Config>,
@@ -229,6 +233,7 @@ impl Worker {
             scratch: vec![0u8; SCRATCH_BYTES].into_boxed_slice(),
             out: Vec::with_capacity(FLUSH_AT),
             pool: PartialPool::default(),
+            deflater: Deflater::default(),
             limits,
             handshake,
             config,
@@ -323,6 +328,11 @@ impl Worker {
             self.flush_outbox();
             self.expire(now);
             self.stats.timers.set(self.wheel.len() as u64);
+            // The codecs count for themselves; published once per turn.
+            self.stats
+                .deflate_compressions
+                .set(self.deflater.compressions());
+            self.stats.deflate_inflations.set(self.pool.inflations());
             if now >= self.trouble.next {
                 self.report_trouble(now);
             }
@@ -635,6 +645,8 @@ impl Worker {
                     let mut cx = Ctx {
                         out: &mut self.out,
                         pool: &mut self.pool,
+                        deflater: &mut self.deflater,
+                        deflate_min_size: self.config.deflate_min_size,
                         limits: &self.limits,
                         handshake: &self.handshake,
                         stats: &self.stats,

@@ -42,6 +42,8 @@ pub struct Deflater {
     /// Index `bits - 9`: windows 9..=15 (zlib cannot make 8-bit raw windows).
     by_window: [Option<Box<Compress>>; 7],
     buf: Vec<u8>,
+    /// Messages run through the compressor (for metrics).
+    compressions: u64,
 }
 
 impl Default for Deflater {
@@ -64,7 +66,13 @@ impl Deflater {
             level: Compression::new(level.min(9)),
             by_window: Default::default(),
             buf: Vec::new(),
+            compressions: 0,
         }
+    }
+
+    /// How many messages this deflater has compressed.
+    pub fn compressions(&self) -> u64 {
+        self.compressions
     }
 
     /// Compresses one message payload for a peer whose messages may use a
@@ -76,6 +84,7 @@ impl Deflater {
         if !(9..=15).contains(&window_bits) {
             return None;
         }
+        self.compressions += 1;
         let level = self.level;
         let z = self.by_window[(window_bits - 9) as usize].get_or_insert_with(|| {
             Box::new(Compress::new_with_window_bits(level, false, window_bits))
