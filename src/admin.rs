@@ -23,8 +23,7 @@ use tiny_http::{Header, Method, Request, Response, Server};
 use crate::app::commands;
 use crate::config::Config;
 use crate::metrics::{self, MetricsSource};
-use crate::protocol::frame::encode_server_frame;
-use crate::protocol::OpCode;
+use crate::pubsub::OutFrame;
 use crate::pubsub::{Hub, Notify, Ticket};
 
 const HANDLER_THREADS: usize = 2;
@@ -230,7 +229,7 @@ fn publish(shared: &Shared, topic: Option<&str>, payload: &[u8]) -> Response<io:
     if targets.is_empty() {
         return json_response(200, r#"{"delivered":0}"#.into());
     }
-    let frame: Arc<[u8]> = encode_server_frame(OpCode::Text, &text).into();
+    let frame = OutFrame::text(&text);
     let (tx, rx) = crossbeam_channel::bounded(1);
     let ticket = Arc::new(Ticket::new(targets.len(), Notify::Channel(tx)));
     let topic: Option<Arc<str>> = topic.map(Arc::from);

@@ -13,11 +13,10 @@ use slab::Slab;
 
 use crate::app::commands::{self, Command, CommandError};
 use crate::protocol::deflate::Replies;
-use crate::protocol::frame::encode_server_frame;
 use crate::protocol::{MessageKind, OpCode};
 use crate::pubsub::outbox::Outbox;
 use crate::pubsub::topics::LocalTopics;
-use crate::pubsub::{Hub, Notify, Ticket};
+use crate::pubsub::{Hub, Notify, OutFrame, Ticket};
 use crate::security::{Grant, Security};
 
 /// Limits of the client protocol.
@@ -141,8 +140,7 @@ pub fn on_message(
         }
         Command::Publish { topic, payload } => {
             cx.hub.published(Some(&topic), payload);
-            let frame: Arc<[u8]> =
-                encode_server_frame(OpCode::Text, &commands::message_text(&topic, payload)).into();
+            let frame = OutFrame::text(&commands::message_text(&topic, payload));
             let targets = cx.hub.directory.workers_for(&topic);
             if targets.len() > usize::from(targets.contains(cx.worker)) {
                 let name: Arc<str> = Arc::from(topic.as_ref());
@@ -155,8 +153,7 @@ pub fn on_message(
         }
         Command::Broadcast { payload } => {
             cx.hub.published(None, payload);
-            let frame: Arc<[u8]> =
-                encode_server_frame(OpCode::Text, &commands::broadcast_text(payload)).into();
+            let frame = OutFrame::text(&commands::broadcast_text(payload));
             let all = cx.hub.all_workers();
             let entry = cx.pending.vacant_entry();
             let ticket = Arc::new(Ticket::new(
@@ -188,7 +185,7 @@ pub fn deliver_to_topic(
     topics: &LocalTopics,
     outbox: &mut Outbox,
     id: u32,
-    frame: Arc<[u8]>,
+    frame: Arc<OutFrame>,
 ) -> u64 {
     let Some(topic) = topics.get(id) else {
         return 0;
@@ -204,12 +201,11 @@ pub fn deliver_to_topic(
 }
 
 /// The `broadcastResult` frame for a finished broadcast.
-pub fn broadcast_result_frame(pending: &PendingResult) -> Arc<[u8]> {
-    encode_server_frame(
-        OpCode::Text,
-        &commands::broadcast_result_text(&pending.payload, pending.ticket.delivered()),
-    )
-    .into()
+pub fn broadcast_result_frame(pending: &PendingResult) -> Arc<OutFrame> {
+    OutFrame::text(&commands::broadcast_result_text(
+        &pending.payload,
+        pending.ticket.delivered(),
+    ))
 }
 
 /// `{"type":"refresh","token":T}`: a fresh token extends the connection past

@@ -21,9 +21,8 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::wire::{self, Target};
 use crate::app::commands;
-use crate::protocol::frame::encode_server_frame;
-use crate::protocol::OpCode;
 use crate::pubsub::Hub;
+use crate::pubsub::OutFrame;
 
 /// Publishes waiting for the publisher thread; past this they are dropped.
 const OUTBOUND_DEPTH: usize = 65_536;
@@ -415,7 +414,7 @@ impl Subscriber {
         if targets.is_empty() {
             return;
         }
-        let frame: Arc<[u8]> = encode_server_frame(OpCode::Text, &text).into();
+        let frame = OutFrame::text(&text);
         hub.dispatch(
             targets,
             None,

@@ -16,6 +16,7 @@ use crossbeam_utils::CachePadded;
 use mio::Waker;
 
 use super::directory::{TopicDirectory, WorkerSet};
+use super::frame::OutFrame;
 use super::ticket::{Notify, Ticket};
 use crate::cluster::ClusterLink;
 
@@ -40,7 +41,7 @@ pub enum WorkerMsg {
 #[derive(Debug)]
 pub struct Delivery {
     pub topic: Option<Arc<str>>,
-    pub frame: Arc<[u8]>,
+    pub frame: Arc<OutFrame>,
     pub ticket: Option<Arc<Ticket>>,
 }
 
@@ -177,7 +178,7 @@ impl Hub {
         targets: WorkerSet,
         skip: Option<usize>,
         topic: Option<&Arc<str>>,
-        frame: &Arc<[u8]>,
+        frame: &Arc<OutFrame>,
         ticket: Option<&Arc<Ticket>>,
         wait: Option<Duration>,
     ) {

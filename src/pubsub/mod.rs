@@ -6,16 +6,20 @@
 //! - [`topics`]: one worker's own topic → subscriber table (not shared).
 //! - [`hub`]: the per-worker inboxes and wakers; how deliveries travel.
 //! - [`ticket`]: counting deliveries across workers (`listenCount`, HTTP replies).
+//! - [`frame`]: a publish's frame, shared by all subscribers, compressed
+//!   at most once (permessage-deflate).
 //! - [`outbox`]: one worker's per-iteration batch of frames per connection,
 //!   so each connection gets one write per loop iteration.
 //!
 //! Nothing here touches sockets; the worker does the writing.
 
 pub mod directory;
+pub mod frame;
 pub mod hub;
 pub mod outbox;
 pub mod ticket;
 pub mod topics;
 
+pub use frame::OutFrame;
 pub use hub::{Delivery, Hub, WorkerMsg};
 pub use ticket::{Notify, Ticket};

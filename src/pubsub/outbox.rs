@@ -8,11 +8,13 @@
 
 use std::sync::Arc;
 
+use super::frame::OutFrame;
+
 const NONE: u32 = u32::MAX;
 
 #[derive(Debug, Default)]
 pub struct Outbox {
-    frames: Vec<Arc<[u8]>>,
+    frames: Vec<Arc<OutFrame>>,
     /// (frame index, next link)
     links: Vec<(u32, u32)>,
     /// Per connection key: (first link, last link).
@@ -22,7 +24,7 @@ pub struct Outbox {
 
 impl Outbox {
     /// Adds a frame to this iteration's batch; returns its index.
-    pub fn add_frame(&mut self, frame: Arc<[u8]>) -> u32 {
+    pub fn add_frame(&mut self, frame: Arc<OutFrame>) -> u32 {
         self.frames.push(frame);
         (self.frames.len() - 1) as u32
     }
@@ -81,7 +83,7 @@ pub struct FramesFor<'a> {
 }
 
 impl<'a> Iterator for FramesFor<'a> {
-    type Item = &'a Arc<[u8]>;
+    type Item = &'a Arc<OutFrame>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.link == NONE {
@@ -100,13 +102,13 @@ mod tests {
     #[test]
     fn groups_frames_per_connection_in_order() {
         let mut o = Outbox::default();
-        let a = o.add_frame(Arc::from(&b"a"[..]));
-        let b = o.add_frame(Arc::from(&b"b"[..]));
+        let a = o.add_frame(OutFrame::text(b"a"));
+        let b = o.add_frame(OutFrame::text(b"b"));
         o.push(5, a);
         o.push(2, a);
         o.push(5, b);
         assert_eq!(o.dirty(), &[5, 2]);
-        let got: Vec<&[u8]> = o.frames_for(5).map(|f| &f[..]).collect();
+        let got: Vec<&[u8]> = o.frames_for(5).map(|f| &f.plain()[2..]).collect();
         assert_eq!(got, vec![&b"a"[..], &b"b"[..]]);
         assert_eq!(o.frames_for(2).count(), 1);
         assert_eq!(o.frames_for(7).count(), 0);

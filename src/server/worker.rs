@@ -24,7 +24,8 @@ use crate::protocol::deflate::Deflater;
 use crate::protocol::handshake::HandshakeConfig;
 use crate::protocol::message::PartialPool;
 use crate::protocol::{CloseCode, ReceiverLimits};
-use crate::pubsub::outbox::{FramesFor, Outbox};
+use crate::pubsub::frame::SHARED_WINDOW_BITS;
+use crate::pubsub::outbox::Outbox;
 use crate::pubsub::topics::LocalTopics;
 use crate::pubsub::{Delivery, Hub, Notify, WorkerMsg};
 
@@ -1094,7 +1095,19 @@ impl Worker {
             if conn.phase != Phase::Open {
                 continue;
             }
-            let frames = self.outbox.frames_for(key);
+            let deflate = wants_shared_deflate(conn);
+            if deflate {
+                // Compress once per publish: the first deflate subscriber
+                // anywhere builds the shared compressed frame.
+                let min = self.config.deflate_min_size;
+                for f in self.outbox.frames_for(key) {
+                    f.prepare_deflated(&mut self.deflater, min);
+                }
+            }
+            let frames = self
+                .outbox
+                .frames_for(key)
+                .map(move |f| f.for_peer(deflate));
             let count = frames.clone().count() as u64;
             self.stats.messages_out.add(count);
             self.stats.deliveries.add(count);
@@ -1202,7 +1215,10 @@ fn write_out(conn: &mut Conn, out: &[u8]) -> io::Result<usize> {
 /// Writes fan-out frames after anything already queued: straight to the
 /// socket with one `writev` when nothing is queued, queueing (by reference)
 /// whatever the socket refuses. Returns the bytes written.
-fn write_frames(conn: &mut Conn, frames: FramesFor<'_>) -> io::Result<usize> {
+fn write_frames<'a>(
+    conn: &mut Conn,
+    frames: impl Iterator<Item = &'a Arc<[u8]>> + Clone,
+) -> io::Result<usize> {
     let mut written = 0;
     let mut rest = frames.clone();
     if conn.wq.is_none() {
@@ -1261,6 +1277,14 @@ fn write_frames(conn: &mut Conn, frames: FramesFor<'_>) -> io::Result<usize> {
         conn.wq = None;
     }
     Ok(written + more)
+}
+
+/// Whether `conn` takes the shared compressed variant of fan-out frames
+/// (permessage-deflate with the full window the shared variant uses).
+fn wants_shared_deflate(conn: &Conn) -> bool {
+    conn.rx
+        .deflate()
+        .is_some_and(|a| a.server_max_window_bits >= SHARED_WINDOW_BITS)
 }
 
 /// Moves the worker's queued-bytes gauge by one connection's change.
