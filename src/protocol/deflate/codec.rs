@@ -97,7 +97,7 @@ impl Deflater {
         // Worth sending only if smaller than the payload; stop once the
         // output (with its tail) grows past that.
         let worth = payload.len() + TAIL.len();
-        self.buf.reserve(worth.min(KEEP_CAPACITY).max(64));
+        self.buf.reserve(worth.clamp(64, KEEP_CAPACITY));
         let mut pos = 0;
         loop {
             if self.buf.len() == self.buf.capacity() {
