@@ -16,6 +16,7 @@ use base64::Engine as _;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
+use wsgate::protocol::deflate::Inflater;
 use wsgate::protocol::frame::{write_client_frame, FrameHeader, OpCode, Role};
 use wsgate::protocol::handshake::accept_key;
 
@@ -106,6 +107,8 @@ pub struct Target {
     pub addr: SocketAddr,
     pub host: String,
     pub path: String,
+    /// Offer permessage-deflate and inflate compressed (RSV1) messages.
+    pub deflate: bool,
 }
 
 pub struct Engine {
@@ -121,6 +124,13 @@ pub struct Engine {
     pub connecting: usize,
     pub open: usize,
     pub failures: HashMap<&'static str, u64>,
+    /// Bytes read from every socket: what the server put on the wire.
+    pub bytes_in: u64,
+    /// Messages that arrived compressed.
+    pub compressed_in: u64,
+    /// One decompressor for all connections (the server negotiates no
+    /// context takeover, so each message inflates on its own).
+    inflater: Option<Box<Inflater>>,
 }
 
 impl Engine {
@@ -138,6 +148,9 @@ impl Engine {
             connecting: 0,
             open: 0,
             failures: HashMap::new(),
+            bytes_in: 0,
+            compressed_in: 0,
+            inflater: None,
         })
     }
 
@@ -355,8 +368,13 @@ impl Engine {
                 return; // not connected yet
             }
             c.state = State::Handshaking;
+            let offer = if self.target.deflate {
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+            } else {
+                ""
+            };
             let req = format!(
-                "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n",
                 self.target.path,
                 self.target.host,
                 Self::ws_key(c.key_seed)
@@ -397,6 +415,7 @@ impl Engine {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.kill(key, Some(io_reason(&e)), None, out),
             };
+            self.bytes_in += n as u64;
             let mut buf = match c.rx.take() {
                 Some(mut b) => {
                     b.extend_from_slice(&self.scratch[..n]);
@@ -459,8 +478,9 @@ impl Engine {
             });
             pos = end + 4;
         }
+        let rsv = if self.target.deflate { 0x4 } else { 0 };
         loop {
-            let Ok(Some((h, n))) = FrameHeader::decode(&buf[pos..], Role::Client, 0) else {
+            let Ok(Some((h, n))) = FrameHeader::decode(&buf[pos..], Role::Client, rsv) else {
                 return pos;
             };
             let total = n + h.payload_len as usize;
@@ -470,6 +490,21 @@ impl Engine {
             let payload = &buf[pos + n..pos + total];
             pos += total;
             match h.opcode {
+                OpCode::Text | OpCode::Binary if h.rsv & 0x4 != 0 => {
+                    self.compressed_in += 1;
+                    let inflater = self.inflater.get_or_insert_with(Default::default);
+                    match inflater.inflate(payload, 64 << 20) {
+                        Ok(text) => out.push(Ev::Text {
+                            key,
+                            kind: classify(text),
+                            seq: find_seq(text),
+                        }),
+                        Err(_) => {
+                            self.kill(key, Some("bad compressed message"), None, out);
+                            return buf.len();
+                        }
+                    }
+                }
                 OpCode::Text | OpCode::Binary => out.push(Ev::Text {
                     key,
                     kind: classify(payload),

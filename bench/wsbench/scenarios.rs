@@ -568,6 +568,7 @@ fn connect_multi(a: ConnectArgs, procs: u64, cap: u64) -> Result<(), String> {
             .args(["--hold", &a.hold.to_string()])
             .args(["--timeout", &a.common.timeout.to_string()])
             .args(["--src-ips", &mine.join(",")])
+            .args(a.common.deflate.then_some("--deflate"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -826,6 +827,7 @@ pub fn broadcast(a: BroadcastArgs) -> Result<(), String> {
     let pad = "x".repeat(a.payload_bytes);
     let n = listeners.len() as u64;
     let before = Probe::take(&pids);
+    let (bytes0, compressed0) = (engine.bytes_in, engine.compressed_in);
     let mut sent_at: Vec<Option<Instant>> = vec![None; a.messages as usize];
     let mut got: Vec<u64> = vec![0; a.messages as usize];
     let mut last: Vec<Option<Instant>> = vec![None; a.messages as usize];
@@ -909,6 +911,8 @@ pub fn broadcast(a: BroadcastArgs) -> Result<(), String> {
     let deliveries: u64 = got.iter().sum();
     let server_cpu = after.cpu.saturating_sub(before.cpu).as_secs_f64();
     let client_cpu = after.self_cpu.saturating_sub(before.self_cpu).as_secs_f64();
+    let wire_bytes = engine.bytes_in - bytes0;
+    let compressed = engine.compressed_in - compressed0;
     engine.close_all();
     let result = Results::Broadcast(Broadcast {
         mode: a.mode,
@@ -929,6 +933,9 @@ pub fn broadcast(a: BroadcastArgs) -> Result<(), String> {
         server_cpu_us_per_delivery: per(server_cpu * 1e6, deliveries as f64),
         client_cpu_secs: client_cpu,
         client_cpu_us_per_delivery: per(client_cpu * 1e6, deliveries as f64),
+        deflate: a.common.deflate,
+        wire_bytes_per_delivery: per(wire_bytes as f64, deliveries as f64),
+        compressed_deliveries: compressed,
     });
     finish("wsbench broadcast", &a.common, result)
 }
