@@ -131,7 +131,17 @@ pub struct Engine {
     /// One decompressor for all connections (the server negotiates no
     /// context takeover, so each message inflates on its own).
     inflater: Option<Box<Inflater>>,
+    /// The last few compressed payloads and what they said: a fan-out
+    /// message arrives as the same bytes on every connection, and inflating
+    /// it 10,000 times would make the load generator, not the server, the
+    /// bottleneck. Equal bytes inflate to equal text. Several, because one
+    /// read may bring a connection several messages in flight.
+    seen_compressed: Vec<(Vec<u8>, MsgKind, Option<u64>)>,
+    seen_next: usize,
 }
+
+/// Compressed payloads remembered (see `Engine::seen_compressed`).
+const SEEN_COMPRESSED: usize = 16;
 
 impl Engine {
     pub fn new(target: Target, src_ips: Vec<IpAddr>) -> io::Result<Engine> {
@@ -151,6 +161,8 @@ impl Engine {
             bytes_in: 0,
             compressed_in: 0,
             inflater: None,
+            seen_compressed: Vec::new(),
+            seen_next: 0,
         })
     }
 
@@ -492,18 +504,31 @@ impl Engine {
             match h.opcode {
                 OpCode::Text | OpCode::Binary if h.rsv & 0x4 != 0 => {
                     self.compressed_in += 1;
-                    let inflater = self.inflater.get_or_insert_with(Default::default);
-                    match inflater.inflate(payload, 64 << 20) {
-                        Ok(text) => out.push(Ev::Text {
-                            key,
-                            kind: classify(text),
-                            seq: find_seq(text),
-                        }),
-                        Err(_) => {
-                            self.kill(key, Some("bad compressed message"), None, out);
-                            return buf.len();
+                    let seen = self
+                        .seen_compressed
+                        .iter()
+                        .find(|(p, ..)| p.as_slice() == payload)
+                        .map(|&(_, kind, seq)| (kind, seq));
+                    let (kind, seq) = match seen {
+                        Some(hit) => hit,
+                        None => {
+                            let inflater = self.inflater.get_or_insert_with(Default::default);
+                            let Ok(text) = inflater.inflate(payload, 64 << 20) else {
+                                self.kill(key, Some("bad compressed message"), None, out);
+                                return buf.len();
+                            };
+                            let entry = (payload.to_vec(), classify(text), find_seq(text));
+                            let got = (entry.1, entry.2);
+                            if self.seen_compressed.len() < SEEN_COMPRESSED {
+                                self.seen_compressed.push(entry);
+                            } else {
+                                self.seen_compressed[self.seen_next] = entry;
+                                self.seen_next = (self.seen_next + 1) % SEEN_COMPRESSED;
+                            }
+                            got
                         }
-                    }
+                    };
+                    out.push(Ev::Text { key, kind, seq });
                 }
                 OpCode::Text | OpCode::Binary => out.push(Ev::Text {
                     key,
