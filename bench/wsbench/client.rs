@@ -131,17 +131,17 @@ pub struct Engine {
     /// One decompressor for all connections (the server negotiates no
     /// context takeover, so each message inflates on its own).
     inflater: Option<Box<Inflater>>,
-    /// The last few compressed payloads and what they said: a fan-out
-    /// message arrives as the same bytes on every connection, and inflating
-    /// it 10,000 times would make the load generator, not the server, the
-    /// bottleneck. Equal bytes inflate to equal text. Several, because one
-    /// read may bring a connection several messages in flight.
-    seen_compressed: Vec<(Vec<u8>, MsgKind, Option<u64>)>,
-    seen_next: usize,
+    /// Recent compressed payloads and what they said: a fan-out message
+    /// arrives as the same bytes on every connection, and inflating it
+    /// 10,000 times would make the load generator, not the server, the
+    /// bottleneck. Equal bytes inflate to equal text. Many, because
+    /// connections may lag each other by many messages.
+    seen_compressed: HashMap<Vec<u8>, (MsgKind, Option<u64>)>,
 }
 
-/// Compressed payloads remembered (see `Engine::seen_compressed`).
-const SEEN_COMPRESSED: usize = 16;
+/// Compressed payloads remembered (see `Engine::seen_compressed`); the
+/// memory is forgotten whole when it is full.
+const SEEN_COMPRESSED: usize = 4096;
 
 impl Engine {
     pub fn new(target: Target, src_ips: Vec<IpAddr>) -> io::Result<Engine> {
@@ -161,8 +161,7 @@ impl Engine {
             bytes_in: 0,
             compressed_in: 0,
             inflater: None,
-            seen_compressed: Vec::new(),
-            seen_next: 0,
+            seen_compressed: HashMap::new(),
         })
     }
 
@@ -504,11 +503,7 @@ impl Engine {
             match h.opcode {
                 OpCode::Text | OpCode::Binary if h.rsv & 0x4 != 0 => {
                     self.compressed_in += 1;
-                    let seen = self
-                        .seen_compressed
-                        .iter()
-                        .find(|(p, ..)| p.as_slice() == payload)
-                        .map(|&(_, kind, seq)| (kind, seq));
+                    let seen = self.seen_compressed.get(payload).copied();
                     let (kind, seq) = match seen {
                         Some(hit) => hit,
                         None => {
@@ -517,14 +512,11 @@ impl Engine {
                                 self.kill(key, Some("bad compressed message"), None, out);
                                 return buf.len();
                             };
-                            let entry = (payload.to_vec(), classify(text), find_seq(text));
-                            let got = (entry.1, entry.2);
-                            if self.seen_compressed.len() < SEEN_COMPRESSED {
-                                self.seen_compressed.push(entry);
-                            } else {
-                                self.seen_compressed[self.seen_next] = entry;
-                                self.seen_next = (self.seen_next + 1) % SEEN_COMPRESSED;
+                            let got = (classify(text), find_seq(text));
+                            if self.seen_compressed.len() >= SEEN_COMPRESSED {
+                                self.seen_compressed.clear();
                             }
+                            self.seen_compressed.insert(payload.to_vec(), got);
                             got
                         }
                     };
