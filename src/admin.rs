@@ -1,49 +1,112 @@
-//! The admin HTTP listener: the publish API for backends and health checks.
+//! The admin HTTP listener: the publish API for backends, metrics and health
+//! checks, served by one thread with its own `mio` loop.
 //!
-//! Runs on its own threads, off the public port. It reaches the workers only
-//! through the hub (their inboxes), waiting with a timeout for room and for
-//! delivery counts; it never touches a connection.
+//! Owns the admin port's connections: accepting within a cap, reading each
+//! request within a deadline, waiting for publish counts without blocking
+//! anyone else, writing answers. It reaches the workers only through the hub
+//! and never touches a client connection. Routing lives in [`routes`], the
+//! HTTP wire rules in [`http`].
 //!
 //! - `POST /publish?topic=T` (body: JSON payload) → `{"delivered":N}`
 //! - `POST /broadcast` (body: JSON payload) → `{"delivered":N}`
 //! - `GET /metrics` → Prometheus text format
 //! - `GET /healthz` → 200 while the process runs, 503 once a worker died
 //! - `GET /readyz` → 200 while accepting, 503 while draining or a worker died
+//!
+//! Why one event loop rather than a thread per connection: a client that
+//! announces a body and never sends it, or simply holds connections open,
+//! must not take threads (or the health checks) with it. Every connection
+//! has a deadline, their number is capped (the oldest unfinished request
+//! makes room for a new one), and a publish waiting for delivery counts
+//! holds a channel, not a thread.
 
-use std::io::{self, Read};
+mod http;
+mod routes;
+
+use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use serde_json::value::RawValue;
-use tiny_http::{Header, Method, Request, Response, Server};
+use crossbeam_channel::{Receiver, TryRecvError};
+use mio::net::{TcpListener, TcpStream};
+use mio::{Events, Interest, Poll, Token, Waker};
+use slab::Slab;
 
-use crate::app::commands;
 use crate::config::Config;
-use crate::metrics::{self, MetricsSource};
-use crate::pubsub::OutFrame;
-use crate::pubsub::{Hub, Notify, Ticket};
+use crate::metrics::MetricsSource;
+use crate::pubsub::Hub;
+use http::{parse_head, Head, Response};
+use routes::Outcome;
 
-const HANDLER_THREADS: usize = 2;
-/// How long a publish waits for room in a worker's inbox.
-const SEND_WAIT: Duration = Duration::from_secs(1);
+/// Admin connections held at once; past it the oldest one still sending its
+/// request is closed to make room (health checks always get in).
+pub const MAX_CONNECTIONS: usize = 64;
+/// How long a client has to send its whole request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a publish waits for the workers' delivery counts.
 const COUNT_WAIT: Duration = Duration::from_secs(5);
+/// How long an answer may take to be read by the client.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// After answering, how long unread request bytes are drained before the
+/// socket closes (closing with unread bytes would reset the connection and
+/// could destroy the answer in flight).
+const LINGER: Duration = Duration::from_secs(1);
+/// How often waiting publishes are checked for their counts.
+const COUNT_POLL: Duration = Duration::from_millis(2);
 
-pub struct AdminServer {
-    server: Arc<Server>,
-    addr: SocketAddr,
-    draining: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+const LISTENER: Token = Token(usize::MAX);
+const WAKER: Token = Token(usize::MAX - 1);
+
+/// What the admin listener counts (exported with the other metrics).
+#[derive(Debug, Default)]
+pub struct AdminStats {
+    /// Admin connections closed to stay within [`MAX_CONNECTIONS`].
+    pub evicted: AtomicU64,
+    /// Admin requests that did not arrive within [`REQUEST_TIMEOUT`].
+    pub timeouts: AtomicU64,
+    /// Admin requests refused for a missing or wrong bearer token.
+    pub unauthorized: AtomicU64,
 }
 
-struct Shared {
+pub struct AdminServer {
+    addr: SocketAddr,
+    draining: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+    waker: Arc<Waker>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What request handling reads.
+pub(crate) struct Shared {
     hub: Arc<Hub>,
     metrics: MetricsSource,
     config: Arc<Config>,
     draining: Arc<AtomicBool>,
+    /// `--admin-token-file`'s token.
+    token: Option<String>,
+}
+
+enum State {
+    /// The request (head, then body) is arriving.
+    Reading { continue_sent: bool },
+    /// A publish waits for the workers' delivery count.
+    Counting(Receiver<u64>),
+    /// The answer is being written.
+    Writing { out: Vec<u8>, pos: usize },
+    /// Answered; the rest of the request is read and dropped until EOF.
+    Lingering,
+}
+
+struct Conn {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    head: Option<Head>,
+    state: State,
+    accepted: Instant,
+    deadline: Instant,
 }
 
 impl AdminServer {
@@ -62,41 +125,43 @@ impl AdminServer {
                 format!("admin listener {addr}: {e}"),
             )
         };
-        let listener = crate::server::listener::bind_reuseport(addr).map_err(|e| named(&e))?;
-        // tiny_http accepts with blocking calls on its own thread.
-        listener.set_nonblocking(false).map_err(|e| named(&e))?;
-        let server = Server::from_listener(listener, None).map_err(|e| named(&e))?;
-        let addr = server
-            .server_addr()
-            .to_ip()
-            .ok_or_else(|| io::Error::other("admin listener has no IP address"))?;
-        let server = Arc::new(server);
+        let token = match &config.admin_token_file {
+            Some(path) => Some(read_token(path)?),
+            None => None,
+        };
+        let std_listener = crate::server::listener::bind_reuseport(addr).map_err(|e| named(&e))?;
+        let addr = std_listener.local_addr()?;
+        let mut listener = TcpListener::from_std(std_listener);
+        let poll = Poll::new()?;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let draining = Arc::new(AtomicBool::new(false));
-        let shared = Arc::new(Shared {
+        let stop = Arc::new(AtomicBool::new(false));
+        let shared = Shared {
             hub,
             metrics,
             config,
             draining: draining.clone(),
-        });
-        let mut threads = Vec::new();
-        for i in 0..HANDLER_THREADS {
-            let server = server.clone();
-            let shared = shared.clone();
-            threads.push(
-                std::thread::Builder::new()
-                    .name(format!("wsgate-admin-{i}"))
-                    .spawn(move || {
-                        for req in server.incoming_requests() {
-                            handle(req, &shared);
-                        }
-                    })?,
-            );
-        }
+            token,
+        };
+        let mut admin = Loop {
+            poll,
+            listener,
+            conns: Slab::new(),
+            shared,
+            stop: stop.clone(),
+            buf: vec![0u8; 16 * 1024].into_boxed_slice(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("wsgate-admin".into())
+            .spawn(move || admin.run())?;
         Ok(AdminServer {
-            server,
             addr,
             draining,
-            threads,
+            stop,
+            waker,
+            thread: Some(thread),
         })
     }
 
@@ -109,140 +174,354 @@ impl AdminServer {
         self.draining.store(true, Ordering::Release);
     }
 
+    /// Stops the loop and waits for it: the listener is closed (and out of
+    /// the port's SO_REUSEPORT group) when this returns.
     pub fn stop(self) {
-        for _ in &self.threads {
-            self.server.unblock();
+        drop(self);
+    }
+}
+
+impl Drop for AdminServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Err(e) = self.waker.wake() {
+            tracing::warn!(error = %e, "waking the admin loop failed");
         }
-        for t in self.threads {
+        if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn json_response(status: u16, body: String) -> Response<io::Cursor<Vec<u8>>> {
-    let header = Header::from_bytes(&b"Content-Type"[..], &b"application/json"[..])
-        .unwrap_or_else(|()| unreachable_header());
-    Response::from_data(body.into_bytes())
-        .with_status_code(status)
-        .with_header(header)
+/// Reads the bearer token; an empty file is a mistake, not "no token".
+fn read_token(path: &std::path::Path) -> io::Result<String> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("--admin-token-file {}: {e}", path.display()),
+        )
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("--admin-token-file {} is empty", path.display()),
+        ));
+    }
+    Ok(token.to_string())
 }
 
-#[cold]
-fn unreachable_header() -> Header {
-    // Header::from_bytes only fails on non-ASCII input; ours is a constant.
-    Header::from_bytes(&b"X-Invalid"[..], &b"1"[..]).unwrap_or_else(|()| unreachable!())
+struct Loop {
+    poll: Poll,
+    listener: TcpListener,
+    conns: Slab<Conn>,
+    shared: Shared,
+    stop: Arc<AtomicBool>,
+    buf: Box<[u8]>,
 }
 
-fn error(status: u16, message: &str) -> Response<io::Cursor<Vec<u8>>> {
-    json_response(status, serde_json::json!({ "error": message }).to_string())
-}
-
-fn handle(mut req: Request, shared: &Shared) {
-    let url = req.url().to_string();
-    let (path, query) = url.split_once('?').unwrap_or((url.as_str(), ""));
-    let response = match (req.method(), path) {
-        (Method::Get, "/metrics") => {
-            let header = Header::from_bytes(
-                &b"Content-Type"[..],
-                &b"text/plain; version=0.0.4; charset=utf-8"[..],
-            )
-            .unwrap_or_else(|()| unreachable_header());
-            Response::from_data(metrics::render(&shared.metrics).into_bytes()).with_header(header)
+impl Loop {
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(256);
+        while !self.stop.load(Ordering::Acquire) {
+            let now = Instant::now();
+            if let Err(e) = self.poll.poll(&mut events, Some(self.timeout(now))) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(error = %e, "admin poll failed; the admin listener stops");
+                break;
+            }
+            for ev in events.iter() {
+                match ev.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {}
+                    Token(key) => self.on_event(key),
+                }
+            }
+            self.check_counts();
+            self.expire(Instant::now());
         }
-        (Method::Get, "/healthz") => {
-            if shared.metrics.workers_alive() {
-                json_response(200, r#"{"status":"ok"}"#.into())
-            } else {
-                json_response(503, r#"{"status":"worker down"}"#.into())
+        // Dropping the loop closes the listener and every connection.
+    }
+
+    fn timeout(&self, now: Instant) -> Duration {
+        let mut next = now + Duration::from_secs(1);
+        for (_, c) in &self.conns {
+            if matches!(c.state, State::Counting(_)) {
+                return COUNT_POLL;
+            }
+            next = next.min(c.deadline);
+        }
+        next.saturating_duration_since(now)
+    }
+
+    fn accept(&mut self) {
+        loop {
+            let (mut stream, _) = match self.listener.accept() {
+                Ok(s) => s,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(error = %e, "admin accept failed");
+                    return;
+                }
+            };
+            if self.conns.len() >= MAX_CONNECTIONS && !self.evict_oldest_reader() {
+                // Every slot is answering: this one waits for none.
+                self.shared
+                    .metrics
+                    .admin
+                    .evicted
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let entry = self.conns.vacant_entry();
+            let key = entry.key();
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                Token(key),
+                Interest::READABLE | Interest::WRITABLE,
+            ) {
+                tracing::debug!(error = %e, "admin register failed");
+                continue;
+            }
+            let now = Instant::now();
+            entry.insert(Conn {
+                stream,
+                buf: Vec::new(),
+                head: None,
+                state: State::Reading {
+                    continue_sent: false,
+                },
+                accepted: now,
+                deadline: now + REQUEST_TIMEOUT,
+            });
+        }
+    }
+
+    /// Closes the connection that has been sending its request longest.
+    fn evict_oldest_reader(&mut self) -> bool {
+        let oldest = self
+            .conns
+            .iter()
+            .filter(|(_, c)| matches!(c.state, State::Reading { .. } | State::Lingering))
+            .min_by_key(|(_, c)| c.accepted)
+            .map(|(k, _)| k);
+        match oldest {
+            Some(k) => {
+                self.conns.remove(k);
+                self.shared
+                    .metrics
+                    .admin
+                    .evicted
+                    .fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn on_event(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        match conn.state {
+            State::Reading { .. } | State::Lingering => self.read(key),
+            State::Writing { .. } => self.write(key),
+            State::Counting(_) => {}
+        }
+    }
+
+    /// Reads what arrived; answers once the request is complete.
+    fn read(&mut self, key: usize) {
+        let limit = self.shared.config.message_limit();
+        loop {
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            match conn.stream.read(&mut self.buf) {
+                Ok(0) => {
+                    // The peer is done sending: nothing more can complete
+                    // the request, and a lingering socket may close.
+                    self.conns.remove(key);
+                    return;
+                }
+                Ok(n) => {
+                    if matches!(conn.state, State::Lingering) {
+                        continue;
+                    }
+                    conn.buf.extend_from_slice(&self.buf[..n]);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.conns.remove(key);
+                    return;
+                }
+            }
+            if self.conns.get(key).is_some_and(|c| c.head.is_none()) {
+                if let Some(resp) = self.take_head(key, limit) {
+                    return self.answer(key, resp);
+                }
+            }
+            let Some(conn) = self.conns.get_mut(key) else {
+                return;
+            };
+            if let Some(head) = &conn.head {
+                let need = head.len as u64 + head.body_len;
+                if conn.buf.len() as u64 >= need {
+                    return self.complete(key);
+                }
             }
         }
-        (Method::Get, "/readyz") => {
-            if shared.draining.load(Ordering::Acquire) {
-                json_response(503, r#"{"status":"draining"}"#.into())
-            } else if !shared.metrics.workers_alive() {
-                json_response(503, r#"{"status":"worker down"}"#.into())
-            } else {
-                json_response(200, r#"{"status":"ready"}"#.into())
+    }
+
+    /// Parses the head once it is in; returns an answer if the request ends
+    /// there (refused, or not allowed).
+    fn take_head(&mut self, key: usize, limit: u64) -> Option<Response> {
+        let conn = self.conns.get_mut(key)?;
+        let head = match parse_head(&conn.buf) {
+            Ok(Some(h)) => h,
+            Ok(None) => return None,
+            Err(e) => return Some(Response::error(e.status(), &e.to_string())),
+        };
+        if !routes::authorized(&self.shared, &head) {
+            self.shared
+                .metrics
+                .admin
+                .unauthorized
+                .fetch_add(1, Ordering::Relaxed);
+            return Some(
+                Response::error(401, "missing or wrong bearer token")
+                    .with_header("WWW-Authenticate", "Bearer"),
+            );
+        }
+        if head.body_len > limit {
+            return Some(Response::error(413, &format!("body exceeds {limit} bytes")));
+        }
+        let waiting_for_body = (conn.buf.len() as u64) < head.len as u64 + head.body_len;
+        if head.expects_continue && waiting_for_body {
+            if let State::Reading { continue_sent } = &mut conn.state {
+                if !*continue_sent {
+                    *continue_sent = true;
+                    // 25 bytes into an empty socket buffer: it fits.
+                    let _ = conn.stream.write(http::CONTINUE);
+                }
             }
         }
-        (Method::Post, "/publish") => {
-            let topic = form_urlencoded::parse(query.as_bytes())
-                .find(|(k, _)| k == "topic")
-                .map(|(_, v)| v.into_owned());
-            match (topic, read_payload(&mut req, shared)) {
-                (_, Err(resp)) => resp,
-                (None, _) => error(400, "missing query parameter 'topic'"),
-                (Some(t), _) if t.is_empty() || t.len() > shared.config.max_topic_bytes => error(
-                    400,
-                    &format!("topic must be 1 to {} bytes", shared.config.max_topic_bytes),
+        conn.head = Some(head);
+        None
+    }
+
+    /// The whole request is in: route it.
+    fn complete(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let Some(head) = conn.head.take() else {
+            return;
+        };
+        let end = head.len + head.body_len as usize;
+        let body = conn.buf.get(head.len..end).unwrap_or(&[]);
+        match routes::route(&self.shared, &head, body) {
+            Outcome::Now(resp) => self.answer(key, resp),
+            Outcome::Counting(rx) => {
+                conn.buf = Vec::new();
+                conn.state = State::Counting(rx);
+                conn.deadline = Instant::now() + COUNT_WAIT;
+            }
+        }
+    }
+
+    fn answer(&mut self, key: usize, resp: Response) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.buf = Vec::new();
+        conn.state = State::Writing {
+            out: resp.encode(),
+            pos: 0,
+        };
+        conn.deadline = Instant::now() + WRITE_TIMEOUT;
+        self.write(key);
+    }
+
+    fn write(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let State::Writing { out, pos } = &mut conn.state else {
+            return;
+        };
+        while *pos < out.len() {
+            match conn.stream.write(&out[*pos..]) {
+                Ok(0) => break,
+                Ok(n) => *pos += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    self.conns.remove(key);
+                    return;
+                }
+            }
+        }
+        // All out: FIN, then drop whatever else the client sends until its
+        // EOF (or the linger time).
+        let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+        conn.state = State::Lingering;
+        conn.deadline = Instant::now() + LINGER;
+        self.read(key);
+    }
+
+    /// Answers publishes whose counts have arrived.
+    fn check_counts(&mut self) {
+        let mut done = Vec::new();
+        for (key, c) in &self.conns {
+            if let State::Counting(rx) = &c.state {
+                match rx.try_recv() {
+                    Ok(n) => done.push((key, routes::delivered(n))),
+                    Err(TryRecvError::Empty) => {}
+                    Err(TryRecvError::Disconnected) => done.push((
+                        key,
+                        Response::error(504, "workers did not confirm delivery in time"),
+                    )),
+                }
+            }
+        }
+        for (key, resp) in done {
+            self.answer(key, resp);
+        }
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let due: Vec<usize> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(k, _)| k)
+            .collect();
+        for key in due {
+            let Some(conn) = self.conns.get(key) else {
+                continue;
+            };
+            match conn.state {
+                State::Reading { .. } => {
+                    self.shared
+                        .metrics
+                        .admin
+                        .timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.answer(key, Response::error(408, "request not received in time"));
+                }
+                State::Counting(_) => self.answer(
+                    key,
+                    Response::error(504, "workers did not confirm delivery in time"),
                 ),
-                (Some(topic), Ok(payload)) => publish(shared, Some(&topic), &payload),
+                State::Writing { .. } | State::Lingering => {
+                    self.conns.remove(key);
+                }
             }
         }
-        (Method::Post, "/broadcast") => match read_payload(&mut req, shared) {
-            Ok(payload) => publish(shared, None, &payload),
-            Err(resp) => resp,
-        },
-        (_, "/publish" | "/broadcast") => error(405, "use POST"),
-        (_, "/healthz" | "/readyz" | "/metrics") => error(405, "use GET"),
-        _ => error(
-            404,
-            "unknown path (try /publish, /broadcast, /healthz, /readyz)",
-        ),
-    };
-    if let Err(e) = req.respond(response) {
-        tracing::debug!(error = %e, "admin response not delivered");
-    }
-}
-
-/// Reads the body and checks that it is one JSON value. Returns its text.
-fn read_payload(
-    req: &mut Request,
-    shared: &Shared,
-) -> Result<Vec<u8>, Response<io::Cursor<Vec<u8>>>> {
-    let limit = shared.config.max_message_size;
-    let mut body = Vec::new();
-    req.as_reader()
-        .take(limit + 1)
-        .read_to_end(&mut body)
-        .map_err(|e| error(400, &format!("cannot read body: {e}")))?;
-    if body.len() as u64 > limit {
-        return Err(error(413, &format!("body exceeds {limit} bytes")));
-    }
-    let raw: &RawValue = serde_json::from_slice(&body)
-        .map_err(|e| error(400, &format!("body is not a JSON value: {e}")))?;
-    Ok(raw.get().as_bytes().to_vec())
-}
-
-/// Encodes the frame once and hands it to every worker that needs it, then
-/// waits for their delivery counts.
-fn publish(shared: &Shared, topic: Option<&str>, payload: &[u8]) -> Response<io::Cursor<Vec<u8>>> {
-    let hub = &shared.hub;
-    hub.published(topic, payload);
-    let (text, targets) = match topic {
-        Some(t) => (
-            commands::message_text(t, payload),
-            hub.directory.workers_for(t),
-        ),
-        None => (commands::broadcast_text(payload), hub.all_workers()),
-    };
-    if targets.is_empty() {
-        return json_response(200, r#"{"delivered":0}"#.into());
-    }
-    let frame = OutFrame::text(&text);
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let ticket = Arc::new(Ticket::new(targets.len(), Notify::Channel(tx)));
-    let topic: Option<Arc<str>> = topic.map(Arc::from);
-    hub.dispatch(
-        targets,
-        None,
-        topic.as_ref(),
-        &frame,
-        Some(&ticket),
-        Some(SEND_WAIT),
-    );
-    match rx.recv_timeout(COUNT_WAIT) {
-        Ok(n) => json_response(200, format!(r#"{{"delivered":{n}}}"#)),
-        Err(_) => error(504, "workers did not confirm delivery in time"),
     }
 }

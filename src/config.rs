@@ -41,6 +41,18 @@ pub enum AppKind {
     Echo,
 }
 
+/// Which clients may send `{"type":"broadcast"}` (reaching every connection).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ClientBroadcast {
+    /// Any client; with authentication on, a token limited by a `topics`
+    /// claim also needs `"broadcast": true`.
+    On,
+    /// Only connections whose token carries `"broadcast": true`.
+    Token,
+    /// No client: broadcasts come only from the admin API.
+    Off,
+}
+
 /// wsgate: a WebSocket server for a million connections per box.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "wsgate", version, about, long_about = None)]
@@ -127,8 +139,42 @@ pub struct Config {
     pub max_topic_bytes: usize,
 
     /// Most topics one connection may subscribe to.
-    #[arg(long, env = "WSGATE_MAX_SUBSCRIPTIONS", default_value_t = 1000)]
+    #[arg(long, env = "WSGATE_MAX_SUBSCRIPTIONS", default_value_t = 100)]
     pub max_subscriptions: usize,
+
+    /// Most subscriptions (connection × topic) in the whole process; past it,
+    /// subscribe answers error 429.
+    #[arg(
+        long,
+        env = "WSGATE_MAX_TOTAL_SUBSCRIPTIONS",
+        default_value_t = 10_000_000
+    )]
+    pub max_total_subscriptions: u64,
+
+    /// Most topic entries in the whole process (a topic counts once per
+    /// worker that has subscribers to it); past it, subscribing to a new
+    /// topic answers error 429.
+    #[arg(long, env = "WSGATE_MAX_TOPICS", default_value_t = 1_000_000)]
+    pub max_topics: u64,
+
+    /// Which clients may broadcast to every connection.
+    #[arg(
+        long,
+        env = "WSGATE_CLIENT_BROADCAST",
+        value_enum,
+        default_value = "on"
+    )]
+    pub client_broadcast: ClientBroadcast,
+
+    /// Broadcasts per second one connection may send, with bursts of twice
+    /// that; over it, the broadcast is refused with error 429 (0 = no limit).
+    #[arg(long, env = "WSGATE_MAX_BROADCASTS_PER_SEC", default_value_t = 10)]
+    pub max_broadcasts_per_sec: u32,
+
+    /// Shortest time between two token refreshes one connection may ask for;
+    /// earlier ones are refused (error 429) without checking the token.
+    #[arg(long, env = "WSGATE_MIN_REFRESH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub min_refresh_interval: Duration,
 
     /// Deliveries (whole publishes) queued for one worker before further ones
     /// are dropped and counted. The queue is allocated up front (~50 bytes a
@@ -137,9 +183,15 @@ pub struct Config {
           value_parser = clap::value_parser!(u32).range(16..))]
     pub inbox_depth: u32,
 
-    /// Largest message (and frame) accepted, in bytes; larger ones close with 1009.
-    #[arg(long, env = "WSGATE_MAX_MESSAGE_SIZE", default_value_t = 16 << 20)]
-    pub max_message_size: u64,
+    /// Largest message (and frame) accepted, in bytes; larger ones close
+    /// with 1009 [default: 65536 for pubsub, 16777216 for echo].
+    #[arg(long, env = "WSGATE_MAX_MESSAGE_SIZE")]
+    pub max_message_size: Option<u64>,
+
+    /// Bytes of partly received messages the whole process may hold; a
+    /// connection whose message would pass it is closed with 1009.
+    #[arg(long, env = "WSGATE_MAX_REASSEMBLY_BYTES", default_value_t = 256 << 20)]
+    pub max_reassembly_bytes: u64,
 
     /// Accept permessage-deflate (RFC 7692) from clients that offer it. Off by
     /// default: compressed replies and inflating client messages cost CPU per
@@ -216,6 +268,11 @@ pub struct Config {
     #[arg(long, env = "WSGATE_MAX_REQUEST_HEAD", default_value_t = 8 * 1024)]
     pub max_request_head: usize,
 
+    /// File holding a bearer token the admin API requires (`Authorization:
+    /// Bearer …`) on every path except /healthz and /readyz.
+    #[arg(long, env = "WSGATE_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
     /// Log filter (error, warn, info, debug, trace, or a RUST_LOG-style directive).
     #[arg(long, env = "WSGATE_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,
@@ -263,6 +320,16 @@ impl Config {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 
+    /// The largest message accepted: the setting, or the app's default
+    /// (a chat-sized 64 KiB for pub/sub; 16 MiB for echo, which the
+    /// conformance suite needs).
+    pub fn message_limit(&self) -> u64 {
+        self.max_message_size.unwrap_or(match self.app {
+            AppKind::PubSub => DEFAULT_PUBSUB_MESSAGE,
+            AppKind::Echo => DEFAULT_ECHO_MESSAGE,
+        })
+    }
+
     /// Settings for tests and embedding: loopback, OS-chosen ports.
     pub fn for_tests() -> Config {
         Config::from_args([
@@ -275,6 +342,11 @@ impl Config {
         .unwrap_or_else(|e| panic!("default test config must parse: {e}"))
     }
 }
+
+/// `--max-message-size` default of the pub/sub app.
+pub const DEFAULT_PUBSUB_MESSAGE: u64 = 64 << 10;
+/// `--max-message-size` default of the echo app.
+pub const DEFAULT_ECHO_MESSAGE: u64 = 16 << 20;
 
 /// Why the configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -733,7 +805,9 @@ mod tests {
         let c = Config::from_args(["wsgate"]).unwrap();
         assert_eq!(c.listen.to_string(), "0.0.0.0:8080");
         assert_eq!(c.path, "/ws");
-        assert_eq!(c.max_message_size, 16 << 20);
+        assert_eq!(c.message_limit(), 64 << 10);
+        let echo = Config::from_args(["wsgate", "--app", "echo"]).unwrap();
+        assert_eq!(echo.message_limit(), 16 << 20);
         assert_eq!(c.handshake_timeout, Duration::from_secs(10));
         assert!(c.worker_count() >= 1);
         assert_eq!(c.app, AppKind::PubSub);

@@ -1,6 +1,8 @@
 //! The `wsgate` binary: parse the command line, start the workers, wait for
 //! SIGTERM/SIGINT, drain, exit 0. A second signal exits at once.
 
+#![forbid(unsafe_code)]
+
 use std::io::IsTerminal;
 use std::process::ExitCode;
 

@@ -15,6 +15,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::admin::AdminStats;
+use crate::protocol::message::ReassemblyBudget;
 use crate::pubsub::Hub;
 use crate::server::{Admission, StatsSnapshot, WorkerStats};
 
@@ -24,6 +26,8 @@ pub struct MetricsSource {
     pub workers: Vec<Arc<WorkerStats>>,
     pub hub: Arc<Hub>,
     pub admission: Arc<Admission>,
+    pub reassembly: Arc<ReassemblyBudget>,
+    pub admin: Arc<AdminStats>,
 }
 
 impl MetricsSource {
@@ -110,7 +114,49 @@ impl Collector for MetricsSource {
         use MetricType::{Counter, Gauge};
         let snaps: Vec<StatsSnapshot> = self.workers.iter().map(|w| w.snapshot()).collect();
         let s = &snaps;
-        let simple: [(&str, &str, MetricType, Field); 16] = [
+        let simple: [(&str, &str, MetricType, Field); 23] = [
+            (
+                "wsgate_reassembly_refused",
+                "Connections closed (1009) because --max-reassembly-bytes was spent",
+                Counter,
+                |s| s.reassembly_refused,
+            ),
+            (
+                "wsgate_broadcasts_refused",
+                "Client broadcasts refused (not allowed, or over --max-broadcasts-per-sec)",
+                Counter,
+                |s| s.broadcasts_refused,
+            ),
+            (
+                "wsgate_refresh_checks",
+                "Token refreshes whose signature was checked",
+                Counter,
+                |s| s.refresh_checks,
+            ),
+            (
+                "wsgate_refreshes_refused",
+                "Token refreshes refused unchecked (too frequent, or a token already refused)",
+                Counter,
+                |s| s.refreshes_refused,
+            ),
+            (
+                "wsgate_subscribes_refused",
+                "Subscribes refused by a topic budget",
+                Counter,
+                |s| s.subscribes_refused,
+            ),
+            (
+                "wsgate_subscriptions_revoked",
+                "Subscriptions removed because a refreshed token no longer allows them",
+                Counter,
+                |s| s.subscriptions_revoked,
+            ),
+            (
+                "wsgate_outbox_early_flushes",
+                "Fan-out batches written within a loop turn because they grew past their bound",
+                Counter,
+                |s| s.outbox_early_flushes,
+            ),
             (
                 "wsgate_authenticated_upgrades",
                 "Upgrades that presented a valid token",
@@ -272,7 +318,50 @@ impl Collector for MetricsSource {
             &inbox,
         )?;
         let relaxed = std::sync::atomic::Ordering::Relaxed;
-        let globals: [(&str, &str, MetricType, u64); 6] = [
+        let budget = &self.hub.topic_budget;
+        let globals: [(&str, &str, MetricType, u64); 13] = [
+            (
+                "wsgate_admin_evicted",
+                "Admin connections closed to stay within the admin connection cap",
+                Counter,
+                self.admin.evicted.load(relaxed),
+            ),
+            (
+                "wsgate_admin_timeouts",
+                "Admin requests not received within the admin request timeout",
+                Counter,
+                self.admin.timeouts.load(relaxed),
+            ),
+            (
+                "wsgate_admin_unauthorized",
+                "Admin requests refused for a missing or wrong bearer token",
+                Counter,
+                self.admin.unauthorized.load(relaxed),
+            ),
+            (
+                "wsgate_reassembly_bytes",
+                "Bytes of partly received messages held (budget: --max-reassembly-bytes)",
+                Gauge,
+                self.reassembly.held(),
+            ),
+            (
+                "wsgate_subscriptions",
+                "Subscriptions held (budget: --max-total-subscriptions)",
+                Gauge,
+                budget.subscriptions.used(),
+            ),
+            (
+                "wsgate_topic_entries",
+                "Topic entries held, one per topic and worker (budget: --max-topics)",
+                Gauge,
+                budget.topics.used(),
+            ),
+            (
+                "wsgate_topic_budget_refused",
+                "Subscribes refused because a process-wide topic budget was spent",
+                Counter,
+                budget.subscriptions.refused() + budget.topics.refused(),
+            ),
             (
                 "wsgate_connections_admitted",
                 "Upgraded connections counted against --max-connections",

@@ -274,13 +274,7 @@ fn a_request_head_sent_a_byte_per_segment_is_accepted() {
 fn client_text_in_the_log_is_escaped() {
     use base64::Engine as _;
     let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            "off",
-        ])
+    let mut child = wsgate_command(port)
         .args([
             "--jwt-secret",
             "s3cret",

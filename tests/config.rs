@@ -232,16 +232,10 @@ fn bad_flags_are_clear_errors() {
 #[test]
 fn json_logs_are_one_object_per_line() {
     let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
-    cmd.args([
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--admin-listen",
-        "off",
-    ])
-    .args(["--log-format", "json", "--log-level", "info"])
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    let mut cmd = wsgate_command(port);
+    cmd.args(["--log-format", "json", "--log-level", "info"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let mut p = Proc(cmd.spawn().unwrap());
     wait_for_port(port, Duration::from_secs(10));
     p.signal(libc::SIGTERM);
@@ -441,20 +435,13 @@ fn print_config_shows_the_resolved_worker_count_and_hides_secrets() {
 /// SIGTERM and returns what it logged.
 fn logs_of_a_short_run(extra: &[&str], env: &[(&str, &str)]) -> String {
     let port = free_port();
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
-    cmd.args([
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--admin-listen",
-        "off",
-        "--log-level",
-        "info",
-    ])
-    .args(extra)
-    .env_remove("NO_COLOR")
-    .env_remove("RUST_LOG")
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    let mut cmd = wsgate_command(port);
+    cmd.args(["--log-level", "info"])
+        .args(extra)
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }

@@ -202,7 +202,7 @@ fn many_messages_in_one_write_all_echo_in_order() {
 
 #[test]
 fn a_message_of_exactly_the_size_limit_is_echoed() {
-    let server = start_echo(|c| c.max_message_size = 1024);
+    let server = start_echo(|c| c.max_message_size = Some(1024));
     let mut c = RawClient::upgraded(server.local_addr());
     let payload = pseudo_random(1, 1024);
     c.send_frame(true, OpCode::Binary, &payload);

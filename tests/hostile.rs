@@ -178,7 +178,7 @@ fn a_2_pow_63_length_closes_the_connection() {
 
 #[test]
 fn frames_and_messages_over_the_size_limit_get_1009_at_once() {
-    let server = start_echo(|c| c.max_message_size = 1024);
+    let server = start_echo(|c| c.max_message_size = Some(1024));
     // One frame over the limit.
     violation(
         &server,

@@ -1,4 +1,4 @@
-//! A hostile-client soak: 200 connections from a few threads spend 20 s
+//! Hostile-client soaks. The first: 200 connections from a few threads spend 20 s
 //! doing everything a client should not (random bytes, stalled and dribbled
 //! handshakes, random masked frames, impossible length claims, upgrading and
 //! never reading), reconnecting whenever the server (or their own patience)
@@ -86,6 +86,16 @@ enum Behavior {
     /// stops reading too (its queue for the client is full). One slot per
     /// client thread does only this, so a few run at any time.
     Floods,
+    /// Pub/sub: a stream of tiny broadcasts (amplification).
+    BroadcastSpam,
+    /// An unfinished message near the size limit, kept alive with pings.
+    FragmentHoard,
+    /// Pub/sub: refreshes with forged tokens, each different.
+    RefreshSpam,
+    /// Pub/sub: subscriptions to ever new long topics.
+    TopicSpam,
+    /// The admin port: a POST announcing a body that never comes.
+    AdminSlowloris,
 }
 
 /// The behaviours every other slot draws from at random.
@@ -99,6 +109,34 @@ const BEHAVIORS: [Behavior; 7] = [
     Behavior::NeverReads,
 ];
 
+/// What the pub/sub soak's slots draw from: every shape above plus the
+/// attacks on budgets.
+const PUBSUB_BEHAVIORS: [Behavior; 12] = [
+    Behavior::Garbage,
+    Behavior::StalledHandshake,
+    Behavior::DribbledHandshake,
+    Behavior::GarbageAfterUpgrade,
+    Behavior::RandomFrames,
+    Behavior::OversizedClaim,
+    Behavior::NeverReads,
+    Behavior::BroadcastSpam,
+    Behavior::FragmentHoard,
+    Behavior::RefreshSpam,
+    Behavior::TopicSpam,
+    Behavior::AdminSlowloris,
+];
+
+/// Where the hostile clients go and what they do.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    addr: SocketAddr,
+    admin: Option<SocketAddr>,
+    /// The upgrade request's target (with a token in the query when the
+    /// server requires one).
+    path: &'a str,
+    behaviors: &'a [Behavior],
+}
+
 /// Client-side counts, for the report and a sanity check.
 #[derive(Debug, Default)]
 struct Tally {
@@ -109,8 +147,8 @@ struct Tally {
     /// Connections the client gave up on (its lifetime ran out).
     client_dropped: AtomicU64,
     bytes_sent: AtomicU64,
-    /// Connections per behaviour: `BEHAVIORS` order, then `Floods`.
-    per_behavior: [AtomicU64; 8],
+    /// Connections per behaviour: the target's behaviours, then `Floods`.
+    per_behavior: [AtomicU64; 13],
 }
 
 /// One of the connections, reopened with a new behaviour whenever it ends.
@@ -147,7 +185,17 @@ impl Slot {
         }
     }
 
-    fn open(&mut self, addr: SocketAddr, rng: &mut Rng, tally: &Tally, now: Instant) {
+    fn open(&mut self, target: &Target<'_>, rng: &mut Rng, tally: &Tally, now: Instant) {
+        let i = if self.flooder {
+            target.behaviors.len()
+        } else {
+            rng.below(target.behaviors.len() as u64) as usize
+        };
+        let behavior = target.behaviors.get(i).copied().unwrap_or(Behavior::Floods);
+        let addr = match (behavior, target.admin) {
+            (Behavior::AdminSlowloris, Some(admin)) => admin,
+            _ => target.addr,
+        };
         let tcp = match TcpStream::connect_timeout(&addr, Duration::from_secs(3)) {
             Ok(t) => t,
             Err(_) => {
@@ -159,20 +207,15 @@ impl Slot {
         tcp.set_nonblocking(true).unwrap();
         tcp.set_nodelay(true).unwrap();
         tally.connects.fetch_add(1, Relaxed);
-        let i = if self.flooder {
-            BEHAVIORS.len()
-        } else {
-            rng.below(BEHAVIORS.len() as u64) as usize
-        };
         tally.per_behavior[i].fetch_add(1, Relaxed);
-        self.behavior = BEHAVIORS.get(i).copied().unwrap_or(Behavior::Floods);
+        self.behavior = behavior;
         self.tcp = Some(tcp);
         self.out.clear();
         self.frames_left = 0;
         self.dribble = false;
         self.reads = true;
         self.give_up_at = now + rng.millis(1500, 4000);
-        let upgrade = upgrade_request("/ws", SAMPLE_KEY).into_bytes();
+        let upgrade = upgrade_request(target.path, SAMPLE_KEY).into_bytes();
         match self.behavior {
             Behavior::Garbage => {
                 let n = 1 + rng.below(3000) as usize;
@@ -220,6 +263,23 @@ impl Slot {
                 self.frames_left = 1 + rng.below(8) as u32; // up to 128 KiB
                 self.reads = false;
             }
+            Behavior::BroadcastSpam | Behavior::RefreshSpam | Behavior::TopicSpam => {
+                self.out = upgrade;
+                self.frames_left = 100 + rng.below(400) as u32;
+            }
+            Behavior::FragmentHoard => {
+                self.out = upgrade;
+                let part = rng.bytes(MAX_MESSAGE as usize - 1024);
+                frame_into(&mut self.out, false, 0, 0x2, rng, &part);
+                self.frames_left = 1000;
+            }
+            Behavior::AdminSlowloris => {
+                self.out = b"POST /publish?topic=t HTTP/1.1\r\nHost: x\r\nContent-Length: 10000\r\n\r\n{\"a\":"
+                    .to_vec();
+                self.dribble = rng.chance(50);
+                // Long enough to meet the admin request timeout.
+                self.give_up_at = now + rng.millis(4000, 12_000);
+            }
             Behavior::Floods => {
                 // 6 MiB of echo requests: more than the server's socket
                 // buffer and its 128 KiB queue for this client hold, so it
@@ -250,6 +310,26 @@ impl Slot {
                 let payload = rng.bytes(16 * 1024);
                 frame_into(&mut self.out, true, 0, 0x2, rng, &payload);
             }
+            Behavior::BroadcastSpam => {
+                let text = format!(r#"{{"type":"broadcast","payload":{}}}"#, rng.below(1000));
+                frame_into(&mut self.out, true, 0, 0x1, rng, text.as_bytes());
+            }
+            Behavior::RefreshSpam => {
+                let token = forged_token(rng);
+                let text = format!(r#"{{"type":"refresh","token":"{token}"}}"#);
+                frame_into(&mut self.out, true, 0, 0x1, rng, text.as_bytes());
+            }
+            Behavior::TopicSpam => {
+                let topic: String = (0..200)
+                    .map(|_| (b'a' + rng.below(26) as u8) as char)
+                    .collect();
+                let text = format!(r#"{{"type":"subscribe","topic":"{topic}"}}"#);
+                frame_into(&mut self.out, true, 0, 0x1, rng, text.as_bytes());
+            }
+            Behavior::FragmentHoard => {
+                // Pings between fragments keep the connection alive.
+                frame_into(&mut self.out, true, 0, 0x9, rng, b"hold");
+            }
             _ => random_frame(&mut self.out, rng),
         }
     }
@@ -269,7 +349,7 @@ impl Slot {
     /// One round of this connection's life: send, read, reconnect, give up.
     fn step(
         &mut self,
-        addr: SocketAddr,
+        target: &Target<'_>,
         rng: &mut Rng,
         tally: &Tally,
         now: Instant,
@@ -277,7 +357,7 @@ impl Slot {
     ) {
         if self.tcp.is_none() {
             if now >= self.reconnect_at {
-                self.open(addr, rng, tally, now);
+                self.open(target, rng, tally, now);
             }
             return;
         }
@@ -381,8 +461,24 @@ fn random_frame(out: &mut Vec<u8>, rng: &mut Rng) {
     frame_into(out, fin, rsv, opcode, rng, &payload);
 }
 
+/// A JWT-shaped string with a random signature (refused on its signature).
+fn forged_token(rng: &mut Rng) -> String {
+    let alphabet = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut part = |n: usize| -> String {
+        (0..n)
+            .map(|_| alphabet[rng.below(64) as usize] as char)
+            .collect()
+    };
+    // {"alg":"HS256","typ":"JWT"}
+    format!(
+        "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{}.{}",
+        part(60),
+        part(43)
+    )
+}
+
 /// Runs `CONNECTIONS` hostile connections for `duration`, then drops them all.
-fn hostile_load(addr: SocketAddr, duration: Duration, seed: u64) -> Tally {
+fn hostile_load(target: Target<'_>, duration: Duration, seed: u64) -> Tally {
     let tally = Tally::default();
     let stop_at = Instant::now() + duration;
     std::thread::scope(|s| {
@@ -399,7 +495,7 @@ fn hostile_load(addr: SocketAddr, duration: Duration, seed: u64) -> Tally {
                 while Instant::now() < stop_at {
                     let now = Instant::now();
                     for slot in &mut slots {
-                        slot.step(addr, &mut rng, tally, now, &mut buf);
+                        slot.step(&target, &mut rng, tally, now, &mut buf);
                     }
                     std::thread::sleep(Duration::from_millis(5));
                 }
@@ -412,6 +508,10 @@ fn hostile_load(addr: SocketAddr, duration: Duration, seed: u64) -> Tally {
     });
     tally
 }
+
+/// The soak tests measure this process's resident set, so they take turns:
+/// a second server in the same process would move the figure.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// This process's resident set, in bytes.
 fn rss_bytes() -> u64 {
@@ -439,9 +539,10 @@ fn wait_all_released(server: &wsgate::ServerHandle, what: &str) {
 
 #[test]
 fn two_hundred_hostile_clients_for_20s_leave_the_server_healthy_and_rss_flat() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let t0 = Instant::now();
     let server = start_echo(|c| {
-        c.max_message_size = MAX_MESSAGE;
+        c.max_message_size = Some(MAX_MESSAGE);
         c.max_outbound_bytes = 128 * 1024;
         c.handshake_timeout = Duration::from_secs(1);
         c.ping_interval = Duration::from_secs(1);
@@ -449,9 +550,15 @@ fn two_hundred_hostile_clients_for_20s_leave_the_server_healthy_and_rss_flat() {
         c.close_timeout = Duration::from_secs(1);
     });
     let addr = server.local_addr();
+    let target = Target {
+        addr,
+        admin: None,
+        path: "/ws",
+        behaviors: &BEHAVIORS,
+    };
 
     // Warm-up: the same load, briefly; then the baseline.
-    hostile_load(addr, WARMUP, 0xC0FFEE);
+    hostile_load(target, WARMUP, 0xC0FFEE);
     wait_all_released(&server, "warm-up connections released");
     assert_healthy(&server);
     let baseline = rss_bytes();
@@ -471,7 +578,7 @@ fn two_hundred_hostile_clients_for_20s_leave_the_server_healthy_and_rss_flat() {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        let tally = hostile_load(addr, SOAK, 0x5EED_50A4);
+        let tally = hostile_load(target, SOAK, 0x5EED_50A4);
         done.store(true, Relaxed);
         tally
     });
@@ -559,4 +666,265 @@ fn two_hundred_hostile_clients_for_20s_leave_the_server_healthy_and_rss_flat() {
     );
     assert!(during.rejected_bad_request > 0, "{during:?}");
     assert!(during.handshake_timeouts > 0, "{during:?}");
+}
+
+const SECRET: &str = "soak-secret-0123456789";
+
+/// A tungstenite client upgrading on `path` (which carries its token).
+fn connect_path(addr: SocketAddr, path: &str) -> Ws {
+    let tcp = TcpStream::connect(addr).expect("tcp connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let url = format!("ws://{addr}{path}");
+    let (ws, _) = tungstenite::client::client(url, tungstenite::stream::MaybeTlsStream::Plain(tcp))
+        .expect("upgrade");
+    ws
+}
+
+/// What well-behaved clients saw: round trips and anything that went wrong.
+#[derive(Default)]
+struct Observed {
+    echo: Vec<Duration>,
+    publish: Vec<Duration>,
+    errors: Vec<String>,
+}
+
+impl Observed {
+    fn merge(&mut self, o: Observed) {
+        self.echo.extend(o.echo);
+        self.publish.extend(o.publish);
+        self.errors.extend(o.errors);
+    }
+}
+
+fn median(v: &[Duration]) -> Duration {
+    let mut v = v.to_vec();
+    v.sort();
+    v.get(v.len() / 2).copied().unwrap_or_default()
+}
+
+/// The next message of `kind` (broadcasts from other clients are skipped);
+/// an error reply or a failed read is an error.
+fn next_of(ws: &mut Ws, kind: &str) -> Result<serde_json::Value, String> {
+    // Heartbeat pings arrive every second: the read timeout alone would
+    // never fire.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if Instant::now() > deadline {
+            return Err(format!("no {kind} within 5 s"));
+        }
+        let text = match ws.read() {
+            Ok(tungstenite::Message::Text(t)) => t.as_str().to_string(),
+            Ok(tungstenite::Message::Close(c)) => return Err(format!("closed: {c:?}")),
+            Ok(_) => continue,
+            Err(e) => return Err(format!("read: {e}")),
+        };
+        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+        match v["type"].as_str() {
+            Some(k) if k == kind => return Ok(v),
+            Some("broadcast") => continue,
+            _ => return Err(format!("unexpected reply {v}")),
+        }
+    }
+}
+
+/// One well-behaved client family for `duration`: an echo round trip and
+/// a publish to its own subscriber every 10 ms, a health check every 500 ms.
+/// Both connections read everything they are sent (broadcasts included): a
+/// client that does not read is a slow consumer, not a well-behaved one.
+fn behave(
+    addr: SocketAddr,
+    admin: SocketAddr,
+    path: &str,
+    id: usize,
+    duration: Duration,
+) -> Observed {
+    let mut seen = Observed::default();
+    let mut echo = connect_path(addr, path);
+    let mut sub = connect_path(addr, path);
+    let topic = format!("wb.{id}");
+    send(
+        &mut sub,
+        &format!(r#"{{"type":"subscribe","topic":"{topic}"}}"#),
+    );
+    if let Err(e) = next_of(&mut sub, "subscribed") {
+        seen.errors.push(e);
+        return seen;
+    }
+    let end = Instant::now() + duration;
+    let mut next_health = Instant::now();
+    let mut n = 0u64;
+    while Instant::now() < end && seen.errors.len() < 10 {
+        n += 1;
+        let t = Instant::now();
+        send(&mut echo, &format!(r#"{{"type":"echo","n":{n}}}"#));
+        match next_of(&mut echo, "echo") {
+            Ok(v) if v["n"] == n => seen.echo.push(t.elapsed()),
+            Ok(v) => seen.errors.push(format!("echo {n} answered with {v}")),
+            Err(e) => seen.errors.push(e),
+        }
+        let t = Instant::now();
+        publish(&mut echo, &topic, &n.to_string());
+        match next_of(&mut sub, "message") {
+            Ok(v) if v["payload"] == n => seen.publish.push(t.elapsed()),
+            Ok(v) => seen.errors.push(format!("publish {n} arrived as {v}")),
+            Err(e) => seen.errors.push(e),
+        }
+        if Instant::now() >= next_health {
+            next_health += Duration::from_millis(500);
+            let t = Instant::now();
+            let (status, _) = http(admin, "GET", "/healthz", "");
+            if status != 200 || t.elapsed() > Duration::from_secs(2) {
+                seen.errors
+                    .push(format!("healthz {status} in {:?}", t.elapsed()));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    seen
+}
+
+/// Well-behaved client families run side by side for `duration`.
+fn well_behaved(addr: SocketAddr, admin: SocketAddr, path: &str, duration: Duration) -> Observed {
+    let mut all = Observed::default();
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..3)
+            .map(|i| s.spawn(move || behave(addr, admin, path, i, duration)))
+            .collect();
+        for r in runs {
+            all.merge(r.join().expect("well-behaved client thread"));
+        }
+    });
+    all
+}
+
+/// Scrapes one unlabelled sample from /metrics.
+fn scraped(admin: SocketAddr, name: &str) -> u64 {
+    let (_, body) = http(admin, "GET", "/metrics", "");
+    body.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} not in /metrics"))
+}
+
+/// The pub/sub app with authentication on, 200 hostile connections mixing
+/// every shape above with the budget attacks (broadcast spam, fragment
+/// hoarding, refresh spam, topic spam, admin slowloris), against three
+/// well-behaved client families: those see no error at all, their echo and
+/// publish round trips stay within twice a quiet run's (medians, plus a
+/// little slack for a shared machine), and the RSS comes back.
+#[test]
+fn well_behaved_clients_do_not_notice_two_hundred_attackers() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const RUN: Duration = Duration::from_secs(15);
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({"exp": wsgate::security::unix_now() + 3600}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let path = format!("/ws?token={token}");
+    let mut cfg = wsgate::Config::for_tests();
+    cfg.workers = Some(2);
+    cfg.jwt_secret = Some(SECRET.into());
+    cfg.max_message_size = Some(MAX_MESSAGE);
+    cfg.max_outbound_bytes = 128 * 1024;
+    cfg.max_reassembly_bytes = 512 << 10;
+    cfg.handshake_timeout = Duration::from_secs(1);
+    cfg.ping_interval = Duration::from_secs(1);
+    cfg.idle_timeout = Duration::from_secs(3);
+    cfg.close_timeout = Duration::from_secs(1);
+    cfg.drain_timeout = Duration::from_secs(1);
+    let server = wsgate::start(cfg).expect("server starts");
+    let addr = server.local_addr();
+    let admin = server.admin_addr().expect("admin listener");
+    let target = Target {
+        addr,
+        admin: Some(admin),
+        path: &path,
+        behaviors: &PUBSUB_BEHAVIORS,
+    };
+
+    hostile_load(target, WARMUP, 0xBAD5EED);
+    wait_all_released(&server, "warm-up connections released");
+    let quiet = well_behaved(addr, admin, &path, Duration::from_secs(3));
+    eprintln!(
+        "quiet run: {} samples, errors {:?}",
+        quiet.echo.len(),
+        quiet.errors
+    );
+    let baseline = rss_bytes();
+
+    let (busy, tally) = std::thread::scope(|s| {
+        let attack = s.spawn(|| hostile_load(target, RUN, 0xA77AC4));
+        // Let the attack get going before measuring.
+        std::thread::sleep(Duration::from_secs(1));
+        let busy = well_behaved(addr, admin, &path, RUN - Duration::from_secs(2));
+        eprintln!(
+            "attacked run: {} samples, errors {:?}",
+            busy.echo.len(),
+            busy.errors
+        );
+        (busy, attack.join().expect("attack threads"))
+    });
+    let during = server.total_stats();
+    // A slow admin request is either timed out or, once the connection cap
+    // is reached, evicted to make room: both are the budget at work.
+    let admin_timeouts = scraped(admin, "wsgate_admin_timeouts_total")
+        + scraped(admin, "wsgate_admin_evicted_total");
+    wait_all_released(&server, "every hostile connection released");
+    assert_workers_alive(&server);
+    let mut after = rss_bytes();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while after > baseline + RSS_SLACK && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        after = rss_bytes();
+    }
+
+    let (qe, qp, be, bp) = (
+        median(&quiet.echo),
+        median(&quiet.publish),
+        median(&busy.echo),
+        median(&busy.publish),
+    );
+    eprintln!(
+        "pub/sub soak: {} hostile connects; well-behaved: {} + {} samples, echo median {qe:?} quiet vs \
+         {be:?} attacked, publish median {qp:?} vs {bp:?}; refused broadcasts {}, refreshes {}, \
+         subscribes {}, reassembly {}, admin timeouts {admin_timeouts}; RSS baseline {:.1} MiB, after {:.1} MiB",
+        tally.connects.load(Relaxed),
+        busy.echo.len(),
+        busy.publish.len(),
+        during.broadcasts_refused,
+        during.refreshes_refused,
+        during.subscribes_refused,
+        during.reassembly_refused,
+        mib(baseline),
+        mib(after),
+    );
+    assert!(quiet.errors.is_empty(), "quiet run: {:?}", quiet.errors);
+    assert!(
+        busy.errors.is_empty(),
+        "well-behaved clients saw: {:?}",
+        busy.errors
+    );
+    assert!(busy.echo.len() > 100, "too few samples under attack");
+    // Twice the quiet median, plus slack for a machine shared with others.
+    let slack = Duration::from_millis(3);
+    assert!(be <= qe * 2 + slack, "echo median {qe:?} → {be:?}");
+    assert!(bp <= qp * 2 + slack, "publish median {qp:?} → {bp:?}");
+    // Every attack shape met its budget.
+    assert!(during.broadcasts_refused > 0, "{during:?}");
+    assert!(during.refreshes_refused > 0, "{during:?}");
+    assert!(during.subscribes_refused > 0, "{during:?}");
+    assert!(during.reassembly_refused > 0, "{during:?}");
+    assert!(
+        admin_timeouts > 0,
+        "no slow admin request was timed out or evicted"
+    );
+    assert!(
+        after <= baseline + RSS_SLACK,
+        "RSS did not come back: baseline {:.1} MiB, after {:.1} MiB",
+        mib(baseline),
+        mib(after)
+    );
 }

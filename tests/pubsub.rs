@@ -231,7 +231,13 @@ fn rss_kib(pid: u32) -> u64 {
 /// §5.4), whichever kind of frame was in flight.
 #[test]
 fn a_slow_consumer_cut_never_splits_a_frame() {
-    let server = start(1, |c| c.max_outbound_bytes = 256 << 10);
+    // Messages up to 9 MiB: the 8 MiB echo below is allowed, and a
+    // subscriber is cut once more than the cap is queued besides one such
+    // message.
+    let server = start(1, |c| {
+        c.max_outbound_bytes = 256 << 10;
+        c.max_message_size = Some(9 << 20);
+    });
     let addr = server.local_addr();
     let mut slow = RawClient::upgraded(addr);
     // A small receive window: the reply below cannot all fit in the kernel
@@ -255,8 +261,9 @@ fn a_slow_consumer_cut_never_splits_a_frame() {
         server.total_stats().queued_bytes > 256 << 10
     });
     // Fan-out behind the half-written reply crosses the cap: the cut.
-    eventually(Duration::from_secs(5), "slow consumer cut", || {
-        publish(&mut publisher, "t", "2");
+    let big = format!(r#""{}""#, "y".repeat(512 << 10));
+    eventually(Duration::from_secs(10), "slow consumer cut", || {
+        publish(&mut publisher, "t", &big);
         server.total_stats().slow_consumers > 0
     });
 
@@ -277,7 +284,14 @@ fn slow_consumer_is_disconnected_and_memory_stays_bounded() {
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let child = Proc::wsgate(
         port,
-        &["--workers", "2", "--max-outbound-bytes", "1048576"],
+        &[
+            "--workers",
+            "2",
+            "--max-outbound-bytes",
+            "1048576",
+            "--max-message-size",
+            "131072",
+        ],
         &[],
     );
     let pid = child.0.id();

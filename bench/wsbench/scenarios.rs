@@ -182,6 +182,23 @@ struct Ramped {
 /// stays at one a second.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 
+/// Adds one point to the ramp's timeseries and, once a second (`report`),
+/// the progress line on stderr.
+fn record_sample(series: &mut Vec<Sample>, t: f64, open: u64, failed: u64, rss: u64, report: bool) {
+    series.push(Sample {
+        t,
+        open,
+        server_rss: rss,
+    });
+    if report {
+        eprintln!(
+            "wsbench: {t:6.1}s open {open:>8} failed {failed:>6} ({:.0}/s) server rss {} MiB",
+            open as f64 / t,
+            rss >> 20
+        );
+    }
+}
+
 /// Ramps `n` connections.
 fn ramp(
     engine: &mut Engine,
@@ -239,20 +256,11 @@ fn ramp(
                 let _ = std::io::stdout().flush();
                 continue;
             }
-            let rss = procfs::rss(pids);
-            series.push(Sample {
-                t,
-                open: opened,
-                server_rss: rss,
-            });
-            if now >= next_report {
+            let report = now >= next_report;
+            if report {
                 next_report += Duration::from_secs(1);
-                eprintln!(
-                    "wsbench: {t:6.1}s open {opened:>8} failed {failed:>6} ({:.0}/s) server rss {} MiB",
-                    opened as f64 / t,
-                    rss >> 20
-                );
             }
+            record_sample(&mut series, t, opened, failed, procfs::rss(pids), report);
         }
     }
     let took = start.elapsed();
@@ -627,20 +635,11 @@ fn connect_multi(a: ConnectArgs, procs: u64, cap: u64) -> Result<(), String> {
             next_sample += SAMPLE_EVERY;
             let t = start.elapsed().as_secs_f64();
             let (o, f): (u64, u64) = (open.iter().sum(), failed.iter().sum());
-            let rss = procfs::rss(&pids);
-            series.push(Sample {
-                t,
-                open: o,
-                server_rss: rss,
-            });
-            if now >= next_report {
+            let report = now >= next_report;
+            if report {
                 next_report += Duration::from_secs(1);
-                eprintln!(
-                    "wsbench: {t:6.1}s open {o:>8} failed {f:>6} ({:.0}/s) server rss {} MiB",
-                    o as f64 / t,
-                    rss >> 20
-                );
             }
+            record_sample(&mut series, t, o, f, procfs::rss(&pids), report);
         }
     }
     let ramp_secs = start.elapsed().as_secs_f64();

@@ -64,6 +64,12 @@ pub enum CommandError {
     Forbidden(&'static str, String),
     #[error("refresh refused: {0}")]
     Unauthorized(String),
+    #[error("not allowed to broadcast")]
+    BroadcastForbidden,
+    #[error("too many {0}; slow down")]
+    RateLimited(&'static str),
+    #[error("the server holds as many {0} as it may; try again later")]
+    ServerFull(&'static str),
 }
 
 impl CommandError {
@@ -76,8 +82,10 @@ impl CommandError {
             CommandError::UnknownType(_) => 404,
             CommandError::BadTopic(_) => 413,
             CommandError::Binary => 415,
-            CommandError::TooManySubscriptions(_) => 429,
-            CommandError::Forbidden(..) => 403,
+            CommandError::TooManySubscriptions(_)
+            | CommandError::RateLimited(_)
+            | CommandError::ServerFull(_) => 429,
+            CommandError::Forbidden(..) | CommandError::BroadcastForbidden => 403,
             CommandError::Unauthorized(_) => 401,
         }
     }
@@ -214,6 +222,18 @@ pub fn subscription_text(subscribed: bool, topic: &str) -> Vec<u8> {
         br#"{"type":"unsubscribed","topic":"#
     });
     json_string(&mut out, topic);
+    out.push(b'}');
+    out
+}
+
+/// `{"type":"unsubscribed","topic":T,"reason":R}`: the server removed the
+/// subscription (e.g. a refreshed token no longer allows the topic).
+pub fn revoked_text(topic: &str, reason: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + topic.len() + reason.len());
+    out.extend_from_slice(br#"{"type":"unsubscribed","topic":"#);
+    json_string(&mut out, topic);
+    out.extend_from_slice(br#","reason":"#);
+    json_string(&mut out, reason);
     out.push(b'}');
     out
 }

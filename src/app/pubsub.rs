@@ -2,28 +2,53 @@
 //! topic table and the cross-worker hub.
 //!
 //! Owns the meaning of each command: replies go into the connection's output
-//! buffer, topic deliveries into the worker's outbox (resolved to subscriber
-//! keys right away), cross-worker deliveries into other workers' inboxes.
-//! Broadcasts to this worker's own connections are deferred to the worker,
-//! which alone can walk all connections. No sockets here.
+//! buffer, cross-worker deliveries into other workers' inboxes. Deliveries to
+//! this worker's own connections (publishes and broadcasts) are handed to the
+//! worker as a list, in order: it alone can walk all connections and write
+//! out its batch between two of them, which bounds the batch however many
+//! messages one read carried. No sockets here.
 
 use std::sync::Arc;
 
 use slab::Slab;
 
 use crate::app::commands::{self, Command, CommandError};
+use crate::config::ClientBroadcast;
 use crate::protocol::deflate::Replies;
 use crate::protocol::{MessageKind, OpCode};
 use crate::pubsub::outbox::Outbox;
 use crate::pubsub::topics::LocalTopics;
 use crate::pubsub::{Hub, Notify, OutFrame, Ticket};
 use crate::security::{Grant, Security};
+use crate::server::WorkerStats;
 
 /// Limits of the client protocol.
 #[derive(Debug, Clone, Copy)]
 pub struct PubSubLimits {
     pub max_topic_bytes: usize,
     pub max_subscriptions: usize,
+    pub client_broadcast: ClientBroadcast,
+    /// Broadcast allowance refilled per timer tick (0: no limit), and its
+    /// ceiling.
+    pub broadcasts_per_tick: f32,
+    pub broadcast_burst: f32,
+    /// Timer ticks between two refreshes of one connection.
+    pub refresh_ticks: u32,
+}
+
+/// What one connection may still spend on the commands that cost the server
+/// far more than they cost the client: a broadcast writes to every
+/// connection, a refresh checks a signature (hundreds of µs for RS256).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Allowances {
+    /// Broadcast token bucket and the tick it was last refilled at.
+    pub broadcast_tokens: f32,
+    pub broadcast_tick: u32,
+    /// Tick of the last refresh checked (0: none yet).
+    pub refresh_tick: u32,
+    /// Hash of the last token refused, so sending it again costs a hash,
+    /// not a signature check.
+    pub refused_token: u64,
 }
 
 /// A `broadcastResult` waiting for the other workers' counts.
@@ -35,10 +60,13 @@ pub struct PendingResult {
     pub ticket: Arc<Ticket>,
 }
 
-/// A broadcast whose local part the worker still has to deliver.
+/// A publish or broadcast whose local part the worker still has to deliver.
 #[derive(Debug)]
 pub struct LocalBroadcast {
-    pub frame: u32,
+    pub frame: Arc<OutFrame>,
+    /// The topic of a publish (looked up again when delivered: the
+    /// subscribers are those at delivery time); None for a broadcast.
+    pub topic: Option<Arc<str>>,
     pub ticket: Option<Arc<Ticket>>,
 }
 
@@ -48,11 +76,13 @@ pub struct PubSubCx<'a> {
     pub worker: usize,
     pub hub: &'a Hub,
     pub topics: &'a mut LocalTopics,
-    pub outbox: &'a mut Outbox,
     pub pending: &'a mut Slab<PendingResult>,
     pub broadcasts: &'a mut Vec<LocalBroadcast>,
     pub limits: PubSubLimits,
     pub security: &'a Security,
+    pub stats: &'a WorkerStats,
+    /// The worker's current timer tick.
+    pub now_tick: u32,
 }
 
 /// The connection running the command.
@@ -63,11 +93,44 @@ pub struct Caller<'a> {
     pub topics: &'a mut Vec<u32>,
     /// Its token's grant, with authentication on.
     pub auth: &'a mut Option<Box<Grant>>,
+    pub allowances: &'a mut Allowances,
 }
 
 impl Caller<'_> {
     fn may_use(&self, topic: &str) -> bool {
         self.auth.as_ref().is_none_or(|g| g.topics.allows(topic))
+    }
+
+    /// Whether this connection may broadcast (`--client-broadcast`, and the
+    /// token's `broadcast` claim). A token limited to some topics must not
+    /// reach every connection unless it says so.
+    fn may_broadcast(&self, setting: ClientBroadcast) -> bool {
+        let grant = self.auth.as_deref();
+        match setting {
+            ClientBroadcast::Off => false,
+            ClientBroadcast::Token => grant.is_some_and(|g| g.broadcast == Some(true)),
+            ClientBroadcast::On => grant.is_none_or(|g| match g.broadcast {
+                Some(claim) => claim,
+                None => g.topics == crate::security::TopicPerms::Any,
+            }),
+        }
+    }
+
+    /// Spends one broadcast from the connection's bucket.
+    fn spend_broadcast(&mut self, limits: &PubSubLimits, now_tick: u32) -> bool {
+        if limits.broadcasts_per_tick <= 0.0 {
+            return true;
+        }
+        let a = &mut *self.allowances;
+        let elapsed = now_tick.wrapping_sub(a.broadcast_tick) as f32;
+        a.broadcast_tokens =
+            (a.broadcast_tokens + elapsed * limits.broadcasts_per_tick).min(limits.broadcast_burst);
+        a.broadcast_tick = now_tick;
+        if a.broadcast_tokens < 1.0 {
+            return false;
+        }
+        a.broadcast_tokens -= 1.0;
+        true
     }
 }
 
@@ -107,32 +170,12 @@ pub fn on_message(
             reply(out, &commands::error_text(&e));
         }
         Command::Refresh { token } => refresh(&token, caller, cx, out),
-        Command::Subscribe { topic } => {
-            let already = cx
-                .topics
-                .id_of(&topic)
-                .is_some_and(|id| caller.topics.contains(&id));
-            if !already && caller.topics.len() >= cx.limits.max_subscriptions {
-                let e = CommandError::TooManySubscriptions(cx.limits.max_subscriptions);
-                reply(out, &commands::error_text(&e));
-                return;
-            }
-            let joined = cx.topics.join(&topic, caller.key);
-            if joined.new_member {
-                caller.topics.push(joined.topic_id);
-            }
-            if joined.first_local {
-                cx.hub.topic_joined(&topic, cx.worker);
-            }
-            reply(out, &commands::subscription_text(true, &topic));
-        }
+        Command::Subscribe { topic } => subscribe(&topic, caller, cx, out),
         Command::Unsubscribe { topic } => {
             if let Some(id) = cx.topics.id_of(&topic) {
                 if let Some(pos) = caller.topics.iter().position(|t| *t == id) {
                     caller.topics.swap_remove(pos);
-                    if let Some(name) = cx.topics.leave(id, caller.key) {
-                        cx.hub.topic_left(&name, cx.worker);
-                    }
+                    leave_topic(cx.topics, cx.hub, cx.worker, id, caller.key);
                 }
             }
             // Idempotent: leaving a topic you are not in still confirms.
@@ -147,9 +190,25 @@ pub fn on_message(
                 cx.hub
                     .dispatch(targets, Some(cx.worker), Some(&name), &frame, None, None);
             }
-            if let Some(id) = cx.topics.id_of(&topic) {
-                deliver_to_topic(cx.topics, cx.outbox, id, frame);
+            if let Some(local) = cx.topics.id_of(&topic).and_then(|id| cx.topics.get(id)) {
+                cx.broadcasts.push(LocalBroadcast {
+                    frame,
+                    topic: Some(local.name.clone()),
+                    ticket: None,
+                });
             }
+        }
+        Command::Broadcast { .. } if !caller.may_broadcast(cx.limits.client_broadcast) => {
+            cx.stats.broadcasts_refused.inc();
+            reply(
+                out,
+                &commands::error_text(&CommandError::BroadcastForbidden),
+            );
+        }
+        Command::Broadcast { .. } if !caller.spend_broadcast(&cx.limits, cx.now_tick) => {
+            cx.stats.broadcasts_refused.inc();
+            let e = CommandError::RateLimited("broadcasts");
+            reply(out, &commands::error_text(&e));
         }
         Command::Broadcast { payload } => {
             cx.hub.published(None, payload);
@@ -171,12 +230,56 @@ pub fn on_message(
             });
             cx.hub
                 .dispatch(all, Some(cx.worker), None, &frame, Some(&ticket), None);
-            let frame = cx.outbox.add_frame(frame);
             cx.broadcasts.push(LocalBroadcast {
                 frame,
+                topic: None,
                 ticket: Some(ticket),
             });
         }
+    }
+}
+
+/// `{"type":"subscribe"}`: joins within the connection's and the process's
+/// topic budgets.
+fn subscribe(topic: &str, caller: &mut Caller<'_>, cx: &mut PubSubCx<'_>, out: &mut Replies<'_>) {
+    let existing = cx.topics.id_of(topic);
+    if existing.is_some_and(|id| caller.topics.contains(&id)) {
+        // Already in: idempotent, costs nothing.
+        return reply(out, &commands::subscription_text(true, topic));
+    }
+    let budget = &cx.hub.topic_budget;
+    let refusal = if caller.topics.len() >= cx.limits.max_subscriptions {
+        Some(CommandError::TooManySubscriptions(
+            cx.limits.max_subscriptions,
+        ))
+    } else if !budget.subscriptions.take() {
+        Some(CommandError::ServerFull("subscriptions"))
+    } else if existing.is_none() && !budget.topics.take() {
+        budget.subscriptions.give();
+        Some(CommandError::ServerFull("topics"))
+    } else {
+        None
+    };
+    if let Some(e) = refusal {
+        cx.stats.subscribes_refused.inc();
+        return reply(out, &commands::error_text(&e));
+    }
+    let joined = cx.topics.join(topic, caller.key);
+    caller.topics.push(joined.topic_id);
+    if joined.first_local {
+        cx.hub.topic_joined(topic, cx.worker);
+    }
+    reply(out, &commands::subscription_text(true, topic));
+}
+
+/// Removes connection `conn` from local topic `id` and gives its share of
+/// the topic budgets back (the caller has already dropped `id` from the
+/// connection's own list).
+pub fn leave_topic(topics: &mut LocalTopics, hub: &Hub, worker: usize, id: u32, conn: u32) {
+    hub.topic_budget.subscriptions.give();
+    if let Some(name) = topics.leave(id, conn) {
+        hub.topic_budget.topics.give();
+        hub.topic_left(&name, worker);
     }
 }
 
@@ -210,24 +313,70 @@ pub fn broadcast_result_frame(pending: &PendingResult) -> Arc<OutFrame> {
 
 /// `{"type":"refresh","token":T}`: a fresh token extends the connection past
 /// its current token's expiry (and may change its topic permissions).
-fn refresh(token: &str, caller: &mut Caller<'_>, cx: &PubSubCx<'_>, out: &mut Replies<'_>) {
+///
+/// A signature check costs the worker hundreds of µs (RS256/ES256) while the
+/// message costs the client nothing, so each connection gets one check per
+/// `--min-refresh-interval`, and a token already refused is refused again
+/// by its hash alone.
+fn refresh(token: &str, caller: &mut Caller<'_>, cx: &mut PubSubCx<'_>, out: &mut Replies<'_>) {
     let Some(auth) = &cx.security.auth else {
         let e = CommandError::Unauthorized("authentication is not enabled".into());
         return reply(out, &commands::error_text(&e));
     };
-    match auth.verify(token, crate::security::unix_now()) {
-        Ok(grant) => {
-            let same_user = caller.auth.as_ref().is_none_or(|g| g.user == grant.user);
-            if !same_user {
-                let e = CommandError::Unauthorized("token is for another user".into());
-                return reply(out, &commands::error_text(&e));
-            }
-            reply(out, &commands::refreshed_text(grant.exp));
-            *caller.auth = Some(Box::new(grant));
-        }
-        Err(e) => reply(
-            out,
-            &commands::error_text(&CommandError::Unauthorized(e.to_string())),
-        ),
+    let hash = token_hash(token);
+    let a = &mut *caller.allowances;
+    if a.refused_token == hash {
+        cx.stats.refreshes_refused.inc();
+        let e = CommandError::Unauthorized("this token was already refused".into());
+        return reply(out, &commands::error_text(&e));
     }
+    if a.refresh_tick != 0 && cx.now_tick.wrapping_sub(a.refresh_tick) < cx.limits.refresh_ticks {
+        cx.stats.refreshes_refused.inc();
+        return reply(
+            out,
+            &commands::error_text(&CommandError::RateLimited("refreshes")),
+        );
+    }
+    a.refresh_tick = cx.now_tick.max(1);
+    cx.stats.refresh_checks.inc();
+    let grant = match auth.verify(token, crate::security::unix_now()) {
+        Ok(g) => g,
+        Err(e) => {
+            a.refused_token = hash;
+            let e = CommandError::Unauthorized(e.to_string());
+            return reply(out, &commands::error_text(&e));
+        }
+    };
+    let same_user = caller.auth.as_ref().is_none_or(|g| g.user == grant.user);
+    if !same_user {
+        a.refused_token = hash;
+        let e = CommandError::Unauthorized("token is for another user".into());
+        return reply(out, &commands::error_text(&e));
+    }
+    reply(out, &commands::refreshed_text(grant.exp));
+    // Leave what the new grant no longer allows, and say so: a narrower
+    // token must not keep receiving topics it was taken off.
+    let mut i = 0;
+    while i < caller.topics.len() {
+        let id = caller.topics[i];
+        let name = cx.topics.get(id).map(|t| t.name.clone());
+        match name {
+            Some(name) if !grant.topics.allows(&name) => {
+                caller.topics.swap_remove(i);
+                leave_topic(cx.topics, cx.hub, cx.worker, id, caller.key);
+                cx.stats.subscriptions_revoked.inc();
+                let text =
+                    commands::revoked_text(&name, "the refreshed token does not allow this topic");
+                reply(out, &text);
+            }
+            _ => i += 1,
+        }
+    }
+    *caller.auth = Some(Box::new(grant));
+}
+
+/// A 64-bit hash of a token (not secret: it only spots exact repeats).
+fn token_hash(token: &str) -> u64 {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    BuildHasherDefault::<rustc_hash::FxHasher>::default().hash_one(token)
 }

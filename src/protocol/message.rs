@@ -17,6 +17,9 @@
 //! ([`Partial`]) exists only while a message or control frame is incomplete,
 //! and comes from and goes back to a [`PartialPool`].
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use super::close::{CloseCode, CloseFrame};
 use super::deflate::{Agreed, InflateError, Inflater};
 use super::frame::{FrameError, FrameHeader, OpCode, Role, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
@@ -102,6 +105,10 @@ pub enum ProtocolError {
     CompressedContinuation,
     #[error("compressed message is not valid DEFLATE data")]
     BadDeflate,
+    /// The process holds as many partly received bytes as it may
+    /// (`--max-reassembly-bytes`): this message would pass the budget.
+    #[error("server is out of memory for unfinished messages")]
+    ReassemblyBudget,
 }
 
 impl ProtocolError {
@@ -116,7 +123,8 @@ impl ProtocolError {
             ProtocolError::InvalidUtf8 | ProtocolError::BadDeflate => CloseCode::INVALID_PAYLOAD,
             ProtocolError::FrameTooBig
             | ProtocolError::MessageTooBig
-            | ProtocolError::TooManyFragments => CloseCode::MESSAGE_TOO_BIG,
+            | ProtocolError::TooManyFragments
+            | ProtocolError::ReassemblyBudget => CloseCode::MESSAGE_TOO_BIG,
             ProtocolError::BadClose(code) => *code,
         }
     }
@@ -140,6 +148,53 @@ impl Default for ReceiverLimits {
     }
 }
 
+/// Bytes of partly received messages the whole process may hold, shared by
+/// every worker's [`PartialPool`]. Without it each connection could park a
+/// whole max-size message (kept alive by pings between fragments) and a few
+/// dozen connections would take gigabytes.
+///
+/// A buffered frame reserves its announced length when its header arrives
+/// (one atomic operation per buffered frame, none for messages that arrive
+/// whole); the reservation is returned when the message completes or the
+/// connection goes.
+#[derive(Debug)]
+pub struct ReassemblyBudget {
+    limit: u64,
+    held: AtomicU64,
+}
+
+impl ReassemblyBudget {
+    pub fn new(limit: u64) -> Self {
+        ReassemblyBudget {
+            limit,
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// Bytes reserved right now (a gauge).
+    pub fn held(&self) -> u64 {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    fn reserve(&self, n: u64) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |h| {
+                h.checked_add(n).filter(|t| *t <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, n: u64) {
+        if n > 0 {
+            self.held.fetch_sub(n, Ordering::AcqRel);
+        }
+    }
+}
+
 /// Heap state of an incomplete message or control frame.
 #[derive(Debug, Default)]
 pub struct Partial {
@@ -149,6 +204,8 @@ pub struct Partial {
     /// `msg` holds compressed bytes (RSV1 on the first frame).
     compressed: bool,
     control: Vec<u8>,
+    /// Bytes of the pool's [`ReassemblyBudget`] this message holds.
+    reserved: u64,
 }
 
 /// A worker's receive scratch: a small free list of [`Partial`]s, so that
@@ -164,6 +221,8 @@ pub struct PartialPool {
     /// Buffers that grew past this are shrunk before being pooled, so a
     /// burst of 16 MiB messages does not pin 16 MiB per pooled buffer.
     keep_capacity: usize,
+    /// The process-wide cap on partly received bytes (none: unlimited).
+    budget: Option<Arc<ReassemblyBudget>>,
     inflater: Option<Box<Inflater>>,
     /// Compressed messages inflated (for metrics).
     inflations: u64,
@@ -175,8 +234,17 @@ impl PartialPool {
             free: Vec::new(),
             max_pooled,
             keep_capacity,
+            budget: None,
             inflater: None,
             inflations: 0,
+        }
+    }
+
+    /// A default pool whose buffers count against `budget`.
+    pub fn with_budget(budget: Arc<ReassemblyBudget>) -> Self {
+        PartialPool {
+            budget: Some(budget),
+            ..PartialPool::default()
         }
     }
 
@@ -202,7 +270,26 @@ impl PartialPool {
         self.free.pop().unwrap_or_default()
     }
 
+    /// Reserves `n` more bytes of the budget for message `p`.
+    fn reserve(&self, p: &mut Partial, n: u64) -> Result<(), ProtocolError> {
+        if let Some(b) = &self.budget {
+            if !b.reserve(n) {
+                return Err(ProtocolError::ReassemblyBudget);
+            }
+            p.reserved += n;
+        }
+        Ok(())
+    }
+
+    /// Returns what message `p` reserved.
+    fn unreserve(&self, p: &mut Partial) {
+        if let Some(b) = &self.budget {
+            b.release(std::mem::take(&mut p.reserved));
+        }
+    }
+
     fn put(&mut self, mut p: Box<Partial>) {
+        self.unreserve(&mut p);
         if self.free.len() >= self.max_pooled {
             return;
         }
@@ -249,12 +336,14 @@ enum State {
 pub struct Receiver {
     state: State,
     hdr: [u8; MAX_HEADER_LEN],
-    hdr_len: u8,
+    /// Two nibbles in one byte, so that an idle connection stays as small
+    /// as it was before permessage-deflate: the low one is how many bytes
+    /// of `hdr` are a pending header (0..=14), the high one the negotiated
+    /// permessage-deflate window (0 when not negotiated, else 8..=15; then
+    /// RSV1 is allowed on the first frame of a data message).
+    hdr_len_window: u8,
     /// Kind of the message being reassembled, if one is in progress.
     in_message: Option<MessageKind>,
-    /// permessage-deflate, when negotiated: RSV1 is allowed on the first
-    /// frame of a data message.
-    deflate: Option<Agreed>,
     partial: Option<Box<Partial>>,
 }
 
@@ -269,21 +358,35 @@ impl Receiver {
         Receiver {
             state: State::Header,
             hdr: [0; MAX_HEADER_LEN],
-            hdr_len: 0,
+            hdr_len_window: 0,
             in_message: None,
-            deflate: None,
             partial: None,
         }
     }
 
     /// permessage-deflate was negotiated for this connection.
     pub fn enable_deflate(&mut self, agreed: Agreed) {
-        self.deflate = Some(agreed);
+        let bits = agreed.server_max_window_bits.clamp(8, 15);
+        self.hdr_len_window = (self.hdr_len_window & 0x0F) | bits << 4;
     }
 
-    /// The negotiated permessage-deflate parameters, if any.
+    /// The negotiated permessage-deflate parameters, if any
+    /// (`window_requested` matters only to the handshake and reads false).
     pub fn deflate(&self) -> Option<Agreed> {
-        self.deflate
+        let bits = self.hdr_len_window >> 4;
+        (bits != 0).then_some(Agreed {
+            server_max_window_bits: bits,
+            window_requested: false,
+        })
+    }
+
+    fn hdr_len(&self) -> usize {
+        (self.hdr_len_window & 0x0F) as usize
+    }
+
+    fn set_hdr_len(&mut self, n: usize) {
+        debug_assert!(n <= MAX_HEADER_LEN);
+        self.hdr_len_window = (self.hdr_len_window & 0xF0) | n as u8;
     }
 
     /// True while a message is only partly received (the connection holds a
@@ -319,6 +422,9 @@ impl Receiver {
         let result = self.feed_inner(input, limits, pool, on_event);
         if result.is_err() {
             self.state = State::Done;
+            // Nothing more is read: the unfinished message (and its share
+            // of the reassembly budget) goes now, not when the socket closes.
+            self.in_message = None;
         }
         // Idle again: the reassembly buffer goes back to the pool.
         if self.in_message.is_none() && matches!(self.state, State::Header | State::Done) {
@@ -398,8 +504,8 @@ impl Receiver {
     ) -> Result<Option<FrameHeader>, ProtocolError> {
         let avail = &input[*pos..];
         // RSV1 means "compressed" once permessage-deflate is negotiated.
-        let rsv = if self.deflate.is_some() { 0x4 } else { 0 };
-        if self.hdr_len == 0 {
+        let rsv = if self.deflate().is_some() { 0x4 } else { 0 };
+        if self.hdr_len() == 0 {
             return match FrameHeader::decode(avail, Role::Server, rsv)? {
                 Some((h, n)) => {
                     *pos += n;
@@ -408,23 +514,23 @@ impl Receiver {
                 None => {
                     // Incomplete headers are < 14 bytes: keep them inline.
                     self.hdr[..avail.len()].copy_from_slice(avail);
-                    self.hdr_len = avail.len() as u8;
+                    self.set_hdr_len(avail.len());
                     *pos = input.len();
                     Ok(None)
                 }
             };
         }
-        let old = self.hdr_len as usize;
+        let old = self.hdr_len();
         let take = (MAX_HEADER_LEN - old).min(avail.len());
         self.hdr[old..old + take].copy_from_slice(&avail[..take]);
         match FrameHeader::decode(&self.hdr[..old + take], Role::Server, rsv)? {
             Some((h, n)) => {
                 *pos += n - old;
-                self.hdr_len = 0;
+                self.set_hdr_len(0);
                 Ok(Some(h))
             }
             None => {
-                self.hdr_len = (old + take) as u8;
+                self.set_hdr_len(old + take);
                 *pos += take;
                 Ok(None)
             }
@@ -476,8 +582,9 @@ impl Receiver {
                 if h.fin && whole_here {
                     true
                 } else {
-                    self.in_message = Some(kind);
                     let p = self.partial.get_or_insert_with(|| pool.get());
+                    pool.reserve(p, h.payload_len)?;
+                    self.in_message = Some(kind);
                     p.msg.clear();
                     p.utf8 = Utf8Validator::new();
                     p.fragments = 1;
@@ -500,6 +607,7 @@ impl Receiver {
                 if p.fragments > limits.max_fragments {
                     return Err(ProtocolError::TooManyFragments);
                 }
+                pool.reserve(p, h.payload_len)?;
                 false
             }
         };
@@ -579,17 +687,21 @@ impl Receiver {
             p.control.clear();
             r
         } else if fin && p.compressed {
-            match self.in_message.take() {
+            let r = match self.in_message.take() {
                 Some(kind) => emit_inflated(kind, &p.msg, limits, pool, on_event),
                 None => Err(ProtocolError::UnexpectedContinuation),
             }
             .inspect(|_| {
                 p.msg.clear();
                 p.compressed = false;
-            })
+            });
+            // The compressed bytes no longer count; the inflated message
+            // lives in the worker's one inflater, bounded by the size limit.
+            pool.unreserve(&mut p);
+            r
         } else if fin {
             let kind = self.in_message.take();
-            match kind {
+            let r = match kind {
                 Some(MessageKind::Text) => match p.utf8.finish() {
                     Ok(()) => {
                         on_event(Event::Message(MessageKind::Text, &p.msg));
@@ -603,7 +715,10 @@ impl Receiver {
                 }
                 None => Err(ProtocolError::UnexpectedContinuation),
             }
-            .inspect(|_| p.msg.clear())
+            .inspect(|_| p.msg.clear());
+            // The message is complete: its bytes no longer count.
+            pool.unreserve(&mut p);
+            r
         } else {
             Ok(())
         };

@@ -15,6 +15,7 @@ use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use crossbeam_utils::CachePadded;
 use mio::Waker;
 
+use super::budget::TopicBudget;
 use super::directory::{TopicDirectory, WorkerSet};
 use super::frame::OutFrame;
 use super::ticket::{Notify, Ticket};
@@ -63,10 +64,16 @@ pub struct Hub {
     pub publishes: AtomicU64,
     /// The Redis bridge, when this node is part of a cluster.
     pub cluster: Option<ClusterLink>,
+    /// Process-wide caps on subscriptions and topic entries.
+    pub topic_budget: TopicBudget,
 }
 
 impl Hub {
-    pub fn new(inboxes: Vec<(Sender<WorkerMsg>, Arc<Waker>)>, cluster: Option<ClusterLink>) -> Hub {
+    pub fn new(
+        inboxes: Vec<(Sender<WorkerMsg>, Arc<Waker>)>,
+        cluster: Option<ClusterLink>,
+        topic_budget: TopicBudget,
+    ) -> Hub {
         Hub {
             links: inboxes
                 .into_iter()
@@ -82,6 +89,7 @@ impl Hub {
             inbox_full_drops: AtomicU64::new(0),
             publishes: AtomicU64::new(0),
             cluster,
+            topic_budget,
         }
     }
 

@@ -11,8 +11,11 @@
 //! - [`outbox`]: one worker's per-iteration batch of frames per connection,
 //!   so each connection gets one write per loop iteration.
 //!
+//! - [`budget`]: process-wide caps on subscriptions and topic entries.
+//!
 //! Nothing here touches sockets; the worker does the writing.
 
+pub mod budget;
 pub mod directory;
 pub mod frame;
 pub mod hub;

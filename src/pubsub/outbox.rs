@@ -4,13 +4,28 @@
 //!
 //! Deliveries are links in a reused arena (no allocation per delivery once
 //! warm): each connection with something to send has a linked list of frame
-//! indices, in delivery order. The worker drains it once per iteration.
+//! indices, in delivery order. The worker drains it once per iteration, and
+//! early whenever it becomes [`Outbox::is_heavy`], so one client's burst of
+//! broadcasts cannot grow it without bound.
+//!
+//! Memory comes back: a turn that used a small part of the arena shrinks it
+//! (see [`Outbox::end_turn`]), so a burst does not pin its peak for good.
 
 use std::sync::Arc;
 
 use super::frame::OutFrame;
 
 const NONE: u32 = u32::MAX;
+
+/// Deliveries (8 bytes each) after which the batch is written out within
+/// the turn: 2 MiB of links, several frames per connection even at 60,000
+/// subscribers, so batching still pays.
+pub const HEAVY_LINKS: usize = 256 * 1024;
+/// Frames after which the batch is written out within the turn.
+pub const HEAVY_FRAMES: usize = 16 * 1024;
+/// Capacity kept across turns (what a busy steady state needs anyway).
+const KEEP_LINKS: usize = 16 * 1024;
+const KEEP_FRAMES: usize = 1024;
 
 #[derive(Debug, Default)]
 pub struct Outbox {
@@ -20,6 +35,9 @@ pub struct Outbox {
     /// Per connection key: (first link, last link).
     lists: Vec<(u32, u32)>,
     dirty: Vec<u32>,
+    /// The most links and frames one batch held since the last `end_turn`.
+    peak_links: usize,
+    peak_frames: usize,
 }
 
 impl Outbox {
@@ -51,6 +69,33 @@ impl Outbox {
         self.dirty.is_empty()
     }
 
+    /// The batch is big enough to write out now rather than at the end of
+    /// the turn.
+    pub fn is_heavy(&self) -> bool {
+        self.links.len() >= HEAVY_LINKS || self.frames.len() >= HEAVY_FRAMES
+    }
+
+    /// Bytes the arena holds (capacity, not use).
+    pub fn capacity_bytes(&self) -> usize {
+        self.links.capacity() * std::mem::size_of::<(u32, u32)>()
+            + self.frames.capacity() * std::mem::size_of::<Arc<OutFrame>>()
+    }
+
+    /// Called once per loop turn, after the last flush: if the arena is far
+    /// larger than this turn needed, give the excess back (hysteresis, so a
+    /// steady load does not reallocate every turn).
+    pub fn end_turn(&mut self) {
+        let (links, frames) = (self.peak_links, self.peak_frames);
+        self.peak_links = 0;
+        self.peak_frames = 0;
+        if self.links.capacity() > KEEP_LINKS && links * 8 < self.links.capacity() {
+            self.links.shrink_to((links * 2).max(KEEP_LINKS));
+        }
+        if self.frames.capacity() > KEEP_FRAMES && frames * 8 < self.frames.capacity() {
+            self.frames.shrink_to((frames * 2).max(KEEP_FRAMES));
+        }
+    }
+
     /// Connections with frames, in the order they first got one.
     pub fn dirty(&self) -> &[u32] {
         &self.dirty
@@ -65,8 +110,11 @@ impl Outbox {
         }
     }
 
-    /// Forgets this iteration's batch, keeping the arena's capacity.
+    /// Forgets this iteration's batch, keeping the arena's capacity (until
+    /// [`Outbox::end_turn`] decides otherwise).
     pub fn clear(&mut self) {
+        self.peak_links = self.peak_links.max(self.links.len());
+        self.peak_frames = self.peak_frames.max(self.frames.len());
         for &c in &self.dirty {
             self.lists[c as usize] = (NONE, NONE);
         }
@@ -115,5 +163,23 @@ mod tests {
         o.clear();
         assert!(o.is_empty());
         assert_eq!(o.frames_for(5).count(), 0);
+    }
+
+    #[test]
+    fn a_burst_does_not_pin_its_peak() {
+        let mut o = Outbox::default();
+        let f = o.add_frame(OutFrame::text(b"x"));
+        for conn in 0..HEAVY_LINKS {
+            o.push(conn % 1000, f);
+        }
+        assert!(o.is_heavy());
+        let peak = o.capacity_bytes();
+        o.clear();
+        o.end_turn();
+        // The turn that held the burst keeps it (it may come again)...
+        assert_eq!(o.capacity_bytes(), peak);
+        // ...a quiet turn gives it back.
+        o.end_turn();
+        assert!(o.capacity_bytes() <= (KEEP_LINKS + KEEP_FRAMES) * 16);
     }
 }

@@ -46,6 +46,7 @@ struct Claims {
     sub: Option<String>,
     exp: u64,
     topics: Option<Vec<String>>,
+    broadcast: Option<bool>,
 }
 
 /// What a valid token grants a connection.
@@ -55,6 +56,8 @@ pub struct Grant {
     /// Expiry, seconds since the Unix epoch.
     pub exp: u64,
     pub topics: TopicPerms,
+    /// The token's `broadcast` claim, if it has one.
+    pub broadcast: Option<bool>,
 }
 
 impl Grant {
@@ -149,6 +152,7 @@ impl Authenticator {
             user: c.sub,
             exp: c.exp,
             topics: c.topics.map_or(TopicPerms::Any, TopicPerms::Only),
+            broadcast: c.broadcast,
         })
     }
 }
@@ -303,6 +307,7 @@ mod tests {
             user: None,
             exp: u64::MAX - 1,
             topics: TopicPerms::Any,
+            broadcast: None,
         };
         assert_eq!(g.ends_at(10), u64::MAX);
         assert_eq!(g.ends_at(0), u64::MAX - 1);

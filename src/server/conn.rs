@@ -16,7 +16,7 @@ use mio::net::TcpStream;
 use rustc_hash::FxHashMap;
 
 use crate::app;
-use crate::app::pubsub::{Caller, PubSubCx};
+use crate::app::pubsub::{Allowances, Caller, PubSubCx};
 use crate::config::AppKind;
 use crate::escape::Esc;
 use crate::protocol::close::close_payload;
@@ -168,6 +168,8 @@ pub struct Conn {
     pub handshaking: bool,
     /// What the connection's token grants (only with authentication on).
     pub auth: Option<Box<Grant>>,
+    /// Its allowance of broadcasts and token refreshes (pub/sub app).
+    pub allowances: Allowances,
 }
 
 enum HeadStatus {
@@ -194,6 +196,7 @@ impl Conn {
             admitted: false,
             handshaking: false,
             auth: None,
+            allowances: Allowances::default(),
         }
     }
 
@@ -333,6 +336,8 @@ impl Conn {
             self.tokens = r.burst;
             self.bucket_tick = cx.now_tick;
         }
+        self.allowances.broadcast_tokens = cx.pubsub.limits.broadcast_burst;
+        self.allowances.broadcast_tick = cx.now_tick;
         // Bytes pipelined after the head are the first frame bytes.
         let rest = &mut buf[head_len..];
         HeadStatus::Done(if rest.is_empty() {
@@ -407,6 +412,7 @@ impl Conn {
             serial: self.serial,
             topics: &mut self.topics,
             auth: &mut self.auth,
+            allowances: &mut self.allowances,
         };
         // Refill the token bucket once per read, spend one per frame.
         let mut rate_exceeded = false;
@@ -459,6 +465,9 @@ impl Conn {
             Err(e) => {
                 tracing::debug!(error = %Esc::str(&e.to_string()), "protocol error");
                 stats.protocol_errors.inc();
+                if e == crate::protocol::message::ProtocolError::ReassemblyBudget {
+                    stats.reassembly_refused.inc();
+                }
                 self.start_close(e.close_code(), &e.to_string(), cx.out, false);
                 Transition::StartedClosing
             }

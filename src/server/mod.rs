@@ -26,6 +26,8 @@ use crate::admin::AdminServer;
 use crate::cluster::bridge::{self, Bridge, BridgeConfig};
 use crate::config::Config;
 use crate::metrics::MetricsSource;
+use crate::protocol::message::ReassemblyBudget;
+use crate::pubsub::budget::TopicBudget;
 use crate::pubsub::{directory::MAX_WORKERS, Hub, WorkerMsg};
 use crate::security::{Authenticator, HandshakeRate, OriginPolicy, Security};
 pub use admission::Admission;
@@ -86,7 +88,9 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         }
         None => (None, None),
     };
-    let hub = Arc::new(Hub::new(links, link));
+    let topic_budget = TopicBudget::new(config.max_total_subscriptions, config.max_topics);
+    let hub = Arc::new(Hub::new(links, link, topic_budget));
+    let reassembly = Arc::new(ReassemblyBudget::new(config.max_reassembly_bytes));
     let bridge = match (&config.redis, bridge_parts) {
         (Some(url), Some(parts)) => {
             let cfg = BridgeConfig {
@@ -110,6 +114,8 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         workers: stats.clone(),
         hub: hub.clone(),
         admission: admission.clone(),
+        reassembly: reassembly.clone(),
+        admin: Arc::default(),
     };
     let admin = match config.admin_listen {
         Some(addr) => Some(AdminServer::start(
@@ -125,6 +131,7 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         hub: hub.clone(),
         admission: admission.clone(),
         security: Arc::new(security_from(&config)?),
+        reassembly,
     };
     panic_guard::install_hook();
     let mut workers = Vec::with_capacity(n);

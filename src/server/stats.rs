@@ -153,4 +153,21 @@ worker_stats! {
     queued_bytes,
     /// Gauge: timers in the wheel.
     timers,
+    /// Connections closed (1009) because the process's reassembly budget
+    /// (`--max-reassembly-bytes`) was spent.
+    reassembly_refused,
+    /// Client broadcasts refused (not allowed, or over the per-connection rate).
+    broadcasts_refused,
+    /// Token refreshes whose signature was checked.
+    refresh_checks,
+    /// Token refreshes refused without a check (too frequent, or a repeat of
+    /// a token already refused).
+    refreshes_refused,
+    /// Subscribes refused by a topic budget (per connection or process).
+    subscribes_refused,
+    /// Subscriptions removed because a refreshed token no longer allows them.
+    subscriptions_revoked,
+    /// Times a worker wrote its fan-out batch early because it grew past
+    /// its size bound within one loop turn.
+    outbox_early_flushes,
 }

@@ -17,12 +17,13 @@ use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
 use crate::app::pubsub::{
-    broadcast_result_frame, deliver_to_topic, LocalBroadcast, PendingResult, PubSubCx, PubSubLimits,
+    broadcast_result_frame, deliver_to_topic, leave_topic, LocalBroadcast, PendingResult, PubSubCx,
+    PubSubLimits,
 };
 use crate::config::Config;
 use crate::protocol::deflate::Deflater;
 use crate::protocol::handshake::HandshakeConfig;
-use crate::protocol::message::PartialPool;
+use crate::protocol::message::{PartialPool, ReassemblyBudget};
 use crate::protocol::{CloseCode, ReceiverLimits};
 use crate::pubsub::frame::SHARED_WINDOW_BITS;
 use crate::pubsub::outbox::Outbox;
@@ -76,6 +77,8 @@ pub(crate) struct Shared {
     pub hub: Arc<Hub>,
     pub admission: Arc<Admission>,
     pub security: Arc<Security>,
+    /// `--max-reassembly-bytes`, shared by every worker's pool.
+    pub reassembly: Arc<ReassemblyBudget>,
 }
 /// Timer resolution. Every deadline (handshake, heartbeat, idle, close) is
 /// rounded up to a tick; a worker with timers wakes at most this often.
@@ -141,6 +144,9 @@ pub(crate) struct Worker {
     read_again: Vec<usize>,
     /// Rate-limited summary of per-connection trouble (see `report_trouble`).
     trouble: TroubleReport,
+    /// The largest frame a delivery can be: a max-size payload wrapped in
+    /// the `message` envelope with a max-size topic (see `flush_outbox`).
+    largest_delivery: usize,
     /// When a caught panic was last logged, and how many since went unlogged.
     panic_log: Option<(Instant, u64)>,
     /// Debug builds with `Config::debug_panic_trigger`: see `Ctx::debug_panic`.
@@ -200,8 +206,8 @@ impl Worker {
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let limits = ReceiverLimits {
-            max_frame_bytes: config.max_message_size,
-            max_message_bytes: config.max_message_size,
+            max_frame_bytes: config.message_limit(),
+            max_message_bytes: config.message_limit(),
             max_fragments: config.max_fragments,
         };
         let handshake = HandshakeConfig {
@@ -221,9 +227,15 @@ impl Worker {
         let handshake_ticks = ticks(config.handshake_timeout);
         let close_ticks = ticks(config.close_timeout);
         let answer_ticks = ticks(config.idle_timeout.saturating_sub(config.ping_interval));
+        let largest_delivery = largest_delivery(&config);
+        let broadcasts_per_sec = config.max_broadcasts_per_sec as f32;
         let pubsub_limits = PubSubLimits {
             max_topic_bytes: config.max_topic_bytes,
             max_subscriptions: config.max_subscriptions,
+            client_broadcast: config.client_broadcast,
+            broadcasts_per_tick: broadcasts_per_sec * TICK.as_secs_f32(),
+            broadcast_burst: 2.0 * broadcasts_per_sec,
+            refresh_ticks: ticks(config.min_refresh_interval),
         };
         Ok(Worker {
             id,
@@ -233,7 +245,7 @@ impl Worker {
             next_serial: 0,
             scratch: vec![0u8; SCRATCH_BYTES].into_boxed_slice(),
             out: Vec::with_capacity(FLUSH_AT),
-            pool: PartialPool::default(),
+            pool: PartialPool::with_budget(shared.reassembly.clone()),
             deflater: Deflater::default(),
             limits,
             handshake,
@@ -271,6 +283,7 @@ impl Worker {
                 next: Instant::now() + TROUBLE_INTERVAL,
                 last: [0; 5],
             },
+            largest_delivery,
             panic_log: None,
             debug_panic: cfg!(debug_assertions) && shared.config.debug_panic_trigger,
         })
@@ -327,6 +340,7 @@ impl Worker {
             self.maybe_rejoin(now);
             self.check_pending(now);
             self.flush_outbox();
+            self.outbox.end_turn();
             self.expire(now);
             self.stats.timers.set(self.wheel.len() as u64);
             // The codecs count for themselves; published once per turn.
@@ -656,11 +670,12 @@ impl Worker {
                             worker: self.id,
                             hub: &self.hub,
                             topics: &mut self.topics,
-                            outbox: &mut self.outbox,
                             pending: &mut self.pending,
                             broadcasts: &mut self.broadcasts,
                             limits: self.pubsub_limits,
                             security: &self.security,
+                            stats: &self.stats,
+                            now_tick,
                         },
                         now_tick,
                         admission: &self.admission,
@@ -694,7 +709,7 @@ impl Worker {
                         }
                     }
                     if !self.broadcasts.is_empty() {
-                        self.deliver_local_broadcasts();
+                        self.deliver_local_broadcasts(key);
                     }
                     if self.out.len() >= FLUSH_AT && !self.flush(key) {
                         return;
@@ -831,9 +846,7 @@ impl Worker {
                 self.admission.closed(ip);
             }
             for id in conn.topics.drain(..) {
-                if let Some(name) = self.topics.leave(id, key as u32) {
-                    self.hub.topic_left(&name, self.id);
-                }
+                leave_topic(&mut self.topics, &self.hub, self.id, id, key as u32);
             }
             conn.release(&mut self.pool);
             // Dropping the stream closes the descriptor, which also removes
@@ -979,7 +992,12 @@ impl Worker {
                 return;
             };
             match msg {
-                WorkerMsg::Deliver(d) => self.deliver_from_inbox(d),
+                WorkerMsg::Deliver(d) => {
+                    self.deliver_from_inbox(d);
+                    if self.outbox.is_heavy() {
+                        self.flush_outbox_early();
+                    }
+                }
                 WorkerMsg::TicketDone { pending } => self.complete_pending(pending),
                 WorkerMsg::Shutdown => self.begin_shutdown(),
                 WorkerMsg::Probe => self.stats.watchdog.inc(),
@@ -1024,11 +1042,29 @@ impl Worker {
         n
     }
 
-    /// The local part of broadcasts our own clients sent.
-    fn deliver_local_broadcasts(&mut self) {
+    /// The local part of publishes and broadcasts that connection `from`
+    /// just sent. The batch is written out whenever it gets heavy, so one
+    /// read full of tiny broadcasts costs a bounded arena, not one link per
+    /// message per connection.
+    fn deliver_local_broadcasts(&mut self, from: usize) {
         let mut list = std::mem::take(&mut self.broadcasts);
         for b in list.drain(..) {
-            let count = self.deliver_to_all(b.frame);
+            if self.outbox.is_heavy() {
+                // `out` holds `from`'s replies: they go to `from` before
+                // the batch (whose slow consumers get close frames via `out`).
+                self.flush(from);
+                self.flush_outbox_early();
+            }
+            let count = match &b.topic {
+                Some(name) => match self.topics.id_of(name) {
+                    Some(id) => deliver_to_topic(&self.topics, &mut self.outbox, id, b.frame),
+                    None => 0,
+                },
+                None => {
+                    let f = self.outbox.add_frame(b.frame);
+                    self.deliver_to_all(f)
+                }
+            };
             if let Some(t) = b.ticket {
                 if self.hub.part_done(&t, count, Some(self.id)) {
                     if let Notify::Worker { pending, .. } = t.notify {
@@ -1077,13 +1113,26 @@ impl Worker {
         self.pending_check_at = (!self.pending.is_empty()).then(|| now + PENDING_CHECK);
     }
 
+    /// Writes the batch within the turn because it grew past its bound.
+    fn flush_outbox_early(&mut self) {
+        self.stats.outbox_early_flushes.inc();
+        self.flush_outbox();
+    }
+
     /// Writes this iteration's fan-out: one vectored write per connection
     /// carrying every frame queued for it.
     fn flush_outbox(&mut self) {
         if self.outbox.is_empty() {
             return;
         }
-        let cap = self.config.max_outbound_bytes;
+        // A subscriber is slow when more than the cap is queued *besides*
+        // the largest frame it may be in the middle of: with a cap smaller
+        // than one message, a reader keeping up would otherwise be cut for
+        // every large message.
+        let cap = self
+            .config
+            .max_outbound_bytes
+            .saturating_add(self.largest_delivery);
         let now_tick = self.tick(Instant::now());
         let mut slow = Vec::new();
         let mut failed = Vec::new();
@@ -1285,6 +1334,15 @@ fn wants_shared_deflate(conn: &Conn) -> bool {
     conn.rx
         .deflate()
         .is_some_and(|a| a.server_max_window_bits >= SHARED_WINDOW_BITS)
+}
+
+/// The largest fan-out frame: payload, the JSON envelope with the longest
+/// topic (escaped, up to 6 bytes a byte), and the frame header.
+fn largest_delivery(config: &Config) -> usize {
+    let payload = usize::try_from(config.message_limit()).unwrap_or(usize::MAX);
+    payload
+        .saturating_add(config.max_topic_bytes.saturating_mul(6))
+        .saturating_add(64)
 }
 
 /// Moves the worker's queued-bytes gauge by one connection's change.

@@ -114,6 +114,19 @@ pub fn temp_dir(tag: &str) -> tempfile::TempDir {
         .expect("create a temp dir")
 }
 
+/// The `wsgate` binary on 127.0.0.1:`port` with the admin listener off;
+/// callers add their own flags and decide where its output goes.
+pub fn wsgate_command(port: u16) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
+    cmd.args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--admin-listen",
+        "off",
+    ]);
+    cmd
+}
+
 /// A child process stopped (and reaped) when the test ends, pass or fail:
 /// SIGTERM, up to [`STOP_GRACE`] to exit, then SIGKILL. A child spawned as
 /// its own process group leader (`process_group(0)`, as nginx is) is
@@ -225,21 +238,15 @@ impl Proc {
     /// Logs go to the test's stderr when WSGATE_TEST_LOG is set (e.g. `debug`).
     pub fn wsgate(port: u16, extra: &[&str], env: &[(&str, &str)]) -> Proc {
         let level = std::env::var("WSGATE_TEST_LOG").ok();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
-        cmd.args([
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            "off",
-        ])
-        .args(["--log-level", level.as_deref().unwrap_or("warn")])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(if level.is_some() {
-            Stdio::inherit()
-        } else {
-            Stdio::null()
-        });
+        let mut cmd = wsgate_command(port);
+        cmd.args(["--log-level", level.as_deref().unwrap_or("warn")])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(if level.is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            });
         for (k, v) in env {
             cmd.env(k, v);
         }

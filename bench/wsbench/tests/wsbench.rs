@@ -195,6 +195,8 @@ fn wsbench_scenarios_and_report_against_a_live_server() {
     cfg.workers = Some(2);
     // Closed-loop echo from few connections may pass the default per-connection rate.
     cfg.max_messages_per_sec = 0;
+    // The broadcast scenario measures fan-out, not the per-client broadcast limit.
+    cfg.max_broadcasts_per_sec = 0;
     let server = wsgate::start(cfg).expect("server starts");
     let url = format!("ws://{}/ws", server.local_addr());
     let admin = server.admin_addr().expect("admin API on").to_string();

@@ -280,6 +280,52 @@ fn truncated_frames_just_wait() {
     }
 }
 
+#[test]
+fn the_reassembly_budget_is_shared_and_given_back() {
+    let budget = Arc::new(ReassemblyBudget::new(100));
+    let mut pool_a = PartialPool::with_budget(budget.clone());
+    let mut pool_b = PartialPool::with_budget(budget.clone());
+    let limits = ReceiverLimits::default();
+    let mut a = Receiver::new();
+    let mut b = Receiver::new();
+    let mut none = |_: Event<'_>| {};
+    // A holds 60 bytes of an unfinished message.
+    let mut first = frame(false, OpCode::Binary, &[1; 60]);
+    a.feed(&mut first, &limits, &mut pool_a, &mut none).unwrap();
+    assert_eq!(budget.held(), 60);
+    // B may not start a 50-byte one on another worker's pool.
+    let mut other = frame(false, OpCode::Binary, &[2; 50]);
+    assert_eq!(
+        b.feed(&mut other, &limits, &mut pool_b, &mut none),
+        Err(ProtocolError::ReassemblyBudget)
+    );
+    assert_eq!(
+        ProtocolError::ReassemblyBudget.close_code(),
+        CloseCode::MESSAGE_TOO_BIG
+    );
+    // A finishes: its bytes come back, and a message that arrives whole
+    // never counts.
+    let mut last = frame(true, OpCode::Continuation, &[1; 10]);
+    let mut got = 0;
+    a.feed(&mut last, &limits, &mut pool_a, &mut |e| {
+        if let Event::Message(_, p) = e {
+            got = p.len();
+        }
+    })
+    .unwrap();
+    assert_eq!((got, budget.held()), (70, 0));
+    let mut whole = frame(true, OpCode::Binary, &[3; 90]);
+    let mut c = Receiver::new();
+    c.feed(&mut whole, &limits, &mut pool_b, &mut none).unwrap();
+    assert_eq!(budget.held(), 0);
+    // A connection that goes away mid-message gives its share back.
+    let mut again = frame(false, OpCode::Text, b"abc");
+    c.feed(&mut again, &limits, &mut pool_b, &mut none).unwrap();
+    assert_eq!(budget.held(), 3);
+    c.release(&mut pool_b);
+    assert_eq!(budget.held(), 0);
+}
+
 // --- permessage-deflate (RFC 7692) ------------------------------------------
 
 use crate::protocol::deflate::{Agreed, Deflater};

@@ -1,0 +1,148 @@
+//! What each admin path does: the publish API, metrics, health, and who may
+//! call them (the optional bearer token).
+//!
+//! Owns routing and answers. A publish never waits here: it hands the frame
+//! to the workers and returns the receiver its delivery count arrives on, so
+//! the admin loop serves other requests meanwhile.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use crossbeam_channel::Receiver;
+use serde_json::value::RawValue;
+use subtle::ConstantTimeEq;
+
+use super::http::{Head, Response};
+use super::Shared;
+use crate::app::commands;
+use crate::metrics;
+use crate::pubsub::OutFrame;
+use crate::pubsub::{Notify, Ticket};
+
+/// What a request turned into.
+pub enum Outcome {
+    Now(Response),
+    /// A publish on its way: the delivery count arrives on this receiver.
+    Counting(Receiver<u64>),
+}
+
+/// Paths a load balancer probes: open even when a token is required.
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz")
+}
+
+/// Whether the request may see `head.path` (`--admin-token-file`).
+pub fn authorized(shared: &Shared, head: &Head) -> bool {
+    let Some(token) = &shared.token else {
+        return true;
+    };
+    if is_probe(&head.path) {
+        return true;
+    }
+    let given = head
+        .authorization
+        .as_deref()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .unwrap_or("");
+    // Constant time: the answer must not tell how much of a guess was right.
+    bool::from(given.as_bytes().ct_eq(token.as_bytes()))
+}
+
+/// `/healthz`: 200 while the process runs, 503 once a worker died (a
+/// liveness probe then restarts the process).
+pub fn liveness(shared: &Shared) -> Response {
+    if shared.metrics.workers_alive() {
+        Response::json(200, r#"{"status":"ok"}"#)
+    } else {
+        Response::json(503, r#"{"status":"worker down"}"#)
+    }
+}
+
+/// `/readyz`: 200 while accepting, 503 while draining or once a worker died.
+pub fn readiness(shared: &Shared) -> Response {
+    if shared.draining.load(Ordering::Acquire) {
+        Response::json(503, r#"{"status":"draining"}"#)
+    } else if !shared.metrics.workers_alive() {
+        Response::json(503, r#"{"status":"worker down"}"#)
+    } else {
+        Response::json(200, r#"{"status":"ready"}"#)
+    }
+}
+
+/// Answers a request whose head and body have arrived.
+pub fn route(shared: &Shared, head: &Head, body: &[u8]) -> Outcome {
+    let response = match (head.method.as_str(), head.path.as_str()) {
+        ("GET", "/metrics") => Response {
+            status: 200,
+            content_type: "text/plain; version=0.0.4; charset=utf-8",
+            extra: None,
+            body: metrics::render(&shared.metrics).into_bytes(),
+        },
+        ("GET", "/healthz") => liveness(shared),
+        ("GET", "/readyz") => readiness(shared),
+        ("POST", "/publish") => {
+            let topic = form_urlencoded::parse(head.query.as_bytes())
+                .find(|(k, _)| k == "topic")
+                .map(|(_, v)| v.into_owned());
+            let max = shared.config.max_topic_bytes;
+            match (topic, json_payload(body)) {
+                (_, Err(resp)) => resp,
+                (None, _) => Response::error(400, "missing query parameter 'topic'"),
+                (Some(t), _) if t.is_empty() || t.len() > max => {
+                    Response::error(400, &format!("topic must be 1 to {max} bytes"))
+                }
+                (Some(topic), Ok(payload)) => return publish(shared, Some(&topic), payload),
+            }
+        }
+        ("POST", "/broadcast") => match json_payload(body) {
+            Ok(payload) => return publish(shared, None, payload),
+            Err(resp) => resp,
+        },
+        (_, "/publish" | "/broadcast") => Response::error(405, "use POST"),
+        (_, "/healthz" | "/readyz" | "/metrics") => Response::error(405, "use GET"),
+        _ => Response::error(
+            404,
+            "unknown path (try /publish, /broadcast, /metrics, /healthz, /readyz)",
+        ),
+    };
+    Outcome::Now(response)
+}
+
+/// Checks that the body is one JSON value; returns its text.
+fn json_payload(body: &[u8]) -> Result<&[u8], Response> {
+    let raw: &RawValue = serde_json::from_slice(body)
+        .map_err(|e| Response::error(400, &format!("body is not a JSON value: {e}")))?;
+    Ok(raw.get().as_bytes())
+}
+
+/// Encodes the frame once and hands it to every worker that needs it. The
+/// workers' counts arrive on the returned receiver.
+fn publish(shared: &Shared, topic: Option<&str>, payload: &[u8]) -> Outcome {
+    let hub = &shared.hub;
+    hub.published(topic, payload);
+    let (text, targets) = match topic {
+        Some(t) => (
+            commands::message_text(t, payload),
+            hub.directory.workers_for(t),
+        ),
+        None => (commands::broadcast_text(payload), hub.all_workers()),
+    };
+    if targets.is_empty() {
+        return Outcome::Now(Response::json(200, r#"{"delivered":0}"#));
+    }
+    let frame = OutFrame::text(&text);
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let ticket = Arc::new(Ticket::new(targets.len(), Notify::Channel(tx)));
+    let topic: Option<Arc<str>> = topic.map(Arc::from);
+    // Never wait for room here (one thread serves every admin request): a
+    // worker whose inbox is full drops the delivery, counts it
+    // (wsgate_inbox_full_drops) and reports 0 for its part.
+    hub.dispatch(targets, None, topic.as_ref(), &frame, Some(&ticket), None);
+    Outcome::Counting(rx)
+}
+
+/// The answer once the workers' count arrived.
+pub fn delivered(n: u64) -> Response {
+    Response::json(200, format!(r#"{{"delivered":{n}}}"#))
+}
