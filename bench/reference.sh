@@ -88,6 +88,11 @@ start_server --app echo
 run connect-15k connect --connections 15000 --hold 3 --src-ips 127.0.0.2-127.0.0.9
 stop_server
 
+# The same with permessage-deflate negotiated on every connection.
+start_server --app echo --permessage-deflate
+run connect-15k-deflate connect --connections 15000 --hold 3 --src-ips 127.0.0.2-127.0.0.9 --deflate
+stop_server
+
 # Fan-out to 15,000 subscribers of one topic: one message in flight (latency),
 # then a fixed rate (throughput, the outbox batches writes).
 start_server
@@ -114,6 +119,9 @@ stop_server
 start_server --app echo
 run churn-10k churn --connections 10000 --rate 500 --duration 10 --src-ips 127.0.0.2-127.0.0.9
 stop_server
+
+# permessage-deflate fan-out, with and without, alternating (bench/deflate.sh).
+bash bench/deflate.sh --out "$out/deflate"
 
 if [ "$million" = 1 ]; then
   bash bench/million.sh --target "$million_target" --out "$out" "${million_args[@]}"

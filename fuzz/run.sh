@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 seconds="${1:-60}"
-targets=(handshake frame_header message)
+targets=(handshake frame_header message deflate)
 
 if ! command -v c++ >/dev/null; then
   # libfuzzer-sys compiles libFuzzer (C++) in its build script.

@@ -217,6 +217,19 @@ pub struct Config {
     #[arg(long, env = "WSGATE_MAX_REASSEMBLY_BYTES", default_value_t = 256 << 20)]
     pub max_reassembly_bytes: u64,
 
+    /// Accept permessage-deflate (RFC 7692) from clients that offer it. Off by
+    /// default: compressed replies and inflating client messages cost CPU per
+    /// message, and compressing secrets together with attacker-chosen text in
+    /// one message can leak them (CRIME/BREACH-style). Fan-out is compressed
+    /// once per publish, and a connection keeps no compression state.
+    #[arg(long, env = "WSGATE_PERMESSAGE_DEFLATE")]
+    pub permessage_deflate: bool,
+
+    /// With permessage-deflate: messages smaller than this (bytes) are sent
+    /// uncompressed, as compressing them saves little or nothing.
+    #[arg(long, env = "WSGATE_DEFLATE_MIN_SIZE", default_value_t = 128)]
+    pub deflate_min_size: usize,
+
     /// Largest number of frames one message may arrive in; more closes with 1009.
     #[arg(long, env = "WSGATE_MAX_FRAGMENTS", default_value_t = 1 << 20)]
     pub max_fragments: u32,

@@ -114,7 +114,7 @@ impl Collector for MetricsSource {
         use MetricType::{Counter, Gauge};
         let snaps: Vec<StatsSnapshot> = self.workers.iter().map(|w| w.snapshot()).collect();
         let s = &snaps;
-        let simple: [(&str, &str, MetricType, Field); 20] = [
+        let simple: [(&str, &str, MetricType, Field); 23] = [
             (
                 "wsgate_reassembly_refused",
                 "Connections closed (1009) because --max-reassembly-bytes was spent",
@@ -207,6 +207,24 @@ impl Collector for MetricsSource {
                 "Fan-out frames written (publish and broadcast)",
                 Counter,
                 |s| s.deliveries,
+            ),
+            (
+                "wsgate_deflate_negotiated",
+                "Connections that negotiated permessage-deflate",
+                Counter,
+                |s| s.deflate_negotiated,
+            ),
+            (
+                "wsgate_deflate_compressions",
+                "Messages compressed (replies, and each fan-out frame once for all its subscribers)",
+                Counter,
+                |s| s.deflate_compressions,
+            ),
+            (
+                "wsgate_deflate_inflations",
+                "Compressed client messages inflated",
+                Counter,
+                |s| s.deflate_inflations,
             ),
             ("wsgate_pings_sent", "Heartbeat pings sent", Counter, |s| {
                 s.pings_sent

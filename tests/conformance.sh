@@ -1,19 +1,22 @@
 #!/usr/bin/env bash
 # RFC 6455 conformance: runs the Autobahn|Testsuite fuzzingclient (cases 1.*
 # to 10.*: framing, pings, reserved bits, opcodes, fragmentation, UTF-8,
-# close handling, limits) against wsgate's echo app and fails on any failed
-# case.
+# close handling, limits; with --deflate also 12.* and 13.*,
+# permessage-deflate) against wsgate's echo app and fails on any failed case.
 #
 #   tests/conformance.sh [--bin PATH] [--url URL] [--cases LIST]
-#                        [--exclude LIST] [--out DIR] [--timeout SECS]
+#                        [--exclude LIST] [--deflate] [--out DIR]
+#                        [--timeout SECS]
 #
 #   --bin PATH       the wsgate to test (default: target/release/wsgate,
 #                    built with cargo)
 #   --url URL        test a server that is already running there instead
 #                    (it must echo every message back unchanged)
 #   --cases LIST     comma-separated case ids or globs (default '*')
-#   --exclude LIST   cases to skip (default '12.*,13.*': permessage-deflate,
-#                    which wsgate does not offer)
+#   --exclude LIST   cases to skip (default '12.*,13.*', the
+#                    permessage-deflate cases, unless --deflate)
+#   --deflate        run the server with --permessage-deflate and include
+#                    12.* and 13.* (RFC 7692); an explicit --exclude wins
 #   --out DIR        reports: index.html, index.json, one file per case
 #                    (default target/autobahn)
 #   --timeout SECS   limit for the whole suite run (default 900)
@@ -37,14 +40,15 @@ usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' 
 die() { echo "conformance: $*" >&2; echo "try: tests/conformance.sh --help" >&2; exit 2; }
 say() { echo "conformance: $*" >&2; }
 
-bin="" url="" cases='*' exclude='12.*,13.*' out=target/autobahn budget=900
+bin="" url="" cases='*' exclude='12.*,13.*' exclude_set="" deflate="" out=target/autobahn budget=900
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin|--url|--cases|--exclude|--out|--timeout) [ $# -ge 2 ] || die "$1 needs a value" ;;&
     --bin) bin=$2; shift 2 ;;
     --url) url=$2; shift 2 ;;
     --cases) cases=$2; shift 2 ;;
-    --exclude) exclude=$2; shift 2 ;;
+    --exclude) exclude=$2; exclude_set=1; shift 2 ;;
+    --deflate) deflate=1; shift ;;
     --out) out=$2; shift 2 ;;
     --timeout) budget=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -52,6 +56,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$budget" in ''|*[!0-9]*|0) die "--timeout must be whole seconds above 0" ;; esac
+[ -n "$deflate" ] && [ -z "$exclude_set" ] && exclude=''
 case "$url" in ''|ws://?*) ;; *) die "--url must be ws://HOST:PORT/PATH" ;; esac
 
 # --- the suite: Python 2.7 from Debian 11 packages, then pinned PyPI packages --
@@ -184,7 +189,8 @@ if [ -z "$url" ]; then
   # The suite opens one connection per case from one address, sends up to
   # 16 MiB messages in up to 65,536 fragments, and pauses a few seconds in
   # some cases: the defaults allow all of that.
-  "$bin" --listen "127.0.0.1:$port" --path / --app echo --admin-listen off --log-level warn &
+  "$bin" --listen "127.0.0.1:$port" --path / --app echo --admin-listen off --log-level warn \
+    ${deflate:+--permessage-deflate} &
   server=$!
   for _ in $(seq 1 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break

@@ -37,6 +37,7 @@ command -v redis-cli >/dev/null || need_apt+=(redis-tools)   # tests/redis_clust
 command -v nginx >/dev/null || need_apt+=(nginx)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)   # tests/tuning.rs verifies tuning/wsgate.service
+command -v npm >/dev/null || need_apt+=(nodejs npm)             # tests/deflate.rs drives Node's ws
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -47,6 +48,12 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need_apt[@]}"
 fi
+# Real permessage-deflate clients for tests/deflate.rs: Python websockets
+# (pip) and Node ws (npm, pinned by tests/node/package-lock.json).
+python3 -c 'import websockets' 2>/dev/null ||
+  python3 -m pip install -q websockets 2>/dev/null ||
+  python3 -m pip install -q --break-system-packages websockets
+(cd tests/node && npm ci --no-audit --no-fund --loglevel=error)
 # The packaged services are not needed running: tests start their own.
 for svc in redis-server nginx; do
   if command -v systemctl >/dev/null && systemctl is-active --quiet "$svc" 2>/dev/null; then

@@ -16,6 +16,7 @@ use base64::Engine as _;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
+use wsgate::protocol::deflate::Inflater;
 use wsgate::protocol::frame::{write_client_frame, FrameHeader, OpCode, Role};
 use wsgate::protocol::handshake::accept_key;
 
@@ -183,6 +184,8 @@ pub struct Target {
     pub addr: SocketAddr,
     pub host: String,
     pub path: String,
+    /// Offer permessage-deflate and inflate compressed (RSV1) messages.
+    pub deflate: bool,
 }
 
 pub struct Engine {
@@ -201,7 +204,24 @@ pub struct Engine {
     /// Parse history positions into [`Ev::Text`] (off: no cost for the
     /// scenarios that do not need them).
     pub positions: bool,
+    /// Bytes read from every socket: what the server put on the wire.
+    pub bytes_in: u64,
+    /// Messages that arrived compressed.
+    pub compressed_in: u64,
+    /// One decompressor for all connections (the server negotiates no
+    /// context takeover, so each message inflates on its own).
+    inflater: Option<Box<Inflater>>,
+    /// Recent compressed payloads and what they said: a fan-out message
+    /// arrives as the same bytes on every connection, and inflating it
+    /// 10,000 times would make the load generator, not the server, the
+    /// bottleneck. Equal bytes inflate to equal text. Many, because
+    /// connections may lag each other by many messages.
+    seen_compressed: HashMap<Vec<u8>, (MsgKind, Option<u64>, Option<Pos>)>,
 }
+
+/// Compressed payloads remembered (see `Engine::seen_compressed`); the
+/// memory is forgotten whole when it is full.
+const SEEN_COMPRESSED: usize = 4096;
 
 impl Engine {
     pub fn new(target: Target, src_ips: Vec<IpAddr>) -> io::Result<Engine> {
@@ -219,6 +239,10 @@ impl Engine {
             open: 0,
             failures: HashMap::new(),
             positions: false,
+            bytes_in: 0,
+            compressed_in: 0,
+            inflater: None,
+            seen_compressed: HashMap::new(),
         })
     }
 
@@ -436,8 +460,13 @@ impl Engine {
                 return; // not connected yet
             }
             c.state = State::Handshaking;
+            let offer = if self.target.deflate {
+                "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+            } else {
+                ""
+            };
             let req = format!(
-                "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\nSec-WebSocket-Version: 13\r\n{offer}\r\n",
                 self.target.path,
                 self.target.host,
                 Self::ws_key(c.key_seed)
@@ -478,6 +507,7 @@ impl Engine {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return self.kill(key, Some(io_reason(&e)), None, out),
             };
+            self.bytes_in += n as u64;
             let mut buf = match c.rx.take() {
                 Some(mut b) => {
                     b.extend_from_slice(&self.scratch[..n]);
@@ -540,8 +570,9 @@ impl Engine {
             });
             pos = end + 4;
         }
+        let rsv = if self.target.deflate { 0x4 } else { 0 };
         loop {
-            let Ok(Some((h, n))) = FrameHeader::decode(&buf[pos..], Role::Client, 0) else {
+            let Ok(Some((h, n))) = FrameHeader::decode(&buf[pos..], Role::Client, rsv) else {
                 return pos;
             };
             let total = n + h.payload_len as usize;
@@ -551,6 +582,36 @@ impl Engine {
             let payload = &buf[pos + n..pos + total];
             pos += total;
             match h.opcode {
+                OpCode::Text | OpCode::Binary if h.rsv & 0x4 != 0 => {
+                    self.compressed_in += 1;
+                    let seen = self.seen_compressed.get(payload).cloned();
+                    let (kind, seq, pos) = match seen {
+                        Some(hit) => hit,
+                        None => {
+                            let inflater = self.inflater.get_or_insert_with(Default::default);
+                            let Ok(text) = inflater.inflate(payload, 64 << 20) else {
+                                self.kill(key, Some("bad compressed message"), None, out);
+                                return buf.len();
+                            };
+                            let got = (
+                                classify(text),
+                                find_seq(text),
+                                if self.positions { find_pos(text) } else { None },
+                            );
+                            if self.seen_compressed.len() >= SEEN_COMPRESSED {
+                                self.seen_compressed.clear();
+                            }
+                            self.seen_compressed.insert(payload.to_vec(), got);
+                            got
+                        }
+                    };
+                    out.push(Ev::Text {
+                        key,
+                        kind,
+                        seq,
+                        pos,
+                    });
+                }
                 OpCode::Text | OpCode::Binary => out.push(Ev::Text {
                     key,
                     kind: classify(payload),

@@ -68,6 +68,10 @@ pub struct Common {
     /// Write the results as JSON here.
     #[arg(long)]
     pub out: Option<String>,
+    /// Offer permessage-deflate (RFC 7692) on every connection and inflate
+    /// the compressed messages that arrive.
+    #[arg(long)]
+    pub deflate: bool,
 }
 
 impl Common {
@@ -94,6 +98,7 @@ impl Common {
             addr,
             host: hostport.to_string(),
             path: path.to_string(),
+            deflate: self.deflate,
         })
     }
 

@@ -277,6 +277,16 @@ pub struct Broadcast {
     pub server_cpu_us_per_delivery: Option<f64>,
     pub client_cpu_secs: f64,
     pub client_cpu_us_per_delivery: Option<f64>,
+    /// Whether the listeners offered permessage-deflate.
+    #[serde(default)]
+    pub deflate: bool,
+    /// Bytes the listeners read during the measured window, per delivery
+    /// (frame headers included).
+    #[serde(default)]
+    pub wire_bytes_per_delivery: Option<f64>,
+    /// Deliveries that arrived compressed.
+    #[serde(default)]
+    pub compressed_deliveries: u64,
 }
 
 /// `echo`: closed-loop round trips.

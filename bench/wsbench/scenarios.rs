@@ -576,6 +576,7 @@ fn connect_multi(a: ConnectArgs, procs: u64, cap: u64) -> Result<(), String> {
             .args(["--hold", &a.hold.to_string()])
             .args(["--timeout", &a.common.timeout.to_string()])
             .args(["--src-ips", &mine.join(",")])
+            .args(a.common.deflate.then_some("--deflate"))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -775,6 +776,11 @@ pub struct BroadcastArgs {
     /// Extra payload bytes per message.
     #[arg(long, default_value_t = 0)]
     pub payload_bytes: usize,
+    /// Fill the extra payload with quote-like text (symbols, prices,
+    /// timestamps with varying digits) that compresses about as well as
+    /// real market-data JSON, instead of one repeated letter.
+    #[arg(long)]
+    pub realistic_payload: bool,
     /// Handshakes in flight at once during the ramp.
     #[arg(long, default_value_t = 512)]
     pub concurrency: usize,
@@ -822,9 +828,14 @@ pub fn broadcast(a: BroadcastArgs) -> Result<(), String> {
             events.clear();
         }
     }
-    let pad = "x".repeat(a.payload_bytes);
+    let pad = if a.realistic_payload {
+        quote_text(a.payload_bytes)
+    } else {
+        "x".repeat(a.payload_bytes)
+    };
     let n = listeners.len() as u64;
     let before = Probe::take(&pids);
+    let (bytes0, compressed0) = (engine.bytes_in, engine.compressed_in);
     let mut sent_at: Vec<Option<Instant>> = vec![None; a.messages as usize];
     let mut got: Vec<u64> = vec![0; a.messages as usize];
     let mut last: Vec<Option<Instant>> = vec![None; a.messages as usize];
@@ -909,6 +920,8 @@ pub fn broadcast(a: BroadcastArgs) -> Result<(), String> {
     let deliveries: u64 = got.iter().sum();
     let server_cpu = after.cpu.saturating_sub(before.cpu).as_secs_f64();
     let client_cpu = after.self_cpu.saturating_sub(before.self_cpu).as_secs_f64();
+    let wire_bytes = engine.bytes_in - bytes0;
+    let compressed = engine.compressed_in - compressed0;
     engine.close_all();
     let result = Results::Broadcast(Broadcast {
         mode: a.mode,
@@ -929,8 +942,37 @@ pub fn broadcast(a: BroadcastArgs) -> Result<(), String> {
         server_cpu_us_per_delivery: per(server_cpu * 1e6, deliveries as f64),
         client_cpu_secs: client_cpu,
         client_cpu_us_per_delivery: per(client_cpu * 1e6, deliveries as f64),
+        deflate: a.common.deflate,
+        wire_bytes_per_delivery: per(wire_bytes as f64, deliveries as f64),
+        compressed_deliveries: compressed,
     });
     finish("wsbench broadcast", &a.common, result)
+}
+
+/// `len` bytes of text shaped like quotes (`S0412 b 101.25 a 101.31 t
+/// 1700000123; `), digits from a fixed pseudo-random sequence: about as
+/// compressible as real market data, and safe inside a JSON string.
+fn quote_text(len: usize) -> String {
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let mut next = |m: u64| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x % m
+    };
+    let mut s = String::with_capacity(len + 64);
+    while s.len() < len {
+        let bid = 100 + next(50);
+        let cents = next(100);
+        s.push_str(&format!(
+            "S{:04} b {bid}.{cents:02} a {bid}.{:02} t 17000{:05}; ",
+            next(600),
+            (cents + 1 + next(5)).min(99),
+            next(100_000)
+        ));
+    }
+    s.truncate(len);
+    s
 }
 
 #[derive(Args, Clone, Debug)]

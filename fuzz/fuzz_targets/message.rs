@@ -2,7 +2,9 @@
 //!
 //! Input layout: 4 bytes of settings, then the wire bytes.
 //!   [0] max frame size, [1] max message size, [2] max fragments (all small,
-//!   so the limits are hit), [3] seed of the TCP chunking.
+//!   so the limits are hit), [3] seed of the TCP chunking; its top bit
+//!   negotiates permessage-deflate (RSV1 messages are inflated within the
+//!   message limit).
 //! The stream is fed three ways: in one piece, one byte at a time, and in
 //! pseudo-random chunks. All three must report the same events and the same
 //! outcome (chunking is invisible to the application), and every event obeys
@@ -11,6 +13,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use wsgate::protocol::deflate::Agreed;
 use wsgate::protocol::frame::MAX_CONTROL_PAYLOAD;
 use wsgate::protocol::message::{
     Event, MessageKind, PartialPool, ProtocolError, Receiver, ReceiverLimits,
@@ -35,13 +38,14 @@ fuzz_target!(|data: &[u8]| {
         max_fragments: 1 + (data[2] % 16) as u32,
     };
     let seed = data[3];
+    let deflate = seed & 0x80 != 0;
     let wire = &data[4..];
 
-    let whole = run(wire, &limits, |_| usize::MAX);
-    let bytewise = run(wire, &limits, |_| 1);
+    let whole = run(wire, &limits, deflate, |_| usize::MAX);
+    let bytewise = run(wire, &limits, deflate, |_| 1);
     let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ seed as u64;
     let max_chunk = [2usize, 7, 16, 64, 300][seed as usize % 5];
-    let random = run(wire, &limits, move |_| {
+    let random = run(wire, &limits, deflate, move |_| {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
@@ -56,9 +60,16 @@ fuzz_target!(|data: &[u8]| {
 fn run(
     wire: &[u8],
     limits: &ReceiverLimits,
+    deflate: bool,
     mut next_size: impl FnMut(usize) -> usize,
 ) -> (Vec<Ev>, Result<(), ProtocolError>) {
     let mut rx = Receiver::new();
+    if deflate {
+        rx.enable_deflate(Agreed {
+            server_max_window_bits: 15,
+            window_requested: false,
+        });
+    }
     let mut pool = PartialPool::new(2, 1024);
     let mut events = Vec::new();
     let mut result = Ok(());

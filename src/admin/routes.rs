@@ -16,9 +16,7 @@ use super::http::{Head, Response};
 use super::Shared;
 use crate::app::commands;
 use crate::metrics;
-use crate::protocol::frame::encode_server_frame;
-use crate::protocol::OpCode;
-use crate::pubsub::{users, Notify, Ticket};
+use crate::pubsub::{users, Notify, OutFrame, Ticket};
 
 /// What a request turned into.
 pub enum Outcome {
@@ -157,7 +155,7 @@ fn publish(shared: &Shared, topic: Option<&str>, payload: &[u8]) -> Outcome {
     if targets.is_empty() {
         return Outcome::Now(Response::json(200, r#"{"delivered":0}"#));
     }
-    let frame: Arc<[u8]> = encode_server_frame(OpCode::Text, &text).into();
+    let frame = OutFrame::text(&text);
     let (tx, rx) = crossbeam_channel::bounded(1);
     let ticket = Arc::new(Ticket::new(targets.len(), Notify::Channel(tx)));
     let topic: Option<Arc<str>> = topic.map(Arc::from);

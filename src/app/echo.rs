@@ -1,10 +1,11 @@
 //! The echo app: every message goes back to its sender with its opcode.
 //! This is what the Autobahn conformance suite drives.
 
-use crate::protocol::frame::write_server_frame;
+use crate::protocol::deflate::Replies;
 use crate::protocol::MessageKind;
 
-/// Appends the echo of one message to `out`.
-pub fn on_message(kind: MessageKind, payload: &[u8], out: &mut Vec<u8>) {
-    write_server_frame(out, kind.opcode(), payload);
+/// Appends the echo of one message to `out` (compressed per message when
+/// the connection negotiated permessage-deflate).
+pub fn on_message(kind: MessageKind, payload: &[u8], out: &mut Replies<'_>) {
+    out.message(kind.opcode(), payload);
 }

@@ -14,12 +14,12 @@ use slab::Slab;
 
 use crate::app::commands::{self, Command, CommandError, Since};
 use crate::config::ClientBroadcast;
-use crate::protocol::frame::{encode_server_frame, write_server_frame};
+use crate::protocol::deflate::Replies;
 use crate::protocol::{MessageKind, OpCode};
 use crate::pubsub::history::Seq;
 use crate::pubsub::outbox::Outbox;
 use crate::pubsub::topics::LocalTopics;
-use crate::pubsub::{users, Hub, Notify, Ticket};
+use crate::pubsub::{users, Hub, Notify, OutFrame, Ticket};
 use crate::security::{Grant, Security};
 use crate::server::WorkerStats;
 
@@ -64,7 +64,7 @@ pub struct PendingResult {
 /// A publish or broadcast whose local part the worker still has to deliver.
 #[derive(Debug)]
 pub struct LocalBroadcast {
-    pub frame: Arc<[u8]>,
+    pub frame: Arc<OutFrame>,
     /// The topic of a publish (looked up again when delivered: the
     /// subscribers are those at delivery time); None for a broadcast.
     pub topic: Option<Arc<str>>,
@@ -142,8 +142,8 @@ impl Caller<'_> {
     }
 }
 
-fn reply(out: &mut Vec<u8>, text: &[u8]) {
-    write_server_frame(out, OpCode::Text, text);
+fn reply(out: &mut Replies<'_>, text: &[u8]) {
+    out.message(OpCode::Text, text);
 }
 
 /// Runs one message from a client. Returns the number of messages written
@@ -153,7 +153,7 @@ pub fn on_message(
     text: &[u8],
     caller: &mut Caller<'_>,
     cx: &mut PubSubCx<'_>,
-    out: &mut Vec<u8>,
+    out: &mut Replies<'_>,
 ) {
     if kind == MessageKind::Binary {
         reply(out, &commands::error_text(&CommandError::Binary));
@@ -214,8 +214,7 @@ pub fn on_message(
         }
         Command::Broadcast { payload } => {
             cx.hub.published(None, payload);
-            let frame: Arc<[u8]> =
-                encode_server_frame(OpCode::Text, &commands::broadcast_text(payload)).into();
+            let frame = OutFrame::text(&commands::broadcast_text(payload));
             let all = cx.hub.all_workers();
             let entry = cx.pending.vacant_entry();
             let ticket = Arc::new(Ticket::new(
@@ -251,7 +250,7 @@ fn subscribe(
     since: Option<Since<'_>>,
     caller: &mut Caller<'_>,
     cx: &mut PubSubCx<'_>,
-    out: &mut Vec<u8>,
+    out: &mut Replies<'_>,
 ) {
     let existing = cx.topics.id_of(topic);
     if existing.is_some_and(|id| caller.topics.contains(&id)) {
@@ -357,8 +356,7 @@ fn publish(topic: &str, payload: &[u8], cx: &mut PubSubCx<'_>) {
         cx.hub.publish_with_history(h, topic, payload, |_| None);
         return;
     }
-    let frame: Arc<[u8]> =
-        encode_server_frame(OpCode::Text, &users::message_text(topic, payload)).into();
+    let frame = OutFrame::text(&users::message_text(topic, payload));
     let targets = cx.hub.directory.workers_for(topic);
     if targets.len() > usize::from(targets.contains(cx.worker)) {
         let name: Arc<str> = Arc::from(topic);
@@ -410,7 +408,7 @@ pub fn deliver_to_topic(
     topics: &mut LocalTopics,
     outbox: &mut Outbox,
     id: u32,
-    frame: Arc<[u8]>,
+    frame: Arc<OutFrame>,
     seq: Option<Seq>,
 ) -> u64 {
     let Some(topic) = topics.get_mut(id) else {
@@ -445,12 +443,11 @@ pub fn deliver_to_topic(
 }
 
 /// The `broadcastResult` frame for a finished broadcast.
-pub fn broadcast_result_frame(pending: &PendingResult) -> Arc<[u8]> {
-    encode_server_frame(
-        OpCode::Text,
-        &commands::broadcast_result_text(&pending.payload, pending.ticket.delivered()),
-    )
-    .into()
+pub fn broadcast_result_frame(pending: &PendingResult) -> Arc<OutFrame> {
+    OutFrame::text(&commands::broadcast_result_text(
+        &pending.payload,
+        pending.ticket.delivered(),
+    ))
 }
 
 /// `{"type":"refresh","token":T}`: a fresh token extends the connection past
@@ -460,7 +457,7 @@ pub fn broadcast_result_frame(pending: &PendingResult) -> Arc<[u8]> {
 /// message costs the client nothing, so each connection gets one check per
 /// `--min-refresh-interval`, and a token already refused is refused again
 /// by its hash alone.
-fn refresh(token: &str, caller: &mut Caller<'_>, cx: &mut PubSubCx<'_>, out: &mut Vec<u8>) {
+fn refresh(token: &str, caller: &mut Caller<'_>, cx: &mut PubSubCx<'_>, out: &mut Replies<'_>) {
     let Some(auth) = &cx.security.auth else {
         let e = CommandError::Unauthorized("authentication is not enabled".into());
         return reply(out, &commands::error_text(&e));

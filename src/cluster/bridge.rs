@@ -21,9 +21,7 @@ use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::wire::{self, Target};
 use crate::app::commands;
-use crate::protocol::frame::encode_server_frame;
-use crate::protocol::OpCode;
-use crate::pubsub::{users, Hub};
+use crate::pubsub::{users, Hub, OutFrame};
 
 /// Publishes waiting for the publisher thread; past this they are dropped.
 const OUTBOUND_DEPTH: usize = 65_536;
@@ -446,6 +444,14 @@ impl Subscriber {
 /// every connection when `topic` is None. Encodes the frame once. Returns
 /// false when no worker needed it.
 pub(crate) fn deliver(hub: &Hub, topic: Option<&str>, payload: &[u8]) -> bool {
+    if let (Some(history), Some(t)) = (&hub.history, topic) {
+        if !users::is_reserved(t) {
+            // With topic history on, this node numbers what it relays like
+            // its own publishes (history is per node: a client resuming on
+            // another node gets `recovered:false`).
+            return hub.publish_with_history(history, t, payload, |_| None) > 0;
+        }
+    }
     let (text, targets) = match topic {
         Some(t) => (
             users::message_text(t, payload),
@@ -456,7 +462,7 @@ pub(crate) fn deliver(hub: &Hub, topic: Option<&str>, payload: &[u8]) -> bool {
     if targets.is_empty() {
         return false;
     }
-    let frame: Arc<[u8]> = encode_server_frame(OpCode::Text, &text).into();
+    let frame = OutFrame::text(&text);
     let topic: Option<Arc<str>> = topic.map(Arc::from);
     hub.dispatch(
         targets,

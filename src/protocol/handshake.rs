@@ -10,6 +10,8 @@
 use base64::Engine as _;
 use sha1::{Digest, Sha1};
 
+use super::deflate::negotiate::{negotiate, write_response_header, Agreed};
+
 /// The GUID every accept key is derived with (§1.3).
 const WS_GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 /// Header lines parsed without allocating. A head with more (legal: many
@@ -98,6 +100,8 @@ pub struct HandshakeConfig {
     pub max_head_bytes: usize,
     /// Subprotocols this server speaks, in order of preference.
     pub subprotocols: Vec<String>,
+    /// Accept permessage-deflate offers (RFC 7692).
+    pub permessage_deflate: bool,
 }
 
 impl Default for HandshakeConfig {
@@ -106,6 +110,7 @@ impl Default for HandshakeConfig {
             path: "/ws".into(),
             max_head_bytes: 8 * 1024,
             subprotocols: Vec::new(),
+            permessage_deflate: false,
         }
     }
 }
@@ -124,9 +129,13 @@ pub struct UpgradeRequest<'a> {
     pub accept_key: [u8; 28],
     /// The subprotocol chosen from the client's offer, if any.
     pub subprotocol: Option<&'a str>,
-    /// Extension offers (`Sec-WebSocket-Extensions`), unparsed. None is
-    /// accepted yet: leaving the header out of the response declines them.
+    /// Extension offers (`Sec-WebSocket-Extensions`, the last line),
+    /// unparsed, for logs and tests.
     pub extension_offers: Option<&'a str>,
+    /// The accepted permessage-deflate offer, when the server enables the
+    /// extension and the client offered it acceptably. Other extensions are
+    /// declined by leaving them out of the response.
+    pub deflate: Option<Agreed>,
 }
 
 /// Case-insensitive search for `token` in a comma-separated header value.
@@ -379,6 +388,16 @@ fn parse_with<'a>(
     if path != cfg.path {
         return Err(HandshakeError::NotFound.into());
     }
+    let deflate = if cfg.permessage_deflate && extensions.is_some() {
+        negotiate(
+            req.headers
+                .iter()
+                .filter(|h| h.name.eq_ignore_ascii_case("sec-websocket-extensions"))
+                .filter_map(|h| std::str::from_utf8(h.value).ok()),
+        )
+    } else {
+        None
+    };
     // Several Sec-WebSocket-Protocol lines are one comma list (RFC 9110
     // §5.3): the offer is every line's items, in order.
     let subprotocol = if protocol_lines == 0 || cfg.subprotocols.is_empty() {
@@ -403,6 +422,7 @@ fn parse_with<'a>(
         accept_key: accept_key(key.as_bytes()),
         subprotocol,
         extension_offers: extensions,
+        deflate,
     }))
 }
 
@@ -435,6 +455,9 @@ pub fn write_accept_response(req: &UpgradeRequest<'_>, out: &mut Vec<u8>) {
         out.extend_from_slice(b"Sec-WebSocket-Protocol: ");
         out.extend_from_slice(p.as_bytes());
         out.extend_from_slice(b"\r\n");
+    }
+    if let Some(agreed) = req.deflate {
+        write_response_header(agreed, out);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -630,6 +653,41 @@ mod tests {
         assert!(!String::from_utf8(accept_response(&req))
             .unwrap()
             .contains("Extensions"));
+    }
+
+    #[test]
+    fn permessage_deflate_is_accepted_when_enabled() {
+        let c = HandshakeConfig {
+            permessage_deflate: true,
+            ..cfg()
+        };
+        let offer = |lines: &str| {
+            let r = GOOD.replace("Origin:", &format!("{lines}Origin:"));
+            let req = parse_request(r.as_bytes(), &c).unwrap().unwrap();
+            (
+                req.deflate,
+                String::from_utf8(accept_response(&req)).unwrap(),
+            )
+        };
+        let (d, resp) =
+            offer("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n");
+        assert_eq!(d.unwrap().server_max_window_bits, 15);
+        assert!(resp.contains(
+            "\r\nSec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
+        ), "{resp}");
+        // Offers over two lines form one list.
+        let (d, resp) = offer(
+            "Sec-WebSocket-Extensions: x-foo\r\nSec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=10\r\n",
+        );
+        assert_eq!(d.unwrap().server_max_window_bits, 10);
+        assert!(resp.contains("; server_max_window_bits=10\r\n"), "{resp}");
+        // A malformed offer is declined, and the upgrade still succeeds.
+        let (d, resp) =
+            offer("Sec-WebSocket-Extensions: permessage-deflate; server_max_window_bits=\"1\r\n");
+        assert_eq!(d, None);
+        assert!(resp.starts_with("HTTP/1.1 101") && !resp.contains("Extensions"));
+        // No offer, no extension.
+        assert_eq!(offer("").0, None);
     }
 
     /// Feeds `head` to the scanner `step` bytes at a time the way a

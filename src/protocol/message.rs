@@ -8,6 +8,11 @@
 //! message that arrives in one read is handed out without any copy. It must
 //! not do IO or decide what to *send*; the event loop reacts to [`Event`]s.
 //!
+//! With permessage-deflate negotiated (RFC 7692), a data message whose first
+//! frame has RSV1 set is reassembled compressed and inflated once complete,
+//! through the worker's one [`Inflater`] (kept in the [`PartialPool`]), with
+//! the size limit applied to the inflated bytes while inflating.
+//!
 //! Memory: an idle receiver is a few dozen inline bytes. The reassembly buffer
 //! ([`Partial`]) exists only while a message or control frame is incomplete,
 //! and comes from and goes back to a [`PartialPool`].
@@ -16,6 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::close::{CloseCode, CloseFrame};
+use super::deflate::{Agreed, InflateError, Inflater};
 use super::frame::{FrameError, FrameHeader, OpCode, Role, MAX_CONTROL_PAYLOAD, MAX_HEADER_LEN};
 use super::mask::apply_mask;
 use super::utf8::Utf8Validator;
@@ -93,6 +99,12 @@ pub enum ProtocolError {
     TooManyFragments,
     #[error("invalid close frame (answered with {0})")]
     BadClose(CloseCode),
+    #[error("RSV1 (compressed) set on a control frame")]
+    CompressedControl,
+    #[error("RSV1 (compressed) set on a continuation frame")]
+    CompressedContinuation,
+    #[error("compressed message is not valid DEFLATE data")]
+    BadDeflate,
     /// The process holds as many partly received bytes as it may
     /// (`--max-reassembly-bytes`): this message would pass the budget.
     #[error("server is out of memory for unfinished messages")]
@@ -105,8 +117,10 @@ impl ProtocolError {
         match self {
             ProtocolError::Frame(_)
             | ProtocolError::UnexpectedContinuation
-            | ProtocolError::ExpectedContinuation => CloseCode::PROTOCOL_ERROR,
-            ProtocolError::InvalidUtf8 => CloseCode::INVALID_PAYLOAD,
+            | ProtocolError::ExpectedContinuation
+            | ProtocolError::CompressedControl
+            | ProtocolError::CompressedContinuation => CloseCode::PROTOCOL_ERROR,
+            ProtocolError::InvalidUtf8 | ProtocolError::BadDeflate => CloseCode::INVALID_PAYLOAD,
             ProtocolError::FrameTooBig
             | ProtocolError::MessageTooBig
             | ProtocolError::TooManyFragments
@@ -187,13 +201,16 @@ pub struct Partial {
     msg: Vec<u8>,
     utf8: Utf8Validator,
     fragments: u32,
+    /// `msg` holds compressed bytes (RSV1 on the first frame).
+    compressed: bool,
     control: Vec<u8>,
     /// Bytes of the pool's [`ReassemblyBudget`] this message holds.
     reserved: u64,
 }
 
-/// A small free list of [`Partial`]s, one per worker, so that connections
-/// borrow reassembly buffers only while they need them.
+/// A worker's receive scratch: a small free list of [`Partial`]s, so that
+/// connections borrow reassembly buffers only while they need them, and the
+/// worker's one [`Inflater`] for compressed messages (made on first use).
 #[derive(Debug)]
 pub struct PartialPool {
     // Boxed on purpose: a connection holds `Option<Box<Partial>>` (8 bytes
@@ -206,6 +223,9 @@ pub struct PartialPool {
     keep_capacity: usize,
     /// The process-wide cap on partly received bytes (none: unlimited).
     budget: Option<Arc<ReassemblyBudget>>,
+    inflater: Option<Box<Inflater>>,
+    /// Compressed messages inflated (for metrics).
+    inflations: u64,
 }
 
 impl PartialPool {
@@ -215,6 +235,8 @@ impl PartialPool {
             max_pooled,
             keep_capacity,
             budget: None,
+            inflater: None,
+            inflations: 0,
         }
     }
 
@@ -224,6 +246,24 @@ impl PartialPool {
             budget: Some(budget),
             ..PartialPool::default()
         }
+    }
+
+    /// How many compressed messages this pool's inflater has inflated.
+    pub fn inflations(&self) -> u64 {
+        self.inflations
+    }
+
+    /// Inflates one compressed message, capped at `limit` bytes.
+    fn inflate(&mut self, payload: &[u8], limit: u64) -> Result<&[u8], ProtocolError> {
+        self.inflations += 1;
+        let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+        self.inflater
+            .get_or_insert_with(Default::default)
+            .inflate(payload, limit)
+            .map_err(|e| match e {
+                InflateError::TooBig => ProtocolError::MessageTooBig,
+                InflateError::Corrupt => ProtocolError::BadDeflate,
+            })
     }
 
     fn get(&mut self) -> Box<Partial> {
@@ -258,6 +298,7 @@ impl PartialPool {
         p.control.clear();
         p.utf8 = Utf8Validator::new();
         p.fragments = 0;
+        p.compressed = false;
         self.free.push(p);
     }
 
@@ -283,6 +324,8 @@ enum State {
         mask_off: u8,
         /// The whole payload is in the current input: hand it out in place.
         direct: bool,
+        /// A one-frame message with RSV1: inflate it before handing it out.
+        compressed: bool,
     },
     /// A close frame was received or an error occurred: ignore the rest.
     Done,
@@ -293,7 +336,12 @@ enum State {
 pub struct Receiver {
     state: State,
     hdr: [u8; MAX_HEADER_LEN],
-    hdr_len: u8,
+    /// Two nibbles in one byte, so that an idle connection stays as small
+    /// as it was before permessage-deflate: the low one is how many bytes
+    /// of `hdr` are a pending header (0..=14), the high one the negotiated
+    /// permessage-deflate window (0 when not negotiated, else 8..=15; then
+    /// RSV1 is allowed on the first frame of a data message).
+    hdr_len_window: u8,
     /// Kind of the message being reassembled, if one is in progress.
     in_message: Option<MessageKind>,
     partial: Option<Box<Partial>>,
@@ -310,10 +358,35 @@ impl Receiver {
         Receiver {
             state: State::Header,
             hdr: [0; MAX_HEADER_LEN],
-            hdr_len: 0,
+            hdr_len_window: 0,
             in_message: None,
             partial: None,
         }
+    }
+
+    /// permessage-deflate was negotiated for this connection.
+    pub fn enable_deflate(&mut self, agreed: Agreed) {
+        let bits = agreed.server_max_window_bits.clamp(8, 15);
+        self.hdr_len_window = (self.hdr_len_window & 0x0F) | bits << 4;
+    }
+
+    /// The negotiated permessage-deflate parameters, if any
+    /// (`window_requested` matters only to the handshake and reads false).
+    pub fn deflate(&self) -> Option<Agreed> {
+        let bits = self.hdr_len_window >> 4;
+        (bits != 0).then_some(Agreed {
+            server_max_window_bits: bits,
+            window_requested: false,
+        })
+    }
+
+    fn hdr_len(&self) -> usize {
+        (self.hdr_len_window & 0x0F) as usize
+    }
+
+    fn set_hdr_len(&mut self, n: usize) {
+        debug_assert!(n <= MAX_HEADER_LEN);
+        self.hdr_len_window = (self.hdr_len_window & 0xF0) | n as u8;
     }
 
     /// True while a message is only partly received (the connection holds a
@@ -389,6 +462,7 @@ impl Receiver {
                 mask,
                 mask_off,
                 direct,
+                compressed,
             } = self.state
             else {
                 continue;
@@ -401,7 +475,7 @@ impl Receiver {
             if direct {
                 debug_assert_eq!(remaining, 0);
                 self.state = State::Header;
-                self.complete_direct(opcode, chunk, on_event)?;
+                self.complete_direct(opcode, compressed, chunk, limits, pool, on_event)?;
                 continue;
             }
             self.append_chunk(opcode, chunk)?;
@@ -413,11 +487,12 @@ impl Receiver {
                     mask,
                     mask_off: next_off,
                     direct,
+                    compressed,
                 };
                 return Ok(());
             }
             self.state = State::Header;
-            self.complete_buffered(opcode, fin, pool, on_event)?;
+            self.complete_buffered(opcode, fin, limits, pool, on_event)?;
         }
     }
 
@@ -428,8 +503,10 @@ impl Receiver {
         pos: &mut usize,
     ) -> Result<Option<FrameHeader>, ProtocolError> {
         let avail = &input[*pos..];
-        if self.hdr_len == 0 {
-            return match FrameHeader::decode(avail, Role::Server, 0)? {
+        // RSV1 means "compressed" once permessage-deflate is negotiated.
+        let rsv = if self.deflate().is_some() { 0x4 } else { 0 };
+        if self.hdr_len() == 0 {
+            return match FrameHeader::decode(avail, Role::Server, rsv)? {
                 Some((h, n)) => {
                     *pos += n;
                     Ok(Some(h))
@@ -437,23 +514,23 @@ impl Receiver {
                 None => {
                     // Incomplete headers are < 14 bytes: keep them inline.
                     self.hdr[..avail.len()].copy_from_slice(avail);
-                    self.hdr_len = avail.len() as u8;
+                    self.set_hdr_len(avail.len());
                     *pos = input.len();
                     Ok(None)
                 }
             };
         }
-        let old = self.hdr_len as usize;
+        let old = self.hdr_len();
         let take = (MAX_HEADER_LEN - old).min(avail.len());
         self.hdr[old..old + take].copy_from_slice(&avail[..take]);
-        match FrameHeader::decode(&self.hdr[..old + take], Role::Server, 0)? {
+        match FrameHeader::decode(&self.hdr[..old + take], Role::Server, rsv)? {
             Some((h, n)) => {
                 *pos += n - old;
-                self.hdr_len = 0;
+                self.set_hdr_len(0);
                 Ok(Some(h))
             }
             None => {
-                self.hdr_len = (old + take) as u8;
+                self.set_hdr_len(old + take);
                 *pos += take;
                 Ok(None)
             }
@@ -470,7 +547,16 @@ impl Receiver {
         pool: &mut PartialPool,
     ) -> Result<(), ProtocolError> {
         let whole_here = h.payload_len <= available as u64;
+        // Only negotiated RSV1 gets past the header decoder (RFC 7692 §6.1:
+        // only on the first frame of a data message).
+        let compressed = h.rsv & 0x4 != 0;
         let direct = match h.opcode {
+            OpCode::Ping | OpCode::Pong | OpCode::Close if compressed => {
+                return Err(ProtocolError::CompressedControl);
+            }
+            OpCode::Continuation if compressed => {
+                return Err(ProtocolError::CompressedContinuation);
+            }
             OpCode::Ping | OpCode::Pong | OpCode::Close => {
                 if !whole_here {
                     let p = self.partial.get_or_insert_with(|| pool.get());
@@ -502,6 +588,7 @@ impl Receiver {
                     p.msg.clear();
                     p.utf8 = Utf8Validator::new();
                     p.fragments = 1;
+                    p.compressed = compressed;
                     false
                 }
             }
@@ -531,6 +618,7 @@ impl Receiver {
             mask: h.mask.unwrap_or([0; 4]),
             mask_off: 0,
             direct,
+            compressed,
         };
         Ok(())
     }
@@ -544,7 +632,8 @@ impl Receiver {
         if opcode.is_control() {
             p.control.extend_from_slice(chunk);
         } else {
-            if self.in_message == Some(MessageKind::Text) {
+            // Compressed text is validated once inflated.
+            if self.in_message == Some(MessageKind::Text) && !p.compressed {
                 p.utf8.feed(chunk).map_err(|_| ProtocolError::InvalidUtf8)?;
             }
             p.msg.extend_from_slice(chunk);
@@ -556,9 +645,20 @@ impl Receiver {
     fn complete_direct(
         &mut self,
         opcode: OpCode,
+        compressed: bool,
         payload: &[u8],
+        limits: &ReceiverLimits,
+        pool: &mut PartialPool,
         on_event: &mut dyn FnMut(Event<'_>),
     ) -> Result<(), ProtocolError> {
+        if compressed {
+            let kind = if opcode == OpCode::Text {
+                MessageKind::Text
+            } else {
+                MessageKind::Binary
+            };
+            return emit_inflated(kind, payload, limits, pool, on_event);
+        }
         match opcode {
             OpCode::Text => {
                 std::str::from_utf8(payload).map_err(|_| ProtocolError::InvalidUtf8)?;
@@ -575,7 +675,8 @@ impl Receiver {
         &mut self,
         opcode: OpCode,
         fin: bool,
-        pool: &PartialPool,
+        limits: &ReceiverLimits,
+        pool: &mut PartialPool,
         on_event: &mut dyn FnMut(Event<'_>),
     ) -> Result<(), ProtocolError> {
         let Some(mut p) = self.partial.take() else {
@@ -584,6 +685,19 @@ impl Receiver {
         let result = if opcode.is_control() {
             let r = self.control(opcode, &p.control, on_event);
             p.control.clear();
+            r
+        } else if fin && p.compressed {
+            let r = match self.in_message.take() {
+                Some(kind) => emit_inflated(kind, &p.msg, limits, pool, on_event),
+                None => Err(ProtocolError::UnexpectedContinuation),
+            }
+            .inspect(|_| {
+                p.msg.clear();
+                p.compressed = false;
+            });
+            // The compressed bytes no longer count; the inflated message
+            // lives in the worker's one inflater, bounded by the size limit.
+            pool.unreserve(&mut p);
             r
         } else if fin {
             let kind = self.in_message.take();
@@ -631,6 +745,23 @@ impl Receiver {
         }
         Ok(())
     }
+}
+
+/// Inflates a complete compressed message (RFC 7692 §7.2.2) within the
+/// message size limit, validates text, and hands it out.
+fn emit_inflated(
+    kind: MessageKind,
+    payload: &[u8],
+    limits: &ReceiverLimits,
+    pool: &mut PartialPool,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<(), ProtocolError> {
+    let data = pool.inflate(payload, limits.max_message_bytes)?;
+    if kind == MessageKind::Text {
+        std::str::from_utf8(data).map_err(|_| ProtocolError::InvalidUtf8)?;
+    }
+    on_event(Event::Message(kind, data));
+    Ok(())
 }
 
 #[cfg(test)]

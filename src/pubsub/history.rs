@@ -23,6 +23,7 @@
 //! serve a resume) would replace this type behind the same three calls:
 //! [`History::append`], [`History::subscribe`] and [`History::epoch_of`].
 
+use super::frame::OutFrame;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -69,13 +70,13 @@ pub struct Snapshot {
     /// With `since`: whether every message after it is replayed.
     pub recovered: Option<bool>,
     /// Frames to replay, oldest first (empty unless recovered).
-    pub replay: Vec<Arc<[u8]>>,
+    pub replay: Vec<Arc<OutFrame>>,
 }
 
 struct Entry {
     offset: u64,
     at: Instant,
-    frame: Arc<[u8]>,
+    frame: Arc<OutFrame>,
 }
 
 struct Log {
@@ -208,7 +209,7 @@ impl History {
                 .is_some_and(|(e, ttl)| now.duration_since(e.at) > ttl)
         {
             if let Some(e) = log.entries.pop_front() {
-                freed += e.frame.len() + ENTRY_OVERHEAD;
+                freed += e.frame.plain().len() + ENTRY_OVERHEAD;
             }
         }
         log.bytes -= freed;
@@ -223,14 +224,14 @@ impl History {
     pub fn append<R>(
         &self,
         topic: &str,
-        encode: impl FnOnce(u64, &str) -> Arc<[u8]>,
-        deliver: impl FnOnce(Seq, &Arc<[u8]>) -> R,
+        encode: impl FnOnce(u64, &str) -> Arc<OutFrame>,
+        deliver: impl FnOnce(Seq, &Arc<OutFrame>) -> R,
     ) -> R {
         let out = self.with_log(topic, |log| {
             log.last += 1;
             let frame = encode(log.last, &log.epoch);
             let now = Instant::now();
-            let size = frame.len() + ENTRY_OVERHEAD;
+            let size = frame.plain().len() + ENTRY_OVERHEAD;
             log.entries.push_back(Entry {
                 offset: log.last,
                 at: now,
@@ -381,7 +382,7 @@ mod tests {
     }
 
     fn put(h: &History, topic: &str, body: &str) -> Seq {
-        h.append(topic, |_, _| Arc::from(body.as_bytes()), |seq, _| seq)
+        h.append(topic, |_, _| OutFrame::text(body.as_bytes()), |seq, _| seq)
     }
 
     #[test]

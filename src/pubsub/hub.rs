@@ -17,6 +17,7 @@ use mio::Waker;
 
 use super::budget::TopicBudget;
 use super::directory::{TopicDirectory, WorkerSet};
+use super::frame::OutFrame;
 use super::history::{History, Seq};
 use super::presence::LocalPresence;
 use super::ticket::{Notify, Ticket};
@@ -46,7 +47,7 @@ pub enum WorkerMsg {
 #[derive(Debug)]
 pub struct Delivery {
     pub topic: Option<Arc<str>>,
-    pub frame: Arc<[u8]>,
+    pub frame: Arc<OutFrame>,
     pub ticket: Option<Arc<Ticket>>,
 }
 
@@ -134,8 +135,7 @@ impl Hub {
             topic,
             |offset, epoch| {
                 let text = crate::app::commands::message_text_at(topic, payload, offset, epoch);
-                crate::protocol::frame::encode_server_frame(crate::protocol::OpCode::Text, &text)
-                    .into()
+                OutFrame::text(&text)
             },
             |seq, frame| {
                 let targets = self.directory.workers_for(topic);
@@ -242,7 +242,7 @@ impl Hub {
         targets: WorkerSet,
         skip: Option<usize>,
         topic: Option<&Arc<str>>,
-        frame: &Arc<[u8]>,
+        frame: &Arc<OutFrame>,
         ticket: Option<&Arc<Ticket>>,
         wait: Option<Duration>,
     ) {
@@ -265,7 +265,7 @@ impl Hub {
         &self,
         targets: WorkerSet,
         topic: &Arc<str>,
-        frame: &Arc<[u8]>,
+        frame: &Arc<OutFrame>,
         ticket: Option<&Arc<Ticket>>,
         seq: Seq,
     ) {

@@ -8,6 +8,8 @@
 //! - [`ticket`]: counting deliveries across workers (`listenCount`, HTTP replies).
 //! - [`presence`]: subscriptions per topic (and by which users) on this node.
 //! - [`users`]: messages to a user, as reserved per-user topics.
+//! - [`frame`]: a publish's frame, shared by all subscribers, compressed
+//!   at most once (permessage-deflate).
 //! - [`outbox`]: one worker's per-iteration batch of frames per connection,
 //!   so each connection gets one write per loop iteration.
 //!
@@ -19,6 +21,7 @@
 
 pub mod budget;
 pub mod directory;
+pub mod frame;
 pub mod history;
 pub mod hub;
 pub mod outbox;
@@ -27,5 +30,6 @@ pub mod ticket;
 pub mod topics;
 pub mod users;
 
+pub use frame::OutFrame;
 pub use hub::{Delivery, Hub, WorkerMsg};
 pub use ticket::{Notify, Ticket};

@@ -13,6 +13,8 @@
 
 use std::sync::Arc;
 
+use super::frame::OutFrame;
+
 const NONE: u32 = u32::MAX;
 
 /// Deliveries (8 bytes each) after which the batch is written out within
@@ -27,7 +29,7 @@ const KEEP_FRAMES: usize = 1024;
 
 #[derive(Debug, Default)]
 pub struct Outbox {
-    frames: Vec<Arc<[u8]>>,
+    frames: Vec<Arc<OutFrame>>,
     /// (frame index, next link)
     links: Vec<(u32, u32)>,
     /// Per connection key: (first link, last link).
@@ -40,7 +42,7 @@ pub struct Outbox {
 
 impl Outbox {
     /// Adds a frame to this iteration's batch; returns its index.
-    pub fn add_frame(&mut self, frame: Arc<[u8]>) -> u32 {
+    pub fn add_frame(&mut self, frame: Arc<OutFrame>) -> u32 {
         self.frames.push(frame);
         (self.frames.len() - 1) as u32
     }
@@ -76,7 +78,7 @@ impl Outbox {
     /// Bytes the arena holds (capacity, not use).
     pub fn capacity_bytes(&self) -> usize {
         self.links.capacity() * std::mem::size_of::<(u32, u32)>()
-            + self.frames.capacity() * std::mem::size_of::<Arc<[u8]>>()
+            + self.frames.capacity() * std::mem::size_of::<Arc<OutFrame>>()
     }
 
     /// Called once per loop turn, after the last flush: if the arena is far
@@ -129,7 +131,7 @@ pub struct FramesFor<'a> {
 }
 
 impl<'a> Iterator for FramesFor<'a> {
-    type Item = &'a Arc<[u8]>;
+    type Item = &'a Arc<OutFrame>;
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.link == NONE {
@@ -148,13 +150,13 @@ mod tests {
     #[test]
     fn groups_frames_per_connection_in_order() {
         let mut o = Outbox::default();
-        let a = o.add_frame(Arc::from(&b"a"[..]));
-        let b = o.add_frame(Arc::from(&b"b"[..]));
+        let a = o.add_frame(OutFrame::text(b"a"));
+        let b = o.add_frame(OutFrame::text(b"b"));
         o.push(5, a);
         o.push(2, a);
         o.push(5, b);
         assert_eq!(o.dirty(), &[5, 2]);
-        let got: Vec<&[u8]> = o.frames_for(5).map(|f| &f[..]).collect();
+        let got: Vec<&[u8]> = o.frames_for(5).map(|f| &f.plain()[2..]).collect();
         assert_eq!(got, vec![&b"a"[..], &b"b"[..]]);
         assert_eq!(o.frames_for(2).count(), 1);
         assert_eq!(o.frames_for(7).count(), 0);
@@ -166,7 +168,7 @@ mod tests {
     #[test]
     fn a_burst_does_not_pin_its_peak() {
         let mut o = Outbox::default();
-        let f = o.add_frame(Arc::from(&b"x"[..]));
+        let f = o.add_frame(OutFrame::text(b"x"));
         for conn in 0..HEAVY_LINKS {
             o.push(conn % 1000, f);
         }

@@ -20,6 +20,7 @@ use crate::app::pubsub::{Allowances, Caller, PubSubCx};
 use crate::config::AppKind;
 use crate::escape::Esc;
 use crate::protocol::close::close_payload;
+use crate::protocol::deflate::{Deflater, Replies, ReplyDeflate};
 use crate::protocol::frame::write_server_frame;
 use crate::protocol::handshake::{
     error_response, parse_request, scan_head, write_accept_response, HandshakeConfig,
@@ -115,7 +116,12 @@ pub struct RateLimit {
 /// Per-worker state a connection borrows while it handles input.
 pub struct Ctx<'a> {
     pub out: &'a mut Vec<u8>,
+    /// Receive scratch (reassembly buffers, the inflater).
     pub pool: &'a mut PartialPool,
+    /// The worker's compressor for replies (permessage-deflate).
+    pub deflater: &'a mut Deflater,
+    /// Replies smaller than this go uncompressed.
+    pub deflate_min_size: usize,
     pub limits: &'a ReceiverLimits,
     pub handshake: &'a HandshakeConfig,
     pub stats: &'a WorkerStats,
@@ -316,6 +322,11 @@ impl Conn {
                     self.auth = Some(Box::new(g));
                 }
                 write_accept_response(&req, cx.out);
+                if let Some(agreed) = req.deflate {
+                    // The connection's whole compression state: two bytes.
+                    self.rx.enable_deflate(agreed);
+                    cx.stats.deflate_negotiated.inc();
+                }
                 req.head_len
             }
             Err(e) => {
@@ -390,7 +401,12 @@ impl Conn {
 
     fn on_frames(&mut self, key: usize, data: &mut [u8], cx: &mut Ctx<'_>) -> Transition {
         let mut peer_close: Option<CloseCode> = None;
-        let out = &mut *cx.out;
+        let deflate = self.rx.deflate().map(|a| ReplyDeflate {
+            deflater: &mut *cx.deflater,
+            window_bits: a.server_max_window_bits,
+            min_size: cx.deflate_min_size,
+        });
+        let out = &mut Replies::new(&mut *cx.out, deflate);
         let stats = cx.stats;
         let app_kind = cx.app;
         let pubsub = &mut cx.pubsub;
@@ -437,7 +453,7 @@ impl Conn {
                         }
                     }
                 }
-                Event::Ping(payload) => write_server_frame(out, OpCode::Pong, payload),
+                Event::Ping(payload) => write_server_frame(out.out(), OpCode::Pong, payload),
                 Event::Pong(_) => {}
                 Event::Close(frame) => peer_close = Some(frame.reply_code()),
             }

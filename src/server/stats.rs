@@ -145,6 +145,13 @@ worker_stats! {
     shutdown_closes,
     /// Fan-out frames written (publish and broadcast deliveries).
     deliveries,
+    /// Connections that negotiated permessage-deflate.
+    deflate_negotiated,
+    /// Messages run through the worker's compressor (replies, and each
+    /// fan-out frame once, whatever its subscriber count).
+    deflate_compressions,
+    /// Compressed client messages inflated.
+    deflate_inflations,
     /// Gauge: bytes queued for clients whose sockets are backed up.
     queued_bytes,
     /// Gauge: timers in the wheel.

@@ -21,11 +21,13 @@ use crate::app::pubsub::{
     PubSubLimits,
 };
 use crate::config::Config;
+use crate::protocol::deflate::Deflater;
 use crate::protocol::handshake::HandshakeConfig;
 use crate::protocol::message::{PartialPool, ReassemblyBudget};
 use crate::protocol::{CloseCode, ReceiverLimits};
+use crate::pubsub::frame::SHARED_WINDOW_BITS;
 use crate::pubsub::history::Seq;
-use crate::pubsub::outbox::{FramesFor, Outbox};
+use crate::pubsub::outbox::Outbox;
 use crate::pubsub::topics::LocalTopics;
 use crate::pubsub::{Delivery, Hub, Notify, WorkerMsg};
 
@@ -99,6 +101,9 @@ pub(crate) struct Worker {
     scratch: Box<[u8]>,
     out: Vec<u8>,
     pool: PartialPool,
+    /// Compressor for replies and fan-out (permessage-deflate), reset per
+    /// message: connections own none.
+    deflater: Deflater,
     limits: ReceiverLimits,
     handshake: HandshakeConfig,
     config: Arc<Config>,
@@ -215,6 +220,7 @@ impl Worker {
             path: config.path.clone(),
             max_head_bytes: config.max_request_head,
             subprotocols: Vec::new(),
+            permessage_deflate: config.permessage_deflate,
         };
         let rate = (config.max_messages_per_sec > 0).then(|| {
             let per_sec = config.max_messages_per_sec as f32;
@@ -246,6 +252,7 @@ impl Worker {
             scratch: vec![0u8; SCRATCH_BYTES].into_boxed_slice(),
             out: Vec::with_capacity(FLUSH_AT),
             pool: PartialPool::with_budget(shared.reassembly.clone()),
+            deflater: Deflater::default(),
             limits,
             handshake,
             config,
@@ -353,6 +360,11 @@ impl Worker {
             self.outbox.end_turn();
             self.expire(now);
             self.stats.timers.set(self.wheel.len() as u64);
+            // The codecs count for themselves; published once per turn.
+            self.stats
+                .deflate_compressions
+                .set(self.deflater.compressions());
+            self.stats.deflate_inflations.set(self.pool.inflations());
             if now >= self.trouble.next {
                 self.report_trouble(now);
             }
@@ -701,6 +713,8 @@ impl Worker {
                     let mut cx = Ctx {
                         out: &mut self.out,
                         pool: &mut self.pool,
+                        deflater: &mut self.deflater,
+                        deflate_min_size: self.config.deflate_min_size,
                         limits: &self.limits,
                         handshake: &self.handshake,
                         stats: &self.stats,
@@ -1207,7 +1221,19 @@ impl Worker {
             if conn.phase != Phase::Open {
                 continue;
             }
-            let frames = self.outbox.frames_for(key);
+            let deflate = wants_shared_deflate(conn);
+            if deflate {
+                // Compress once per publish: the first deflate subscriber
+                // anywhere builds the shared compressed frame.
+                let min = self.config.deflate_min_size;
+                for f in self.outbox.frames_for(key) {
+                    f.prepare_deflated(&mut self.deflater, min);
+                }
+            }
+            let frames = self
+                .outbox
+                .frames_for(key)
+                .map(move |f| f.for_peer(deflate));
             let count = frames.clone().count() as u64;
             self.stats.messages_out.add(count);
             self.stats.deliveries.add(count);
@@ -1366,7 +1392,10 @@ fn write_out(conn: &mut Conn, out: &[u8]) -> io::Result<usize> {
 /// Writes fan-out frames after anything already queued: straight to the
 /// socket with one `writev` when nothing is queued, queueing (by reference)
 /// whatever the socket refuses. Returns the bytes written.
-fn write_frames(conn: &mut Conn, frames: FramesFor<'_>) -> io::Result<usize> {
+fn write_frames<'a>(
+    conn: &mut Conn,
+    frames: impl Iterator<Item = &'a Arc<[u8]>> + Clone,
+) -> io::Result<usize> {
     let mut written = 0;
     let mut rest = frames.clone();
     if conn.wq.is_none() {
@@ -1425,6 +1454,14 @@ fn write_frames(conn: &mut Conn, frames: FramesFor<'_>) -> io::Result<usize> {
         conn.wq = None;
     }
     Ok(written + more)
+}
+
+/// Whether `conn` takes the shared compressed variant of fan-out frames
+/// (permessage-deflate with the full window the shared variant uses).
+fn wants_shared_deflate(conn: &Conn) -> bool {
+    conn.rx
+        .deflate()
+        .is_some_and(|a| a.server_max_window_bits >= SHARED_WINDOW_BITS)
 }
 
 /// The largest fan-out frame: payload, the JSON envelope with the longest

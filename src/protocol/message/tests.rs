@@ -325,3 +325,158 @@ fn the_reassembly_budget_is_shared_and_given_back() {
     c.release(&mut pool_b);
     assert_eq!(budget.held(), 0);
 }
+
+// --- permessage-deflate (RFC 7692) ------------------------------------------
+
+use crate::protocol::deflate::{Agreed, Deflater};
+
+fn agreed() -> Agreed {
+    Agreed {
+        server_max_window_bits: 15,
+        window_requested: false,
+    }
+}
+
+/// Feeds `wire` in pieces to a receiver with deflate negotiated (or not).
+fn run_deflate(
+    wire: &[u8],
+    step: usize,
+    negotiated: bool,
+    limits: ReceiverLimits,
+) -> (Vec<Ev>, Result<(), ProtocolError>) {
+    let mut rx = Receiver::new();
+    if negotiated {
+        rx.enable_deflate(agreed());
+    }
+    let mut pool = PartialPool::default();
+    let mut events = Vec::new();
+    let mut result = Ok(());
+    for piece in wire.chunks(step) {
+        let mut chunk = piece.to_vec();
+        result = rx.feed(&mut chunk, &limits, &mut pool, &mut |e| {
+            events.push(e.to_owned_event())
+        });
+        if result.is_err() {
+            break;
+        }
+    }
+    (events, result)
+}
+
+fn compressed(payload: &[u8]) -> Vec<u8> {
+    Deflater::default().compress(payload, 15).unwrap().to_vec()
+}
+
+/// `frame` with RSV1 set.
+fn rsv1(mut f: Vec<u8>) -> Vec<u8> {
+    f[0] |= 0x40;
+    f
+}
+
+#[test]
+fn compressed_messages_inflate_whole_or_fragmented_in_any_split() {
+    let text = "permessage-deflate ".repeat(50);
+    let c = compressed(text.as_bytes());
+    let one = rsv1(frame(true, OpCode::Text, &c));
+    let (a, b) = c.split_at(c.len() / 2);
+    let mut frag = rsv1(frame(false, OpCode::Text, a));
+    frag.extend(frame(true, OpCode::Ping, b"p"));
+    frag.extend(frame(true, OpCode::Continuation, b));
+    // An uncompressed message may follow a compressed one (§6.1).
+    frag.extend(frame(true, OpCode::Text, b"plain"));
+    for step in [1, 3, 7, 64, usize::MAX] {
+        let (ev, r) = run_deflate(&one, step, true, ReceiverLimits::default());
+        assert_eq!(
+            (ev, r),
+            (vec![Ev::Text(text.clone())], Ok(())),
+            "step {step}"
+        );
+        let (ev, r) = run_deflate(&frag, step, true, ReceiverLimits::default());
+        assert_eq!(r, Ok(()));
+        assert_eq!(
+            ev,
+            vec![
+                Ev::Ping(b"p".to_vec()),
+                Ev::Text(text.clone()),
+                Ev::Text("plain".into())
+            ]
+        );
+    }
+}
+
+#[test]
+fn rsv1_is_a_protocol_error_where_the_rfc_forbids_it() {
+    let c = compressed(&[b'a'; 300]);
+    // Not negotiated.
+    let (_, r) = run_deflate(
+        &rsv1(frame(true, OpCode::Text, &c)),
+        9,
+        false,
+        Default::default(),
+    );
+    assert_eq!(r, Err(ProtocolError::Frame(FrameError::ReservedBits)));
+    // On a control frame.
+    let (_, r) = run_deflate(
+        &rsv1(frame(true, OpCode::Ping, b"x")),
+        9,
+        true,
+        Default::default(),
+    );
+    assert_eq!(r, Err(ProtocolError::CompressedControl));
+    // On a continuation frame.
+    let mut w = rsv1(frame(false, OpCode::Binary, &c[..5]));
+    w.extend(rsv1(frame(true, OpCode::Continuation, &c[5..])));
+    let (_, r) = run_deflate(&w, 9, true, Default::default());
+    assert_eq!(r, Err(ProtocolError::CompressedContinuation));
+    assert_eq!(r.unwrap_err().close_code(), CloseCode::PROTOCOL_ERROR);
+    // RSV2 and RSV3 stay reserved.
+    let (_, r) = run_deflate(&raw_frame(0xA2, b"x"), 9, true, Default::default());
+    assert_eq!(r, Err(ProtocolError::Frame(FrameError::ReservedBits)));
+}
+
+#[test]
+fn the_size_limit_applies_to_the_inflated_message() {
+    // 1 MiB of zeros is about 1 KiB compressed: a bomb against a 64 KiB limit.
+    let c = compressed(&vec![0u8; 1 << 20]);
+    assert!(c.len() < 2048, "{}", c.len());
+    let limits = ReceiverLimits {
+        max_message_bytes: 64 << 10,
+        max_frame_bytes: 64 << 10,
+        ..Default::default()
+    };
+    for step in [100, usize::MAX] {
+        let (ev, r) = run_deflate(&rsv1(frame(true, OpCode::Binary, &c)), step, true, limits);
+        assert_eq!((ev, r), (vec![], Err(ProtocolError::MessageTooBig)));
+    }
+    assert_eq!(
+        ProtocolError::MessageTooBig.close_code(),
+        CloseCode::MESSAGE_TOO_BIG
+    );
+    // Exactly at the limit is fine.
+    let c = compressed(&vec![0u8; 64 << 10]);
+    let (ev, r) = run_deflate(&rsv1(frame(true, OpCode::Binary, &c)), 1000, true, limits);
+    assert_eq!((ev, r), (vec![Ev::Binary(vec![0; 64 << 10])], Ok(())));
+}
+
+#[test]
+fn inflated_text_must_be_utf8_and_garbage_is_1007() {
+    let c = compressed(&[0xff; 200]);
+    let (_, r) = run_deflate(
+        &rsv1(frame(true, OpCode::Text, &c)),
+        7,
+        true,
+        Default::default(),
+    );
+    assert_eq!(r, Err(ProtocolError::InvalidUtf8));
+    let (_, r) = run_deflate(
+        &rsv1(frame(true, OpCode::Binary, &[0xff; 40])),
+        7,
+        true,
+        Default::default(),
+    );
+    assert_eq!(r, Err(ProtocolError::BadDeflate));
+    assert_eq!(
+        ProtocolError::BadDeflate.close_code(),
+        CloseCode::INVALID_PAYLOAD
+    );
+}
