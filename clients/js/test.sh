@@ -50,6 +50,14 @@ fi
 # asserted, so they should not compete for the CPU with each other.
 if [ "$what" != browser ]; then
   node --test --test-concurrency=1 test/node/*.test.js || status=1
+  # Node's own WebSocket (undici): global from Node 22, behind a flag in 20 and 21.
+  if [ "$node_major" -ge 22 ]; then
+    node --test test/global/*.test.js || status=1
+  elif node --experimental-websocket -e 'if (typeof WebSocket !== "function") process.exit(1)' 2>/dev/null; then
+    node --experimental-websocket --test test/global/*.test.js || status=1
+  else
+    echo "clients/js/test.sh: node $(node --version) has no built-in WebSocket; test/global skipped" >&2
+  fi
 fi
 if [ "$what" != node ]; then
   node --test test/browser/*.test.js || status=1

@@ -81,6 +81,8 @@ export interface RefusedEvent {
 export interface ErrorEvent {
   code: number;
   message: string;
+  /** The topic whose subscription was refused (and dropped), when the error answers a subscribe. */
+  topic?: string;
 }
 
 export interface BroadcastEvent<P = unknown> {

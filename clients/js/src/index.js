@@ -24,6 +24,9 @@
 /** WebSocket readyState values (the same in every implementation). */
 const OPEN = 1;
 
+/** How long after an `error` event a `close` may still come before one is assumed. */
+const ERROR_CLOSE_GRACE_MS = 250;
+
 const DEFAULTS = Object.freeze({
   baseDelayMs: 500,
   maxDelayMs: 30_000,
@@ -414,9 +417,21 @@ export class WsgateClient {
     ws.addEventListener('open', () => this._onOpen(ws));
     ws.addEventListener('message', (/** @type {any} */ ev) => this._onMessage(ws, ev.data));
     ws.addEventListener('close', (/** @type {any} */ ev) => this._onClose(ws, ev));
-    // Errors always end in `close`, which handles them; the listener keeps
-    // Node implementations from treating the error as unhandled.
-    ws.addEventListener('error', () => {});
+    // Errors normally end in `close`, which handles them. Some implementations
+    // never fire it (Node 20's undici after a refused connection stays
+    // CONNECTING forever), so an error not followed by `close` soon counts as
+    // one. The listener also keeps Node from treating the error as unhandled.
+    ws.addEventListener('error', () => {
+      setTimeout(() => {
+        if (this._ws !== ws) return;
+        try {
+          ws.close();
+        } catch {
+          // nothing left to close
+        }
+        this._onClose(ws, { code: 1006, reason: '', wasClean: false });
+      }, ERROR_CLOSE_GRACE_MS);
+    });
   }
 
   /**
@@ -710,20 +725,20 @@ export class WsgateClient {
     const code = Number(msg.code);
     const text = String(msg.message ?? '');
     const err = new WsgateServerError(code, text);
+    /** @type {string | undefined} */
+    let topic;
     if (code === 401) {
       this._refreshes.shift()?.reject(err);
     } else if (code === 429 && this._inflightSubs.length > 0) {
-      this._refuseSubscription(/** @type {string} */ (this._inflightSubs.shift()), err);
+      topic = this._inflightSubs.shift();
     } else if (code === 403) {
-      const topic = this._inflightSubs.find(
-        (t) => text === `not allowed to subscribe to topic '${t}'`,
-      );
-      if (topic !== undefined) {
-        this._inflightSubs.splice(this._inflightSubs.indexOf(topic), 1);
-        this._refuseSubscription(topic, err);
-      }
+      topic = this._inflightSubs.find((t) => text === `not allowed to subscribe to topic '${t}'`);
+      if (topic !== undefined) this._inflightSubs.splice(this._inflightSubs.indexOf(topic), 1);
     }
-    this._emit('error', { code, message: text });
+    // A refused subscription (also a resubscription after a reconnect, e.g.
+    // with a token that no longer allows the topic) is dropped, not retried.
+    if (topic !== undefined) this._refuseSubscription(topic, err);
+    this._emit('error', topic === undefined ? { code, message: text } : { code, message: text, topic });
   }
 
   /**

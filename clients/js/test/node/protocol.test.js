@@ -108,6 +108,7 @@ test('a refused subscribe rejects with the server error; the connection stays', 
   await assert.rejects(c.subscribe('three'), (e) => e instanceof WsgateServerError && e.code === 429);
   assert.equal(errors.length, 1);
   assert.equal(errors[0].code, 429);
+  assert.equal(errors[0].topic, 'three');
   assert.equal(c.position('three'), null);
   // Still usable.
   assert.equal(typeof (await c.ping()), 'number');
