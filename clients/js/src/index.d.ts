@@ -143,6 +143,8 @@ export class WsgateClient {
   /**
    * @param url the gateway's WebSocket URL, or a function returning it (called
    *   before every attempt, e.g. to put a fresh token in `?token=`).
+   * @throws TypeError for a malformed URL string, or when there is no WebSocket
+   *   implementation (neither `options.WebSocket` nor a global one).
    */
   constructor(url: string | URL | (() => string | URL | Promise<string | URL>), options?: ClientOptions);
   readonly state: ClientState;

@@ -144,6 +144,9 @@ export class WsgateClient {
         'no WebSocket implementation: pass options.WebSocket (e.g. the `ws` package) on Node < 22',
       );
     }
+    // A malformed URL string fails here, synchronously, rather than later
+    // inside a reconnect loop.
+    if (typeof url === 'string') new URL(url);
     /** @private */ this._WS = WS;
     /** @private */ this._url = url;
     /** @private */ this._protocols = options.protocols;
@@ -395,9 +398,14 @@ export class WsgateClient {
     try {
       ws = this._protocols === undefined ? new this._WS(url) : new this._WS(url, this._protocols);
     } catch (err) {
-      // A malformed URL is a programming error, not a network condition.
+      // A URL the implementation refuses (bad scheme, malformed) will not get
+      // better by retrying: stop, and say why.
       this._state = 'closed';
-      throw err;
+      this._clearTimers();
+      this._failPending(new WsgateClosedError(`cannot connect: ${String(err)}`));
+      this._emit('error', { code: 0, message: `cannot connect to ${String(url)}: ${String(err)}` });
+      this._emit('close', { code: 1006, reason: '', wasClean: false, willReconnect: false });
+      return;
     }
     this._ws = ws;
     // Node's `ws` package exposes the HTTP answer to a refused upgrade; browsers

@@ -128,3 +128,19 @@ test('publish and requests while not connected fail fast instead of queueing', a
   assert.equal(c.state, 'closed');
   await assert.rejects(c.subscribe('t'), /client closed/);
 });
+
+test('a malformed URL throws at once; one the WebSocket refuses ends the client with a reason', async () => {
+  assert.throws(() => new WsgateClient('not a url', { WebSocket }), TypeError);
+  const c = new WsgateClient('ftp://127.0.0.1/ws', { WebSocket, autoConnect: false });
+  const errors = [];
+  const closes = [];
+  c.on('error', (e) => errors.push(e));
+  c.on('close', (e) => closes.push(e));
+  c.connect();
+  await new Promise((r) => setTimeout(r, 20));
+  assert.equal(c.state, 'closed');
+  assert.equal(errors.length, 1);
+  assert.match(errors[0].message, /cannot connect to ftp:/);
+  assert.deepEqual(closes, [{ code: 1006, reason: '', wasClean: false, willReconnect: false }]);
+  await assert.rejects(c.subscribe('t'), /client closed/);
+});
