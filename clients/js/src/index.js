@@ -296,7 +296,12 @@ export class WsgateClient {
     if (listener) t.listeners.add(listener);
     if (t.confirmed) return Promise.resolve(t.confirmed);
     const state = t;
+    /** @type {Promise<SubscribedEvent>} */
     const p = new Promise((resolve, reject) => state.waiters.push({ resolve, reject }));
+    // Subscribing without awaiting is common (`client.subscribe(t, handler)`):
+    // a refusal must not then crash Node as an unhandled rejection. Whoever
+    // awaits `p` still gets it, and every refusal is an `error` event too.
+    p.catch(() => {});
     if (fresh && this._isOpen()) this._sendSubscribe(topic, t);
     return p;
   }

@@ -76,6 +76,12 @@ test('a subscribe the token does not allow rejects with 403 and names the topic'
     assert.equal(errors.length, 1);
     assert.equal(errors[0].topic, 'secret');
     assert.equal(c.position('secret'), null);
+    // A refused subscribe nobody awaits is no unhandled rejection (Node
+    // would end the test run); the error event is still emitted.
+    c.subscribe('secret.too', () => {});
+    await eventually(() => errors.length === 2, { what: 'the second refusal' });
+    assert.equal(errors[1].topic, 'secret.too');
+    errors.length = 1;
     // A publish the token does not allow is only an error event.
     c.publish('secret', 1);
     await eventually(() => errors.length === 2, { what: 'the publish error' });
