@@ -1,7 +1,8 @@
 // The client in headless Chromium against a real wsgate: the page loads
 // src/index.js as a plain ES module from a local HTTP server and uses the
-// browser's own WebSocket. Connect, subscribe, publish, receive, ping, and
-// reconnect (with resubscription) after the server is killed and restarted.
+// browser's own WebSocket. Connect, subscribe, publish, receive, ping,
+// reconnect (with resubscription) after the server is killed and restarted,
+// and the drain hint read from a 1001 close reason as Chromium reports it.
 
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -11,6 +12,7 @@ import path from 'node:path';
 import { after, before, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { WebSocketServer } from 'ws';
 import { Wsgate, freePort } from '../helpers.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -117,4 +119,40 @@ test('in Chromium: reconnects and resubscribes after the server is killed and re
     window.sub.close();
     window.pub.close();
   });
+});
+
+test('in Chromium: the close hint in a 1001 reason sets the wait', async () => {
+  // A tiny real WebSocket server that drains its first client with a hint.
+  const port = await freePort();
+  const wss = new WebSocketServer({ host: '127.0.0.1', port, path: '/ws' });
+  await new Promise((r) => wss.once('listening', r));
+  let n = 0;
+  wss.on('connection', (sock) => {
+    if (n++ === 0) sock.close(1001, JSON.stringify({ reconnect_in_ms: 300 }));
+  });
+  try {
+    const log = await page.evaluate(async (url) => {
+      const { WsgateClient } = window.wsgate;
+      const c = new WsgateClient(url, { baseDelayMs: 10, maxDelayMs: 10, random: () => 0.5 });
+      const log = [];
+      for (const t of ['open', 'close', 'reconnecting']) c.on(t, (e) => log.push({ type: t, at: performance.now(), ...e }));
+      await new Promise((resolve, reject) => {
+        c.on('open', () => log.filter((e) => e.type === 'open').length === 2 && resolve());
+        setTimeout(() => reject(new Error(JSON.stringify(log))), 5000);
+      });
+      c.close();
+      return log;
+    }, `ws://127.0.0.1:${port}/ws`);
+    const close = log.find((e) => e.type === 'close');
+    assert.equal(close.code, 1001);
+    assert.equal(close.reason, '{"reconnect_in_ms":300}');
+    const r = log.find((e) => e.type === 'reconnecting');
+    assert.equal(r.cause, 'close-hint');
+    assert.equal(r.delayMs, 315);
+    const waited = log.filter((e) => e.type === 'open')[1].at - close.at;
+    assert.ok(waited >= 313, `reconnected after ${waited} ms`);
+  } finally {
+    for (const s of wss.clients) s.terminate();
+    await new Promise((r) => wss.close(r));
+  }
 });
