@@ -2,8 +2,9 @@
 # The whole test suite, from a fresh machine: checks the Rust toolchain,
 # installs the services and tools the tests use (redis-server and nginx from
 # apt, real ones, no mocks), then runs formatting, clippy and every test
-# binary (all of them, even after a failure). This is the README's test
-# command and what CI runs first.
+# binary (all of them, even after a failure), then the JavaScript client's
+# tests (clients/js/test.sh: Node and headless Chromium against wsgate). This
+# is the README's test command and what CI runs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,7 +38,8 @@ command -v redis-cli >/dev/null || need_apt+=(redis-tools)   # tests/redis_clust
 command -v nginx >/dev/null || need_apt+=(nginx)
 command -v python3 >/dev/null || need_apt+=(python3 python3-pip)
 command -v systemd-analyze >/dev/null || need_apt+=(systemd)   # tests/tuning.rs verifies tuning/wsgate.service
-command -v npm >/dev/null || need_apt+=(nodejs npm)             # tests/deflate.rs drives Node's ws
+command -v npm >/dev/null || need_apt+=(nodejs npm)             # tests/deflate.rs (Node ws), clients/js tests
+command -v chromium >/dev/null || need_apt+=(chromium)          # clients/js browser tests
 if [ ${#need_apt[@]} -gt 0 ]; then
   SUDO=""
   [ "$(id -u)" = 0 ] || SUDO="sudo"
@@ -64,4 +66,9 @@ done
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # --no-fail-fast: one failing test binary must not hide the results of the rest.
-cargo test --workspace --locked --all-targets --no-fail-fast
+status=0
+cargo test --workspace --locked --all-targets --no-fail-fast || status=$?
+# The JavaScript client (clients/js) against the wsgate just built: Node tests
+# and headless Chromium (npm ci installs its pinned dev dependencies).
+bash clients/js/test.sh || status=1
+exit $status
