@@ -481,4 +481,17 @@ fn presence_over_a_single_redis_sums_the_nodes() {
                 == r#"{"subscriptions":5,"topic":"lobby"}"#
         });
     }
+    // A client's question is answered from Redis too (off the event loop,
+    // back through its worker): the whole cluster's count.
+    let mut asker = connect(a.local_addr());
+    send(&mut asker, r#"{"type":"presence","topic":"lobby"}"#);
+    let v = recv(&mut asker);
+    assert_eq!(
+        (v["type"].as_str(), v["subscriptions"].as_u64()),
+        (Some("presence"), Some(5)),
+        "{v}"
+    );
+    // Its connection stays usable, in order, afterwards.
+    send(&mut asker, r#"{"type":"ping"}"#);
+    assert_eq!(recv(&mut asker)["type"], "pong");
 }

@@ -80,6 +80,20 @@ fn a_user_message_reaches_every_connection_of_that_user_only() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["subscriptions"], 2);
     assert_eq!(v["users"], serde_json::json!(["alice"]));
+    // A client may ask too, about a topic its token allows (any, here).
+    send(
+        &mut bob,
+        r#"{"type":"presence","topic":"stage","users":true}"#,
+    );
+    let v = recv(&mut bob);
+    assert_eq!(v["type"], "presence", "{v}");
+    assert_eq!(
+        (v["subscriptions"].as_u64(), &v["users"]),
+        (Some(2), &serde_json::json!(["alice"]))
+    );
+    // Not about a user's reserved topic.
+    send(&mut bob, r#"{"type":"presence","topic":"\u0000u:alice"}"#);
+    assert_eq!(recv(&mut bob)["code"], 403);
 
     // The reserved topic behind it is not a client's to take...
     send(&mut bob, r#"{"type":"subscribe","topic":"\u0000u:alice"}"#);

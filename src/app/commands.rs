@@ -43,6 +43,11 @@ pub enum Command<'a> {
     Refresh {
         token: Cow<'a, str>,
     },
+    /// Cluster-wide subscriptions of a topic (and, with `users`, who).
+    Presence {
+        topic: Cow<'a, str>,
+        users: bool,
+    },
 }
 
 /// `"since":{"offset":O,"epoch":"E"}` of a resuming subscribe.
@@ -87,6 +92,8 @@ pub enum CommandError {
     RateLimited(&'static str),
     #[error("the server holds as many {0} as it may; try again later")]
     ServerFull(&'static str),
+    #[error("cannot answer now: {0}")]
+    Unavailable(String),
 }
 
 impl CommandError {
@@ -105,6 +112,7 @@ impl CommandError {
             | CommandError::ServerFull(_) => 429,
             CommandError::Forbidden(..) | CommandError::BroadcastForbidden => 403,
             CommandError::Unauthorized(_) => 401,
+            CommandError::Unavailable(_) => 503,
         }
     }
 }
@@ -122,6 +130,7 @@ struct Wire<'a> {
     #[serde(borrow)]
     user: Option<Cow<'a, str>>,
     since: Option<Since<'a>>,
+    users: Option<bool>,
 }
 
 /// Parses one text message. `max_topic` caps topic names in bytes.
@@ -144,6 +153,10 @@ pub fn parse(text: &[u8], max_topic: usize) -> Result<Command<'_>, CommandError>
         },
         "unsubscribe" => Command::Unsubscribe {
             topic: check_topic(wire.topic)?,
+        },
+        "presence" => Command::Presence {
+            topic: check_topic(wire.topic)?,
+            users: wire.users.unwrap_or(false),
         },
         "publish" => match (wire.topic, wire.user) {
             (None, Some(user)) => {
@@ -318,6 +331,15 @@ pub fn subscription_text(subscribed: bool, topic: &str) -> Vec<u8> {
     out
 }
 
+/// `{"type":"presence","topic":T,"subscriptions":N,...}`: a presence answer
+/// (`answer` is the same object `GET /presence` returns) as a client reply.
+pub fn presence_text(mut answer: serde_json::Value) -> Vec<u8> {
+    if let Some(fields) = answer.as_object_mut() {
+        fields.insert("type".into(), "presence".into());
+    }
+    answer.to_string().into_bytes()
+}
+
 /// `{"type":"unsubscribed","topic":T,"reason":R}`: the server removed the
 /// subscription (e.g. a refreshed token no longer allows the topic).
 pub fn revoked_text(topic: &str, reason: &str) -> Vec<u8> {
@@ -359,6 +381,13 @@ mod tests {
     fn parses_every_command() {
         assert_eq!(p(r#"{"type":"echo","payload":1}"#), Ok(Command::Echo));
         assert_eq!(p(r#"{"type":"ping"}"#), Ok(Command::Ping));
+        assert_eq!(
+            p(r#"{"type":"presence","topic":"lobby","users":true}"#),
+            Ok(Command::Presence {
+                topic: "lobby".into(),
+                users: true,
+            })
+        );
         assert_eq!(
             p(r#"{"type":"subscribe","topic":"news"}"#),
             Ok(Command::Subscribe {

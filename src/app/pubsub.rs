@@ -19,7 +19,7 @@ use crate::protocol::{MessageKind, OpCode};
 use crate::pubsub::history::Seq;
 use crate::pubsub::outbox::Outbox;
 use crate::pubsub::topics::LocalTopics;
-use crate::pubsub::{users, Hub, Notify, OutFrame, Ticket};
+use crate::pubsub::{users, Hub, Notify, OutFrame, Ticket, WorkerMsg};
 use crate::security::{Grant, Security};
 use crate::server::WorkerStats;
 
@@ -77,7 +77,7 @@ pub struct LocalBroadcast {
 /// commands.
 pub struct PubSubCx<'a> {
     pub worker: usize,
-    pub hub: &'a Hub,
+    pub hub: &'a Arc<Hub>,
     pub topics: &'a mut LocalTopics,
     pub pending: &'a mut Slab<PendingResult>,
     pub broadcasts: &'a mut Vec<LocalBroadcast>,
@@ -169,6 +169,13 @@ pub fn on_message(
     match cmd {
         Command::Echo => reply(out, text),
         Command::Ping => reply(out, commands::PONG_TEXT),
+        Command::Presence { topic, .. }
+            if !caller.may_use(&topic) || users::is_reserved(&topic) =>
+        {
+            let e = CommandError::Forbidden("see presence of", topic.into_owned());
+            reply(out, &commands::error_text(&e));
+        }
+        Command::Presence { topic, users } => presence(&topic, users, caller, cx, out),
         Command::Subscribe { topic, .. } if !caller.may_use(&topic) => {
             let e = CommandError::Forbidden("subscribe to", topic.into_owned());
             reply(out, &commands::error_text(&e));
@@ -323,6 +330,67 @@ fn subscribe(
             ticket: None,
             only: Some(caller.key),
         });
+    }
+}
+
+/// Most client presence questions answered at once, process-wide: each
+/// needs a Redis round trip on a thread of its own.
+const MAX_PRESENCE_QUERIES: usize = 64;
+
+/// `{"type":"presence","topic":T}`: this node's counts are answered at
+/// once; with a cluster the question goes to Redis on a thread of its own
+/// (never on the event loop), and the answer comes back through this
+/// worker's inbox to the same connection.
+fn presence(
+    topic: &str,
+    users: bool,
+    caller: &mut Caller<'_>,
+    cx: &mut PubSubCx<'_>,
+    out: &mut Replies<'_>,
+) {
+    use crate::cluster::presence as cluster_presence;
+    if !cluster_presence::needs_redis(cx.hub) {
+        return match cluster_presence::answer(cx.hub, topic, users) {
+            Ok(body) => reply(out, &commands::presence_text(body)),
+            Err(e) => reply(
+                out,
+                &commands::error_text(&CommandError::Unavailable(e.to_string())),
+            ),
+        };
+    }
+    let in_flight = &cx.hub.presence_queries;
+    if in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= MAX_PRESENCE_QUERIES {
+        in_flight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        let e = CommandError::RateLimited("presence questions");
+        return reply(out, &commands::error_text(&e));
+    }
+    let hub = cx.hub.clone();
+    let (worker, conn, serial) = (cx.worker, caller.key, caller.serial);
+    let topic = topic.to_string();
+    let spawned = std::thread::Builder::new()
+        .name("wsgate-presence".into())
+        .spawn(move || {
+            let text = match cluster_presence::answer(&hub, &topic, users) {
+                Ok(body) => commands::presence_text(body),
+                Err(e) => commands::error_text(&CommandError::Unavailable(e.to_string())),
+            };
+            let frame = OutFrame::text(&text);
+            // A full inbox drops the answer, like any delivery (counted).
+            let _ = hub.try_send(
+                worker,
+                WorkerMsg::Reply {
+                    conn,
+                    serial,
+                    frame,
+                },
+            );
+            hub.presence_queries
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        });
+    if let Err(e) = spawned {
+        in_flight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        let e = CommandError::Unavailable(e.to_string());
+        reply(out, &commands::error_text(&e));
     }
 }
 

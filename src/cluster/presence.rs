@@ -367,7 +367,18 @@ pub fn http_answer(hub: &Hub, query: &str, max_topic_bytes: usize) -> (u16, Stri
     if topic.is_empty() || topic.len() > max_topic_bytes {
         return err(400, &format!("topic must be 1 to {max_topic_bytes} bytes"));
     }
-    let local = hub.presence.get(&topic);
+    match answer(hub, &topic, users) {
+        Ok(body) => (200, body.to_string()),
+        Err(e) => err(503, &e.to_string()),
+    }
+}
+
+/// The presence of `topic` as the JSON object both `GET /presence` and the
+/// client's `{"type":"presence"}` answer: this node's own counts without a
+/// cluster, the cluster-wide ones from Redis with one (a blocking call: run
+/// it off the event loops).
+pub fn answer(hub: &Hub, topic: &str, users: bool) -> Result<serde_json::Value, PresenceError> {
+    let local = hub.presence.get(topic);
     let store = hub.cluster.as_ref().and_then(|c| c.presence.get().cloned());
     let p = match store {
         None => Presence {
@@ -375,15 +386,19 @@ pub fn http_answer(hub: &Hub, query: &str, max_topic_bytes: usize) -> (u16, Stri
             users: local.users.keys().map(|u| u.to_string()).collect(),
             users_complete: true,
         },
-        Some(s) => match s.query(&topic, &local) {
-            Ok(p) => p,
-            Err(e) => return err(503, &e.to_string()),
-        },
+        Some(s) => s.query(topic, &local)?,
     };
     let mut body = serde_json::json!({ "topic": topic, "subscriptions": p.subscriptions });
     if users {
         body["users"] = serde_json::json!(p.users);
         body["users_complete"] = p.users_complete.into();
     }
-    (200, body.to_string())
+    Ok(body)
+}
+
+/// Whether answering needs Redis (a thread), or only this node's counts.
+pub fn needs_redis(hub: &Hub) -> bool {
+    hub.cluster
+        .as_ref()
+        .is_some_and(|c| c.presence.get().is_some())
 }

@@ -7,7 +7,7 @@
 //! dropped and counted (blocking could deadlock two workers feeding each
 //! other). Threads that are not workers may wait, with a timeout.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,6 +34,13 @@ pub enum WorkerMsg {
     DeliverAt(Box<Delivery>, Seq),
     /// A `broadcastResult` this worker is waiting for can be sent.
     TicketDone { pending: usize },
+    /// A reply made off the event loop (a client's presence question) for
+    /// connection `conn`, if it is still the one with `serial`.
+    Reply {
+        conn: u32,
+        serial: u32,
+        frame: Arc<OutFrame>,
+    },
     /// Stop accepting, close every connection with 1001, drain, exit.
     Shutdown,
     /// Watchdog probe: the worker counts it, proving its loop still turns.
@@ -73,6 +80,9 @@ pub struct Hub {
     pub topic_budget: TopicBudget,
     /// Subscriptions per topic on this node (`GET /presence`).
     pub presence: LocalPresence,
+    /// Client presence questions being answered off the event loops (each
+    /// on a thread of its own, so their number is capped).
+    pub presence_queries: AtomicUsize,
     /// Topic history (`--history-size` > 0).
     pub history: Option<History>,
 }
@@ -100,6 +110,7 @@ impl Hub {
             cluster,
             topic_budget,
             presence: LocalPresence::default(),
+            presence_queries: AtomicUsize::new(0),
             history: None,
         }
     }

@@ -1062,6 +1062,22 @@ impl Worker {
                     }
                 }
                 WorkerMsg::TicketDone { pending } => self.complete_pending(pending),
+                WorkerMsg::Reply {
+                    conn,
+                    serial,
+                    frame,
+                } => {
+                    // The connection may have closed, and its slot been
+                    // reused, while the answer was made.
+                    let open = self
+                        .conns
+                        .get(conn as usize)
+                        .is_some_and(|c| c.serial == serial && c.phase == Phase::Open);
+                    if open {
+                        let f = self.outbox.add_frame(frame);
+                        self.outbox.push(conn as usize, f);
+                    }
+                }
                 WorkerMsg::Shutdown => self.begin_shutdown(),
                 WorkerMsg::Probe => self.stats.watchdog.inc(),
                 #[cfg(debug_assertions)]
