@@ -198,3 +198,57 @@ fn a_client_may_message_a_user_only_if_its_token_says_so() {
     );
     assert_eq!(recv(&mut support)["code"], 400);
 }
+
+/// With topic history on, messages to a user keep their own shape and are
+/// not numbered (a user's reserved topic keeps no history), whether a
+/// backend or a client sends them; topics still are.
+#[test]
+fn user_messages_are_not_numbered_when_topics_keep_history() {
+    let mut cfg = wsgate::Config::for_tests();
+    cfg.workers = Some(2);
+    cfg.jwt_secret = Some(SECRET.into());
+    cfg.history_size = 10;
+    let server = wsgate::start(cfg).unwrap();
+    let addr = server.local_addr();
+    let admin = server.admin_addr().unwrap();
+    let mut alice = connect_as(addr, "alice");
+    let (status, body) = http(admin, "POST", "/publish?user=alice", r#"{"n":1}"#);
+    assert_eq!((status, body.as_str()), (200, r#"{"delivered":1}"#));
+    assert_eq!(
+        recv_text(&mut alice),
+        r#"{"type":"message","user":"alice","payload":{"n":1}}"#
+    );
+    let mut sender = connect_token(
+        addr,
+        &token_with(serde_json::json!({
+            "sub": "bot", "users": ["alice"], "exp": wsgate::security::unix_now() + 600
+        })),
+    );
+    send(
+        &mut sender,
+        r#"{"type":"publish","user":"alice","payload":{"n":2}}"#,
+    );
+    assert_eq!(
+        recv_text(&mut alice),
+        r#"{"type":"message","user":"alice","payload":{"n":2}}"#
+    );
+    // A topic, for contrast, carries its position.
+    subscribe_with_position(&mut alice, "news");
+    let (status, _) = http(admin, "POST", "/publish?topic=news", "3");
+    assert_eq!(status, 200);
+    let v = recv(&mut alice);
+    assert_eq!(
+        (v["type"].as_str(), v["offset"].as_u64()),
+        (Some("message"), Some(1)),
+        "{v}"
+    );
+}
+
+fn subscribe_with_position(ws: &mut Ws, topic: &str) {
+    send(
+        ws,
+        &serde_json::json!({"type": "subscribe", "topic": topic}).to_string(),
+    );
+    let v = recv(ws);
+    assert_eq!(v["type"], "subscribed", "{v}");
+}

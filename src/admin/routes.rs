@@ -14,9 +14,8 @@ use subtle::ConstantTimeEq;
 
 use super::http::{Head, Response};
 use super::Shared;
-use crate::app::commands;
 use crate::metrics;
-use crate::pubsub::{users, Notify, OutFrame, Ticket};
+use crate::pubsub::{users, Notify, Ticket};
 
 /// What a request turned into.
 pub enum Outcome {
@@ -127,43 +126,21 @@ fn json_payload(body: &[u8]) -> Result<&[u8], Response> {
     Ok(raw.get().as_bytes())
 }
 
-/// Encodes the frame once and hands it to every worker that needs it. The
-/// workers' counts arrive on the returned receiver.
+/// Hands the publish to every worker that needs it (see
+/// [`crate::pubsub::Hub::deliver_external`]). Never waits for room (one
+/// thread serves every admin request): a worker whose inbox is full drops
+/// the delivery, counts it (`wsgate_inbox_full_drops_total`) and reports 0
+/// for its part. The workers' counts arrive on the returned receiver.
 fn publish(shared: &Shared, topic: Option<&str>, payload: &[u8]) -> Outcome {
     let hub = &shared.hub;
     hub.published(topic, payload);
-    if let (Some(history), Some(topic)) = (&hub.history, topic) {
-        // The offset is taken where every other publish of the topic takes
-        // it (see `Hub::publish_with_history`).
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        let sent = hub.publish_with_history(history, topic, payload, |parts| {
-            Some(Arc::new(Ticket::new(parts, Notify::Channel(tx))))
-        });
-        return if sent == 0 {
-            Outcome::Now(Response::json(200, r#"{"delivered":0}"#))
-        } else {
-            Outcome::Counting(rx)
-        };
-    }
-    let (text, targets) = match topic {
-        Some(t) => (
-            users::message_text(t, payload),
-            hub.directory.workers_for(t),
-        ),
-        None => (commands::broadcast_text(payload), hub.all_workers()),
-    };
-    if targets.is_empty() {
-        return Outcome::Now(Response::json(200, r#"{"delivered":0}"#));
-    }
-    let frame = OutFrame::text(&text);
     let (tx, rx) = crossbeam_channel::bounded(1);
-    let ticket = Arc::new(Ticket::new(targets.len(), Notify::Channel(tx)));
-    let topic: Option<Arc<str>> = topic.map(Arc::from);
-    // Never wait for room here (one thread serves every admin request): a
-    // worker whose inbox is full drops the delivery, counts it
-    // (wsgate_inbox_full_drops) and reports 0 for its part.
-    hub.dispatch(targets, None, topic.as_ref(), &frame, Some(&ticket), None);
-    Outcome::Counting(rx)
+    let ticket = |parts| Some(Arc::new(Ticket::new(parts, Notify::Channel(tx))));
+    if hub.deliver_external(topic, payload, ticket, None) == 0 {
+        Outcome::Now(Response::json(200, r#"{"delivered":0}"#))
+    } else {
+        Outcome::Counting(rx)
+    }
 }
 
 /// `GET /presence?topic=T[&users=1]`: cluster-wide subscriptions, read

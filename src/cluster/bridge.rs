@@ -20,8 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::wire::{self, Target};
-use crate::app::commands;
-use crate::pubsub::{users, Hub, OutFrame};
+use crate::pubsub::Hub;
 
 /// Publishes waiting for the publisher thread; past this they are dropped.
 const OUTBOUND_DEPTH: usize = 65_536;
@@ -444,33 +443,8 @@ impl Subscriber {
 /// every connection when `topic` is None. Encodes the frame once. Returns
 /// false when no worker needed it.
 pub(crate) fn deliver(hub: &Hub, topic: Option<&str>, payload: &[u8]) -> bool {
-    if let (Some(history), Some(t)) = (&hub.history, topic) {
-        if !users::is_reserved(t) {
-            // With topic history on, this node numbers what it relays like
-            // its own publishes (history is per node: a client resuming on
-            // another node gets `recovered:false`).
-            return hub.publish_with_history(history, t, payload, |_| None) > 0;
-        }
-    }
-    let (text, targets) = match topic {
-        Some(t) => (
-            users::message_text(t, payload),
-            hub.directory.workers_for(t),
-        ),
-        None => (commands::broadcast_text(payload), hub.all_workers()),
-    };
-    if targets.is_empty() {
-        return false;
-    }
-    let frame = OutFrame::text(&text);
-    let topic: Option<Arc<str>> = topic.map(Arc::from);
-    hub.dispatch(
-        targets,
-        None,
-        topic.as_ref(),
-        &frame,
-        None,
-        Some(DELIVER_WAIT),
-    );
-    true
+    // With topic history on, this node numbers what it relays like its own
+    // publishes (history is per node: a client resuming on another node
+    // gets `recovered:false`).
+    hub.deliver_external(topic, payload, |_| None, Some(DELIVER_WAIT)) > 0
 }

@@ -160,6 +160,46 @@ impl Hub {
         )
     }
 
+    /// One publish (`topic` Some) or broadcast (None) from outside the
+    /// workers — the admin API or another node — to every worker with a
+    /// reader for it: numbered first when the topic keeps history, encoded
+    /// once either way. `ticket` is made for the number of workers it goes
+    /// to; `wait` is how long to wait for room in a full inbox. Returns that
+    /// number (0: nobody here to deliver to).
+    pub fn deliver_external(
+        &self,
+        topic: Option<&str>,
+        payload: &[u8],
+        ticket: impl FnOnce(usize) -> Option<Arc<Ticket>>,
+        wait: Option<Duration>,
+    ) -> usize {
+        if let (Some(history), Some(t)) = (&self.history, topic) {
+            // Users' reserved topics keep no history.
+            if !super::users::is_reserved(t) {
+                return self.publish_with_history(history, t, payload, ticket);
+            }
+        }
+        let (text, targets) = match topic {
+            Some(t) => (
+                super::users::message_text(t, payload),
+                self.directory.workers_for(t),
+            ),
+            None => (
+                crate::app::commands::broadcast_text(payload),
+                self.all_workers(),
+            ),
+        };
+        if targets.is_empty() {
+            return 0;
+        }
+        let parts = targets.len();
+        let frame = OutFrame::text(&text);
+        let ticket = ticket(parts);
+        let name: Option<Arc<str>> = topic.map(Arc::from);
+        self.dispatch(targets, None, name.as_ref(), &frame, ticket.as_ref(), wait);
+        parts
+    }
+
     pub fn worker_count(&self) -> usize {
         self.links.len()
     }
