@@ -20,12 +20,14 @@ use wsgate::protocol::handshake::{
 fuzz_target!(|data: &[u8]| {
     // The server's default settings...
     check(data, &HandshakeConfig::default());
-    // ...and one with subprotocols to choose from and a tiny head cap, so the
-    // 431 path and the subprotocol hook are reached too.
+    // ...and one with subprotocols to choose from, permessage-deflate on and
+    // a tiny head cap, so the 431 path, the subprotocol hook and the
+    // extension negotiation are reached too.
     let small = HandshakeConfig {
         path: "/".into(),
         max_head_bytes: 200,
         subprotocols: vec!["v2.wsgate".into(), "chat".into()],
+        permessage_deflate: true,
     };
     check(data, &small);
 });
