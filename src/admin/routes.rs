@@ -144,21 +144,19 @@ fn publish(shared: &Shared, topic: Option<&str>, payload: &[u8]) -> Outcome {
 }
 
 /// `GET /presence?topic=T[&users=1]`: cluster-wide subscriptions, read
-/// from Redis off the admin loop (at most one thread per admin connection,
-/// and those are capped).
+/// from Redis on the offload thread (bounded queue), so the admin loop
+/// keeps serving meanwhile.
 fn presence(shared: &Shared, query: &str) -> Outcome {
     let (tx, rx) = crossbeam_channel::bounded(1);
     let hub = shared.hub.clone();
     let query = query.to_string();
     let max = shared.config.max_topic_bytes;
-    let spawned = std::thread::Builder::new()
-        .name("wsgate-admin-presence".into())
-        .spawn(move || {
-            let (status, body) = crate::cluster::presence::http_answer(&hub, &query, max);
-            let _ = tx.send(Response::json(status, body));
-        });
-    match spawned {
-        Ok(_) => Outcome::Answering(rx),
+    let queued = shared.hub.offload.try_run(move || {
+        let (status, body) = crate::cluster::presence::http_answer(&hub, &query, max);
+        let _ = tx.send(Response::json(status, body));
+    });
+    match queued {
+        Ok(()) => Outcome::Answering(rx),
         Err(e) => Outcome::Now(Response::error(503, &format!("cannot answer now: {e}"))),
     }
 }

@@ -17,6 +17,7 @@ use crate::config::ClientBroadcast;
 use crate::protocol::deflate::Replies;
 use crate::protocol::{MessageKind, OpCode};
 use crate::pubsub::history::Seq;
+use crate::pubsub::offload::OffloadError;
 use crate::pubsub::outbox::Outbox;
 use crate::pubsub::topics::LocalTopics;
 use crate::pubsub::{users, Hub, Notify, OutFrame, Ticket, WorkerMsg};
@@ -333,14 +334,11 @@ fn subscribe(
     }
 }
 
-/// Most client presence questions answered at once, process-wide: each
-/// needs a Redis round trip on a thread of its own.
-const MAX_PRESENCE_QUERIES: usize = 64;
-
 /// `{"type":"presence","topic":T}`: this node's counts are answered at
-/// once; with a cluster the question goes to Redis on a thread of its own
-/// (never on the event loop), and the answer comes back through this
-/// worker's inbox to the same connection.
+/// once; with a cluster the question goes to Redis on the offload thread
+/// (never on the event loop; its queue is bounded, past it error 429), and
+/// the answer comes back through this worker's inbox to the same
+/// connection.
 fn presence(
     topic: &str,
     users: bool,
@@ -358,39 +356,35 @@ fn presence(
             ),
         };
     }
-    let in_flight = &cx.hub.presence_queries;
-    if in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= MAX_PRESENCE_QUERIES {
-        in_flight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        let e = CommandError::RateLimited("presence questions");
-        return reply(out, &commands::error_text(&e));
-    }
     let hub = cx.hub.clone();
     let (worker, conn, serial) = (cx.worker, caller.key, caller.serial);
     let topic = topic.to_string();
-    let spawned = std::thread::Builder::new()
-        .name("wsgate-presence".into())
-        .spawn(move || {
-            let text = match cluster_presence::answer(&hub, &topic, users) {
-                Ok(body) => commands::presence_text(body),
-                Err(e) => commands::error_text(&CommandError::Unavailable(e.to_string())),
-            };
-            let frame = OutFrame::text(&text);
-            // A full inbox drops the answer, like any delivery (counted).
-            let _ = hub.try_send(
-                worker,
-                WorkerMsg::Reply {
-                    conn,
-                    serial,
-                    frame,
-                },
-            );
-            hub.presence_queries
-                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        });
-    if let Err(e) = spawned {
-        in_flight.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
-        let e = CommandError::Unavailable(e.to_string());
-        reply(out, &commands::error_text(&e));
+    let queued = cx.hub.offload.try_run(move || {
+        let text = match cluster_presence::answer(&hub, &topic, users) {
+            Ok(body) => commands::presence_text(body),
+            Err(e) => commands::error_text(&CommandError::Unavailable(e.to_string())),
+        };
+        let frame = OutFrame::text(&text);
+        // A full inbox drops the answer, like any delivery (counted).
+        let _ = hub.try_send(
+            worker,
+            WorkerMsg::Reply {
+                conn,
+                serial,
+                frame,
+            },
+        );
+    });
+    match queued {
+        Ok(()) => {}
+        Err(OffloadError::Full) => {
+            let e = CommandError::RateLimited("presence questions");
+            reply(out, &commands::error_text(&e));
+        }
+        Err(e) => {
+            let e = CommandError::Unavailable(e.to_string());
+            reply(out, &commands::error_text(&e));
+        }
     }
 }
 

@@ -7,7 +7,7 @@
 //! dropped and counted (blocking could deadlock two workers feeding each
 //! other). Threads that are not workers may wait, with a timeout.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,6 +19,7 @@ use super::budget::TopicBudget;
 use super::directory::{TopicDirectory, WorkerSet};
 use super::frame::OutFrame;
 use super::history::{History, Seq};
+use super::offload::Offload;
 use super::presence::LocalPresence;
 use super::ticket::{Notify, Ticket};
 use crate::cluster::ClusterLink;
@@ -80,9 +81,8 @@ pub struct Hub {
     pub topic_budget: TopicBudget,
     /// Subscriptions per topic on this node (`GET /presence`).
     pub presence: LocalPresence,
-    /// Client presence questions being answered off the event loops (each
-    /// on a thread of its own, so their number is capped).
-    pub presence_queries: AtomicUsize,
+    /// Presence questions that need Redis, answered off the event loops.
+    pub offload: Offload,
     /// Topic history (`--history-size` > 0).
     pub history: Option<History>,
 }
@@ -110,7 +110,7 @@ impl Hub {
             cluster,
             topic_budget,
             presence: LocalPresence::default(),
-            presence_queries: AtomicUsize::new(0),
+            offload: Offload::default(),
             history: None,
         }
     }

@@ -10,6 +10,7 @@
 //! - [`users`]: messages to a user, as reserved per-user topics.
 //! - [`frame`]: a publish's frame, shared by all subscribers, compressed
 //!   at most once (permessage-deflate).
+//! - [`offload`]: blocking work (Redis round trips) off the event loops.
 //! - [`outbox`]: one worker's per-iteration batch of frames per connection,
 //!   so each connection gets one write per loop iteration.
 //!
@@ -24,6 +25,7 @@ pub mod directory;
 pub mod frame;
 pub mod history;
 pub mod hub;
+pub mod offload;
 pub mod outbox;
 pub mod presence;
 pub mod ticket;
