@@ -51,10 +51,7 @@ impl RedisCluster {
         };
         let total = masters * (1 + replicas);
         for _ in 0..total {
-            cluster.spawn_node();
-        }
-        for (port, _) in &cluster.nodes {
-            wait_port(*port);
+            cluster.spawn_ready_node();
         }
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");
@@ -74,6 +71,38 @@ impl RedisCluster {
         );
         cluster.wait_ok(total, Duration::from_secs(60));
         cluster
+    }
+
+    /// Starts a node and waits until it answers PING. A free port can be
+    /// taken between choosing and binding it (the ephemeral range is shared
+    /// with every client socket of the test), and a bare connect can even
+    /// succeed against nobody (a TCP self-connect): then the node is
+    /// replaced on other ports rather than the cluster failing to form.
+    fn spawn_ready_node(&mut self) {
+        for _ in 0..5 {
+            self.spawn_node();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let Some((port, Some(child))) = self.nodes.last_mut() else {
+                    unreachable!("a node was just spawned")
+                };
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break; // exited: its port was taken
+                }
+                if query(*port, &["PING"]).is_some() {
+                    return;
+                }
+                if Instant::now() > deadline {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if let Some((_, Some(mut child))) = self.nodes.pop() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        panic!("no redis-server came up after 5 tries (see the logs in the scratch dir)");
     }
 
     fn spawn_node(&mut self) {
@@ -292,17 +321,6 @@ fn text(v: &Value) -> String {
         Value::SimpleString(s) => s.clone(),
         Value::VerbatimString { text, .. } => text.clone(),
         _ => String::new(),
-    }
-}
-
-fn wait_port(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "redis-server on {port} did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
