@@ -1,0 +1,176 @@
+//! Cluster history over real sockets and a real redis-server: positions
+//! assigned in Redis, so a client that left one node resumes on another
+//! with exactly what it missed; `recovered:false` with a new epoch after the
+//! stream was lost; no gap or duplicate at the replay/live seam while
+//! messages keep coming.
+
+mod common;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use common::*;
+use wsgate::config::AppKind;
+
+fn node(redis_port: u16, prefix: &str) -> wsgate::ServerHandle {
+    let mut cfg = wsgate::Config::for_tests();
+    cfg.app = AppKind::PubSub;
+    cfg.workers = Some(2);
+    cfg.drain_timeout = Duration::from_secs(1);
+    cfg.redis = Some(format!("redis://127.0.0.1:{redis_port}/"));
+    cfg.cluster_prefix = prefix.to_string();
+    cfg.history_size = 10_000;
+    wsgate::start(cfg).expect("node starts")
+}
+
+fn subscribe_since(ws: &mut Ws, topic: &str, since: Option<(u64, &str)>) -> Value {
+    let mut cmd = json!({"type": "subscribe", "topic": topic});
+    if let Some((offset, epoch)) = since {
+        cmd["since"] = json!({"offset": offset, "epoch": epoch});
+    }
+    send(ws, &cmd.to_string());
+    let v = recv(ws);
+    assert_eq!(v["type"], "subscribed", "{v}");
+    v
+}
+
+/// The next message: (offset, epoch, payload).
+fn next_message(ws: &mut Ws) -> (u64, String, Value) {
+    let v = recv(ws);
+    assert_eq!(v["type"], "message", "{v}");
+    let offset = v["offset"].as_u64().unwrap_or_else(|| panic!("{v}"));
+    let epoch = v["epoch"].as_str().unwrap_or_else(|| panic!("{v}"));
+    (offset, epoch.to_string(), v["payload"].clone())
+}
+
+/// The newest offset Redis assigned to `topic`.
+fn redis_last(port: u16, prefix: &str, topic: &str) -> u64 {
+    let (_, meta) = wsgate::cluster::history_stream::keys(prefix, topic);
+    let r = redis_cmd(port, &["HGET", &meta, "l"]);
+    r.lines().nth(1).and_then(|l| l.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn a_client_that_left_node_a_resumes_on_node_b_with_exactly_what_it_missed() {
+    let rport = free_port();
+    let _redis = Proc::redis(rport);
+    let (a, b) = (node(rport, "ch1"), node(rport, "ch1"));
+    let mut sub = connect(a.local_addr());
+    let first = subscribe_since(&mut sub, "room", None);
+    let epoch = first["epoch"].as_str().expect("epoch").to_string();
+    assert_eq!(first["offset"], 0);
+    let mut publisher = connect(a.local_addr());
+    for i in 1..=5 {
+        publish(&mut publisher, "room", &format!(r#"{{"n":{i}}}"#));
+    }
+    for i in 1..=5 {
+        let (offset, e, payload) = next_message(&mut sub);
+        assert_eq!((offset, e.as_str(), payload["n"].as_u64()), (i, &*epoch, Some(i)));
+    }
+    drop(sub);
+    for i in 6..=9 {
+        publish(&mut publisher, "room", &format!(r#"{{"n":{i}}}"#));
+    }
+    eventually(Duration::from_secs(5), "publishes in Redis", || {
+        redis_last(rport, "ch1", "room") == 9
+    });
+    let mut back = connect(b.local_addr());
+    let v = subscribe_since(&mut back, "room", Some((5, &epoch)));
+    assert_eq!(v["recovered"], true, "{v}");
+    assert_eq!((v["epoch"].as_str(), v["offset"].as_u64()), (Some(&*epoch), Some(9)));
+    for i in 6..=9 {
+        let (offset, e, payload) = next_message(&mut back);
+        assert_eq!((offset, e.as_str(), payload["n"].as_u64()), (i, &*epoch, Some(i)));
+    }
+    // Then live, from either node, in the same numbering.
+    let mut publisher_b = connect(b.local_addr());
+    publish(&mut publisher_b, "room", r#"{"n":10}"#);
+    publish(&mut publisher, "room", r#"{"n":11}"#);
+    let mut got: Vec<u64> = (0..2).map(|_| next_message(&mut back).0).collect();
+    got.sort_unstable();
+    assert_eq!(got, [10, 11]);
+}
+
+#[test]
+fn losing_the_stream_gives_a_new_epoch_and_recovered_false() {
+    let rport = free_port();
+    let _redis = Proc::redis(rport);
+    let (a, b) = (node(rport, "ch2"), node(rport, "ch2"));
+    let mut publisher = connect(a.local_addr());
+    for i in 1..=3 {
+        publish(&mut publisher, "lost", &format!(r#"{{"n":{i}}}"#));
+    }
+    eventually(Duration::from_secs(5), "publishes in Redis", || {
+        redis_last(rport, "ch2", "lost") == 3
+    });
+    let mut sub = connect(b.local_addr());
+    let v = subscribe_since(&mut sub, "lost", Some((1, "nonsense")));
+    assert_eq!(v["recovered"], false, "{v}");
+    let epoch = v["epoch"].as_str().unwrap().to_string();
+    let v = subscribe_since(&mut connect(b.local_addr()), "lost", Some((1, &epoch)));
+    assert_eq!((v["recovered"].as_bool(), v["offset"].as_u64()), (Some(true), Some(3)));
+    let (stream, _) = wsgate::cluster::history_stream::keys("ch2", "lost");
+    assert!(redis_cmd(rport, &["DEL", &stream]).starts_with(":1"));
+    // The next message starts a new history.
+    publish(&mut publisher, "lost", r#"{"n":4}"#);
+    let (offset, new_epoch, _) = next_message(&mut sub);
+    assert_eq!(offset, 1);
+    assert_ne!(new_epoch, epoch);
+    let mut late = connect(a.local_addr());
+    let v = subscribe_since(&mut late, "lost", Some((3, &epoch)));
+    assert_eq!(v["recovered"], false, "{v}");
+    assert_eq!((v["epoch"].as_str(), v["offset"].as_u64()), (Some(&*new_epoch), Some(1)));
+}
+
+#[test]
+fn resuming_on_another_node_while_publishing_goes_on_has_no_gap_or_duplicate() {
+    let rport = free_port();
+    let _redis = Proc::redis(rport);
+    let (a, b) = (node(rport, "ch3"), node(rport, "ch3"));
+    const TOTAL: u64 = 3000;
+    let mut sub = connect(a.local_addr());
+    let epoch = subscribe_since(&mut sub, "busy", None)["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let addrs = [a.local_addr(), b.local_addr()];
+    let publishers: Vec<_> = addrs
+        .iter()
+        .map(|addr| {
+            let addr = *addr;
+            std::thread::spawn(move || {
+                let mut p = connect(addr);
+                for i in 0..TOTAL / 2 {
+                    publish(&mut p, "busy", &format!(r#"{{"n":{i}}}"#));
+                    if i % 50 == 0 {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            })
+        })
+        .collect();
+    // Leave node A after some messages, come back on B while they flow.
+    let mut last = 0;
+    for _ in 0..200 {
+        let (offset, _, _) = next_message(&mut sub);
+        assert_eq!(offset, last + 1);
+        last = offset;
+    }
+    drop(sub);
+    std::thread::sleep(Duration::from_millis(20));
+    let mut back = connect(b.local_addr());
+    let v = subscribe_since(&mut back, "busy", Some((last, &epoch)));
+    assert_eq!(v["recovered"], true, "{v}");
+    while last < TOTAL {
+        let (offset, e, _) = next_message(&mut back);
+        assert_eq!(e, epoch);
+        assert_eq!(offset, last + 1, "gap or duplicate after {last}");
+        last = offset;
+    }
+    for p in publishers {
+        p.join().unwrap();
+    }
+    assert_eq!(redis_last(rport, "ch3", "busy"), TOTAL);
+}
