@@ -828,10 +828,16 @@ pub fn history_rules(
                         ttl = Some(parse_duration(d).map_err(|m| bad(format!("{key}.ttl"), m))?)
                     }
                     ("pattern" | "ttl", other) => {
-                        return Err(bad(format!("{key}.{k}"), format!("expected a string, got {other}")))
+                        return Err(bad(
+                            format!("{key}.{k}"),
+                            format!("expected a string, got {other}"),
+                        ))
                     }
                     ("size", other) => {
-                        return Err(bad(format!("{key}.size"), format!("expected a number, got {other}")))
+                        return Err(bad(
+                            format!("{key}.size"),
+                            format!("expected a number, got {other}"),
+                        ))
                     }
                     _ => {
                         return Err(bad(
@@ -847,7 +853,9 @@ pub fn history_rules(
             if pattern.is_empty() || star.is_some_and(|i| i + 1 != pattern.len()) {
                 return Err(bad(
                     format!("{key}.pattern"),
-                    format!("{pattern:?}: use a topic name, or a prefix followed by one trailing *"),
+                    format!(
+                        "{pattern:?}: use a topic name, or a prefix followed by one trailing *"
+                    ),
                 ));
             }
             if rules.iter().any(|r| r.pattern == pattern) {

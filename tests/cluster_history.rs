@@ -66,7 +66,10 @@ fn a_client_that_left_node_a_resumes_on_node_b_with_exactly_what_it_missed() {
     }
     for i in 1..=5 {
         let (offset, e, payload) = next_message(&mut sub);
-        assert_eq!((offset, e.as_str(), payload["n"].as_u64()), (i, &*epoch, Some(i)));
+        assert_eq!(
+            (offset, e.as_str(), payload["n"].as_u64()),
+            (i, &*epoch, Some(i))
+        );
     }
     drop(sub);
     for i in 6..=9 {
@@ -78,10 +81,16 @@ fn a_client_that_left_node_a_resumes_on_node_b_with_exactly_what_it_missed() {
     let mut back = connect(b.local_addr());
     let v = subscribe_since(&mut back, "room", Some((5, &epoch)));
     assert_eq!(v["recovered"], true, "{v}");
-    assert_eq!((v["epoch"].as_str(), v["offset"].as_u64()), (Some(&*epoch), Some(9)));
+    assert_eq!(
+        (v["epoch"].as_str(), v["offset"].as_u64()),
+        (Some(&*epoch), Some(9))
+    );
     for i in 6..=9 {
         let (offset, e, payload) = next_message(&mut back);
-        assert_eq!((offset, e.as_str(), payload["n"].as_u64()), (i, &*epoch, Some(i)));
+        assert_eq!(
+            (offset, e.as_str(), payload["n"].as_u64()),
+            (i, &*epoch, Some(i))
+        );
     }
     // Then live, from either node, in the same numbering.
     let mut publisher_b = connect(b.local_addr());
@@ -109,7 +118,10 @@ fn losing_the_stream_gives_a_new_epoch_and_recovered_false() {
     assert_eq!(v["recovered"], false, "{v}");
     let epoch = v["epoch"].as_str().unwrap().to_string();
     let v = subscribe_since(&mut connect(b.local_addr()), "lost", Some((1, &epoch)));
-    assert_eq!((v["recovered"].as_bool(), v["offset"].as_u64()), (Some(true), Some(3)));
+    assert_eq!(
+        (v["recovered"].as_bool(), v["offset"].as_u64()),
+        (Some(true), Some(3))
+    );
     let (stream, _) = wsgate::cluster::history_stream::keys("ch2", "lost");
     assert!(redis_cmd(rport, &["DEL", &stream]).starts_with(":1"));
     // The next message starts a new history.
@@ -120,7 +132,10 @@ fn losing_the_stream_gives_a_new_epoch_and_recovered_false() {
     let mut late = connect(a.local_addr());
     let v = subscribe_since(&mut late, "lost", Some((3, &epoch)));
     assert_eq!(v["recovered"], false, "{v}");
-    assert_eq!((v["epoch"].as_str(), v["offset"].as_u64()), (Some(&*new_epoch), Some(1)));
+    assert_eq!(
+        (v["epoch"].as_str(), v["offset"].as_u64()),
+        (Some(&*new_epoch), Some(1))
+    );
 }
 
 #[test]

@@ -726,7 +726,8 @@ pub(crate) fn relay(hub: &Hub, prefix: &str, node_id: u64, channel: &str, bytes:
             epoch,
             payload,
         }) => {
-            let encode = || OutFrame::text(&commands::message_text_at(topic, payload, offset, epoch));
+            let encode =
+                || OutFrame::text(&commands::message_text_at(topic, payload, offset, epoch));
             history.append_at(topic, epoch, offset, encode, |seq, frame| {
                 dispatch(hub, topic, frame, seq)
             });

@@ -696,7 +696,67 @@ mod tests {
             size,
             ttl: None,
             max_bytes,
+            topics: Vec::new(),
         })
+    }
+
+    #[test]
+    fn topic_rules_first_match_wins_and_size_zero_keeps_none() {
+        let rule = |pattern: &str, size| TopicRule {
+            pattern: pattern.into(),
+            size,
+            ttl: None,
+        };
+        let cfg = HistoryConfig {
+            size: 10,
+            ttl: None,
+            max_bytes: 1 << 20,
+            topics: vec![rule("chat.*", 2), rule("chat.big", 50), rule("quiet", 0)],
+        };
+        assert_eq!(cfg.limits("chat.big").size, 2);
+        assert_eq!(cfg.limits("chat").size, 10);
+        assert_eq!(cfg.limits("other").size, 10);
+        let h = History::new(cfg);
+        assert!(!h.keeps("quiet") && h.keeps("chat.x"));
+        for _ in 0..5 {
+            put(&h, "chat.x", "m");
+        }
+        let epoch = h.epoch_of("chat.x").unwrap();
+        let s = h.subscribe("chat.x", Some((3, &epoch)), |_| {});
+        assert_eq!((s.recovered, s.replay.len()), (Some(true), 2));
+        let s = h.subscribe("chat.x", Some((2, &epoch)), |_| {});
+        assert_eq!(s.recovered, Some(false));
+    }
+
+    #[test]
+    fn the_mirror_drops_duplicates_restarts_on_a_new_epoch_and_merges_a_read() {
+        let h = h(100, 1 << 20);
+        let at = |h: &History, epoch: &str, o: u64| {
+            h.append_at("t", epoch, o, || OutFrame::text(b"x"), |seq, _| seq.offset)
+        };
+        assert_eq!(at(&h, "e1", 5), Some(5));
+        assert_eq!(at(&h, "e1", 5), None, "duplicate");
+        assert_eq!(at(&h, "e1", 6), Some(6));
+        // Offsets 1..=4 came from Redis: merged, the resume after 2 replays 3..=6.
+        let fetched = Fetched {
+            epoch: "e1".into(),
+            last: 6,
+            entries: (3..=6)
+                .map(|offset| FetchedEntry {
+                    offset,
+                    age: Duration::ZERO,
+                    frame: OutFrame::text(b"y"),
+                })
+                .collect(),
+        };
+        let arrivals = h.mirror_state("t", 0).2;
+        let (recovered, n, last) = h.resume_with("t", Some((2, "e1")), fetched, arrivals, |s| {
+            (s.recovered, s.replay.len(), s.last.offset)
+        });
+        assert_eq!((recovered, n, last), (Some(true), 4, 6));
+        // A new epoch starts over.
+        assert_eq!(at(&h, "e2", 1), Some(1));
+        assert_eq!(&*h.epoch_of("t").unwrap(), "e2");
     }
 
     fn put(h: &History, topic: &str, body: &str) -> Seq {
