@@ -5,6 +5,8 @@
 //! messages keep coming.
 
 mod common;
+#[path = "support/redis_cluster.rs"]
+mod rc;
 
 use std::time::Duration;
 
@@ -188,4 +190,70 @@ fn resuming_on_another_node_while_publishing_goes_on_has_no_gap_or_duplicate() {
         p.join().unwrap();
     }
     assert_eq!(redis_last(rport, "ch3", "busy"), TOTAL);
+}
+
+/// The same over a Redis Cluster (sharded pub/sub, 3 masters): each
+/// topic's stream, position and channel live on the shard of its slot, so
+/// the publish script can `SPUBLISH`; topics spread over every master.
+#[test]
+fn over_a_redis_cluster_a_client_resumes_on_another_node_for_topics_on_every_shard() {
+    let cluster = rc::RedisCluster::start(3, 0);
+    let node_rc = || {
+        let mut cfg = wsgate::Config::for_tests();
+        cfg.app = AppKind::PubSub;
+        cfg.workers = Some(2);
+        cfg.drain_timeout = Duration::from_secs(1);
+        cfg.redis_cluster = Some(cluster.seeds());
+        cfg.cluster_prefix = "chc".into();
+        cfg.history_size = 1000;
+        wsgate::start(cfg).expect("node starts")
+    };
+    let (a, b) = (node_rc(), node_rc());
+    let topics: Vec<String> = (0..6).map(|i| format!("shard-topic-{i}")).collect();
+    let owners: std::collections::HashSet<u16> = topics
+        .iter()
+        .map(|t| cluster.owner_of(&format!("chc:t:{t}")))
+        .collect();
+    assert!(owners.len() >= 2, "topics on one shard only: {owners:?}");
+    let mut sub = connect(a.local_addr());
+    let epochs: Vec<String> = topics
+        .iter()
+        .map(|t| subscribe_since(&mut sub, t, None)["epoch"].as_str().unwrap().to_string())
+        .collect();
+    let mut publisher = connect(a.local_addr());
+    for t in &topics {
+        for i in 1..=3 {
+            publish(&mut publisher, t, &format!(r#"{{"n":{i}}}"#));
+        }
+    }
+    let mut seen = std::collections::HashMap::<String, u64>::new();
+    for _ in 0..topics.len() * 3 {
+        let v = recv(&mut sub);
+        assert_eq!(v["type"], "message", "{v}");
+        let last = seen.entry(v["topic"].as_str().unwrap().to_string()).or_default();
+        assert_eq!(v["offset"].as_u64(), Some(*last + 1), "{v}");
+        *last += 1;
+    }
+    drop(sub);
+    let mut publisher_b = connect(b.local_addr());
+    for t in &topics {
+        for i in 4..=6 {
+            publish(&mut publisher_b, t, &format!(r#"{{"n":{i}}}"#));
+        }
+    }
+    let mut back = connect(b.local_addr());
+    for (t, epoch) in topics.iter().zip(&epochs) {
+        // Wait until all of them are in Redis (the publisher runs apart).
+        eventually(Duration::from_secs(10), "publishes in Redis", || {
+            let (_, meta) = wsgate::cluster::history_stream::keys("chc", t);
+            let port = cluster.owner_of(&format!("chc:t:{t}"));
+            redis_cmd(port, &["HGET", &meta, "l"]).contains("\r\n6\r\n")
+        });
+        let v = subscribe_since(&mut back, t, Some((3, epoch)));
+        assert_eq!((v["recovered"].as_bool(), v["offset"].as_u64()), (Some(true), Some(6)), "{v}");
+        for i in 4..=6 {
+            let (offset, e, payload) = next_message(&mut back);
+            assert_eq!((offset, &e, payload["n"].as_u64()), (i, epoch, Some(i)));
+        }
+    }
 }
