@@ -218,7 +218,12 @@ fn over_a_redis_cluster_a_client_resumes_on_another_node_for_topics_on_every_sha
     let mut sub = connect(a.local_addr());
     let epochs: Vec<String> = topics
         .iter()
-        .map(|t| subscribe_since(&mut sub, t, None)["epoch"].as_str().unwrap().to_string())
+        .map(|t| {
+            subscribe_since(&mut sub, t, None)["epoch"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let mut publisher = connect(a.local_addr());
     for t in &topics {
@@ -230,7 +235,9 @@ fn over_a_redis_cluster_a_client_resumes_on_another_node_for_topics_on_every_sha
     for _ in 0..topics.len() * 3 {
         let v = recv(&mut sub);
         assert_eq!(v["type"], "message", "{v}");
-        let last = seen.entry(v["topic"].as_str().unwrap().to_string()).or_default();
+        let last = seen
+            .entry(v["topic"].as_str().unwrap().to_string())
+            .or_default();
         assert_eq!(v["offset"].as_u64(), Some(*last + 1), "{v}");
         *last += 1;
     }
@@ -250,7 +257,11 @@ fn over_a_redis_cluster_a_client_resumes_on_another_node_for_topics_on_every_sha
             redis_cmd(port, &["HGET", &meta, "l"]).contains("\r\n6\r\n")
         });
         let v = subscribe_since(&mut back, t, Some((3, epoch)));
-        assert_eq!((v["recovered"].as_bool(), v["offset"].as_u64()), (Some(true), Some(6)), "{v}");
+        assert_eq!(
+            (v["recovered"].as_bool(), v["offset"].as_u64()),
+            (Some(true), Some(6)),
+            "{v}"
+        );
         for i in 4..=6 {
             let (offset, e, payload) = next_message(&mut back);
             assert_eq!((offset, &e, payload["n"].as_u64()), (i, epoch, Some(i)));

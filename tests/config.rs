@@ -348,7 +348,12 @@ fn the_example_file_names_every_setting() {
     // come after them, with keys of their own).
     let named: BTreeSet<String> = text
         .lines()
-        .take_while(|l| !l.trim_start().trim_start_matches('#').trim_start().starts_with('['))
+        .take_while(|l| {
+            !l.trim_start()
+                .trim_start_matches('#')
+                .trim_start()
+                .starts_with('[')
+        })
         .filter_map(|l| {
             let l = l.trim_start().trim_start_matches('#').trim_start();
             let (key, _) = l.split_once(" = ").or_else(|| l.split_once('='))?;
@@ -511,7 +516,10 @@ fn history_topic_rules_load_from_the_file_and_bad_ones_are_clear_errors() {
         (rules[0].pattern.as_str(), rules[0].size, rules[0].ttl),
         ("chat.*", 100, Some(std::time::Duration::from_secs(300)))
     );
-    assert_eq!((rules[1].pattern.as_str(), rules[1].size, rules[1].ttl), ("firehose", 0, None));
+    assert_eq!(
+        (rules[1].pattern.as_str(), rules[1].size, rules[1].ttl),
+        ("firehose", 0, None)
+    );
     for (text, want) in [
         ("[[history.topic]]\nsize = 1\n", "history.topic[0]': missing pattern"),
         ("[[history.topic]]\npattern = \"a\"\n", "missing size"),

@@ -549,7 +549,12 @@ fn history_topic_rules_bound_matching_topics_over_sockets() {
     let mut watcher = connect(addr);
     let epochs: Vec<String> = ["chat.a", "other"]
         .iter()
-        .map(|t| subscribe_since(&mut watcher, t, None)["epoch"].as_str().unwrap().to_string())
+        .map(|t| {
+            subscribe_since(&mut watcher, t, None)["epoch"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     let mut p = connect(addr);
     for t in ["chat.a", "other"] {
