@@ -268,3 +268,45 @@ fn over_a_redis_cluster_a_client_resumes_on_another_node_for_topics_on_every_sha
         }
     }
 }
+
+/// Redis down: a resume is answered at once without a position
+/// (`recovered:false`), a publish to a history topic is dropped (not even
+/// delivered on its own node: it has no position); once Redis is back,
+/// both work again.
+#[test]
+fn with_redis_down_resumes_answer_unrecovered_and_publishes_are_dropped() {
+    let rport = free_port();
+    let a = node(rport, "ch4");
+    let mut sub = connect(a.local_addr());
+    let v = subscribe_since(&mut sub, "down", Some((3, "old")));
+    assert_eq!(v["recovered"], false, "{v}");
+    assert!(v.get("epoch").is_none(), "{v}");
+    let mut p = connect(a.local_addr());
+    publish(&mut p, "down", r#"{"n":1}"#);
+    if let tungstenite::stream::MaybeTlsStream::Plain(tcp) = sub.get_mut() {
+        tcp.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+    }
+    assert!(
+        sub.read().is_err(),
+        "a message without a position was delivered"
+    );
+    let _redis = Proc::redis(rport);
+    let mut fresh = connect(a.local_addr());
+    let epoch = loop {
+        let v = subscribe_since(&mut fresh, "up", None);
+        if let Some(e) = v["epoch"].as_str() {
+            break e.to_string();
+        }
+        // Reconnecting: answered without a position meanwhile.
+        send(&mut fresh, r#"{"type":"unsubscribe","topic":"up"}"#);
+        recv(&mut fresh);
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    eventually(Duration::from_secs(10), "publishes accepted again", || {
+        publish(&mut p, "up", r#"{"n":2}"#);
+        redis_last(rport, "ch4", "up") > 0
+    });
+    let (offset, e, _) = next_message(&mut fresh);
+    assert_eq!((offset, e), (1, epoch));
+}
