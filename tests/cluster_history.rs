@@ -310,3 +310,56 @@ fn with_redis_down_resumes_answer_unrecovered_and_publishes_are_dropped() {
     let (offset, e, _) = next_message(&mut fresh);
     assert_eq!((offset, e), (1, epoch));
 }
+
+/// Measurement, not a check (`cargo test --test cluster_history
+/// measure -- --ignored --nocapture`): publishes/s from one client on node
+/// A to one subscriber on node B, cluster history on vs off, same run; and
+/// Redis memory per stored message.
+#[test]
+#[ignore]
+fn measure_publish_rate_with_cluster_history_on_and_off() {
+    const N: u64 = 20_000;
+    let rport = free_port();
+    let _redis = Proc::redis(rport);
+    let payload = format!(r#"{{"data":"{}"}}"#, "x".repeat(90));
+    for (prefix, size) in [("off", 0), ("on", 10_000), ("off2", 0), ("on2", 10_000)] {
+        let make = || {
+            let mut cfg = wsgate::Config::for_tests();
+            cfg.app = AppKind::PubSub;
+            cfg.workers = Some(2);
+            cfg.redis = Some(format!("redis://127.0.0.1:{rport}/"));
+            cfg.cluster_prefix = prefix.into();
+            cfg.history_size = size;
+            wsgate::start(cfg).expect("node starts")
+        };
+        let (a, b) = (make(), make());
+        let mut sub = connect(b.local_addr());
+        subscribe_since(&mut sub, "m", None);
+        let channel = format!("{prefix}:t:m");
+        eventually(Duration::from_secs(5), "subscribed", || {
+            redis_cmd(rport, &["PUBSUB", "NUMSUB", &channel]).ends_with(":1\r\n")
+        });
+        let mut p = connect(a.local_addr());
+        let start = std::time::Instant::now();
+        let reader = std::thread::spawn(move || {
+            for _ in 0..N {
+                let v = recv(&mut sub);
+                assert_eq!(v["type"], "message");
+            }
+        });
+        for _ in 0..N {
+            publish(&mut p, "m", &payload);
+        }
+        reader.join().unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        let (stream, _) = wsgate::cluster::history_stream::keys(prefix, "m");
+        let mem = redis_cmd(rport, &["MEMORY", "USAGE", &stream]);
+        println!(
+            "history {}: {N} publishes of {} B in {secs:.2} s = {:.0}/s; stream key: {}",
+            if size > 0 { "on " } else { "off" },
+            payload.len(),
+            N as f64 / secs,
+            mem.trim()
+        );
+    }
+}
