@@ -353,10 +353,7 @@ fn subscribe_cluster(
     out: &mut Replies<'_>,
 ) {
     let since = since.as_ref().map(|s| (s.offset, s.epoch.as_ref()));
-    if cluster
-        .resume(cx.worker, caller.key, caller.serial, topic, since)
-        .is_err()
-    {
+    let Ok(token) = cluster.resume(cx.worker, caller.key, caller.serial, topic, since) else {
         // The budgets taken by the caller go back.
         let budget = &cx.hub.topic_budget;
         budget.subscriptions.give();
@@ -366,11 +363,12 @@ fn subscribe_cluster(
         cx.stats.subscribes_refused.inc();
         let e = CommandError::RateLimited("resumes");
         return reply(out, &commands::error_text(&e));
-    }
+    };
     // The answer cannot overtake this: it comes through the inbox, which
     // the worker reads only after this connection's read is processed.
     let joined = cx.topics.join(topic, caller.key);
-    cx.topics.fence(joined.topic_id, caller.key, Seq::HOLD);
+    cx.topics
+        .fence(joined.topic_id, caller.key, Seq::hold(token));
     caller.topics.push(joined.topic_id);
     cx.hub.presence.join(topic, caller.user());
     if joined.first_local {
@@ -379,7 +377,7 @@ fn subscribe_cluster(
 }
 
 /// A cluster resume's answer reached the subscriber's worker: if the
-/// connection still holds topic `r.topic`, release it at `r.fence` and send
+/// connection's hold `r.token` on topic `r.topic` is still there, release it at `r.fence` and send
 /// it the reply and the replay (before any live message after the fence,
 /// which follows in the inbox).
 pub fn finish_resume(topics: &mut LocalTopics, outbox: &mut Outbox, r: Resumed) {
@@ -389,7 +387,7 @@ pub fn finish_resume(topics: &mut LocalTopics, outbox: &mut Outbox, r: Resumed) 
     let Some(pos) = topic
         .fences
         .iter()
-        .position(|(c, f)| *c == r.conn && *f == Seq::HOLD)
+        .position(|(c, f)| *c == r.conn && *f == Seq::hold(r.token))
     else {
         return;
     };
@@ -560,7 +558,7 @@ pub fn deliver_to_topic(
     // A held subscriber (cluster resume under way) gets nothing yet; other
     // fences go away with the first message past them.
     fences.retain(|(_, fence)| {
-        *fence == Seq::HOLD || seq.is_some_and(|s| fence.gen == s.gen && fence.offset >= s.offset)
+        fence.is_hold() || seq.is_some_and(|s| fence.gen == s.gen && fence.offset >= s.offset)
     });
     let mut n = 0;
     for &conn in subscribers {

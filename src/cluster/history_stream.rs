@@ -22,7 +22,7 @@
 //! whenever the history was lost (the stream key gone, or the hash).
 //!
 //! **Resuming.** A subscribe to such a topic holds the connection (a
-//! [`Seq::HOLD`] fence: it receives nothing) and queues a resume job
+//! [`Seq::hold`] fence: it receives nothing) and queues a resume job
 //! (bounded; past it the subscribe is refused with a 429-like error). The
 //! job first makes sure this node's subscription to the channel is live (a
 //! message or a marker of ours came back on it; else it publishes a marker
@@ -150,6 +150,7 @@ struct Resume {
     worker: usize,
     conn: u32,
     serial: u32,
+    token: u64,
     topic: Arc<str>,
     since: Option<(u64, String)>,
 }
@@ -280,7 +281,8 @@ impl ClusterHistory {
         }
     }
 
-    /// Queues a subscribe's resume (the connection is held meanwhile).
+    /// Queues a subscribe's resume (the connection is held meanwhile);
+    /// returns the token its hold and its answer carry.
     pub fn resume(
         &self,
         worker: usize,
@@ -288,18 +290,21 @@ impl ClusterHistory {
         serial: u32,
         topic: &str,
         since: Option<(u64, &str)>,
-    ) -> Result<(), ResumeError> {
+    ) -> Result<u64, ResumeError> {
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let r = Resume {
             worker,
             conn,
             serial,
+            token,
             topic: Arc::from(topic),
             since: since.map(|(o, e)| (o, e.to_string())),
         };
         self.resumes.try_send(r).map_err(|_| {
             self.stats.resumes_refused.fetch_add(1, Ordering::Relaxed);
             ResumeError::Full
-        })
+        })?;
+        Ok(token)
     }
 
     fn command(&self) -> &'static str {
@@ -444,6 +449,7 @@ impl ClusterHistory {
                 let msg = Resumed {
                     conn: r.conn,
                     serial: r.serial,
+                    token: r.token,
                     topic: r.topic.clone(),
                     fence: None,
                     frames: vec![OutFrame::text(&text)],
@@ -481,6 +487,7 @@ impl ClusterHistory {
             let msg = Resumed {
                 conn: r.conn,
                 serial: r.serial,
+                token: r.token,
                 topic: r.topic.clone(),
                 fence: Some(snap.last),
                 frames,

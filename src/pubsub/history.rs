@@ -120,21 +120,33 @@ pub struct Seq {
 
 impl Seq {
     /// A fence that holds back every message for a subscriber whose
-    /// cluster resume is still being read from Redis; the answer replaces
-    /// it with the real position.
-    pub const HOLD: Seq = Seq {
-        gen: u64::MAX,
-        offset: u64::MAX,
-    };
+    /// cluster resume `token` is still being read from Redis; its answer
+    /// (carrying the same token) replaces it with the real position.
+    pub const fn hold(token: u64) -> Seq {
+        Seq {
+            gen: HOLD_GEN,
+            offset: token,
+        }
+    }
+
+    pub fn is_hold(&self) -> bool {
+        self.gen == HOLD_GEN
+    }
 }
 
+/// The `gen` of hold fences (real logs count up from 1).
+const HOLD_GEN: u64 = u64::MAX;
+
 /// The answer to a cluster resume, for the subscriber's worker: replace
-/// the connection's hold on `topic` with `fence` (None: no fence) and send
+/// the connection's hold `token` on `topic` with `fence` (None: no fence) and send
 /// it `frames` (the `subscribed` reply, then the replay).
 #[derive(Debug)]
 pub struct Resumed {
     pub conn: u32,
     pub serial: u32,
+    /// The hold this answers (a later subscribe's hold is not released
+    /// by an earlier one's answer).
+    pub token: u64,
     pub topic: Arc<str>,
     pub fence: Option<Seq>,
     pub frames: Vec<Arc<OutFrame>>,
