@@ -101,6 +101,16 @@ fn a_client_that_left_node_a_resumes_on_node_b_with_exactly_what_it_missed() {
     let mut got: Vec<u64> = (0..2).map(|_| next_message(&mut back).0).collect();
     got.sort_unstable();
     assert_eq!(got, [10, 11]);
+    // The admin API's publishes take the same numbering (answered 202:
+    // delivered when they come back from Redis).
+    let admin = a.admin_addr().expect("admin listener");
+    let (status, body) = http(admin, "POST", "/publish?topic=room", r#"{"n":12}"#);
+    assert_eq!((status, body.as_str()), (202, r#"{"queued":true}"#));
+    let (offset, e, payload) = next_message(&mut back);
+    assert_eq!(
+        (offset, e.as_str(), payload["n"].as_u64()),
+        (12, &*epoch, Some(12))
+    );
 }
 
 #[test]
