@@ -373,3 +373,57 @@ fn measure_publish_rate_with_cluster_history_on_and_off() {
         );
     }
 }
+
+/// A node whose clients all left a topic (so it unsubscribed in Redis) and
+/// then gets a resume for it must not trust what it knew of its old
+/// subscription: messages published while it subscribes again are
+/// replayed or delivered, none skipped.
+#[test]
+fn resuming_on_a_node_that_had_left_the_topic_misses_nothing() {
+    let rport = free_port();
+    let _redis = Proc::redis(rport);
+    let (a, b) = (node(rport, "ch5"), node(rport, "ch5"));
+    const TOTAL: u64 = 3000;
+    let mut early = connect(b.local_addr());
+    let epoch = subscribe_since(&mut early, "again", None)["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    wait_numsub(rport, "ch5:t:again", 1);
+    let mut p = connect(a.local_addr());
+    publish(&mut p, "again", r#"{"n":0}"#);
+    assert_eq!(next_message(&mut early).0, 1);
+    drop(early);
+    wait_numsub(rport, "ch5:t:again", 0);
+    let addr = a.local_addr();
+    let publisher = std::thread::spawn(move || {
+        let mut p = connect(addr);
+        for i in 1..TOTAL {
+            publish(&mut p, "again", &format!(r#"{{"n":{i}}}"#));
+            if i % 20 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    });
+    eventually(Duration::from_secs(5), "publishing under way", || {
+        redis_last(rport, "ch5", "again") > 100
+    });
+    let mut back = connect(b.local_addr());
+    let v = subscribe_since(&mut back, "again", Some((1, &epoch)));
+    assert_eq!(v["recovered"], true, "{v}");
+    let mut last = 1;
+    while last < TOTAL {
+        let (offset, _, _) = next_message(&mut back);
+        assert_eq!(offset, last + 1, "gap or duplicate after {last}");
+        last = offset;
+    }
+    publisher.join().unwrap();
+}
+
+fn wait_numsub(port: u16, channel: &str, n: usize) {
+    let want = format!(":{n}\r\n");
+    eventually(Duration::from_secs(5), "Redis subscriptions", || {
+        redis_cmd(port, &["PUBSUB", "NUMSUB", channel]).ends_with(&want)
+    });
+}

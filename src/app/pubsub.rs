@@ -352,6 +352,14 @@ fn subscribe_cluster(
     cx: &mut PubSubCx<'_>,
     out: &mut Replies<'_>,
 ) {
+    // First interest on this node: the Redis subscription is made anew, and
+    // the resume must see it live (a marker) before reading, or what is
+    // published between the read and the subscription would be missed.
+    if cx.hub.directory.workers_for(topic).is_empty() {
+        if let Some(h) = &cx.hub.history {
+            h.not_live(topic);
+        }
+    }
     let since = since.as_ref().map(|s| (s.offset, s.epoch.as_ref()));
     let Ok(token) = cluster.resume(cx.worker, caller.key, caller.serial, topic, since) else {
         // The budgets taken by the caller go back.

@@ -510,6 +510,15 @@ impl History {
         });
     }
 
+    /// Cluster mirror: this node is about to subscribe to `topic`'s channel
+    /// afresh (no worker of it had subscribers): what the log knew of the
+    /// old subscription says nothing of the new one.
+    pub fn not_live(&self, topic: &str) {
+        if let Some(log) = self.logs.get(topic).map(|l| l.value().clone()) {
+            lock(&log).live = false;
+        }
+    }
+
     /// Cluster mirror: whether the subscription to `topic`'s channel is
     /// known live (`token`: a marker of ours came back), and how many
     /// messages arrived so far.
