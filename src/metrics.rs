@@ -446,6 +446,39 @@ impl Collector for MetricsSource {
                 Counter,
                 &[(Vec::new(), h.resumed.load(relaxed))],
             )?;
+            if let Some(c) = h.cluster() {
+                let st = &c.stats;
+                let cluster: [(&str, &str, u64); 5] = [
+                    (
+                        "wsgate_cluster_history_published",
+                        "Publishes to history topics numbered and stored in Redis",
+                        st.published.load(relaxed),
+                    ),
+                    (
+                        "wsgate_cluster_history_publish_dropped",
+                        "Publishes to history topics dropped (Redis unreachable or refused, or the queue full); not delivered anywhere",
+                        st.publish_dropped.load(relaxed),
+                    ),
+                    (
+                        "wsgate_cluster_history_resumes_refused",
+                        "Subscribes to history topics refused because the resume queue was full",
+                        st.resumes_refused.load(relaxed),
+                    ),
+                    (
+                        "wsgate_cluster_history_resumes_failed",
+                        "Subscribes to history topics answered without a position (Redis unreachable)",
+                        st.resumes_failed.load(relaxed),
+                    ),
+                    (
+                        "wsgate_cluster_history_markers",
+                        "Markers published to learn that this node's subscription to a topic is live",
+                        st.markers.load(relaxed),
+                    ),
+                ];
+                for (name, help, v) in cluster {
+                    family(&mut enc, name, help, Counter, &[(Vec::new(), v)])?;
+                }
+            }
         }
         if let Some(c) = &self.hub.cluster {
             let st = &c.stats;

@@ -344,8 +344,16 @@ fn the_example_file_names_every_setting() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning/wsgate.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     // Keys set or shown commented out (`# workers = 16`).
+    // Flags are named before the first table (`[[history.topic]]` rules
+    // come after them, with keys of their own).
     let named: BTreeSet<String> = text
         .lines()
+        .take_while(|l| {
+            !l.trim_start()
+                .trim_start_matches('#')
+                .trim_start()
+                .starts_with('[')
+        })
         .filter_map(|l| {
             let l = l.trim_start().trim_start_matches('#').trim_start();
             let (key, _) = l.split_once(" = ").or_else(|| l.split_once('='))?;
@@ -490,4 +498,46 @@ fn a_variable_that_names_no_setting_is_reported() {
         warn.contains("WARN") && warn.contains("names no setting"),
         "{warn}"
     );
+}
+
+#[test]
+fn history_topic_rules_load_from_the_file_and_bad_ones_are_clear_errors() {
+    let dir = temp_dir("config");
+    let file = temp_file(
+        &dir,
+        "rules.toml",
+        "history-size = 10\n[[history.topic]]\npattern = \"chat.*\"\nsize = 100\nttl = \"5m\"\n\n[[history.topic]]\npattern = \"firehose\"\nsize = 0\n",
+    );
+    let loaded = wsgate::config::Loaded::from_args(["wsgate", "--config", file.to_str().unwrap()])
+        .expect("rules load");
+    let rules = &loaded.config.history_topics;
+    assert_eq!(rules.len(), 2);
+    assert_eq!(
+        (rules[0].pattern.as_str(), rules[0].size, rules[0].ttl),
+        ("chat.*", 100, Some(std::time::Duration::from_secs(300)))
+    );
+    assert_eq!(
+        (rules[1].pattern.as_str(), rules[1].size, rules[1].ttl),
+        ("firehose", 0, None)
+    );
+    for (text, want) in [
+        ("[[history.topic]]\nsize = 1\n", "history.topic[0]': missing pattern"),
+        ("[[history.topic]]\npattern = \"a\"\n", "missing size"),
+        ("[[history.topic]]\npattern = \"a*b\"\nsize = 1\n", "trailing *"),
+        ("[[history.topic]]\npattern = \"a\"\nsize = -1\n", "not a message count"),
+        ("[[history.topic]]\npattern = \"a\"\nsize = 1\nttl = \"soon\"\n", "history.topic[0].ttl"),
+        ("[[history.topic]]\npattern = \"a\"\nsize = 1\nlimit = 2\n", "use pattern, size, ttl"),
+        ("[history]\nsize = 1\n", "'history.size': unknown key"),
+        (
+            "[[history.topic]]\npattern = \"a\"\nsize = 1\n[[history.topic]]\npattern = \"a\"\nsize = 2\n",
+            "given twice",
+        ),
+    ] {
+        let file = temp_file(&dir, "bad.toml", text);
+        let out = wsgate(&["--config", file.to_str().unwrap()], &[]);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = stderr(&out);
+        assert!(err.contains(want), "{text}: {err}");
+        assert!(err.contains("bad.toml"), "{err}");
+    }
 }

@@ -133,6 +133,10 @@ fn json_payload(body: &[u8]) -> Result<&[u8], Response> {
 /// for its part. The workers' counts arrive on the returned receiver.
 fn publish(shared: &Shared, topic: Option<&str>, payload: &[u8]) -> Outcome {
     let hub = &shared.hub;
+    if topic.is_some_and(|t| crate::cluster::history_stream::publish(hub, t, payload)) {
+        // Delivered when it comes back from Redis, with its position.
+        return Outcome::Now(Response::json(202, r#"{"queued":true}"#));
+    }
     hub.published(topic, payload);
     let (tx, rx) = crossbeam_channel::bounded(1);
     let ticket = |parts| Some(Arc::new(Ticket::new(parts, Notify::Channel(tx))));

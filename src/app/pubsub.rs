@@ -16,7 +16,7 @@ use crate::app::commands::{self, Command, CommandError, Since};
 use crate::config::ClientBroadcast;
 use crate::protocol::deflate::Replies;
 use crate::protocol::{MessageKind, OpCode};
-use crate::pubsub::history::Seq;
+use crate::pubsub::history::{Resumed, Seq};
 use crate::pubsub::offload::OffloadError;
 use crate::pubsub::outbox::Outbox;
 use crate::pubsub::topics::LocalTopics;
@@ -284,7 +284,11 @@ fn subscribe(
         cx.stats.subscribes_refused.inc();
         return reply(out, &commands::error_text(&e));
     }
-    let Some(history) = &cx.hub.history else {
+    let history = cx.hub.history.as_ref().filter(|h| h.keeps(topic));
+    if let Some(c) = history.and_then(|h| h.cluster()) {
+        return subscribe_cluster(topic, since, c, caller, cx, out);
+    }
+    let Some(history) = history else {
         let joined = cx.topics.join(topic, caller.key);
         caller.topics.push(joined.topic_id);
         cx.hub.presence.join(topic, caller.user());
@@ -331,6 +335,79 @@ fn subscribe(
             ticket: None,
             only: Some(caller.key),
         });
+    }
+}
+
+/// A subscribe to a topic whose history the cluster keeps in Redis: the
+/// connection joins at once but is held (receives nothing of the topic)
+/// until a resume thread has read its position from Redis; the answer, the
+/// replay and the release arrive through this worker's inbox (see
+/// [`crate::cluster::history_stream`]). Past the resume queue the
+/// subscribe is refused (error, rate limited).
+fn subscribe_cluster(
+    topic: &str,
+    since: Option<Since<'_>>,
+    cluster: &crate::cluster::history_stream::ClusterHistory,
+    caller: &mut Caller<'_>,
+    cx: &mut PubSubCx<'_>,
+    out: &mut Replies<'_>,
+) {
+    // First interest on this node: the Redis subscription is made anew, and
+    // the resume must see it live (a marker) before reading, or what is
+    // published between the read and the subscription would be missed.
+    if cx.hub.directory.workers_for(topic).is_empty() {
+        if let Some(h) = &cx.hub.history {
+            h.not_live(topic);
+        }
+    }
+    let since = since.as_ref().map(|s| (s.offset, s.epoch.as_ref()));
+    let Ok(token) = cluster.resume(cx.worker, caller.key, caller.serial, topic, since) else {
+        // The budgets taken by the caller go back.
+        let budget = &cx.hub.topic_budget;
+        budget.subscriptions.give();
+        if cx.topics.id_of(topic).is_none() {
+            budget.topics.give();
+        }
+        cx.stats.subscribes_refused.inc();
+        let e = CommandError::RateLimited("resumes");
+        return reply(out, &commands::error_text(&e));
+    };
+    // The answer cannot overtake this: it comes through the inbox, which
+    // the worker reads only after this connection's read is processed.
+    let joined = cx.topics.join(topic, caller.key);
+    cx.topics
+        .fence(joined.topic_id, caller.key, Seq::hold(token));
+    caller.topics.push(joined.topic_id);
+    cx.hub.presence.join(topic, caller.user());
+    if joined.first_local {
+        cx.hub.topic_joined(topic, cx.worker);
+    }
+}
+
+/// A cluster resume's answer reached the subscriber's worker: if the
+/// connection's hold `r.token` on topic `r.topic` is still there, release it at `r.fence` and send
+/// it the reply and the replay (before any live message after the fence,
+/// which follows in the inbox).
+pub fn finish_resume(topics: &mut LocalTopics, outbox: &mut Outbox, r: Resumed) {
+    let Some(topic) = topics.id_of(&r.topic).and_then(|id| topics.get_mut(id)) else {
+        return;
+    };
+    let Some(pos) = topic
+        .fences
+        .iter()
+        .position(|(c, f)| *c == r.conn && *f == Seq::hold(r.token))
+    else {
+        return;
+    };
+    match r.fence {
+        Some(seq) => topic.fences[pos].1 = seq,
+        None => {
+            topic.fences.swap_remove(pos);
+        }
+    }
+    for frame in r.frames {
+        let f = outbox.add_frame(frame);
+        outbox.push(r.conn as usize, f);
     }
 }
 
@@ -408,13 +485,11 @@ pub fn leave_topic(topics: &mut LocalTopics, hub: &Hub, worker: usize, id: u32, 
 /// get it through its inbox (see `Hub::publish_with_history`). Users'
 /// reserved topics keep no history.
 fn publish(topic: &str, payload: &[u8], cx: &mut PubSubCx<'_>) {
+    if crate::cluster::history_stream::publish(cx.hub, topic, payload) {
+        return;
+    }
     cx.hub.published(Some(topic), payload);
-    if let Some(h) = cx
-        .hub
-        .history
-        .as_ref()
-        .filter(|_| !users::is_reserved(topic))
-    {
+    if let Some(h) = cx.hub.history.as_ref().filter(|h| h.keeps(topic)) {
         cx.hub.publish_with_history(h, topic, payload, |_| None);
         return;
     }
@@ -480,28 +555,28 @@ pub fn deliver_to_topic(
         return 0;
     }
     let f = outbox.add_frame(frame);
-    match seq {
-        Some(seq) if !topic.fences.is_empty() => {
-            let subscribers = &topic.subscribers;
-            let mut fences = std::mem::take(&mut topic.fences);
-            fences.retain(|(_, fence)| fence.gen == seq.gen && fence.offset >= seq.offset);
-            let mut n = 0;
-            for &conn in subscribers {
-                if !fences.iter().any(|(c, _)| *c == conn) {
-                    outbox.push(conn as usize, f);
-                    n += 1;
-                }
-            }
-            topic.fences = fences;
-            n
+    if topic.fences.is_empty() {
+        for &conn in &topic.subscribers {
+            outbox.push(conn as usize, f);
         }
-        _ => {
-            for &conn in &topic.subscribers {
-                outbox.push(conn as usize, f);
-            }
-            topic.subscribers.len() as u64
+        return topic.subscribers.len() as u64;
+    }
+    let subscribers = &topic.subscribers;
+    let mut fences = std::mem::take(&mut topic.fences);
+    // A held subscriber (cluster resume under way) gets nothing yet; other
+    // fences go away with the first message past them.
+    fences.retain(|(_, fence)| {
+        fence.is_hold() || seq.is_some_and(|s| fence.gen == s.gen && fence.offset >= s.offset)
+    });
+    let mut n = 0;
+    for &conn in subscribers {
+        if !fences.iter().any(|(c, _)| *c == conn) {
+            outbox.push(conn as usize, f);
+            n += 1;
         }
     }
+    topic.fences = fences;
+    n
 }
 
 /// The `broadcastResult` frame for a finished broadcast.

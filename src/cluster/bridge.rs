@@ -420,6 +420,11 @@ impl Subscriber {
 
     /// A message from Redis: unless we sent it, hand it to the workers.
     fn relay(&self, msg: &redis::Msg) {
+        let (prefix, node) = (&self.cfg.prefix, self.cfg.node_id);
+        let (channel, bytes) = (msg.get_channel_name(), msg.get_payload_bytes());
+        if super::history_stream::relay(&self.hub, prefix, node, channel, bytes) {
+            return;
+        }
         let Some((node, payload)) = wire::decode_message(msg.get_payload_bytes()) else {
             return;
         };

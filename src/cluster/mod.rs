@@ -7,6 +7,8 @@
 //!   and hand messages from other nodes to the local workers through the hub.
 //! - [`sharded`]: the same over a Redis Cluster, shard by shard.
 //! - [`slots`]: hash slots and the slot map (pure).
+//! - [`history_stream`]: topic history and positions kept in Redis
+//!   streams, so a client can resume on any node.
 //! - [`presence`]: cluster-wide subscription counts kept in Redis.
 //! - [`dedup`]: per-publisher sequence numbers: duplicates dropped, gaps
 //!   counted as lost (pure).
@@ -17,6 +19,7 @@
 
 pub mod bridge;
 pub mod dedup;
+pub mod history_stream;
 pub mod presence;
 pub mod sharded;
 pub mod slots;

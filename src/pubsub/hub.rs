@@ -33,6 +33,8 @@ pub enum WorkerMsg {
     /// A message of a topic with history, at its position (boxed so the
     /// inbox slots of every worker stay as small as without history).
     DeliverAt(Box<Delivery>, Seq),
+    /// A cluster resume's answer (see [`super::history::Resumed`]).
+    Resumed(Box<super::history::Resumed>),
     /// A `broadcastResult` this worker is waiting for can be sent.
     TicketDone { pending: usize },
     /// A reply made off the event loop (a client's presence question) for
@@ -174,8 +176,8 @@ impl Hub {
         wait: Option<Duration>,
     ) -> usize {
         if let (Some(history), Some(t)) = (&self.history, topic) {
-            // Users' reserved topics keep no history.
-            if !super::users::is_reserved(t) {
+            // Users' reserved topics (and those a rule exempts) keep none.
+            if history.keeps(t) {
                 return self.publish_with_history(history, t, payload, ticket);
             }
         }

@@ -96,16 +96,23 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
         (None, None) => (None, None),
     };
     let topic_budget = TopicBudget::new(config.max_total_subscriptions, config.max_topics);
-    let history = (config.history_size > 0).then(|| {
-        History::new(HistoryConfig {
-            size: config.history_size,
-            ttl: config.history_ttl,
-            max_bytes: usize::try_from(config.history_max_bytes).unwrap_or(usize::MAX),
-        })
-    });
+    let history_cfg = HistoryConfig {
+        size: config.history_size,
+        ttl: config.history_ttl,
+        max_bytes: usize::try_from(config.history_max_bytes).unwrap_or(usize::MAX),
+        topics: config.history_topics.clone(),
+    };
+    let history = history_cfg.any().then(|| History::new(history_cfg));
     let hub = Arc::new(Hub::new(links, link, topic_budget).with_history(history));
     let reassembly = Arc::new(ReassemblyBudget::new(config.max_reassembly_bytes));
     let node_id = config.node_id.unwrap_or_else(random_node_id);
+    if node_id == u64::MAX {
+        // Reserved: it marks the messages of cluster history on the wire.
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "--node-id 18446744073709551615 is reserved",
+        ));
+    }
     let bridge = match (&config.redis, &config.redis_cluster, bridge_parts) {
         (_, Some(seeds), Some(parts)) => {
             let seeds = crate::cluster::slots::parse_seeds(seeds).map_err(|e| {
@@ -144,9 +151,24 @@ pub fn start(config: Config) -> io::Result<ServerHandle> {
                 config.cluster_prefix.clone(),
                 node_id,
                 config.cluster_presence_ttl,
-                router,
+                router.clone(),
             ));
             let _ = link.presence.set(store.clone());
+            // History rides on it too: positions and messages in Redis.
+            if let Some(h) = &hub.history {
+                let (c, threads) = crate::cluster::history_stream::ClusterHistory::start(
+                    &hub,
+                    config.cluster_prefix.clone(),
+                    node_id,
+                    config.redis_cluster.is_some(),
+                    router.clone(),
+                    b.stop_flag(),
+                );
+                h.set_cluster(c);
+                for t in threads {
+                    b.add_thread(t);
+                }
+            }
             b.add_thread(presence::start_writer(store, hub.clone(), b.stop_flag()));
             Some(b)
         }

@@ -1062,6 +1062,15 @@ impl Worker {
                     }
                 }
                 WorkerMsg::TicketDone { pending } => self.complete_pending(pending),
+                WorkerMsg::Resumed(r) => {
+                    let open = self
+                        .conns
+                        .get(r.conn as usize)
+                        .is_some_and(|c| c.serial == r.serial && c.phase == Phase::Open);
+                    if open {
+                        crate::app::pubsub::finish_resume(&mut self.topics, &mut self.outbox, *r);
+                    }
+                }
                 WorkerMsg::Reply {
                     conn,
                     serial,
