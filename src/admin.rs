@@ -30,7 +30,7 @@ mod routes;
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -64,17 +64,6 @@ const COUNT_POLL: Duration = Duration::from_millis(2);
 
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
-
-/// What the admin listener counts (exported with the other metrics).
-#[derive(Debug, Default)]
-pub struct AdminStats {
-    /// Admin connections closed to stay within [`MAX_CONNECTIONS`].
-    pub evicted: AtomicU64,
-    /// Admin requests that did not arrive within [`REQUEST_TIMEOUT`].
-    pub timeouts: AtomicU64,
-    /// Admin requests refused for a missing or wrong bearer token.
-    pub unauthorized: AtomicU64,
-}
 
 pub struct AdminServer {
     addr: SocketAddr,

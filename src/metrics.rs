@@ -15,10 +15,10 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::admin::AdminStats;
 use crate::protocol::message::ReassemblyBudget;
 use crate::pubsub::Hub;
-use crate::server::{Admission, StatsSnapshot, WorkerStats};
+use crate::server::Admission;
+use crate::stats::{AdminStats, StatsSnapshot, WorkerStats};
 
 /// Everything a scrape reads.
 #[derive(Clone)]

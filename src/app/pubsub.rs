@@ -22,7 +22,7 @@ use crate::pubsub::outbox::Outbox;
 use crate::pubsub::topics::LocalTopics;
 use crate::pubsub::{users, Hub, Notify, OutFrame, Ticket, WorkerMsg};
 use crate::security::{Grant, Security};
-use crate::server::WorkerStats;
+use crate::stats::WorkerStats;
 
 /// Limits of the client protocol.
 #[derive(Debug, Clone, Copy)]

@@ -145,7 +145,7 @@ impl Hub {
         history.append(
             topic,
             |offset, epoch| {
-                let text = crate::app::commands::message_text_at(topic, payload, offset, epoch);
+                let text = super::text::message_text_at(topic, payload, offset, epoch);
                 OutFrame::text(&text)
             },
             |seq, frame| {
@@ -185,7 +185,7 @@ impl Hub {
                 self.directory.workers_for(t),
             ),
             None => (
-                crate::app::commands::broadcast_text(payload),
+                super::text::broadcast_text(payload),
                 self.all_workers(),
             ),
         };

@@ -15,6 +15,7 @@
 //!   so each connection gets one write per loop iteration.
 //!
 //! - [`budget`]: process-wide caps on subscriptions and topic entries.
+//! - [`text`]: the JSON texts publishes and broadcasts become.
 //! - [`history`]: the last messages of each topic and their positions, for
 //!   clients that resume after a reconnect.
 //!
@@ -28,6 +29,7 @@ pub mod hub;
 pub mod offload;
 pub mod outbox;
 pub mod presence;
+pub mod text;
 pub mod ticket;
 pub mod topics;
 pub mod users;

@@ -30,7 +30,7 @@ use crate::protocol::message::PartialPool;
 use crate::protocol::{CloseCode, Event, OpCode, Receiver, ReceiverLimits};
 
 use super::admission::Admission;
-use super::stats::WorkerStats;
+use crate::stats::WorkerStats;
 use super::write_queue::WriteQueue;
 use crate::security::{Grant, Refused, Security};
 use crate::timer_wheel::TimerId;

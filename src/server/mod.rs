@@ -10,7 +10,6 @@ mod conn;
 pub(crate) mod listener;
 mod no_sigpipe;
 mod panic_guard;
-mod stats;
 mod worker;
 mod write_queue;
 
@@ -34,7 +33,7 @@ use crate::pubsub::history::{History, HistoryConfig};
 use crate::pubsub::{directory::MAX_WORKERS, Hub, WorkerMsg};
 use crate::security::{Authenticator, HandshakeRate, OriginPolicy, Security};
 pub use admission::Admission;
-pub use stats::{StatsSnapshot, WorkerStats};
+pub use crate::stats::{StatsSnapshot, WorkerStats};
 use worker::{Shared, Worker, WAKER};
 
 struct WorkerHandle {

@@ -36,7 +36,7 @@ use super::conn::{Conn, Ctx, OnEof, Phase, RateLimit, Transition};
 use super::listener;
 use super::no_sigpipe::NoSigPipe;
 use super::panic_guard::guarded;
-use super::stats::WorkerStats;
+use crate::stats::WorkerStats;
 use super::write_queue::{write_or_queue, Chunk};
 use crate::escape::Esc;
 use crate::protocol::frame::write_server_frame;
