@@ -3,7 +3,7 @@
 //!
 //! Owns metric names, help texts and labels. The hot path never touches this
 //! module: workers bump their own single-writer counters
-//! ([`crate::server::WorkerStats`]) and a scrape reads and aggregates them.
+//! ([`crate::stats::WorkerStats`]) and a scrape reads and aggregates them.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -15,6 +15,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::cluster::ClusterStats;
 use crate::protocol::message::ReassemblyBudget;
 use crate::pubsub::Hub;
 use crate::server::Admission;
@@ -28,6 +29,8 @@ pub struct MetricsSource {
     pub admission: Arc<Admission>,
     pub reassembly: Arc<ReassemblyBudget>,
     pub admin: Arc<AdminStats>,
+    /// The cluster bridge's counters, when this node is part of a cluster.
+    pub cluster: Option<Arc<ClusterStats>>,
 }
 
 impl MetricsSource {
@@ -447,8 +450,7 @@ impl Collector for MetricsSource {
                 &[(Vec::new(), h.resumed.load(relaxed))],
             )?;
         }
-        if let Some(c) = &self.hub.cluster {
-            let st = &c.stats;
+        if let Some(st) = &self.cluster {
             let up = |b: &std::sync::atomic::AtomicBool| u64::from(b.load(relaxed));
             family(
                 &mut enc,

@@ -24,10 +24,16 @@ fn top_level_modules_have_no_cycle() {
     );
     // The whole graph, for `cargo test --test module_graph -- --nocapture`.
     for (from, to) in &edges {
-        eprintln!("{from} → {}", to.keys().cloned().collect::<Vec<_>>().join(", "));
+        eprintln!(
+            "{from} → {}",
+            to.keys().cloned().collect::<Vec<_>>().join(", ")
+        );
     }
     if let Some(cycle) = find_cycle(&edges) {
-        let mut msg = format!("import cycle between top-level modules: {}\n", cycle.join(" → "));
+        let mut msg = format!(
+            "import cycle between top-level modules: {}\n",
+            cycle.join(" → ")
+        );
         for pair in cycle.windows(2) {
             let at = &edges[&pair[0]][&pair[1]];
             msg.push_str(&format!("  {} → {}: {at}\n", pair[0], pair[1]));
@@ -61,7 +67,10 @@ fn scanner_sees_crate_and_super_paths() {
     );
     // Comments and strings are not code.
     assert_eq!(
-        found("a.rs", "// crate::x::y\n/* crate::v */ let s = \"crate::u::\";"),
+        found(
+            "a.rs",
+            "// crate::x::y\n/* crate::v */ let s = \"crate::u::\";"
+        ),
         set(&[])
     );
     assert_eq!(found("a.rs", "let c = '\"'; use crate::t;"), set(&["t"]));
@@ -161,8 +170,7 @@ fn strip(text: &str) -> String {
                     i += 1;
                 }
             }
-        } else if c[i] == 'r' && (next == Some('"') || next == Some('#')) && !ident_before(&c, i)
-        {
+        } else if c[i] == 'r' && (next == Some('"') || next == Some('#')) && !ident_before(&c, i) {
             // A raw string: r"..." or r#"..."#.
             let mut j = i + 1;
             let mut hashes = 0;

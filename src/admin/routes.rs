@@ -15,7 +15,8 @@ use subtle::ConstantTimeEq;
 use super::http::{Head, Response};
 use super::Shared;
 use crate::metrics;
-use crate::pubsub::{users, Notify, Ticket};
+use crate::pubsub::presence as pubsub_presence;
+use crate::pubsub::{users, Hub, Notify, Ticket};
 
 /// What a request turned into.
 pub enum Outcome {
@@ -152,12 +153,36 @@ fn presence(shared: &Shared, query: &str) -> Outcome {
     let query = query.to_string();
     let max = shared.config.max_topic_bytes;
     let queued = shared.hub.offload.try_run(move || {
-        let (status, body) = crate::cluster::presence::http_answer(&hub, &query, max);
+        let (status, body) = presence_answer(&hub, &query, max);
         let _ = tx.send(Response::json(status, body));
     });
     match queued {
         Ok(()) => Outcome::Answering(rx),
         Err(e) => Outcome::Now(Response::error(503, &format!("cannot answer now: {e}"))),
+    }
+}
+
+/// `GET /presence?topic=T[&users=1]` for the admin API: status and JSON body.
+fn presence_answer(hub: &Hub, query: &str, max_topic_bytes: usize) -> (u16, String) {
+    let mut topic = None;
+    let mut users = false;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "topic" => topic = Some(v.into_owned()),
+            "users" => users = v == "1" || v == "true",
+            _ => {}
+        }
+    }
+    let err = |status: u16, m: &str| (status, serde_json::json!({ "error": m }).to_string());
+    let Some(topic) = topic else {
+        return err(400, "missing query parameter 'topic'");
+    };
+    if topic.is_empty() || topic.len() > max_topic_bytes {
+        return err(400, &format!("topic must be 1 to {max_topic_bytes} bytes"));
+    }
+    match pubsub_presence::answer(hub, &topic, users) {
+        Ok(body) => (200, body.to_string()),
+        Err(e) => err(503, &e.to_string()),
     }
 }
 

@@ -346,8 +346,8 @@ fn presence(
     cx: &mut PubSubCx<'_>,
     out: &mut Replies<'_>,
 ) {
-    use crate::cluster::presence as cluster_presence;
-    if !cluster_presence::needs_redis(cx.hub) {
+    use crate::pubsub::presence as cluster_presence;
+    if !cluster_presence::needs_remote(cx.hub) {
         return match cluster_presence::answer(cx.hub, topic, users) {
             Ok(body) => reply(out, &commands::presence_text(body)),
             Err(e) => reply(

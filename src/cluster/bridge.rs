@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::wire::{self, Target};
+use crate::pubsub::uplink::{RemotePresence, Uplink};
 use crate::pubsub::Hub;
 
 /// Publishes waiting for the publisher thread; past this they are dropped.
@@ -84,9 +85,9 @@ pub struct ClusterLink {
     pub presence: Arc<std::sync::OnceLock<Arc<super::presence::PresenceStore>>>,
 }
 
-impl ClusterLink {
+impl Uplink for ClusterLink {
     /// Hands a publish to the bridge without waiting.
-    pub fn publish(&self, topic: Option<&str>, payload: &[u8]) {
+    fn publish(&self, topic: Option<&str>, payload: &[u8]) {
         let msg = Outbound {
             topic: topic.map(Arc::from),
             payload: payload.into(),
@@ -103,10 +104,15 @@ impl ClusterLink {
 
     /// Tells the subscriber that `topic` gained its first or lost its last
     /// local subscriber.
-    pub fn topic_changed(&self, topic: &str) {
+    fn topic_changed(&self, topic: &str) {
         if self.changes.try_send(Arc::from(topic)).is_err() {
             self.resync.store(true, Ordering::Release);
         }
+    }
+
+    fn presence(&self) -> Option<Arc<dyn RemotePresence>> {
+        let store = self.presence.get()?.clone();
+        Some(store)
     }
 }
 

@@ -22,7 +22,7 @@ use super::history::{History, Seq};
 use super::offload::Offload;
 use super::presence::LocalPresence;
 use super::ticket::{Notify, Ticket};
-use crate::cluster::ClusterLink;
+use super::uplink::Uplink;
 
 /// Messages a worker receives from other threads.
 #[derive(Debug)]
@@ -75,8 +75,8 @@ pub struct Hub {
     pub inbox_full_drops: AtomicU64,
     /// Publishes and broadcasts accepted, from clients and the HTTP API.
     pub publishes: AtomicU64,
-    /// The Redis bridge, when this node is part of a cluster.
-    pub cluster: Option<ClusterLink>,
+    /// The way to the other nodes, when this node is part of a cluster.
+    pub uplink: Option<Arc<dyn Uplink>>,
     /// Process-wide caps on subscriptions and topic entries.
     pub topic_budget: TopicBudget,
     /// Subscriptions per topic on this node (`GET /presence`).
@@ -90,7 +90,7 @@ pub struct Hub {
 impl Hub {
     pub fn new(
         inboxes: Vec<(Sender<WorkerMsg>, Arc<Waker>)>,
-        cluster: Option<ClusterLink>,
+        uplink: Option<Arc<dyn Uplink>>,
         topic_budget: TopicBudget,
     ) -> Hub {
         Hub {
@@ -107,7 +107,7 @@ impl Hub {
             directory: TopicDirectory::default(),
             inbox_full_drops: AtomicU64::new(0),
             publishes: AtomicU64::new(0),
-            cluster,
+            uplink,
             topic_budget,
             presence: LocalPresence::default(),
             offload: Offload::default(),
@@ -184,10 +184,7 @@ impl Hub {
                 super::users::message_text(t, payload),
                 self.directory.workers_for(t),
             ),
-            None => (
-                super::text::broadcast_text(payload),
-                self.all_workers(),
-            ),
+            None => (super::text::broadcast_text(payload), self.all_workers()),
         };
         if targets.is_empty() {
             return 0;
@@ -227,7 +224,7 @@ impl Hub {
     /// caller's job.
     pub fn published(&self, topic: Option<&str>, payload: &[u8]) {
         self.publishes.fetch_add(1, Ordering::Relaxed);
-        if let Some(c) = &self.cluster {
+        if let Some(c) = &self.uplink {
             c.publish(topic, payload);
         }
     }
@@ -235,7 +232,7 @@ impl Hub {
     /// Worker `worker` got its first subscriber for `topic`.
     pub fn topic_joined(&self, topic: &str, worker: usize) {
         if self.directory.join(topic, worker) {
-            if let Some(c) = &self.cluster {
+            if let Some(c) = &self.uplink {
                 c.topic_changed(topic);
             }
         }
@@ -244,7 +241,7 @@ impl Hub {
     /// Worker `worker` lost its last subscriber for `topic`.
     pub fn topic_left(&self, topic: &str, worker: usize) {
         if self.directory.leave(topic, worker) {
-            if let Some(c) = &self.cluster {
+            if let Some(c) = &self.uplink {
                 c.topic_changed(topic);
             }
         }

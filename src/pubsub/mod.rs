@@ -15,6 +15,8 @@
 //!   so each connection gets one write per loop iteration.
 //!
 //! - [`budget`]: process-wide caps on subscriptions and topic entries.
+//! - [`uplink`]: what pub/sub needs from other nodes (the cluster bridge
+//!   implements it).
 //! - [`text`]: the JSON texts publishes and broadcasts become.
 //! - [`history`]: the last messages of each topic and their positions, for
 //!   clients that resume after a reconnect.
@@ -32,6 +34,7 @@ pub mod presence;
 pub mod text;
 pub mod ticket;
 pub mod topics;
+pub mod uplink;
 pub mod users;
 
 pub use frame::OutFrame;

@@ -1,0 +1,41 @@
+//! What this node's pub/sub needs from the other nodes, as traits the
+//! cluster bridge implements: publishes handed out for other nodes, topic
+//! interest reported (so only nodes with subscribers get a topic), and
+//! cluster-wide presence asked for. Pub/sub never learns how nodes talk
+//! (Redis, sharded or not): it depends on these traits, not on
+//! [`crate::cluster`].
+
+use std::sync::Arc;
+
+use super::presence::{Presence, TopicPresence};
+
+/// The way to the other nodes, held by the hub when this node is part of a
+/// cluster.
+pub trait Uplink: Send + Sync {
+    /// Hands a publish (`topic` Some) or broadcast (None) accepted here to
+    /// the other nodes. Never waits: what cannot be handed over is dropped
+    /// and counted by the implementation.
+    fn publish(&self, topic: Option<&str>, payload: &[u8]);
+
+    /// `topic` gained its first or lost its last subscriber on this node.
+    /// Never waits.
+    fn topic_changed(&self, topic: &str);
+
+    /// Cluster-wide presence, once it runs (None: this node's own counts
+    /// are the answer).
+    fn presence(&self) -> Option<Arc<dyn RemotePresence>>;
+}
+
+/// Where the subscriptions of every node are counted.
+pub trait RemotePresence: Send + Sync {
+    /// The topic's presence over all live nodes; this node's own part is
+    /// `local` (fresher than what it last reported). Blocks on the network:
+    /// call it off the event loops.
+    fn query(&self, topic: &str, local: &TopicPresence) -> Result<Presence, PresenceUnavailable>;
+}
+
+/// Why cluster-wide presence could not be answered (the implementation's
+/// own error, kept as the source).
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct PresenceUnavailable(pub Box<dyn std::error::Error + Send + Sync>);
