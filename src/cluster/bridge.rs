@@ -209,9 +209,18 @@ impl Bridge {
         self.stop.clone()
     }
 
+    /// Stops the threads and waits for them.
     pub fn stop(self) {
+        drop(self);
+    }
+}
+
+/// Dropping the bridge stops it, so a node whose start fails after the
+/// bridge started leaves no threads behind.
+impl Drop for Bridge {
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        for t in self.threads {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }

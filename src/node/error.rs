@@ -8,8 +8,9 @@ use crate::admin::AdminStartError;
 use crate::cluster::slots::SeedError;
 use crate::security::KeyError;
 
-/// What [`crate::start`] returns when the node cannot start. Nothing keeps
-/// running after one (what had started is stopped again).
+/// What [`crate::start`] returns when the node cannot start. Settings are
+/// checked before any thread starts; the bridge and admin threads started
+/// before a later failure are stopped again when dropped.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("--workers {given} is over the maximum of {max}")]
