@@ -16,6 +16,7 @@ use super::http::{Head, Response};
 use super::Shared;
 use crate::metrics;
 use crate::pubsub::presence as pubsub_presence;
+use crate::pubsub::publish::{self, Origin, Publish};
 use crate::pubsub::{users, Hub, Notify, Ticket};
 
 /// What a request turned into.
@@ -127,17 +128,18 @@ fn json_payload(body: &[u8]) -> Result<&[u8], Response> {
     Ok(raw.get().as_bytes())
 }
 
-/// Hands the publish to every worker that needs it (see
-/// [`crate::pubsub::Hub::deliver_external`]). Never waits for room (one
-/// thread serves every admin request): a worker whose inbox is full drops
-/// the delivery, counts it (`wsgate_inbox_full_drops_total`) and reports 0
-/// for its part. The workers' counts arrive on the returned receiver.
+/// Hands the publish to every worker that needs it and to the other nodes
+/// (see [`publish::publish`]; it never waits for room in an inbox). The
+/// workers' counts arrive on the returned receiver.
 fn publish(shared: &Shared, topic: Option<&str>, payload: &[u8]) -> Outcome {
-    let hub = &shared.hub;
-    hub.published(topic, payload);
     let (tx, rx) = crossbeam_channel::bounded(1);
     let ticket = |parts| Some(Arc::new(Ticket::new(parts, Notify::Channel(tx))));
-    if hub.deliver_external(topic, payload, ticket, None) == 0 {
+    let msg = Publish {
+        topic,
+        payload,
+        origin: Origin::Admin,
+    };
+    if publish::publish(&shared.hub, msg, ticket).parts == 0 {
         Outcome::Now(Response::json(200, r#"{"delivered":0}"#))
     } else {
         Outcome::Counting(rx)

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::wire::{self, Target};
+use crate::pubsub::publish::{self, Origin, Publish};
 use crate::pubsub::uplink::{RemotePresence, Uplink};
 use crate::pubsub::Hub;
 
@@ -461,5 +462,10 @@ pub(crate) fn deliver(hub: &Hub, topic: Option<&str>, payload: &[u8]) -> bool {
     // With topic history on, this node numbers what it relays like its own
     // publishes (history is per node: a client resuming on another node
     // gets `recovered:false`).
-    hub.deliver_external(topic, payload, |_| None, Some(DELIVER_WAIT)) > 0
+    let msg = Publish {
+        topic,
+        payload,
+        origin: Origin::Cluster { wait: DELIVER_WAIT },
+    };
+    publish::publish(hub, msg, |_| None).parts > 0
 }

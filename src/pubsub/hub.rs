@@ -121,7 +121,8 @@ impl Hub {
         self
     }
 
-    /// A publish to a topic with history: takes the next offset, stores the
+    /// A publish to a topic with history (see [`super::publish`], its only
+    /// caller): takes the next offset, stores the
     /// frame and queues it for *every* worker with subscribers — the
     /// publishing worker too, through its own inbox — while the topic's lock
     /// is held. Every worker's inbox thus receives the topic's messages in
@@ -160,43 +161,6 @@ impl Hub {
         )
     }
 
-    /// One publish (`topic` Some) or broadcast (None) from outside the
-    /// workers — the admin API or another node — to every worker with a
-    /// reader for it: numbered first when the topic keeps history, encoded
-    /// once either way. `ticket` is made for the number of workers it goes
-    /// to; `wait` is how long to wait for room in a full inbox. Returns that
-    /// number (0: nobody here to deliver to).
-    pub fn deliver_external(
-        &self,
-        topic: Option<&str>,
-        payload: &[u8],
-        ticket: impl FnOnce(usize) -> Option<Arc<Ticket>>,
-        wait: Option<Duration>,
-    ) -> usize {
-        if let (Some(history), Some(t)) = (&self.history, topic) {
-            // Users' reserved topics keep no history.
-            if !super::users::is_reserved(t) {
-                return self.publish_with_history(history, t, payload, ticket);
-            }
-        }
-        let (text, targets) = match topic {
-            Some(t) => (
-                super::users::message_text(t, payload),
-                self.directory.workers_for(t),
-            ),
-            None => (super::text::broadcast_text(payload), self.all_workers()),
-        };
-        if targets.is_empty() {
-            return 0;
-        }
-        let parts = targets.len();
-        let frame = OutFrame::text(&text);
-        let ticket = ticket(parts);
-        let name: Option<Arc<str>> = topic.map(Arc::from);
-        self.dispatch(targets, None, name.as_ref(), &frame, ticket.as_ref(), wait);
-        parts
-    }
-
     pub fn worker_count(&self) -> usize {
         self.links.len()
     }
@@ -220,9 +184,9 @@ impl Hub {
     }
 
     /// Counts one accepted publish or broadcast (`topic` None) and hands it
-    /// to the cluster bridge for the other nodes. Local delivery is the
-    /// caller's job.
-    pub fn published(&self, topic: Option<&str>, payload: &[u8]) {
+    /// to the uplink for the other nodes (see [`super::publish`], which
+    /// delivers it here).
+    pub(super) fn published(&self, topic: Option<&str>, payload: &[u8]) {
         self.publishes.fetch_add(1, Ordering::Relaxed);
         if let Some(c) = &self.uplink {
             c.publish(topic, payload);
