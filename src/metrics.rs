@@ -186,13 +186,13 @@ impl Collector for MetricsSource {
             ),
             (
                 "wsgate_messages_in",
-                "Messages and control frames received",
+                "Data messages received (text and binary; control frames are not counted)",
                 Counter,
                 |s| s.messages_in,
             ),
             (
                 "wsgate_messages_out",
-                "Messages written (replies and deliveries)",
+                "Messages written: replies (echo, pub/sub command answers) and fan-out deliveries",
                 Counter,
                 |s| s.messages_out,
             ),

@@ -148,9 +148,21 @@ fn reply(out: &mut Replies<'_>, text: &[u8]) {
     out.message(OpCode::Text, text);
 }
 
-/// Runs one message from a client. Returns the number of messages written
-/// directly to `out`.
+/// Runs one message from a client; its replies go to `out` (counted in
+/// `messages_out`), its deliveries to the hub.
 pub fn on_message(
+    kind: MessageKind,
+    text: &[u8],
+    caller: &mut Caller<'_>,
+    cx: &mut PubSubCx<'_>,
+    out: &mut Replies<'_>,
+) {
+    let before = out.messages();
+    run(kind, text, caller, cx, out);
+    cx.stats.messages_out.add(out.messages() - before);
+}
+
+fn run(
     kind: MessageKind,
     text: &[u8],
     caller: &mut Caller<'_>,
@@ -370,8 +382,8 @@ fn presence(
             Err(e) => commands::error_text(&CommandError::Unavailable(e.to_string())),
         };
         let frame = OutFrame::text(&text);
-        // A full inbox drops the answer, like any delivery (counted).
-        let _ = hub.try_send(
+        // A full inbox drops the answer, counted like any delivery.
+        let sent = hub.try_send(
             worker,
             WorkerMsg::Reply {
                 conn,
@@ -379,6 +391,10 @@ fn presence(
                 frame,
             },
         );
+        if sent.is_err() {
+            hub.inbox_full_drops
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     });
     match queued {
         Ok(()) => {}

@@ -2,7 +2,7 @@
 //! worker, woken through its `mio::Waker`, with wake-ups coalesced so a burst
 //! of messages costs one wake.
 //!
-//! Shared by every worker and by the admin (and later cluster) threads.
+//! Shared by every worker, the admin thread and the cluster bridge threads.
 //! Senders never block a worker: a worker-to-worker send into a full inbox is
 //! dropped and counted (blocking could deadlock two workers feeding each
 //! other). Threads that are not workers may wait, with a timeout.
