@@ -42,6 +42,30 @@ fn top_level_modules_have_no_cycle() {
     }
 }
 
+/// Leaves depend on nothing else in the crate (their tests aside), so
+/// anything may use them without a cycle.
+#[test]
+fn leaves_use_nothing_else_in_the_crate() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    for leaf in [
+        "stats.rs",
+        "escape.rs",
+        "timer_wheel.rs",
+        "limits.rs",
+        "server/admission.rs",
+        "server/listener.rs",
+    ] {
+        let text = strip(&std::fs::read_to_string(src.join(leaf)).unwrap());
+        let code = text.split("#[cfg(test)]").next().unwrap();
+        for needle in ["crate::", "super::"] {
+            assert!(
+                !code.contains(needle),
+                "src/{leaf} uses {needle}: it is meant to be a leaf"
+            );
+        }
+    }
+}
+
 /// The scanner itself: it must see the kinds of paths the crate uses.
 #[test]
 fn scanner_sees_crate_and_super_paths() {

@@ -74,7 +74,7 @@ pub(crate) struct Outbound {
     pub payload: Box<[u8]>,
 }
 
-/// What the hub holds to reach the bridge.
+/// The hub's [`Uplink`] to the other nodes: the bridge threads' inbound ends.
 #[derive(Debug, Clone)]
 pub struct ClusterLink {
     out: Sender<Outbound>,
