@@ -363,9 +363,9 @@ fn presence(
     cx: &mut PubSubCx<'_>,
     out: &mut Replies<'_>,
 ) {
-    use crate::pubsub::presence as cluster_presence;
-    if !cluster_presence::needs_remote(cx.hub) {
-        return match cluster_presence::answer(cx.hub, topic, users) {
+    use crate::pubsub::presence as answers;
+    if !answers::needs_remote(cx.hub) {
+        return match answers::answer(cx.hub, topic, users) {
             Ok(body) => reply(out, &commands::presence_text(body)),
             Err(e) => reply(
                 out,
@@ -377,7 +377,7 @@ fn presence(
     let (worker, conn, serial) = (cx.worker, caller.key, caller.serial);
     let topic = topic.to_string();
     let queued = cx.hub.offload.try_run(move || {
-        let text = match cluster_presence::answer(&hub, &topic, users) {
+        let text = match answers::answer(&hub, &topic, users) {
             Ok(body) => commands::presence_text(body),
             Err(e) => commands::error_text(&CommandError::Unavailable(e.to_string())),
         };
