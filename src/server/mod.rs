@@ -32,7 +32,7 @@ use worker::{Shared, Worker, WAKER};
 
 /// Every worker's listener, poll and inbox, made before any worker runs so
 /// the hub can reach all of them from the first message on.
-pub struct Bound {
+pub(crate) struct Bound {
     local_addr: SocketAddr,
     workers: Vec<(std::net::TcpListener, Poll, Receiver<WorkerMsg>)>,
 }
@@ -46,11 +46,11 @@ impl Bound {
 
 /// The sending ends of the workers' inboxes, with the wakers that go with
 /// them, in worker order (what [`Hub::new`] takes).
-pub type Links = Vec<(Sender<WorkerMsg>, Arc<Waker>)>;
+pub(crate) type Links = Vec<(Sender<WorkerMsg>, Arc<Waker>)>;
 
 /// Binds one listener per worker (`--workers`) on `--listen` and makes each
 /// worker's poll, waker and inbox.
-pub fn bind(config: &Config) -> io::Result<(Bound, Links)> {
+pub(crate) fn bind(config: &Config) -> io::Result<(Bound, Links)> {
     let n = config.worker_count();
     let listeners = listener::bind_all(config.listen, n)?;
     let local_addr = listeners[0].local_addr()?;
@@ -76,7 +76,7 @@ pub fn bind(config: &Config) -> io::Result<(Bound, Links)> {
 }
 
 /// What every worker shares, read-only once they run.
-pub struct WorkerShared {
+pub(crate) struct WorkerShared {
     pub config: Arc<Config>,
     pub hub: Arc<Hub>,
     pub admission: Arc<Admission>,
@@ -91,13 +91,13 @@ struct WorkerHandle {
 }
 
 /// The running worker threads.
-pub struct Workers {
+pub(crate) struct Workers {
     handles: Vec<WorkerHandle>,
 }
 
 /// Starts one thread per bound worker, each counting into its `stats`
 /// (pinned to a core each with `--pin-cores`).
-pub fn spawn(
+pub(crate) fn spawn(
     bound: Bound,
     shared: WorkerShared,
     stats: &[Arc<WorkerStats>],
@@ -146,10 +146,6 @@ pub fn spawn(
 impl Workers {
     pub fn len(&self) -> usize {
         self.handles.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.handles.is_empty()
     }
 
     /// Whether every worker thread still runs.
