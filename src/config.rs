@@ -9,7 +9,7 @@
 //! for every entry, so a new `#[arg]` is covered without further edits.
 //!
 //! Owns parsing and validation of settings (including human-friendly
-//! durations). It must not start anything; `main` and [`crate::server`]
+//! durations). It must not start anything; `main` and [`crate::node`]
 //! read the resulting [`Config`].
 
 use std::collections::{HashMap, HashSet};

@@ -1,6 +1,10 @@
 //! wsgate: a WebSocket server built to hold a million connections per box.
 //!
-//! The crate is laid out like the architecture:
+//! The crate is laid out like the architecture, top to bottom (each module
+//! uses only those below it; `tests/module_graph.rs` checks there is no
+//! cycle):
+//! - [`node`]: one wsgate process wired together: [`start`] and the
+//!   [`ServerHandle`], typed start-up errors ([`StartError`]).
 //! - [`protocol`]: the sans-IO RFC 6455 core (handshake, frame codec, message
 //!   reassembly, close rules). No sockets, no clocks.
 //! - [`server`]: the IO side: SO_REUSEPORT listeners, one mio event loop per
@@ -10,6 +14,7 @@
 //! - [`admin`]: the admin HTTP listener (publish API, metrics, health).
 //! - [`cluster`]: the Redis bridge between nodes.
 //! - [`config`]: the command line.
+//! - [`stats`]: the counters workers and the admin listener bump.
 //! - [`escape`]: client text made safe for log lines.
 //! - [`limits`]: the process's descriptor budget.
 
@@ -24,12 +29,14 @@ pub mod config;
 pub mod escape;
 pub mod limits;
 pub mod metrics;
+pub mod node;
 pub mod protocol;
 pub mod pubsub;
 pub mod security;
 pub mod server;
+pub mod stats;
 pub mod systemd;
 pub mod timer_wheel;
 
 pub use config::Config;
-pub use server::{start, ServerHandle};
+pub use node::{start, ServerHandle, StartError};

@@ -3,7 +3,7 @@
 //!
 //! Owns metric names, help texts and labels. The hot path never touches this
 //! module: workers bump their own single-writer counters
-//! ([`crate::server::WorkerStats`]) and a scrape reads and aggregates them.
+//! ([`crate::stats::WorkerStats`]) and a scrape reads and aggregates them.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -15,10 +15,12 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::admin::AdminStats;
+use crate::cluster::history_stream::ClusterHistory;
+use crate::cluster::ClusterStats;
 use crate::protocol::message::ReassemblyBudget;
 use crate::pubsub::Hub;
-use crate::server::{Admission, StatsSnapshot, WorkerStats};
+use crate::server::Admission;
+use crate::stats::{AdminStats, StatsSnapshot, WorkerStats};
 
 /// Everything a scrape reads.
 #[derive(Clone)]
@@ -28,6 +30,10 @@ pub struct MetricsSource {
     pub admission: Arc<Admission>,
     pub reassembly: Arc<ReassemblyBudget>,
     pub admin: Arc<AdminStats>,
+    /// The cluster bridge's counters, when this node is part of a cluster.
+    pub cluster: Option<Arc<ClusterStats>>,
+    /// The cluster side of topic history, when the cluster holds it.
+    pub cluster_history: Option<Arc<ClusterHistory>>,
 }
 
 impl MetricsSource {
@@ -183,13 +189,13 @@ impl Collector for MetricsSource {
             ),
             (
                 "wsgate_messages_in",
-                "Messages and control frames received",
+                "Data messages received (text and binary; control frames are not counted)",
                 Counter,
                 |s| s.messages_in,
             ),
             (
                 "wsgate_messages_out",
-                "Messages written (replies and deliveries)",
+                "Messages written: replies (echo, pub/sub command answers) and fan-out deliveries",
                 Counter,
                 |s| s.messages_out,
             ),
@@ -446,7 +452,7 @@ impl Collector for MetricsSource {
                 Counter,
                 &[(Vec::new(), h.resumed.load(relaxed))],
             )?;
-            if let Some(c) = h.cluster() {
+            if let Some(c) = &self.cluster_history {
                 let st = &c.stats;
                 let cluster: [(&str, &str, u64); 5] = [
                     (
@@ -480,8 +486,7 @@ impl Collector for MetricsSource {
                 }
             }
         }
-        if let Some(c) = &self.hub.cluster {
-            let st = &c.stats;
+        if let Some(st) = &self.cluster {
             let up = |b: &std::sync::atomic::AtomicBool| u64::from(b.load(relaxed));
             family(
                 &mut enc,

@@ -541,3 +541,91 @@ fn history_topic_rules_load_from_the_file_and_bad_ones_are_clear_errors() {
         assert!(err.contains("bad.toml"), "{err}");
     }
 }
+
+/// Start-up errors are typed and name the setting to fix; the binary
+/// prints them and exits 1.
+#[test]
+fn start_errors_are_typed_and_name_the_setting() {
+    use wsgate::StartError;
+    let start = |tweak: &dyn Fn(&mut wsgate::Config)| {
+        let mut cfg = wsgate::Config::for_tests();
+        cfg.workers = Some(1);
+        cfg.admin_listen = None;
+        tweak(&mut cfg);
+        match wsgate::start(cfg) {
+            Ok(_) => panic!("started"),
+            Err(e) => e,
+        }
+    };
+    let e = start(&|c| c.workers = Some(100_000));
+    assert!(
+        matches!(e, StartError::TooManyWorkers { given: 100_000, .. }),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with("--workers 100000 is over the maximum"),
+        "{e}"
+    );
+
+    let e = start(&|c| {
+        c.jwt_secret = Some("s".into());
+        c.jwt_secret_file = Some("/x".into());
+    });
+    assert!(matches!(e, StartError::JwtSettingsConflict), "{e:?}");
+
+    let e = start(&|c| c.jwt_secret_file = Some("/nonexistent/wsgate-secret".into()));
+    assert!(matches!(e, StartError::JwtSecretFile { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("--jwt-secret-file /nonexistent/wsgate-secret"),
+        "{e}"
+    );
+
+    let e = start(&|c| c.jwt_public_key_file = Some("/nonexistent/key.pem".into()));
+    assert!(e.to_string().starts_with("--jwt-public-key-file: "), "{e}");
+
+    let e = start(&|c| c.redis_cluster = Some("http://x".into()));
+    assert!(matches!(e, StartError::RedisClusterSeeds(_)), "{e:?}");
+    assert!(e.to_string().starts_with("--redis-cluster: "), "{e}");
+
+    let e = start(&|c| c.redis = Some("not a url".into()));
+    assert!(matches!(e, StartError::RedisUrl { .. }), "{e:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let empty = temp_file(&dir, "token", "  \n");
+    let e = start(&|c| {
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.admin_token_file = Some(empty.clone());
+    });
+    assert!(matches!(e, StartError::Admin(_)), "{e:?}");
+    assert!(e.to_string().contains("is empty"), "{e}");
+
+    // The port is taken (by a listener without SO_REUSEPORT).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let e = start(&|c| c.listen = addr);
+    assert!(matches!(e, StartError::Listen { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("cannot listen on {addr}: ")),
+        "{e}"
+    );
+
+    let out = wsgate(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret-file",
+            "/nonexistent/wsgate-secret",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("cannot start"), "{err}");
+    assert!(
+        err.contains("--jwt-secret-file /nonexistent/wsgate-secret"),
+        "{err}"
+    );
+}

@@ -54,6 +54,7 @@ use super::slots::{key_slot, SLOTS};
 use super::wire::{self, Target};
 use crate::app::commands;
 use crate::pubsub::history::{Fetched, FetchedEntry, History, Resumed, Seq};
+use crate::pubsub::uplink::{HistoryHolder, ResumeRefused};
 use crate::pubsub::{Delivery, Hub, OutFrame, WorkerMsg};
 
 /// Publishes waiting for the history publisher; past it they are dropped.
@@ -153,13 +154,6 @@ struct Resume {
     token: u64,
     topic: Arc<str>,
     since: Option<(u64, String)>,
-}
-
-/// Why a resume was not queued.
-#[derive(Debug, thiserror::Error)]
-pub enum ResumeError {
-    #[error("too many resumes waiting")]
-    Full,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -269,7 +263,7 @@ impl ClusterHistory {
     }
 
     /// Hands a publish to the history publisher without waiting.
-    pub fn publish(&self, topic: &str, payload: &[u8]) {
+    fn queue_publish(&self, topic: &str, payload: &[u8]) {
         let p = Publish {
             topic: Arc::from(topic),
             payload: payload.into(),
@@ -283,14 +277,14 @@ impl ClusterHistory {
 
     /// Queues a subscribe's resume (the connection is held meanwhile);
     /// returns the token its hold and its answer carry.
-    pub fn resume(
+    fn queue_resume(
         &self,
         worker: usize,
         conn: u32,
         serial: u32,
         topic: &str,
         since: Option<(u64, &str)>,
-    ) -> Result<u64, ResumeError> {
+    ) -> Result<u64, ResumeRefused> {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         let r = Resume {
             worker,
@@ -302,7 +296,7 @@ impl ClusterHistory {
         };
         self.resumes.try_send(r).map_err(|_| {
             self.stats.resumes_refused.fetch_add(1, Ordering::Relaxed);
-            ResumeError::Full
+            ResumeRefused
         })?;
         Ok(token)
     }
@@ -767,21 +761,21 @@ fn dispatch(hub: &Hub, topic: &str, frame: &Arc<OutFrame>, seq: Seq) {
     }
 }
 
-/// A client's or the admin API's publish: when `topic` keeps history and
-/// the cluster holds it, hands it to the history publisher (it is delivered
-/// here too when it comes back from Redis) and returns true.
-pub fn publish(hub: &Hub, topic: &str, payload: &[u8]) -> bool {
-    let Some(c) = hub
-        .history
-        .as_ref()
-        .filter(|h| h.keeps(topic))
-        .and_then(|h| h.cluster())
-    else {
-        return false;
-    };
-    hub.publishes.fetch_add(1, Ordering::Relaxed);
-    c.publish(topic, payload);
-    true
+impl HistoryHolder for ClusterHistory {
+    fn publish(&self, topic: &str, payload: &[u8]) {
+        self.queue_publish(topic, payload);
+    }
+
+    fn resume(
+        &self,
+        worker: usize,
+        conn: u32,
+        serial: u32,
+        topic: &str,
+        since: Option<(u64, &str)>,
+    ) -> Result<u64, ResumeRefused> {
+        self.queue_resume(worker, conn, serial, topic, since)
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@
 //! (size 0: that topic keeps no history).
 //!
 //! In a cluster, positions are assigned in Redis
-//! (see [`crate::cluster::history_stream`]) and this type is the node's
+//! by the cluster's [`super::uplink::HistoryHolder`] and this type is the node's
 //! *mirror* of each topic's stream: [`History::append_at`] stores and
 //! delivers a message at the position Redis gave it, and
 //! [`History::resume_with`] merges what a resume read from Redis with what
@@ -230,7 +230,7 @@ pub struct History {
     evicting: Mutex<()>,
     /// Topic logs dropped to stay under the process cap.
     pub evictions: AtomicU64,
-    cluster: std::sync::OnceLock<Arc<crate::cluster::history_stream::ClusterHistory>>,
+    cluster: std::sync::OnceLock<Arc<dyn super::uplink::HistoryHolder>>,
     /// Resumes answered `recovered:true` / `recovered:false`.
     pub resumed: AtomicU64,
     pub not_resumed: AtomicU64,
@@ -277,12 +277,12 @@ impl History {
     }
 
     /// The cluster side, once started (positions kept in Redis).
-    pub fn cluster(&self) -> Option<&Arc<crate::cluster::history_stream::ClusterHistory>> {
+    pub fn cluster(&self) -> Option<&Arc<dyn super::uplink::HistoryHolder>> {
         self.cluster.get()
     }
 
     /// Makes Redis the holder of positions (cluster mode; set once).
-    pub fn set_cluster(&self, c: Arc<crate::cluster::history_stream::ClusterHistory>) {
+    pub fn set_cluster(&self, c: Arc<dyn super::uplink::HistoryHolder>) {
         let _ = self.cluster.set(c);
     }
 
