@@ -262,45 +262,6 @@ impl ClusterHistory {
         (me, threads)
     }
 
-    /// Hands a publish to the history publisher without waiting.
-    fn queue_publish(&self, topic: &str, payload: &[u8]) {
-        let p = Publish {
-            topic: Arc::from(topic),
-            payload: payload.into(),
-        };
-        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-            self.publishes.try_send(p)
-        {
-            self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Queues a subscribe's resume (the connection is held meanwhile);
-    /// returns the token its hold and its answer carry.
-    fn queue_resume(
-        &self,
-        worker: usize,
-        conn: u32,
-        serial: u32,
-        topic: &str,
-        since: Option<(u64, &str)>,
-    ) -> Result<u64, ResumeRefused> {
-        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        let r = Resume {
-            worker,
-            conn,
-            serial,
-            token,
-            topic: Arc::from(topic),
-            since: since.map(|(o, e)| (o, e.to_string())),
-        };
-        self.resumes.try_send(r).map_err(|_| {
-            self.stats.resumes_refused.fetch_add(1, Ordering::Relaxed);
-            ResumeRefused
-        })?;
-        Ok(token)
-    }
-
     fn command(&self) -> &'static str {
         if self.sharded {
             "SPUBLISH"
@@ -762,10 +723,21 @@ fn dispatch(hub: &Hub, topic: &str, frame: &Arc<OutFrame>, seq: Seq) {
 }
 
 impl HistoryHolder for ClusterHistory {
+    /// Hands a publish to the history publisher without waiting.
     fn publish(&self, topic: &str, payload: &[u8]) {
-        self.queue_publish(topic, payload);
+        let p = Publish {
+            topic: Arc::from(topic),
+            payload: payload.into(),
+        };
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+            self.publishes.try_send(p)
+        {
+            self.stats.publish_dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
+    /// Queues a subscribe's resume (the connection is held meanwhile);
+    /// returns the token its hold and its answer carry.
     fn resume(
         &self,
         worker: usize,
@@ -774,7 +746,20 @@ impl HistoryHolder for ClusterHistory {
         topic: &str,
         since: Option<(u64, &str)>,
     ) -> Result<u64, ResumeRefused> {
-        self.queue_resume(worker, conn, serial, topic, since)
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        let r = Resume {
+            worker,
+            conn,
+            serial,
+            token,
+            topic: Arc::from(topic),
+            since: since.map(|(o, e)| (o, e.to_string())),
+        };
+        self.resumes.try_send(r).map_err(|_| {
+            self.stats.resumes_refused.fetch_add(1, Ordering::Relaxed);
+            ResumeRefused
+        })?;
+        Ok(token)
     }
 }
 
