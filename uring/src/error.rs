@@ -26,9 +26,15 @@ impl fmt::Display for Feature {
             Feature::IoUring => f.write_str("io_uring (io_uring_setup)"),
             Feature::Probe => f.write_str("IORING_REGISTER_PROBE (Linux 5.6)"),
             Feature::Opcode(name) => write!(f, "opcode {name}"),
-            Feature::BufRing => f.write_str("provided-buffer rings, IORING_REGISTER_PBUF_RING (Linux 5.19)"),
-            Feature::MultishotAccept => f.write_str("multishot accept, IORING_ACCEPT_MULTISHOT (Linux 5.19)"),
-            Feature::MultishotRecv => f.write_str("multishot recv, IORING_RECV_MULTISHOT (Linux 6.0)"),
+            Feature::BufRing => {
+                f.write_str("provided-buffer rings, IORING_REGISTER_PBUF_RING (Linux 5.19)")
+            }
+            Feature::MultishotAccept => {
+                f.write_str("multishot accept, IORING_ACCEPT_MULTISHOT (Linux 5.19)")
+            }
+            Feature::MultishotRecv => {
+                f.write_str("multishot recv, IORING_RECV_MULTISHOT (Linux 6.0)")
+            }
         }
     }
 }

@@ -37,7 +37,12 @@ impl Default for RingConfig {
     fn default() -> RingConfig {
         // 4096 × 4 KiB = 16 MiB of receive buffers per ring (per worker), for
         // any number of connections; SQ/CQ memory is about 0.5 MiB.
-        RingConfig { sq_entries: 4096, cq_entries: 16384, buffers: 4096, buffer_size: 4096 }
+        RingConfig {
+            sq_entries: 4096,
+            cq_entries: 16384,
+            buffers: 4096,
+            buffer_size: 4096,
+        }
     }
 }
 
@@ -113,7 +118,10 @@ impl std::ops::Deref for RecvBuf {
 
 impl std::fmt::Debug for RecvBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RecvBuf").field("bid", &self.bid).field("len", &self.len).finish()
+        f.debug_struct("RecvBuf")
+            .field("bid", &self.bid)
+            .field("len", &self.len)
+            .finish()
     }
 }
 
@@ -143,7 +151,11 @@ pub enum Completion {
     Sent { token: u64, n: usize, short: bool },
     /// A send failed (`errno`; `ECANCELED` after cancel/close). Queued sends
     /// of the fd were dropped with it: `dropped` bytes in all.
-    SendFailed { token: u64, errno: i32, dropped: usize },
+    SendFailed {
+        token: u64,
+        errno: i32,
+        dropped: usize,
+    },
     /// The descriptor is closed (result of `close(2)`), its handle is stale,
     /// and no operation on it is left in the kernel.
     Closed { token: u64, result: Result<(), i32> },
@@ -163,6 +175,9 @@ struct FdEntry {
     sending: bool,
     queue: VecDeque<SendData>,
     queued_bytes: usize,
+    /// `cancel`/`close` asked to stop sending: the in-flight send's rest and
+    /// the queue are dropped (and reported) at its completion.
+    stop_sending: bool,
     closing: bool,
 }
 
@@ -194,9 +209,13 @@ impl Ring {
         if !config.buffers.is_power_of_two() || config.buffers > 32768 {
             return Err(Error::Config("buffers must be a power of two ≤ 32768"));
         }
-        if config.buffer_size == 0 || config.sq_entries == 0 || config.cq_entries < config.sq_entries
+        if config.buffer_size == 0
+            || config.sq_entries == 0
+            || config.cq_entries < config.sq_entries
         {
-            return Err(Error::Config("buffer_size and sq_entries must be > 0, cq_entries ≥ sq_entries"));
+            return Err(Error::Config(
+                "buffer_size and sq_entries must be > 0, cq_entries ≥ sq_entries",
+            ));
         }
         let uring = IoUring::builder()
             .setup_cqsize(config.cq_entries)
@@ -206,7 +225,10 @@ impl Ring {
             .build(config.sq_entries)
             .map_err(missing(Feature::IoUring))?;
         let mut probe = Probe::new();
-        uring.submitter().register_probe(&mut probe).map_err(missing(Feature::Probe))?;
+        uring
+            .submitter()
+            .register_probe(&mut probe)
+            .map_err(missing(Feature::Probe))?;
         for (code, name) in [
             (opcode::Accept::CODE, "IORING_OP_ACCEPT"),
             (opcode::Recv::CODE, "IORING_OP_RECV"),
@@ -221,10 +243,13 @@ impl Ring {
                 });
             }
         }
-        let features = Features { send_zc: probe.is_supported(opcode::SendZc::CODE) };
+        let features = Features {
+            send_zc: probe.is_supported(opcode::SendZc::CODE),
+        };
         let pool = BufPool::new(config.buffers, config.buffer_size)
             .ok_or(Error::Config("buffers × buffer_size overflows"))?;
-        pool.register(&uring, BGID).map_err(missing(Feature::BufRing))?;
+        pool.register(&uring, BGID)
+            .map_err(missing(Feature::BufRing))?;
         let mut ring = Ring {
             uring,
             ops: Ops::default(),
@@ -248,7 +273,10 @@ impl Ring {
         use std::os::linux::net::SocketAddrExt;
         use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
         const PROBE: u64 = u64::MAX;
-        let setup = |e: io::Error| Error::MissingFeature { feature: Feature::IoUring, source: e };
+        let setup = |e: io::Error| Error::MissingFeature {
+            feature: Feature::IoUring,
+            source: e,
+        };
         static PROBES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = PROBES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("wsgate-uring-probe-{}-{n}", std::process::id());
@@ -310,10 +338,16 @@ impl Ring {
         let mut closed = 0;
         while closed < 2 {
             if std::time::Instant::now() > deadline {
-                return Err(fail(Feature::Opcode("IORING_OP_ASYNC_CANCEL"), libc::ETIMEDOUT));
+                return Err(fail(
+                    Feature::Opcode("IORING_OP_ASYNC_CANCEL"),
+                    libc::ETIMEDOUT,
+                ));
             }
             self.wait(1, Some(Duration::from_millis(100)), &mut out)?;
-            closed += out.drain(..).filter(|c| matches!(c, Completion::Closed { .. })).count();
+            closed += out
+                .drain(..)
+                .filter(|c| matches!(c, Completion::Closed { .. }))
+                .count();
         }
         self.stats = Stats::default();
         Ok(())
@@ -371,9 +405,13 @@ impl Ring {
             sending: false,
             queue: VecDeque::new(),
             queued_bytes: 0,
+            stop_sending: false,
             closing: false,
         });
-        Fd { key: key as u32, gen }
+        Fd {
+            key: key as u32,
+            gen,
+        }
     }
 
     /// Borrows an adopted descriptor (for `setsockopt`, `getpeername`).
@@ -385,11 +423,18 @@ impl Ring {
     /// Bytes of sends waiting behind the one in the kernel (for the caller's
     /// output budget).
     pub fn queued_bytes(&self, fd: Fd) -> usize {
-        self.fds.get(fd.key as usize).filter(|e| e.gen == fd.gen).map_or(0, |e| e.queued_bytes)
+        self.fds
+            .get(fd.key as usize)
+            .filter(|e| e.gen == fd.gen)
+            .map_or(0, |e| e.queued_bytes)
     }
 
     fn entry(&mut self, fd: Fd) -> Result<&mut FdEntry, Error> {
-        let e = self.fds.get_mut(fd.key as usize).filter(|e| e.gen == fd.gen).ok_or(Error::StaleFd)?;
+        let e = self
+            .fds
+            .get_mut(fd.key as usize)
+            .filter(|e| e.gen == fd.gen)
+            .ok_or(Error::StaleFd)?;
         if e.closing {
             return Err(Error::Closing);
         }
@@ -397,7 +442,8 @@ impl Ring {
     }
 
     fn push(&mut self, op: Option<OpKind>, sqe: Sqe) -> Result<u64, Error> {
-        let (ud, enters) = sys::push(&mut self.uring, &mut self.ops, op, sqe).map_err(Error::Enter)?;
+        let (ud, enters) =
+            sys::push(&mut self.uring, &mut self.ops, op, sqe).map_err(Error::Enter)?;
         self.stats.enters += u64::from(enters);
         self.stats.sqes += 1;
         Ok(ud)
@@ -412,7 +458,12 @@ impl Ring {
             return Err(Error::AlreadyArmed("accept"));
         }
         let raw = e.fd.as_ref().map(|f| f.as_raw_fd()).ok_or(Error::StaleFd)?;
-        let ud = self.push(Some(OpKind::Accept { fd: fd.key as usize }), Sqe::AcceptMulti { fd: raw })?;
+        let ud = self.push(
+            Some(OpKind::Accept {
+                fd: fd.key as usize,
+            }),
+            Sqe::AcceptMulti { fd: raw },
+        )?;
         let e = &mut self.fds[fd.key as usize];
         e.accept = Some(ud);
         e.inflight += 1;
@@ -428,8 +479,15 @@ impl Ring {
             return Err(Error::AlreadyArmed("recv"));
         }
         let raw = e.fd.as_ref().map(|f| f.as_raw_fd()).ok_or(Error::StaleFd)?;
-        let ud =
-            self.push(Some(OpKind::Recv { fd: fd.key as usize }), Sqe::RecvMulti { fd: raw, bgid: BGID })?;
+        let ud = self.push(
+            Some(OpKind::Recv {
+                fd: fd.key as usize,
+            }),
+            Sqe::RecvMulti {
+                fd: raw,
+                bgid: BGID,
+            },
+        )?;
         let e = &mut self.fds[fd.key as usize];
         e.recv = Some(ud);
         e.inflight += 1;
@@ -456,7 +514,11 @@ impl Ring {
     }
 
     fn push_send(&mut self, key: usize, data: SendData) -> Result<(), Error> {
-        let raw = self.fds[key].fd.as_ref().map(|f| f.as_raw_fd()).ok_or(Error::StaleFd)?;
+        let raw = self.fds[key]
+            .fd
+            .as_ref()
+            .map(|f| f.as_raw_fd())
+            .ok_or(Error::StaleFd)?;
         self.push(Some(OpKind::Send { fd: key, data }), Sqe::Send { fd: raw })?;
         let e = &mut self.fds[key];
         e.sending = true;
@@ -477,7 +539,9 @@ impl Ring {
 
     /// Cancels every operation on `fd` in the kernel and drops its queued
     /// sends; each canceled operation completes (`RecvEnded`/`AcceptEnded`
-    /// with `Canceled`, `SendFailed` with `ECANCELED`).
+    /// with `Canceled`; the send in flight with `SendFailed { ECANCELED }`,
+    /// after a `Sent` for any part that went out, its `dropped` counting its
+    /// rest and every send queued behind it until then).
     pub fn cancel(&mut self, fd: Fd) -> Result<(), Error> {
         self.entry(fd)?;
         self.cancel_key(fd.key as usize)
@@ -485,8 +549,9 @@ impl Ring {
 
     fn cancel_key(&mut self, key: usize) -> Result<(), Error> {
         let e = &mut self.fds[key];
-        e.queue.clear();
-        e.queued_bytes = 0;
+        // The queue is non-empty only behind an in-flight send, whose
+        // completion drops and reports it.
+        e.stop_sending = e.sending;
         if e.inflight > 0 {
             let raw = e.fd.as_ref().map(|f| f.as_raw_fd()).ok_or(Error::StaleFd)?;
             self.push(None, Sqe::CancelFd { fd: raw })?;
@@ -512,7 +577,9 @@ impl Ring {
             return Ok(());
         }
         let token = e.token;
-        let Some(owned) = e.fd.take() else { return Ok(()) };
+        let Some(owned) = e.fd.take() else {
+            return Ok(());
+        };
         self.fds.remove(key);
         // From here the kernel owns the descriptor: the close SQE closes it.
         let raw = owned.into_raw_fd();
@@ -529,7 +596,12 @@ impl Ring {
     /// Submits queued SQEs and waits until at least `min` completions are
     /// ready or `timeout` passes, then reaps all ready completions into
     /// `out` (appended). One `io_uring_enter`.
-    pub fn wait(&mut self, min: usize, timeout: Option<Duration>, out: &mut Vec<Completion>) -> Result<(), Error> {
+    pub fn wait(
+        &mut self,
+        min: usize,
+        timeout: Option<Duration>,
+        out: &mut Vec<Completion>,
+    ) -> Result<(), Error> {
         self.stats.enters += 1;
         let r = match timeout {
             Some(t) => {
@@ -541,7 +613,11 @@ impl Ring {
         };
         match r {
             Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME) | Some(libc::EINTR) | Some(libc::EBUSY)
+                ) => {}
             Err(e) => return Err(Error::Enter(e)),
         }
         self.reap(out)
@@ -556,7 +632,8 @@ impl Ring {
                 let mut cq = self.uring.completion();
                 self.stats.cq_dropped = cq.overflow();
                 cq.sync();
-                self.cqes.extend(cq.map(|c| (c.user_data(), c.result(), c.flags())));
+                self.cqes
+                    .extend(cq.map(|c| (c.user_data(), c.result(), c.flags())));
             }
             self.stats.cqes += self.cqes.len() as u64;
             let mut batch = std::mem::take(&mut self.cqes);
@@ -576,7 +653,13 @@ impl Ring {
         }
     }
 
-    fn complete(&mut self, ud: u64, res: i32, flags: u32, out: &mut Vec<Completion>) -> Result<(), Error> {
+    fn complete(
+        &mut self,
+        ud: u64,
+        res: i32,
+        flags: u32,
+        out: &mut Vec<Completion>,
+    ) -> Result<(), Error> {
         if ud == CANCEL_UD {
             return Ok(());
         }
@@ -586,7 +669,11 @@ impl Ring {
         let buf = cqueue::buffer_select(flags).map(|bid| {
             let len = usize::try_from(res).unwrap_or(0);
             let (bid, len) = self.pool.lend(bid, len);
-            RecvBuf { pool: Rc::clone(&self.pool), bid, len }
+            RecvBuf {
+                pool: Rc::clone(&self.pool),
+                bid,
+                len,
+            }
         });
         let kind = if more {
             match self.ops.get(ud) {
@@ -605,7 +692,10 @@ impl Ring {
             OpKind::Accept { fd } => {
                 let token = self.fds[fd].token;
                 if res >= 0 {
-                    out.push(Completion::Accepted { token, fd: sys::accepted_fd(res) });
+                    out.push(Completion::Accepted {
+                        token,
+                        fd: sys::accepted_fd(res),
+                    });
                 }
                 if !more {
                     let reason = end_reason(res, &mut self.stats);
@@ -622,7 +712,11 @@ impl Ring {
                     out.push(Completion::Received { token, buf });
                 }
                 if !more {
-                    let reason = if res == 0 { EndReason::Eof } else { end_reason(res, &mut self.stats) };
+                    let reason = if res == 0 {
+                        EndReason::Eof
+                    } else {
+                        end_reason(res, &mut self.stats)
+                    };
                     out.push(Completion::RecvEnded { token, reason });
                     let e = &mut self.fds[fd];
                     e.recv = None;
@@ -638,25 +732,38 @@ impl Ring {
                 if res > 0 {
                     let n = res as usize;
                     data.advance(n);
-                    let short = !data.is_empty();
-                    out.push(Completion::Sent { token, n, short });
-                    if e.closing {
-                        // Nothing more goes out on a closing fd.
-                    } else if short {
-                        self.stats.short_sends += 1;
-                        self.push_send(fd, data)?;
-                    } else if let Some(next) = e.queue.pop_front() {
-                        e.queued_bytes -= next.len();
-                        self.push_send(fd, next)?;
-                    }
-                } else {
-                    // 0 bytes for a non-empty send means the stream cannot
-                    // take more: report it as a broken pipe.
-                    let errno = if res < 0 { -res } else { libc::EPIPE };
+                    out.push(Completion::Sent {
+                        token,
+                        n,
+                        short: !data.is_empty(),
+                    });
+                }
+                // 0 bytes for a non-empty send means the stream takes no
+                // more: a broken pipe.
+                let errno = match res {
+                    _ if e.stop_sending || e.closing => libc::ECANCELED,
+                    0 => libc::EPIPE,
+                    r if r < 0 => -r,
+                    _ => 0,
+                };
+                if errno != 0 {
                     let dropped = data.len() + e.queued_bytes;
                     e.queue.clear();
                     e.queued_bytes = 0;
-                    out.push(Completion::SendFailed { token, errno, dropped });
+                    e.stop_sending = false;
+                    if dropped > 0 {
+                        out.push(Completion::SendFailed {
+                            token,
+                            errno,
+                            dropped,
+                        });
+                    }
+                } else if !data.is_empty() {
+                    self.stats.short_sends += 1;
+                    self.push_send(fd, data)?;
+                } else if let Some(next) = e.queue.pop_front() {
+                    e.queued_bytes -= next.len();
+                    self.push_send(fd, next)?;
                 }
                 self.maybe_close(fd)?;
             }
@@ -695,7 +802,10 @@ impl Drop for Ring {
         let mut out = Vec::new();
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while self.ops.len() > 0 && std::time::Instant::now() < deadline {
-            if self.wait(1, Some(Duration::from_millis(50)), &mut out).is_err() {
+            if self
+                .wait(1, Some(Duration::from_millis(50)), &mut out)
+                .is_err()
+            {
                 break;
             }
             // Canceled ops hand back their fds and buffers here (drop).

@@ -31,7 +31,11 @@ impl SendData {
     /// All of a shared frame.
     pub fn shared(frame: Arc<[u8]>) -> SendData {
         let end = frame.len().min(MAX_SEND);
-        SendData { bytes: Bytes::Shared(frame), offset: 0, end }
+        SendData {
+            bytes: Bytes::Shared(frame),
+            offset: 0,
+            end,
+        }
     }
 
     /// `frame[range]`; the range is clamped to the frame (and to
@@ -40,13 +44,21 @@ impl SendData {
         let end = range.end.min(frame.len());
         let offset = range.start.min(end);
         let end = end.min(offset + MAX_SEND);
-        SendData { bytes: Bytes::Shared(frame), offset, end }
+        SendData {
+            bytes: Bytes::Shared(frame),
+            offset,
+            end,
+        }
     }
 
     /// An owned buffer.
     pub fn owned(bytes: Vec<u8>) -> SendData {
         let end = bytes.len().min(MAX_SEND);
-        SendData { bytes: Bytes::Owned(bytes.into_boxed_slice()), offset: 0, end }
+        SendData {
+            bytes: Bytes::Owned(bytes.into_boxed_slice()),
+            offset: 0,
+            end,
+        }
     }
 
     /// The bytes still to send.

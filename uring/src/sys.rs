@@ -130,9 +130,12 @@ impl BufPool {
         // than the memory: `Ring` unregisters (or, when it cannot prove the
         // kernel is done, leaks this pool) before the pool is dropped.
         unsafe {
-            uring
-                .submitter()
-                .register_buf_ring_with_flags(self.ring.as_ptr() as u64, self.count, bgid, 0)
+            uring.submitter().register_buf_ring_with_flags(
+                self.ring.as_ptr() as u64,
+                self.count,
+                bgid,
+                0,
+            )
         }
     }
 
@@ -141,7 +144,10 @@ impl BufPool {
     /// `RecvBuf::drop` (P1).
     pub(crate) fn publish(&self, bid: u16) {
         assert!(bid < self.count, "buffer id out of range");
-        assert!(self.is_lent[usize::from(bid)].replace(false), "buffer {bid} published twice");
+        assert!(
+            self.is_lent[usize::from(bid)].replace(false),
+            "buffer {bid} published twice"
+        );
         self.lent.set(self.lent.get() - 1);
         let tail = self.tail.get();
         let slot = usize::from(tail & (self.count - 1));
@@ -154,8 +160,11 @@ impl BufPool {
         // overwritten. `bid < count` keeps `addr` inside the buffer allocation.
         unsafe {
             let e = self.ring.as_ptr().add(slot);
-            std::ptr::addr_of_mut!((*e).addr)
-                .write(self.bufs.as_ptr().add(usize::from(bid) * self.buf_size as usize) as u64);
+            std::ptr::addr_of_mut!((*e).addr).write(
+                self.bufs
+                    .as_ptr()
+                    .add(usize::from(bid) * self.buf_size as usize) as u64,
+            );
             std::ptr::addr_of_mut!((*e).len).write(self.buf_size);
             std::ptr::addr_of_mut!((*e).bid).write(bid);
         }
@@ -175,16 +184,28 @@ impl BufPool {
     /// The kernel put `len` bytes into buffer `bid` and told us so in a CQE:
     /// the buffer is ours until `publish(bid)` (P1).
     pub(crate) fn lend(&self, bid: u16, len: usize) -> (u16, usize) {
-        assert!(bid < self.count, "kernel named buffer {bid} outside the ring");
-        assert!(len <= self.buf_size as usize, "kernel reported {len} bytes in one buffer");
-        assert!(!self.is_lent[usize::from(bid)].replace(true), "buffer {bid} lent twice");
+        assert!(
+            bid < self.count,
+            "kernel named buffer {bid} outside the ring"
+        );
+        assert!(
+            len <= self.buf_size as usize,
+            "kernel reported {len} bytes in one buffer"
+        );
+        assert!(
+            !self.is_lent[usize::from(bid)].replace(true),
+            "buffer {bid} lent twice"
+        );
         self.lent.set(self.lent.get() + 1);
         (bid, len)
     }
 
     /// The bytes of a lent buffer.
     pub(crate) fn bytes(&self, bid: u16, len: usize) -> &[u8] {
-        assert!(self.is_lent[usize::from(bid)].get(), "reading a published buffer");
+        assert!(
+            self.is_lent[usize::from(bid)].get(),
+            "reading a published buffer"
+        );
         assert!(len <= self.buf_size as usize);
         // SAFETY: bid < count (the assert indexes is_lent), len ≤ buf_size, so
         // the range lies inside the buffer allocation. The buffer is lent
@@ -194,7 +215,9 @@ impl BufPool {
         // the CQE we took `len` from, and the allocation is zeroed anyway.
         unsafe {
             std::slice::from_raw_parts(
-                self.bufs.as_ptr().add(usize::from(bid) * self.buf_size as usize),
+                self.bufs
+                    .as_ptr()
+                    .add(usize::from(bid) * self.buf_size as usize),
                 len,
             )
         }
@@ -216,20 +239,34 @@ impl Drop for BufPool {
 
 /// What an in-flight operation is, and what it owns until its last CQE.
 pub(crate) enum OpKind {
-    Accept { fd: usize },
-    Recv { fd: usize },
+    Accept {
+        fd: usize,
+    },
+    Recv {
+        fd: usize,
+    },
     /// The bytes the SQE points into (O1).
-    Send { fd: usize, data: SendData },
-    Close { token: u64 },
+    Send {
+        fd: usize,
+        data: SendData,
+    },
+    Close {
+        token: u64,
+    },
 }
 
-/// In-flight operations; the key is the SQE's `user_data` (O1).
+/// In-flight operations (O1). The SQE's `user_data` is the slab key in the
+/// low 32 bits and a generation in the high 32, so a cancel aimed at an op
+/// that finished before the cancel was submitted cannot hit a later op that
+/// reused the slot.
 #[derive(Default)]
 pub(crate) struct Ops {
-    slab: Slab<OpKind>,
+    slab: Slab<(u32, OpKind)>,
+    gen: u32,
 }
 
-/// `user_data` of cancel requests: their CQEs carry nothing we own.
+/// `user_data` of cancel requests: their CQEs carry nothing we own. No op
+/// has it (generations stop short of `u32::MAX` in the high half).
 pub(crate) const CANCEL_UD: u64 = u64::MAX;
 
 impl Ops {
@@ -237,13 +274,39 @@ impl Ops {
         self.slab.len()
     }
 
-    pub(crate) fn get(&self, ud: u64) -> Option<&OpKind> {
-        self.slab.get(usize::try_from(ud).ok()?)
+    fn insert(&mut self, op: OpKind) -> u64 {
+        self.gen = if self.gen >= u32::MAX - 1 {
+            0
+        } else {
+            self.gen + 1
+        };
+        let key = self.slab.insert((self.gen, op));
+        assert!(key < u32::MAX as usize, "op table exceeds 2^32 entries");
+        (u64::from(self.gen) << 32) | key as u64
     }
 
-    /// The op's last CQE arrived: hand back what it owned (O1).
+    fn split(ud: u64) -> (usize, u32) {
+        ((ud & 0xffff_ffff) as usize, (ud >> 32) as u32)
+    }
+
+    pub(crate) fn get(&self, ud: u64) -> Option<&OpKind> {
+        let (key, gen) = Ops::split(ud);
+        self.slab
+            .get(key)
+            .filter(|(g, _)| *g == gen)
+            .map(|(_, op)| op)
+    }
+
+    /// The op's last CQE arrived: hand back what it owned (O1). Called only
+    /// for a CQE without `IORING_CQE_F_MORE`, or when its SQE never reached
+    /// the queue.
     pub(crate) fn finish(&mut self, ud: u64) -> Option<OpKind> {
-        self.slab.try_remove(usize::try_from(ud).ok()?)
+        let (key, gen) = Ops::split(ud);
+        if self.slab.get(key).is_some_and(|(g, _)| *g == gen) {
+            Some(self.slab.remove(key).1)
+        } else {
+            None
+        }
     }
 }
 
@@ -269,14 +332,16 @@ pub(crate) fn push(
     sqe: Sqe,
 ) -> std::io::Result<(u64, u32)> {
     let ud = match op {
-        Some(op) => ops.slab.insert(op) as u64,
+        Some(op) => ops.insert(op),
         None => CANCEL_UD,
     };
     let entry = match sqe {
         Sqe::AcceptMulti { fd } => io_uring::opcode::AcceptMulti::new(types::Fd(fd))
             .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
             .build(),
-        Sqe::RecvMulti { fd, bgid } => io_uring::opcode::RecvMulti::new(types::Fd(fd), bgid).build(),
+        Sqe::RecvMulti { fd, bgid } => {
+            io_uring::opcode::RecvMulti::new(types::Fd(fd), bgid).build()
+        }
         Sqe::Send { fd } => {
             let Some(OpKind::Send { data, .. }) = ops.get(ud) else {
                 unreachable!("a send SQE is pushed with its send op");
