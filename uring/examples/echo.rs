@@ -13,7 +13,9 @@ use wsgate_uring::{Completion, EndReason, Fd, Ring, RingConfig};
 const LISTENER: u64 = u64::MAX;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:9000".into());
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:9000".into());
     let mut ring = Ring::new(RingConfig::default())?;
     let listener = TcpListener::bind(&addr)?;
     listener.set_nonblocking(true)?;
@@ -46,10 +48,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 // session.on_bytes(&buf) → output; the buffer returns to the
                 // ring when `buf` drops at the end of this arm.
-                Completion::Received { token, buf } => ring.send(conns[token as usize], buf.to_vec())?,
-                Completion::RecvEnded { token, reason: EndReason::NoBuffers | EndReason::Terminated } => {
-                    rearm.push(conns[token as usize])
+                Completion::Received { token, buf } => {
+                    ring.send(conns[token as usize], buf.to_vec())?
                 }
+                Completion::RecvEnded {
+                    token,
+                    reason: EndReason::NoBuffers | EndReason::Terminated,
+                } => rearm.push(conns[token as usize]),
                 Completion::RecvEnded { token, .. } | Completion::SendFailed { token, .. } => {
                     // EOF, error or cancel: close once (a second close of the
                     // same handle reports Closing/StaleFd, which is fine).

@@ -24,7 +24,10 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().unwrap()).collect();
+    let args: Vec<usize> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse().unwrap())
+        .collect();
     let (n, rounds, size) = (
         args.first().copied().unwrap_or(1000),
         args.get(1).copied().unwrap_or(200),
@@ -52,8 +55,11 @@ fn main() {
         }
     });
     let mut ring = Ring::new(RingConfig::default()).unwrap();
-    let fds: Vec<_> =
-        servers.iter().enumerate().map(|(i, s)| ring.adopt(i as u64, s.try_clone().unwrap().into())).collect();
+    let fds: Vec<_> = servers
+        .iter()
+        .enumerate()
+        .map(|(i, s)| ring.adopt(i as u64, s.try_clone().unwrap().into()))
+        .collect();
     let frame: Arc<[u8]> = vec![0x5a; size].into();
     let mut servers = servers;
     let (mut uring_ns, mut write_ns, mut enters) = (Vec::new(), Vec::new(), Vec::new());

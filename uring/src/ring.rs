@@ -820,3 +820,22 @@ impl Drop for Ring {
         let _ = self.uring.submitter().unregister_buf_ring(BGID);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the ring keeps per idle connection (its fd entry and its armed
+    /// multishot recv): the server's memory budget per connection counts it.
+    #[test]
+    fn per_connection_bookkeeping_stays_small() {
+        // A slab slot adds at most a tag word.
+        let fd_entry = std::mem::size_of::<FdEntry>() + 8;
+        let op = std::mem::size_of::<(u32, OpKind)>() + 8;
+        eprintln!("fd entry {fd_entry} B, op entry {op} B");
+        assert!(
+            fd_entry + op <= 192,
+            "fd entry {fd_entry} B + op entry {op} B"
+        );
+    }
+}
