@@ -18,6 +18,8 @@ pub enum Feature {
     MultishotAccept,
     /// Multishot recv, `IORING_RECV_MULTISHOT` (Linux 6.0).
     MultishotRecv,
+    /// A ring feature flag (`IORING_FEAT_*`), by name.
+    RingFeature(&'static str),
 }
 
 impl fmt::Display for Feature {
@@ -35,6 +37,7 @@ impl fmt::Display for Feature {
             Feature::MultishotRecv => {
                 f.write_str("multishot recv, IORING_RECV_MULTISHOT (Linux 6.0)")
             }
+            Feature::RingFeature(name) => write!(f, "ring feature {name}"),
         }
     }
 }

@@ -224,6 +224,25 @@ impl Ring {
             .setup_single_issuer()
             .build(config.sq_entries)
             .map_err(missing(Feature::IoUring))?;
+        // NODROP: a full CQ parks completions instead of losing them (5.5);
+        // EXT_ARG: `wait` with a timeout (5.11).
+        for (present, name) in [
+            (
+                uring.params().is_feature_nodrop(),
+                "IORING_FEAT_NODROP (Linux 5.5)",
+            ),
+            (
+                uring.params().is_feature_ext_arg(),
+                "IORING_FEAT_EXT_ARG (Linux 5.11)",
+            ),
+        ] {
+            if !present {
+                return Err(Error::MissingFeature {
+                    feature: Feature::RingFeature(name),
+                    source: io::Error::from_raw_os_error(libc::EINVAL),
+                });
+            }
+        }
         let mut probe = Probe::new();
         uring
             .submitter()
