@@ -572,3 +572,65 @@ fn cq_overflow_is_seen_and_no_completion_is_lost() {
     assert_eq!(want, have);
     assert_eq!(ring.buffers_lent(), 0);
 }
+
+#[test]
+fn dropping_the_ring_with_ops_in_flight_cancels_them_and_closes_its_fds() {
+    let mut ring = Ring::new(RingConfig {
+        buffers: 8,
+        buffer_size: 512,
+        ..RingConfig::default()
+    })
+    .unwrap();
+    let (_l, addr) = listen(&mut ring);
+    let (mut clients, fds) = accept_clients(&mut ring, addr, 1);
+    socket2::SockRef::from(&clients[0])
+        .set_recv_buffer_size(4096)
+        .unwrap();
+    ring.recv_multi(fds[0]).unwrap();
+    let frame: Arc<[u8]> = pattern(4, 4 << 20).into();
+    ring.send(fds[0], Arc::clone(&frame)).unwrap();
+    clients[0].write_all(b"held").unwrap();
+    // Keep a received buffer past the ring's end.
+    let mut held = None;
+    pump!(ring, 5, c => match c {
+            Completion::Received { buf, .. } => held = Some(buf),
+            Completion::Sent { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }, until held.is_some());
+    assert!(
+        ring.ops_in_flight() >= 3,
+        "accept, recv and the blocked send"
+    );
+    let t = Instant::now();
+    drop(ring);
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "drop waits only for the cancels"
+    );
+    assert_eq!(
+        Arc::strong_count(&frame),
+        1,
+        "the canceled send released the frame"
+    );
+    // The buffer stays readable (it keeps the pool alive) and returns
+    // harmlessly to the unregistered ring.
+    assert_eq!(&held.as_deref().unwrap()[..], b"held");
+    drop(held);
+    // The connection was closed by the drop: the peer reads to its end.
+    clients[0]
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut sink = Vec::new();
+    match clients[0].read_to_end(&mut sink) {
+        Ok(_) => {}
+        Err(e) => assert_eq!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset,
+            "no close seen: {e}"
+        ),
+    }
+    assert!(
+        TcpStream::connect(addr).is_err(),
+        "listener closed by the drop"
+    );
+}
