@@ -147,6 +147,9 @@ fn main() {
     let mut per: Vec<Vec<f64>> = vec![Vec::new(), Vec::new()];
     for _ in 0..windows {
         for (i, (_, _, path)) in servers.iter().enumerate() {
+            // Read the server's CPU time only while it sleeps in its wait:
+            // a thread's schedstat is exact when it is off the CPU.
+            std::thread::sleep(std::time::Duration::from_millis(5));
             let before = cpu_ns(path);
             for _ in 0..turns {
                 for c in &mut clients[i] {
@@ -156,6 +159,7 @@ fn main() {
                     c.read_exact(&mut back).unwrap();
                 }
             }
+            std::thread::sleep(std::time::Duration::from_millis(5));
             per[i].push((cpu_ns(path) - before) as f64 / (n * turns) as f64);
         }
     }
