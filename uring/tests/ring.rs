@@ -614,7 +614,7 @@ fn dropping_the_ring_with_ops_in_flight_cancels_them_and_closes_its_fds() {
     );
     // The buffer stays readable (it keeps the pool alive) and returns
     // harmlessly to the unregistered ring.
-    assert_eq!(&held.as_deref().unwrap()[..], b"held");
+    assert_eq!(held.as_deref().unwrap(), b"held");
     drop(held);
     // The connection was closed by the drop: the peer reads to its end.
     clients[0]
