@@ -61,6 +61,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     let _ = ring.close(conns[token as usize]);
                 }
                 Completion::Sent { .. } => {}
+                // The server watches its wake-up eventfd (pub/sub, admin)
+                // with `poll_readable`; this example has none.
+                Completion::Readable { .. } | Completion::PollEnded { .. } => {}
                 Completion::Closed { token, .. } => {
                     conns.remove(token as usize);
                 }

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 use std::io;
 use std::marker::PhantomData;
+use std::num::NonZeroU64;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::Duration;
@@ -145,6 +146,11 @@ pub enum Completion {
     Received { token: u64, buf: RecvBuf },
     /// A multishot recv ended.
     RecvEnded { token: u64, reason: EndReason },
+    /// The descriptor watched by [`Ring::poll_readable`] became readable
+    /// (e.g. an eventfd another thread wrote): read it, it stays watched.
+    Readable { token: u64 },
+    /// A multishot readability watch ended.
+    PollEnded { token: u64, reason: EndReason },
     /// `n` bytes of a send went out. `short`: only part of the send was
     /// written; the ring already resubmitted the rest, ahead of any queued
     /// send, so the stream stays in order.
@@ -168,8 +174,10 @@ struct FdEntry {
     gen: u32,
     /// Ops on this fd whose final CQE has not arrived.
     inflight: u32,
-    recv: Option<u64>,
-    accept: Option<u64>,
+    /// `user_data` of the armed multishots (never 0: see `Ops::insert`).
+    recv: Option<NonZeroU64>,
+    accept: Option<NonZeroU64>,
+    poll: Option<NonZeroU64>,
     /// A send is in the kernel: later sends wait in `queue`, so bytes of two
     /// sends never interleave on the stream.
     sending: bool,
@@ -254,6 +262,7 @@ impl Ring {
             (opcode::Send::CODE, "IORING_OP_SEND"),
             (opcode::AsyncCancel::CODE, "IORING_OP_ASYNC_CANCEL"),
             (opcode::Close::CODE, "IORING_OP_CLOSE"),
+            (opcode::PollAdd::CODE, "IORING_OP_POLL_ADD"),
         ] {
             if !probe.is_supported(code) {
                 return Err(Error::MissingFeature {
@@ -421,6 +430,7 @@ impl Ring {
             inflight: 0,
             recv: None,
             accept: None,
+            poll: None,
             sending: false,
             queue: VecDeque::new(),
             queued_bytes: 0,
@@ -484,7 +494,7 @@ impl Ring {
             Sqe::AcceptMulti { fd: raw },
         )?;
         let e = &mut self.fds[fd.key as usize];
-        e.accept = Some(ud);
+        e.accept = NonZeroU64::new(ud);
         e.inflight += 1;
         Ok(())
     }
@@ -508,7 +518,29 @@ impl Ring {
             },
         )?;
         let e = &mut self.fds[fd.key as usize];
-        e.recv = Some(ud);
+        e.recv = NonZeroU64::new(ud);
+        e.inflight += 1;
+        Ok(())
+    }
+
+    /// Watches `fd` for readability with a multishot poll: one
+    /// [`Completion::Readable`] per wake-up until [`Completion::PollEnded`].
+    /// For descriptors the ring does not read itself, such as the eventfd
+    /// other threads write to wake the loop.
+    pub fn poll_readable(&mut self, fd: Fd) -> Result<(), Error> {
+        let e = self.entry(fd)?;
+        if e.poll.is_some() {
+            return Err(Error::AlreadyArmed("poll"));
+        }
+        let raw = e.fd.as_ref().map(|f| f.as_raw_fd()).ok_or(Error::StaleFd)?;
+        let ud = self.push(
+            Some(OpKind::Poll {
+                fd: fd.key as usize,
+            }),
+            Sqe::PollReadableMulti { fd: raw },
+        )?;
+        let e = &mut self.fds[fd.key as usize];
+        e.poll = NonZeroU64::new(ud);
         e.inflight += 1;
         Ok(())
     }
@@ -551,7 +583,7 @@ impl Ring {
     pub fn cancel_recv(&mut self, fd: Fd) -> Result<(), Error> {
         let e = self.entry(fd)?;
         if let Some(ud) = e.recv {
-            self.push(None, Sqe::CancelUserData { ud })?;
+            self.push(None, Sqe::CancelUserData { ud: ud.get() })?;
         }
         Ok(())
     }
@@ -698,6 +730,7 @@ impl Ring {
             match self.ops.get(ud) {
                 Some(OpKind::Accept { fd }) => OpKind::Accept { fd: *fd },
                 Some(OpKind::Recv { fd }) => OpKind::Recv { fd: *fd },
+                Some(OpKind::Poll { fd }) => OpKind::Poll { fd: *fd },
                 // Only multishot ops post CQEs with F_MORE.
                 _ => return Ok(()),
             }
@@ -739,6 +772,20 @@ impl Ring {
                     out.push(Completion::RecvEnded { token, reason });
                     let e = &mut self.fds[fd];
                     e.recv = None;
+                    e.inflight -= 1;
+                    self.maybe_close(fd)?;
+                }
+            }
+            OpKind::Poll { fd } => {
+                let token = self.fds[fd].token;
+                if res >= 0 {
+                    out.push(Completion::Readable { token });
+                }
+                if !more {
+                    let reason = end_reason(res, &mut self.stats);
+                    out.push(Completion::PollEnded { token, reason });
+                    let e = &mut self.fds[fd];
+                    e.poll = None;
                     e.inflight -= 1;
                     self.maybe_close(fd)?;
                 }

@@ -245,6 +245,9 @@ pub(crate) enum OpKind {
     Recv {
         fd: usize,
     },
+    Poll {
+        fd: usize,
+    },
     /// The bytes the SQE points into (O1).
     Send {
         fd: usize,
@@ -315,6 +318,7 @@ impl Ops {
 pub(crate) enum Sqe {
     AcceptMulti { fd: RawFd },
     RecvMulti { fd: RawFd, bgid: u16 },
+    PollReadableMulti { fd: RawFd },
     Send { fd: RawFd },
     CancelUserData { ud: u64 },
     CancelFd { fd: RawFd },
@@ -341,6 +345,11 @@ pub(crate) fn push(
             .build(),
         Sqe::RecvMulti { fd, bgid } => {
             io_uring::opcode::RecvMulti::new(types::Fd(fd), bgid).build()
+        }
+        Sqe::PollReadableMulti { fd } => {
+            io_uring::opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
+                .multi(true)
+                .build()
         }
         Sqe::Send { fd } => {
             let Some(OpKind::Send { data, .. }) = ops.get(ud) else {
@@ -371,7 +380,7 @@ pub(crate) fn push(
         // `SendData`'s constructors). Fds in the SQE are owned by the ring's
         // fd table, which keeps each open until every op on it has finished
         // (`Ring::close`), so the SQE never names a closed or reused fd.
-        // Accept/recv/cancel/close carry no user pointers; the recv's buffer
+        // Accept/recv/poll/cancel/close carry no user pointers; the recv's buffer
         // comes from the registered pool (P1).
         let pushed = unsafe { uring.submission().push(&entry) };
         if pushed.is_ok() {

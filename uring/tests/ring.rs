@@ -634,3 +634,44 @@ fn dropping_the_ring_with_ops_in_flight_cancels_them_and_closes_its_fds() {
         "listener closed by the drop"
     );
 }
+
+#[test]
+fn readability_watch_fires_per_wakeup_and_ends_on_close() {
+    use std::os::unix::net::UnixStream;
+    let mut ring = Ring::new(RingConfig::default()).unwrap();
+    let (a, mut b) = UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    // The loop keeps a clone to read with; the ring owns the watched fd.
+    let mut reader = a.try_clone().unwrap();
+    let fd = ring.adopt(5, a.into());
+    ring.poll_readable(fd).unwrap();
+    assert!(matches!(
+        ring.poll_readable(fd),
+        Err(wsgate_uring::Error::AlreadyArmed(_))
+    ));
+    for round in 0..3u8 {
+        b.write_all(&[round]).unwrap();
+        let mut woke = false;
+        pump!(ring, 5, c => match c {
+                Completion::Readable { token: 5 } => woke = true,
+                other => panic!("unexpected {other:?}"),
+            }, until woke);
+        let mut byte = [0];
+        reader.read_exact(&mut byte).unwrap();
+        assert_eq!(
+            byte[0], round,
+            "one wake-up per write, the watch stays armed"
+        );
+    }
+    ring.close(fd).unwrap();
+    let (mut ended, mut closed) = (false, false);
+    pump!(ring, 5, c => match c {
+            Completion::PollEnded { token: 5, reason } => {
+                assert_eq!(reason, EndReason::Canceled);
+                ended = true;
+            }
+            Completion::Closed { token: 5, .. } => closed = true,
+            other => panic!("unexpected {other:?}"),
+        }, until ended && closed);
+    assert_eq!(ring.ops_in_flight(), 0);
+}
