@@ -18,6 +18,8 @@ pub enum Feature {
     MultishotAccept,
     /// Multishot recv, `IORING_RECV_MULTISHOT` (Linux 6.0).
     MultishotRecv,
+    /// Sparse registered file tables, `IORING_REGISTER_FILES2` (Linux 5.19).
+    FixedFiles,
     /// A ring feature flag (`IORING_FEAT_*`), by name.
     RingFeature(&'static str),
 }
@@ -37,6 +39,7 @@ impl fmt::Display for Feature {
             Feature::MultishotRecv => {
                 f.write_str("multishot recv, IORING_RECV_MULTISHOT (Linux 6.0)")
             }
+            Feature::FixedFiles => f.write_str("sparse fixed-file tables (Linux 5.19)"),
             Feature::RingFeature(name) => write!(f, "ring feature {name}"),
         }
     }

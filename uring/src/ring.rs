@@ -14,7 +14,7 @@ use slab::Slab;
 
 use crate::error::{Error, Feature};
 use crate::send::SendData;
-use crate::sys::{self, BufPool, OpKind, Ops, Sqe, CANCEL_UD};
+use crate::sys::{self, BufPool, OpKind, Ops, Sqe, Target, UNTRACKED_UD};
 
 /// Sizes of a [`Ring`].
 #[derive(Debug, Clone)]
@@ -32,6 +32,11 @@ pub struct RingConfig {
     pub buffers: u16,
     /// Bytes per buffer: the most one recv completion carries.
     pub buffer_size: u32,
+    /// Slots of the registered (fixed) file table; 0 turns it off. The
+    /// first `fixed_files` adopted descriptors (by slot) are also installed
+    /// there, so their operations skip the per-op file lookup and
+    /// reference count. Must not exceed `RLIMIT_NOFILE`.
+    pub fixed_files: u32,
 }
 
 impl Default for RingConfig {
@@ -43,6 +48,9 @@ impl Default for RingConfig {
             cq_entries: 16384,
             buffers: 4096,
             buffer_size: 4096,
+            // Off by default: the table's size counts against
+            // RLIMIT_NOFILE, which the server raises before it picks one.
+            fixed_files: 0,
         }
     }
 }
@@ -73,6 +81,9 @@ pub struct Stats {
     pub enobufs: u64,
     /// Sends that wrote only part of their bytes (the rest was resubmitted).
     pub short_sends: u64,
+    /// Fixed-file installs the kernel refused (the descriptor's operations
+    /// then fail with `EBADF` and the caller closes it).
+    pub files_update_errors: u64,
 }
 
 /// A descriptor owned by a [`Ring`]. Copyable handle; operations on a closed
@@ -183,6 +194,8 @@ struct FdEntry {
     sending: bool,
     queue: VecDeque<SendData>,
     queued_bytes: usize,
+    /// Installed in the fixed file table at slot = its key.
+    fixed: bool,
     /// `cancel`/`close` asked to stop sending: the in-flight send's rest and
     /// the queue are dropped (and reported) at its completion.
     stop_sending: bool,
@@ -201,6 +214,7 @@ pub struct Ring {
     fds: Slab<FdEntry>,
     next_gen: u32,
     cqes: Vec<(u64, i32, u32)>,
+    fixed_slots: u32,
     stats: Stats,
     features: Features,
     _not_send: PhantomData<*const ()>,
@@ -278,6 +292,15 @@ impl Ring {
             .ok_or(Error::Config("buffers × buffer_size overflows"))?;
         pool.register(&uring, BGID)
             .map_err(missing(Feature::BufRing))?;
+        if config.fixed_files > 0 {
+            match uring.submitter().register_files_sparse(config.fixed_files) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
+                    return Err(Error::Config("fixed_files exceeds RLIMIT_NOFILE"))
+                }
+                Err(e) => return Err(missing(Feature::FixedFiles)(e)),
+            }
+        }
         let mut ring = Ring {
             uring,
             ops: Ops::default(),
@@ -285,6 +308,7 @@ impl Ring {
             fds: Slab::new(),
             next_gen: 0,
             cqes: Vec::with_capacity(config.cq_entries as usize),
+            fixed_slots: config.fixed_files,
             stats: Stats::default(),
             features,
             _not_send: PhantomData,
@@ -434,13 +458,48 @@ impl Ring {
             sending: false,
             queue: VecDeque::new(),
             queued_bytes: 0,
+            fixed: false,
             stop_sending: false,
             closing: false,
         });
+        if (key as u64) < u64::from(self.fixed_slots) {
+            let raw = self.fds[key].fd.as_ref().map_or(-1, |f| f.as_raw_fd());
+            let op = OpKind::FilesUpdate {
+                fds: Box::new([raw]),
+            };
+            // Queued like any SQE: ops pushed after it (which name the slot)
+            // are issued after it. If the queue cannot take it, the fd just
+            // stays unfixed.
+            if self
+                .push(Some(op), Sqe::FilesUpdate { slot: key as u32 })
+                .is_ok()
+            {
+                self.fds[key].fixed = true;
+            }
+        }
         Fd {
             key: key as u32,
             gen,
         }
+    }
+
+    /// How SQEs name the descriptor of fd-table entry `key`.
+    fn target(&self, key: usize) -> Result<Target, Error> {
+        let e = &self.fds[key];
+        if e.fixed {
+            return Ok(Target::Fixed(key as u32));
+        }
+        e.fd.as_ref()
+            .map(|f| Target::Fd(f.as_raw_fd()))
+            .ok_or(Error::StaleFd)
+    }
+
+    /// Whether `fd` is installed in the fixed file table (see
+    /// [`RingConfig::fixed_files`]).
+    pub fn is_fixed(&self, fd: Fd) -> bool {
+        self.fds
+            .get(fd.key as usize)
+            .is_some_and(|e| e.gen == fd.gen && e.fixed)
     }
 
     /// Borrows an adopted descriptor (for `setsockopt`, `getpeername`).
@@ -486,7 +545,7 @@ impl Ring {
         if e.accept.is_some() {
             return Err(Error::AlreadyArmed("accept"));
         }
-        let raw = e.fd.as_ref().map(|f| f.as_raw_fd()).ok_or(Error::StaleFd)?;
+        let raw = self.target(fd.key as usize)?;
         let ud = self.push(
             Some(OpKind::Accept {
                 fd: fd.key as usize,
@@ -507,7 +566,7 @@ impl Ring {
         if e.recv.is_some() {
             return Err(Error::AlreadyArmed("recv"));
         }
-        let raw = e.fd.as_ref().map(|f| f.as_raw_fd()).ok_or(Error::StaleFd)?;
+        let raw = self.target(fd.key as usize)?;
         let ud = self.push(
             Some(OpKind::Recv {
                 fd: fd.key as usize,
@@ -532,7 +591,7 @@ impl Ring {
         if e.poll.is_some() {
             return Err(Error::AlreadyArmed("poll"));
         }
-        let raw = e.fd.as_ref().map(|f| f.as_raw_fd()).ok_or(Error::StaleFd)?;
+        let raw = self.target(fd.key as usize)?;
         let ud = self.push(
             Some(OpKind::Poll {
                 fd: fd.key as usize,
@@ -565,11 +624,7 @@ impl Ring {
     }
 
     fn push_send(&mut self, key: usize, data: SendData) -> Result<(), Error> {
-        let raw = self.fds[key]
-            .fd
-            .as_ref()
-            .map(|f| f.as_raw_fd())
-            .ok_or(Error::StaleFd)?;
+        let raw = self.target(key)?;
         self.push(Some(OpKind::Send { fd: key, data }), Sqe::Send { fd: raw })?;
         let e = &mut self.fds[key];
         e.sending = true;
@@ -604,7 +659,7 @@ impl Ring {
         // completion drops and reports it.
         e.stop_sending = e.sending;
         if e.inflight > 0 {
-            let raw = e.fd.as_ref().map(|f| f.as_raw_fd()).ok_or(Error::StaleFd)?;
+            let raw = self.target(key)?;
             self.push(None, Sqe::CancelFd { fd: raw })?;
         }
         Ok(())
@@ -627,14 +682,29 @@ impl Ring {
         if !e.closing || e.inflight > 0 {
             return Ok(());
         }
-        let token = e.token;
+        let (token, fixed) = (e.token, e.fixed);
         let Some(owned) = e.fd.take() else {
             return Ok(());
         };
         self.fds.remove(key);
+        // Empty the fixed slot first (it holds a reference to the socket);
+        // a later adopt that reuses the slot queues its install after this.
+        if fixed {
+            self.push(
+                None,
+                Sqe::Close {
+                    fd: Target::Fixed(key as u32),
+                },
+            )?;
+        }
         // From here the kernel owns the descriptor: the close SQE closes it.
         let raw = owned.into_raw_fd();
-        self.push(Some(OpKind::Close { token }), Sqe::Close { fd: raw })?;
+        self.push(
+            Some(OpKind::Close { token }),
+            Sqe::Close {
+                fd: Target::Fd(raw),
+            },
+        )?;
         Ok(())
     }
 
@@ -711,7 +781,7 @@ impl Ring {
         flags: u32,
         out: &mut Vec<Completion>,
     ) -> Result<(), Error> {
-        if ud == CANCEL_UD {
+        if ud == UNTRACKED_UD {
             return Ok(());
         }
         let more = cqueue::more(flags);
@@ -832,6 +902,11 @@ impl Ring {
                     self.push_send(fd, next)?;
                 }
                 self.maybe_close(fd)?;
+            }
+            OpKind::FilesUpdate { .. } => {
+                if res < 0 {
+                    self.stats.files_update_errors += 1;
+                }
             }
             OpKind::Close { token } => {
                 let result = if res < 0 { Err(-res) } else { Ok(()) };

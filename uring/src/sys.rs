@@ -248,6 +248,10 @@ pub(crate) enum OpKind {
     Poll {
         fd: usize,
     },
+    /// The one-fd array an `IORING_OP_FILES_UPDATE` SQE points into (O1).
+    FilesUpdate {
+        fds: Box<[RawFd; 1]>,
+    },
     /// The bytes the SQE points into (O1).
     Send {
         fd: usize,
@@ -268,9 +272,10 @@ pub(crate) struct Ops {
     gen: u32,
 }
 
-/// `user_data` of cancel requests: their CQEs carry nothing we own. No op
+/// `user_data` of cancel requests and fixed-slot closes: their CQEs carry
+/// nothing we own. No op
 /// has it (generations stop short of `u32::MAX` in the high half).
-pub(crate) const CANCEL_UD: u64 = u64::MAX;
+pub(crate) const UNTRACKED_UD: u64 = u64::MAX;
 
 impl Ops {
     pub(crate) fn len(&self) -> usize {
@@ -313,16 +318,60 @@ impl Ops {
     }
 }
 
+/// How an SQE names its descriptor: a plain fd, or a slot of the ring's
+/// registered (fixed) file table.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Target {
+    Fd(RawFd),
+    Fixed(u32),
+}
+
+/// Builds `$body` with `$f` bound to the io-uring crate's descriptor type
+/// for `$t` (the two are different types, hence a macro).
+macro_rules! with_target {
+    ($t:expr, |$f:ident| $body:expr) => {
+        match $t {
+            Target::Fd(fd) => {
+                let $f = types::Fd(fd);
+                $body
+            }
+            Target::Fixed(slot) => {
+                let $f = types::Fixed(slot);
+                $body
+            }
+        }
+    };
+}
+
 /// The kinds of SQE this crate submits. Each carries only what is needed to
 /// build the SQE; pointers come from the op table (O1), never from callers.
 pub(crate) enum Sqe {
-    AcceptMulti { fd: RawFd },
-    RecvMulti { fd: RawFd, bgid: u16 },
-    PollReadableMulti { fd: RawFd },
-    Send { fd: RawFd },
-    CancelUserData { ud: u64 },
-    CancelFd { fd: RawFd },
-    Close { fd: RawFd },
+    AcceptMulti {
+        fd: Target,
+    },
+    RecvMulti {
+        fd: Target,
+        bgid: u16,
+    },
+    PollReadableMulti {
+        fd: Target,
+    },
+    Send {
+        fd: Target,
+    },
+    /// Installs the op's fd into fixed slot `slot`.
+    FilesUpdate {
+        slot: u32,
+    },
+    CancelUserData {
+        ud: u64,
+    },
+    CancelFd {
+        fd: Target,
+    },
+    Close {
+        fd: Target,
+    },
 }
 
 /// Records `op` in the table and pushes its SQE, submitting first if the
@@ -337,49 +386,65 @@ pub(crate) fn push(
 ) -> std::io::Result<(u64, u32)> {
     let ud = match op {
         Some(op) => ops.insert(op),
-        None => CANCEL_UD,
+        None => UNTRACKED_UD,
     };
     let entry = match sqe {
-        Sqe::AcceptMulti { fd } => io_uring::opcode::AcceptMulti::new(types::Fd(fd))
+        Sqe::AcceptMulti { fd } => with_target!(fd, |f| io_uring::opcode::AcceptMulti::new(f)
             .flags(libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
-            .build(),
+            .build()),
         Sqe::RecvMulti { fd, bgid } => {
-            io_uring::opcode::RecvMulti::new(types::Fd(fd), bgid).build()
+            with_target!(fd, |f| io_uring::opcode::RecvMulti::new(f, bgid).build())
         }
-        Sqe::PollReadableMulti { fd } => {
-            io_uring::opcode::PollAdd::new(types::Fd(fd), libc::POLLIN as u32)
-                .multi(true)
-                .build()
-        }
+        Sqe::PollReadableMulti { fd } => with_target!(fd, |f| io_uring::opcode::PollAdd::new(
+            f,
+            libc::POLLIN as u32
+        )
+        .multi(true)
+        .build()),
         Sqe::Send { fd } => {
             let Some(OpKind::Send { data, .. }) = ops.get(ud) else {
                 unreachable!("a send SQE is pushed with its send op");
             };
             let bytes = data.remaining();
-            io_uring::opcode::Send::new(types::Fd(fd), bytes.as_ptr(), bytes.len() as u32)
-                .flags(libc::MSG_NOSIGNAL)
+            with_target!(fd, |f| io_uring::opcode::Send::new(
+                f,
+                bytes.as_ptr(),
+                bytes.len() as u32
+            )
+            .flags(libc::MSG_NOSIGNAL)
+            .build())
+        }
+        Sqe::FilesUpdate { slot } => {
+            let Some(OpKind::FilesUpdate { fds }) = ops.get(ud) else {
+                unreachable!("a files-update SQE is pushed with its op");
+            };
+            io_uring::opcode::FilesUpdate::new(fds.as_ptr(), 1)
+                .offset(slot as i32)
                 .build()
         }
         Sqe::CancelUserData { ud } => {
             io_uring::opcode::AsyncCancel2::new(types::CancelBuilder::user_data(ud).all()).build()
         }
-        Sqe::CancelFd { fd } => {
-            io_uring::opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fd(fd)).all())
-                .build()
-        }
-        Sqe::Close { fd } => io_uring::opcode::Close::new(types::Fd(fd)).build(),
+        Sqe::CancelFd { fd } => with_target!(fd, |f| io_uring::opcode::AsyncCancel2::new(
+            types::CancelBuilder::fd(f).all()
+        )
+        .build()),
+        Sqe::Close { fd } => with_target!(fd, |f| io_uring::opcode::Close::new(f).build()),
     }
     .user_data(ud);
     let mut enters = 0;
     loop {
-        // SAFETY: the entry's only pointer is a send's, into `SendData` held
-        // by the op table under key `ud` (O1): its heap bytes (`Arc<[u8]>` or
+        // SAFETY: the entry's only pointers are a send's, into `SendData`
+        // held by the op table under key `ud` (O1), and a files update's, into
+        // its boxed one-fd array held the same way (the kernel copies it at
+        // issue, and the box lives until the CQE anyway). The send's heap bytes (`Arc<[u8]>` or
         // `Box<[u8]>`, never mutated or reallocated while held) stay put until
         // `Ops::finish(ud)` on the final CQE, and `Ring::drop` waits for all
         // final CQEs. `SendData::remaining` is ≤ u32::MAX bytes (checked in
-        // `SendData`'s constructors). Fds in the SQE are owned by the ring's
-        // fd table, which keeps each open until every op on it has finished
-        // (`Ring::close`), so the SQE never names a closed or reused fd.
+        // `SendData`'s constructors). Fds and fixed slots in the SQE belong to
+        // the ring's fd table, which keeps each open (and its slot filled)
+        // until every op on it has finished (`Ring::close`), so the SQE never
+        // names a closed or reused descriptor.
         // Accept/recv/poll/cancel/close carry no user pointers; the recv's buffer
         // comes from the registered pool (P1).
         let pushed = unsafe { uring.submission().push(&entry) };
@@ -387,7 +452,7 @@ pub(crate) fn push(
             return Ok((ud, enters));
         }
         if let Err(e) = uring.submit() {
-            if ud != CANCEL_UD {
+            if ud != UNTRACKED_UD {
                 ops.finish(ud);
             }
             return Err(e);
