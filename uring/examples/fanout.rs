@@ -4,7 +4,7 @@
 //! CPU time per delivery.
 //!
 //! `cargo run -p wsgate-uring --release --example fanout -- 1000 200 1500`
-//! (sockets, rounds per mode, frame bytes). Cross-check the syscall count:
+//! (sockets, rounds per mode, frame bytes[, fixed-file slots]). Cross-check the syscall count:
 //! `strace -f -c -e trace=io_uring_enter,write,sendto,sendmsg <that binary> 1000 20 1500`.
 
 use std::io::{Read, Write};
@@ -56,7 +56,13 @@ fn main() {
             }
         }
     });
-    let mut ring = Ring::new(RingConfig::default()).unwrap();
+    // A 4th argument > 0: use a fixed file table of that many slots.
+    let fixed_files = args.get(3).copied().unwrap_or(0) as u32;
+    let mut ring = Ring::new(RingConfig {
+        fixed_files,
+        ..RingConfig::default()
+    })
+    .unwrap();
     let fds: Vec<_> = servers
         .iter()
         .enumerate()
