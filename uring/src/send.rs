@@ -24,7 +24,9 @@ enum Bytes {
     Owned(Box<[u8]>),
 }
 
-/// Largest single send: the SQE length field is 32 bits.
+/// Largest single send: the SQE length field is 32 bits. The constructors
+/// keep only the first `MAX_SEND` bytes of anything longer (wsgate's frame
+/// limits are far below it).
 pub const MAX_SEND: usize = u32::MAX as usize;
 
 impl SendData {
@@ -43,7 +45,7 @@ impl SendData {
     pub fn shared_range(frame: Arc<[u8]>, range: std::ops::Range<usize>) -> SendData {
         let end = range.end.min(frame.len());
         let offset = range.start.min(end);
-        let end = end.min(offset + MAX_SEND);
+        let end = end.min(offset.saturating_add(MAX_SEND));
         SendData {
             bytes: Bytes::Shared(frame),
             offset,

@@ -12,10 +12,11 @@
 //!   [`BufPool::publish`] (from `RecvBuf::drop`) turns it back, so a `&[u8]`
 //!   over a buffer exists only while that buffer is lent.
 //! * [`Ops`]: the table of in-flight operations. The SQE's `user_data` is the
-//!   table key. Invariant **O1**: an entry, and the bytes a send SQE points
-//!   into (owned by the entry), are removed only by [`Ops::finish`], which the
-//!   ring calls only for a CQE without `IORING_CQE_F_MORE`, i.e. the kernel's
-//!   last word on that SQE. Until then the kernel may read the bytes.
+//!   table key plus a generation. Invariant **O1**: an entry, and the memory
+//!   its SQE points into (a send's bytes, a files update's fd array; owned by
+//!   the entry), are removed only by [`Ops::finish`], which the ring calls
+//!   only for a CQE without `IORING_CQE_F_MORE`, i.e. the kernel's last word
+//!   on that SQE. Until then the kernel may read that memory.
 //! * The SQE pushes themselves ([`push`]): the only way an SQE reaches the
 //!   submission queue.
 //!
@@ -435,18 +436,19 @@ pub(crate) fn push(
     let mut enters = 0;
     loop {
         // SAFETY: the entry's only pointers are a send's, into `SendData`
-        // held by the op table under key `ud` (O1), and a files update's, into
-        // its boxed one-fd array held the same way (the kernel copies it at
-        // issue, and the box lives until the CQE anyway). The send's heap bytes (`Arc<[u8]>` or
-        // `Box<[u8]>`, never mutated or reallocated while held) stay put until
-        // `Ops::finish(ud)` on the final CQE, and `Ring::drop` waits for all
-        // final CQEs. `SendData::remaining` is ≤ u32::MAX bytes (checked in
-        // `SendData`'s constructors). Fds and fixed slots in the SQE belong to
-        // the ring's fd table, which keeps each open (and its slot filled)
-        // until every op on it has finished (`Ring::close`), so the SQE never
-        // names a closed or reused descriptor.
-        // Accept/recv/poll/cancel/close carry no user pointers; the recv's buffer
-        // comes from the registered pool (P1).
+        // held by the op table under key `ud` (O1), and a files update's,
+        // into its boxed one-fd array held the same way (the kernel copies
+        // it at issue; the box lives until the CQE anyway). The send's heap
+        // bytes (`Arc<[u8]>` or `Box<[u8]>`, never mutated or reallocated
+        // while held) stay put until `Ops::finish(ud)` on the final CQE, and
+        // `Ring::drop` waits for all final CQEs. `SendData::remaining` is
+        // ≤ u32::MAX bytes (clamped in `SendData`'s constructors), so the
+        // length cast is exact. Fds and fixed slots in the SQE belong to the
+        // ring's fd table, which keeps each open (and its slot filled) until
+        // every op on it has finished (`Ring::close`), so the SQE never names
+        // a closed or reused descriptor. Accept/recv/poll/cancel/close carry
+        // no user pointers; the recv's buffer comes from the registered pool
+        // (P1).
         let pushed = unsafe { uring.submission().push(&entry) };
         if pushed.is_ok() {
             return Ok((ud, enters));
