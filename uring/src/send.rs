@@ -98,3 +98,31 @@ impl From<Arc<[u8]>> for SendData {
         SendData::shared(a)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_clamp_and_advance_resumes_where_the_kernel_stopped() {
+        let frame: Arc<[u8]> = (0u8..100).collect::<Vec<_>>().into();
+        let mut d = SendData::shared_range(Arc::clone(&frame), 10..50);
+        assert_eq!(d.remaining(), &frame[10..50]);
+        d.advance(15);
+        assert_eq!(d.remaining(), &frame[25..50]);
+        d.advance(1000);
+        assert!(d.is_empty());
+        // Out-of-range and inverted ranges clamp to the frame, never panic.
+        assert_eq!(
+            SendData::shared_range(Arc::clone(&frame), 90..200).len(),
+            10
+        );
+        assert!(SendData::shared_range(Arc::clone(&frame), 150..200).is_empty());
+        #[allow(clippy::reversed_empty_ranges)]
+        let inverted = SendData::shared_range(frame, 60..40);
+        assert!(inverted.is_empty());
+        let mut o = SendData::from(vec![1, 2, 3]);
+        o.advance(2);
+        assert_eq!(o.remaining(), &[3]);
+    }
+}
