@@ -12,6 +12,7 @@
 //! - [`config`]: the command line.
 //! - [`escape`]: client text made safe for log lines.
 //! - [`limits`]: the process's descriptor budget.
+//! - [`tls`]: native TLS (wss://) as a sans-IO layer under the session.
 
 // The server holds no `unsafe`: socket options and `MSG_NOSIGNAL` sends go
 // through socket2 and mio, which own the FFI.
@@ -30,6 +31,7 @@ pub mod security;
 pub mod server;
 pub mod systemd;
 pub mod timer_wheel;
+pub mod tls;
 
 pub use config::Config;
 pub use server::{start, ServerHandle};
