@@ -140,7 +140,7 @@ impl TlsConn {
         outcome.plaintext = plaintext.len() - before;
         if let Err(e) = result {
             if matches!(e, TlsError::Protocol(_)) {
-                self.flush_alert(&mut buf[consumed..], outgoing);
+                self.flush_alert(&e, &mut buf[consumed..], outgoing);
             }
             return Err(e);
         }
@@ -364,8 +364,8 @@ impl TlsConn {
                 Ok(_) => break Err(TlsError::NotWritable),
             }
         };
-        if matches!(result, Err(TlsError::Protocol(_))) {
-            self.flush_alert(&mut carry[consumed..], outgoing);
+        if let Err(e @ TlsError::Protocol(_)) = &result {
+            self.flush_alert(e, &mut carry[consumed..], outgoing);
         }
         if consumed < carry.len() {
             carry.drain(..consumed);
@@ -374,24 +374,21 @@ impl TlsConn {
         result
     }
 
-    /// After an error rustls may have queued a fatal alert; emit it.
+    /// After an error rustls has usually queued a fatal alert; emit it.
     /// `rest` is the unconsumed input of the failed call: rustls tracks its
     /// position in it, so it must be the same bytes.
-    fn flush_alert(&mut self, rest: &mut [u8], outgoing: &mut Vec<u8>) {
-        // Bounded: each pass either encodes one queued chunk or stops. The
-        // failed state makes rustls return its error again before it would
-        // consume anything, so `rest` is never advanced.
-        for _ in 0..4 {
-            let UnbufferedStatus { state, .. } = self.conn.process_tls_records(rest);
-            match state {
-                Ok(ConnectionState::EncodeTlsData(encode)) => {
-                    if encode_into(encode, outgoing).is_err() {
-                        return;
-                    }
-                }
-                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
-                _ => return,
-            }
+    fn flush_alert(&mut self, error: &TlsError, rest: &mut [u8], outgoing: &mut Vec<u8>) {
+        // A peer's own fatal alert gets no answer; nothing is queued.
+        if let TlsError::Protocol(rustls::Error::AlertReceived(_)) = error {
+            return;
+        }
+        // rustls hands out queued records before it looks at input again,
+        // so one call yields the alert. Exactly one: a second call would
+        // re-read the failed record and try to queue a second alert.
+        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(rest);
+        if let Ok(ConnectionState::EncodeTlsData(encode)) = state {
+            // Best effort: the connection is closing either way.
+            let _ = encode_into(encode, outgoing);
         }
     }
 }
