@@ -85,14 +85,23 @@ impl Pki {
         &self,
         versions: &[&'static SupportedProtocolVersion],
     ) -> Arc<ClientConfig> {
+        self.client_config_with(versions, rustls::crypto::ring::default_provider())
+    }
+
+    /// As [`Pki::client_config`], with a given provider (e.g. restricted to
+    /// one cipher suite).
+    pub fn client_config_with(
+        &self,
+        versions: &[&'static SupportedProtocolVersion],
+        provider: rustls::crypto::CryptoProvider,
+    ) -> Arc<ClientConfig> {
         let mut roots = RootCertStore::empty();
         roots.add(self.ca.der().clone()).unwrap();
-        let mut config =
-            ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_protocol_versions(versions)
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+        let mut config = ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
         Arc::new(config)
     }
