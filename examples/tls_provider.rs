@@ -1,0 +1,207 @@
+//! Crypto provider benchmark for the TLS layer: full and resumed handshakes
+//! per second and the cost of sealing a record, server side, in memory,
+//! per rustls crypto provider (ring always; aws-lc-rs with the
+//! `bench-aws-lc` feature). The client is rustls with ring in every run, so
+//! only the server's provider changes; server time is measured inside the
+//! layer's calls (`TlsConn::new`, `read_tls`, `write_plaintext`), one core.
+//!
+//! ```text
+//! cargo run --release --example tls_provider --features bench-aws-lc
+//! ```
+//!
+//! Results: bench/results/tls-provider.md.
+
+#[path = "../tests/support/tls.rs"]
+#[allow(dead_code)]
+mod tls;
+
+use std::io::Read;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::client::Resumption;
+use rustls::crypto::CryptoProvider;
+use rustls::server::ProducesTickets;
+use rustls::version::{TLS12, TLS13};
+use rustls::{ClientConfig, ClientConnection, HandshakeKind};
+use wsgate::tls::{TlsConn, TlsContext, TlsScratch, TlsSettings};
+
+type Provider = (&'static str, Arc<CryptoProvider>, Arc<dyn ProducesTickets>);
+
+fn providers() -> Vec<Provider> {
+    #[allow(unused_mut)]
+    let mut all: Vec<Provider> = vec![(
+        "ring",
+        Arc::new(rustls::crypto::ring::default_provider()),
+        rustls::crypto::ring::Ticketer::new().unwrap(),
+    )];
+    #[cfg(feature = "bench-aws-lc")]
+    all.push((
+        "aws-lc-rs",
+        Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+        rustls::crypto::aws_lc_rs::Ticketer::new().unwrap(),
+    ));
+    all
+}
+
+struct Bufs {
+    scratch: TlsScratch,
+    plain: Vec<u8>,
+    out: Vec<u8>,
+    wire: Vec<u8>,
+}
+
+/// One handshake to completion (tickets delivered); returns the server
+/// connection, the client, and the server time spent.
+fn handshake(
+    client_config: &Arc<ClientConfig>,
+    ctx: &TlsContext,
+    b: &mut Bufs,
+) -> (TlsConn, ClientConnection, Duration) {
+    let mut client =
+        ClientConnection::new(client_config.clone(), "localhost".try_into().unwrap()).unwrap();
+    let t = Instant::now();
+    let mut server = TlsConn::new(ctx.server_config().clone()).unwrap();
+    let mut server_time = t.elapsed();
+    loop {
+        b.wire.clear();
+        while client.wants_write() {
+            client.write_tls(&mut b.wire).unwrap();
+        }
+        if b.wire.is_empty() {
+            break;
+        }
+        b.plain.clear();
+        b.out.clear();
+        let t = Instant::now();
+        server
+            .read_tls(&b.wire, &mut b.scratch, &mut b.plain, &mut b.out)
+            .unwrap();
+        server_time += t.elapsed();
+        let mut rest = &b.out[..];
+        while !rest.is_empty() {
+            client.read_tls(&mut rest).unwrap();
+            client.process_new_packets().unwrap();
+        }
+    }
+    assert!(!client.is_handshaking() && !server.is_handshaking());
+    (server, client, server_time)
+}
+
+fn client_config(
+    pki: &tls::Pki,
+    version: &'static rustls::SupportedProtocolVersion,
+    resume: bool,
+) -> Arc<ClientConfig> {
+    let mut config = (*pki.client_config(&[version])).clone();
+    if !resume {
+        config.resumption = Resumption::disabled();
+    }
+    Arc::new(config)
+}
+
+fn rate(n: usize, d: Duration) -> String {
+    format!(
+        "{:.0}/s ({:.0} µs each)",
+        n as f64 / d.as_secs_f64(),
+        d.as_secs_f64() * 1e6 / n as f64
+    )
+}
+
+fn main() {
+    let full_n: usize = arg("FULL", 2000);
+    let resumed_n: usize = arg("RESUMED", 5000);
+    let seal_n: usize = arg("SEAL", 200_000);
+    let pki = tls::Pki::new();
+    let leaf = pki.leaf();
+    pki.install(&leaf);
+
+    println!("| provider | TLS 1.3 full | TLS 1.3 resumed | TLS 1.2 full | seal 1 KiB record | seal 16 KiB record |");
+    println!("|---|---|---|---|---|---|");
+    for (name, provider, ticketer) in providers() {
+        let ctx = TlsContext::with_provider(
+            TlsSettings::new(pki.cert_path(), pki.key_path()),
+            provider,
+            ticketer,
+        )
+        .unwrap();
+        let mut b = Bufs {
+            scratch: TlsScratch::new(Default::default()),
+            plain: Vec::with_capacity(64 * 1024),
+            out: Vec::with_capacity(64 * 1024),
+            wire: Vec::with_capacity(64 * 1024),
+        };
+
+        // Full handshakes, TLS 1.3 and 1.2 (resumption off in the client).
+        let mut cells = Vec::new();
+        for (version, n) in [(&TLS13, full_n), (&TLS12, full_n)] {
+            let cfg = client_config(&pki, version, false);
+            let mut total = Duration::ZERO;
+            for _ in 0..n {
+                let (_, client, t) = handshake(&cfg, &ctx, &mut b);
+                assert_eq!(client.handshake_kind(), Some(HandshakeKind::Full));
+                total += t;
+            }
+            cells.push(rate(n, total));
+        }
+
+        // Resumed TLS 1.3: each resumption uses a ticket and gets new ones.
+        let cfg = client_config(&pki, &TLS13, true);
+        let _ = handshake(&cfg, &ctx, &mut b);
+        let mut total = Duration::ZERO;
+        for _ in 0..resumed_n {
+            let (_, client, t) = handshake(&cfg, &ctx, &mut b);
+            assert_eq!(client.handshake_kind(), Some(HandshakeKind::Resumed));
+            total += t;
+        }
+        let resumed = rate(resumed_n, total);
+
+        // Sealing: one record of 1 KiB (a typical message) and of 16 KiB
+        // (a full batch), TLS 1.3 AES-128-GCM as negotiated by default.
+        let cfg = client_config(&pki, &TLS13, false);
+        let mut seal = Vec::new();
+        for size in [1024usize, 16 * 1024] {
+            let (mut server, mut client, _) = handshake(&cfg, &ctx, &mut b);
+            let payload = vec![0x5au8; size];
+            // One record decrypts on the client first: the sealing is real.
+            b.out.clear();
+            server.write_plaintext(&payload, &mut b.out).unwrap();
+            let mut rest = &b.out[..];
+            while !rest.is_empty() {
+                client.read_tls(&mut rest).unwrap();
+                client.process_new_packets().unwrap();
+            }
+            let mut got = vec![0u8; size];
+            client.reader().read_exact(&mut got).unwrap();
+            assert_eq!(got, payload);
+            let n = if size == 1024 { seal_n } else { seal_n / 8 };
+            let t = Instant::now();
+            for _ in 0..n {
+                b.out.clear();
+                server.write_plaintext(&payload, &mut b.out).unwrap();
+            }
+            let d = t.elapsed();
+            seal.push(format!(
+                "{:.0} ns ({:.2} GB/s)",
+                d.as_secs_f64() * 1e9 / n as f64,
+                (n * size) as f64 / d.as_secs_f64() / 1e9
+            ));
+        }
+        println!(
+            "| {name} | {} | {resumed} | {} | {} | {} |",
+            cells[0], cells[1], seal[0], seal[1]
+        );
+    }
+    println!(
+        "\nServer side only, one core; ECDSA P-256 certificate (rcgen), X25519, \
+         client rustls+ring; {full_n} full handshakes per version, {resumed_n} resumed, \
+         {seal_n} 1 KiB seals."
+    );
+}
+
+fn arg(name: &str, default: usize) -> usize {
+    std::env::var(format!("TLS_BENCH_{name}"))
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
