@@ -12,7 +12,6 @@
 //! Results: bench/results/tls-provider.md.
 
 #[path = "../tests/support/tls.rs"]
-#[allow(dead_code)]
 mod tls;
 
 use std::io::Read;

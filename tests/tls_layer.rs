@@ -313,7 +313,7 @@ fn close_notify_both_ways() {
     pair.handshake().unwrap();
     let mut out = Vec::new();
     pair.server.close_notify(&mut out).unwrap();
-    pair.to_client(&out);
+    pair.deliver_to_client(&out);
     assert!(pair.client_eof);
     let err = pair
         .server
@@ -347,7 +347,7 @@ fn a_batch_of_frames_becomes_one_record_per_16k() {
     let mut out = Vec::new();
     pair.server.write_plaintext(&frames, &mut out).unwrap();
     assert_eq!(out.len(), frames.len() + 5 + 1 + 16);
-    pair.to_client(&out);
+    pair.deliver_to_client(&out);
     assert_eq!(std::mem::take(&mut pair.client_plain), frames);
 
     // 40 000 bytes: three records (16 KiB, 16 KiB, the rest).
@@ -355,7 +355,7 @@ fn a_batch_of_frames_becomes_one_record_per_16k() {
     let mut out = Vec::new();
     pair.server.write_plaintext(&big, &mut out).unwrap();
     assert_eq!(out.len(), big.len() + 3 * (5 + 1 + 16));
-    pair.to_client(&out);
+    pair.deliver_to_client(&out);
     assert_eq!(pair.client_plain, big);
 }
 

@@ -146,7 +146,7 @@ impl Pair {
 
     /// Feeds ciphertext to the server `chunk` bytes at a time; what the
     /// server answers goes to the client.
-    pub fn to_server(&mut self, bytes: &[u8]) -> Result<(), TlsError> {
+    pub fn deliver_to_server(&mut self, bytes: &[u8]) -> Result<(), TlsError> {
         for piece in bytes.chunks(self.chunk.max(1)) {
             let mut out = Vec::new();
             let result =
@@ -154,7 +154,7 @@ impl Pair {
                     .read_tls(piece, &mut self.scratch, &mut self.server_plain, &mut out);
             self.max_server_buffered = self.max_server_buffered.max(self.server.buffered());
             // Even on an error the alert (if any) is delivered.
-            self.to_client(&out);
+            self.deliver_to_client(&out);
             let outcome = result?;
             self.server_established |= outcome.handshake_completed;
             self.server_peer_closed |= outcome.peer_closed;
@@ -163,7 +163,7 @@ impl Pair {
     }
 
     /// Delivers server records to the client, `chunk` bytes at a time.
-    pub fn to_client(&mut self, bytes: &[u8]) {
+    pub fn deliver_to_client(&mut self, bytes: &[u8]) {
         for piece in bytes.chunks(self.chunk.max(1)) {
             let mut rest = piece;
             while !rest.is_empty() {
@@ -198,7 +198,7 @@ impl Pair {
         while self.client.wants_write() {
             let mut bytes = Vec::new();
             self.client.write_tls(&mut bytes).unwrap();
-            self.to_server(&bytes)?;
+            self.deliver_to_server(&bytes)?;
         }
         Ok(())
     }
@@ -222,7 +222,7 @@ impl Pair {
     pub fn server_sends(&mut self, data: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         self.server.write_plaintext(data, &mut out).unwrap();
-        self.to_client(&out);
+        self.deliver_to_client(&out);
         // The client may answer (e.g. a key update); carry it over.
         self.pump().unwrap();
         std::mem::take(&mut self.client_plain)
