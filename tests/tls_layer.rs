@@ -448,3 +448,19 @@ thread_local! {
         (ctx, std::sync::Arc::new(hello))
     };
 }
+
+#[test]
+fn data_sent_with_the_clients_finished_arrives_in_the_same_call() {
+    // A browser writes its upgrade request right behind its Finished
+    // message; the layer must hand it over even though the same call also
+    // completes the handshake.
+    for version in [&TLS13, &TLS12] {
+        let pki = Pki::new();
+        let (ctx, _) = pki.server();
+        let mut pair = Pair::new(pki.client_config(&[version]), &ctx, usize::MAX);
+        let request = b"GET /ws HTTP/1.1\r\nHost: localhost\r\n\r\n";
+        std::io::Write::write_all(&mut pair.client.writer(), request).unwrap();
+        pair.handshake().unwrap();
+        assert_eq!(pair.server_plain, request);
+    }
+}
