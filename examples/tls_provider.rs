@@ -1,12 +1,11 @@
 //! Crypto provider benchmark for the TLS layer: full and resumed handshakes
 //! per second and the cost of sealing a record, server side, in memory,
-//! per rustls crypto provider (ring always; aws-lc-rs with the
-//! `bench-aws-lc` feature). The client is rustls with ring in every run, so
+//! per rustls crypto provider (aws-lc-rs, the server's, and ring). The client is rustls with ring in every run, so
 //! only the server's provider changes; server time is measured inside the
 //! layer's calls (`TlsConn::new`, `read_tls`, `write_plaintext`), one core.
 //!
 //! ```text
-//! cargo run --release --example tls_provider --features bench-aws-lc
+//! cargo run --release --example tls_provider
 //! ```
 //!
 //! Results: bench/results/tls-provider.md.
@@ -28,19 +27,18 @@ use wsgate::tls::{TlsConn, TlsContext, TlsScratch, TlsSettings};
 type Provider = (&'static str, Arc<CryptoProvider>, Arc<dyn ProducesTickets>);
 
 fn providers() -> Vec<Provider> {
-    #[allow(unused_mut)]
-    let mut all: Vec<Provider> = vec![(
-        "ring",
-        Arc::new(rustls::crypto::ring::default_provider()),
-        rustls::crypto::ring::Ticketer::new().unwrap(),
-    )];
-    #[cfg(feature = "bench-aws-lc")]
-    all.push((
-        "aws-lc-rs",
-        Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
-        rustls::crypto::aws_lc_rs::Ticketer::new().unwrap(),
-    ));
-    all
+    vec![
+        (
+            "ring",
+            Arc::new(rustls::crypto::ring::default_provider()),
+            rustls::crypto::ring::Ticketer::new().unwrap(),
+        ),
+        (
+            "aws-lc-rs",
+            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            rustls::crypto::aws_lc_rs::Ticketer::new().unwrap(),
+        ),
+    ]
 }
 
 struct Bufs {

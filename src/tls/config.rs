@@ -72,19 +72,21 @@ pub enum TlsConfigError {
 }
 
 impl TlsContext {
-    /// Loads the certificate and builds the configuration with the default
-    /// crypto provider (ring) and its rotating ticket keys.
+    /// Loads the certificate and builds the configuration with the
+    /// aws-lc-rs crypto provider (chosen by benchmark,
+    /// bench/results/tls-provider.md) and its rotating ticket keys.
     pub fn new(settings: TlsSettings) -> Result<Self, TlsConfigError> {
-        let ticketer = rustls::crypto::ring::Ticketer::new()?;
+        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
         Self::with_provider(
             settings,
-            Arc::new(rustls::crypto::ring::default_provider()),
+            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
             ticketer,
         )
     }
 
     /// Builds the configuration with an explicit provider and ticketer
-    /// (the provider benchmark compares ring and aws-lc-rs this way).
+    /// (the provider benchmark and the memory test compare ring and
+    /// aws-lc-rs this way).
     ///
     /// The ticketer should rotate its keys: rustls' `Ticketer::new()` makes
     /// a new key every 6 hours and still accepts tickets of the previous one,
