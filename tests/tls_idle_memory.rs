@@ -211,11 +211,11 @@ fn measure_with(
     // Warm-up connection: one-time allocations (ticket keys, lazily built
     // tables) are not per connection.
     let mut warm = (0, 0, 0);
-    drop(establish(&ctx, &client_config, &mut w, &mut warm));
+    drop(establish(ctx, &client_config, &mut w, &mut warm));
 
     let mut heap = (0isize, 0isize, 0isize);
     for _ in 0..n {
-        conns.push(establish(&ctx, &client_config, &mut w, &mut heap));
+        conns.push(establish(ctx, &client_config, &mut w, &mut heap));
     }
     let per_conn = heap.0 as f64 / n as f64;
     let malloc_per_conn = heap.2 as f64 / n as f64;
@@ -234,7 +234,7 @@ fn measure_with(
     }
     TRACK.store(true, Relaxed);
     let mut one = (0, 0, 0);
-    let conn = establish(&ctx, &client_config, &mut w, &mut one);
+    let conn = establish(ctx, &client_config, &mut w, &mut one);
     TRACK.store(false, Relaxed);
     let mut sizes: Vec<usize> = (0..SLOTS)
         .filter(|&i| SLOT_PTR[i].load(Relaxed) != 0)
