@@ -16,6 +16,7 @@ use rustls::ServerConfig;
 
 use super::certs::{load_certified_key, CertError};
 use super::resolver::ReloadableResolver;
+use crate::escape::Esc;
 
 /// What the operator configures.
 #[derive(Debug, Clone)]
@@ -127,16 +128,35 @@ impl TlsContext {
         &self.resolver
     }
 
-    /// Re-reads the certificate and key files. On success new handshakes
-    /// use the new pair; established connections are not affected. On
-    /// failure nothing changes and the error says which file is wrong.
+    /// Re-reads the certificate and key files (SIGHUP, admin
+    /// `POST /reload-tls`). On success new handshakes use the new pair;
+    /// established connections are not affected. On failure nothing changes:
+    /// the old pair stays in use, and both the log line and the error say
+    /// which file is wrong.
     pub fn reload(&self) -> Result<(), CertError> {
-        let next = load_certified_key(
+        let loaded = load_certified_key(
             &self.settings.cert_path,
             &self.settings.key_path,
             &self.provider,
-        )?;
-        self.resolver.replace(next);
-        Ok(())
+        );
+        match loaded {
+            Ok(next) => {
+                self.resolver.replace(next);
+                tracing::info!(
+                    cert = %self.settings.cert_path.display(),
+                    "TLS certificate reloaded; new handshakes use it"
+                );
+                Ok(())
+            }
+            Err(e) => {
+                // Paths come from the operator, but the error may quote file
+                // contents' parse failures: escape it like any other text.
+                tracing::warn!(
+                    error = %Esc::str(&e.to_string()),
+                    "TLS certificate reload refused; the current certificate stays in use"
+                );
+                Err(e)
+            }
+        }
     }
 }
