@@ -464,3 +464,40 @@ fn data_sent_with_the_clients_finished_arrives_in_the_same_call() {
         assert_eq!(pair.server_plain, request);
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(24))]
+
+    /// A whole session with random delivery sizes and random messages: what
+    /// one side sends, the other gets, in order, whatever the boundaries.
+    #[test]
+    fn random_boundaries_keep_the_stream_intact(
+        chunk in 1usize..300,
+        tls12 in any::<bool>(),
+        messages in proptest::collection::vec(
+            (any::<bool>(), proptest::collection::vec(any::<u8>(), 1..3000)),
+            1..8,
+        ),
+    ) {
+        let (ctx, pki) = SHARED.with(|s| s.clone());
+        let version = if tls12 { &TLS12 } else { &TLS13 };
+        let mut pair = Pair::new(pki.client_config(&[version]), &ctx, chunk);
+        pair.handshake().unwrap();
+        for (upstream, data) in messages {
+            if upstream {
+                prop_assert_eq!(pair.client_sends(&data), data);
+            } else {
+                prop_assert_eq!(pair.server_sends(&data), data);
+            }
+            prop_assert_eq!(pair.server.buffered_capacity(), 0);
+        }
+    }
+}
+
+thread_local! {
+    static SHARED: (wsgate::tls::TlsContext, std::rc::Rc<Pki>) = {
+        let pki = Pki::new();
+        let (ctx, _) = pki.server();
+        (ctx, std::rc::Rc::new(pki))
+    };
+}
