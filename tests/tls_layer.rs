@@ -501,3 +501,31 @@ thread_local! {
         (ctx, std::rc::Rc::new(pki))
     };
 }
+
+#[test]
+fn bytes_after_close_notify_are_dropped_not_buffered() {
+    let pki = Pki::new();
+    let (ctx, _) = pki.server();
+    let mut pair = Pair::new(pki.client_config(&[&TLS13]), &ctx, usize::MAX);
+    pair.handshake().unwrap();
+    pair.client.send_close_notify();
+    pair.pump().unwrap();
+    assert!(pair.server.peer_closed());
+    // A peer that keeps sending after its close_notify: nothing is kept,
+    // nothing comes out, no error is invented.
+    for _ in 0..10 {
+        let mut out = Vec::new();
+        let outcome = pair
+            .server
+            .read_tls(
+                &[0x17; 10_000],
+                &mut pair.scratch,
+                &mut pair.server_plain,
+                &mut out,
+            )
+            .unwrap();
+        assert_eq!(outcome.plaintext, 0);
+        assert_eq!(pair.server.buffered(), 0);
+    }
+    assert!(pair.server_plain.is_empty());
+}

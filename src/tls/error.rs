@@ -18,6 +18,11 @@ pub enum TlsError {
     /// handshake budget allows (a huge or never-ending ClientHello).
     #[error("TLS handshake buffered {buffered} bytes, over the {limit}-byte budget")]
     HandshakeTooLarge { buffered: usize, limit: usize },
+    /// An established connection holds more than one record's worth of
+    /// unprocessed ciphertext. rustls rejects over-long records itself, so
+    /// this is a safety net that keeps the carry bounded whatever happens.
+    #[error("TLS connection buffered {buffered} bytes, over the {limit}-byte record bound")]
+    RecordTooLarge { buffered: usize, limit: usize },
     /// Application data was offered before the handshake finished, or after
     /// this side sent close_notify: the session has a bug, not the peer.
     #[error("TLS connection cannot send application data now")]
@@ -62,7 +67,7 @@ impl TlsError {
     pub fn close_reason(&self, handshaking: bool) -> TlsCloseReason {
         match self {
             TlsError::Protocol(_) if handshaking => TlsCloseReason::HandshakeFailed,
-            TlsError::Protocol(_) => TlsCloseReason::BadRecord,
+            TlsError::Protocol(_) | TlsError::RecordTooLarge { .. } => TlsCloseReason::BadRecord,
             TlsError::HandshakeTooLarge { .. } => TlsCloseReason::HandshakeTooLarge,
             TlsError::NotWritable | TlsError::KeysExhausted | TlsError::Setup(_) => {
                 TlsCloseReason::ServerClose

@@ -116,7 +116,10 @@ impl TlsConn {
     /// server owes the peer (handshake flights, session tickets, alerts) are
     /// appended to `outgoing`, which the caller writes to the socket. On an
     /// error, whatever alert rustls queued is in `outgoing` too: write it,
-    /// then close.
+    /// then close (plaintext decrypted before the error is still valid).
+    ///
+    /// After the peer's close_notify nothing more is TLS data: later bytes
+    /// are dropped unread, so they cannot accumulate.
     pub fn read_tls(
         &mut self,
         ciphertext: &[u8],
@@ -124,9 +127,12 @@ impl TlsConn {
         plaintext: &mut Vec<u8>,
         outgoing: &mut Vec<u8>,
     ) -> Result<ReadOutcome, TlsError> {
+        if self.peer_closed {
+            return Ok(ReadOutcome::default());
+        }
         // Work in the worker's buffer; the connection's own carry (if any)
-        // goes in front of the new bytes. `take` leaves the carry empty and
-        // unallocated; what is left over is copied back below.
+        // goes in front of the new bytes and is freed; what is left over is
+        // copied back below, so an idle connection holds no allocation.
         let buf = &mut scratch.incoming;
         buf.clear();
         buf.extend_from_slice(&self.carry);
@@ -146,15 +152,21 @@ impl TlsConn {
         }
 
         let left = &buf[consumed..];
-        let limit = if self.established {
-            MAX_RECORD_CARRY
-        } else {
-            scratch.limits.max_handshake_buffer
-        };
-        if left.len() > limit {
+        if self.peer_closed {
+            // Bytes behind close_notify are not TLS data any more.
+            return Ok(outcome);
+        }
+        if self.established {
+            if left.len() > MAX_RECORD_CARRY {
+                return Err(TlsError::RecordTooLarge {
+                    buffered: left.len(),
+                    limit: MAX_RECORD_CARRY,
+                });
+            }
+        } else if left.len() > scratch.limits.max_handshake_buffer {
             return Err(TlsError::HandshakeTooLarge {
                 buffered: left.len(),
-                limit,
+                limit: scratch.limits.max_handshake_buffer,
             });
         }
         if !left.is_empty() {
