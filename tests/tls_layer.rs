@@ -529,3 +529,22 @@ fn bytes_after_close_notify_are_dropped_not_buffered() {
     }
     assert!(pair.server_plain.is_empty());
 }
+
+#[test]
+fn clients_resume_across_a_certificate_reload() {
+    // The ticket keys live in the configuration, which a reload keeps: a
+    // reload is not a handshake storm.
+    let pki = Pki::new();
+    let (ctx, _) = pki.server();
+    let client = pki.client_config(&[&TLS13]);
+    let mut first = Pair::new(client.clone(), &ctx, usize::MAX);
+    first.handshake().unwrap();
+    assert_eq!(first.server_sends(b"tickets"), b"tickets");
+
+    pki.install(&pki.leaf());
+    ctx.reload().unwrap();
+
+    let mut second = Pair::new(client, &ctx, usize::MAX);
+    second.handshake().unwrap();
+    assert_eq!(second.client.handshake_kind(), Some(HandshakeKind::Resumed));
+}
