@@ -548,3 +548,39 @@ fn clients_resume_across_a_certificate_reload() {
     second.handshake().unwrap();
     assert_eq!(second.client.handshake_kind(), Some(HandshakeKind::Resumed));
 }
+
+#[test]
+fn reading_straight_into_the_scratch_and_abandoned_reads() {
+    let pki = Pki::new();
+    let (ctx, _) = pki.server();
+    let mut pair = Pair::new(pki.client_config(&[&TLS13]), &ctx, usize::MAX);
+    pair.handshake().unwrap();
+    std::io::Write::write_all(&mut pair.client.writer(), b"zero copy").unwrap();
+    let mut record = Vec::new();
+    pair.client.write_tls(&mut record).unwrap();
+
+    // First half of the record, read "from the socket" into the scratch.
+    let half = record.len() / 2;
+    let (mut plain, mut out) = (Vec::new(), Vec::new());
+    let mut read = pair.server.begin_read(&mut pair.scratch, 4096);
+    read.buf()[..half].copy_from_slice(&record[..half]);
+    let outcome = read.finish(half, &mut plain, &mut out).unwrap();
+    assert_eq!(outcome.plaintext, 0);
+    assert_eq!(pair.server.buffered(), half);
+
+    // A read that would block: the guard is dropped unfinished, after
+    // scribbling in the buffer; the carried half must survive intact.
+    let mut read = pair.server.begin_read(&mut pair.scratch, 4096);
+    read.buf().fill(0xee);
+    drop(read);
+    assert_eq!(pair.server.buffered(), half);
+
+    // The rest arrives.
+    let rest = record.len() - half;
+    let mut read = pair.server.begin_read(&mut pair.scratch, 4096);
+    read.buf()[..rest].copy_from_slice(&record[half..]);
+    let outcome = read.finish(rest, &mut plain, &mut out).unwrap();
+    assert_eq!(outcome.plaintext, b"zero copy".len());
+    assert_eq!(plain, b"zero copy");
+    assert_eq!(pair.server.buffered_capacity(), 0);
+}

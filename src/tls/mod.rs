@@ -24,4 +24,6 @@ pub use certs::{load_certified_key, CertError};
 pub use config::{TlsContext, TlsSettings};
 pub use error::{TlsCloseReason, TlsError};
 pub use resolver::ReloadableResolver;
-pub use session::{ReadOutcome, TlsConn, TlsLimits, TlsScratch, DEFAULT_MAX_HANDSHAKE_BUFFER};
+pub use session::{
+    ReadOutcome, TlsConn, TlsLimits, TlsRead, TlsScratch, DEFAULT_MAX_HANDSHAKE_BUFFER,
+};

@@ -127,19 +127,51 @@ impl TlsConn {
         plaintext: &mut Vec<u8>,
         outgoing: &mut Vec<u8>,
     ) -> Result<ReadOutcome, TlsError> {
-        if self.peer_closed {
-            return Ok(ReadOutcome::default());
-        }
-        // Work in the worker's buffer; the connection's own carry (if any)
-        // goes in front of the new bytes and is freed; what is left over is
-        // copied back below, so an idle connection holds no allocation.
-        let buf = &mut scratch.incoming;
-        buf.clear();
-        buf.extend_from_slice(&self.carry);
-        buf.extend_from_slice(ciphertext);
-        self.carry = Vec::new();
+        let mut read = self.begin_read(scratch, ciphertext.len());
+        read.buf().copy_from_slice(ciphertext);
+        read.finish(ciphertext.len(), plaintext, outgoing)
+    }
 
+    /// Starts a read straight into the worker's scratch, saving the copy
+    /// [`TlsConn::read_tls`] makes: read the socket into
+    /// [`TlsRead::buf`] (`room` bytes), then call [`TlsRead::finish`] with
+    /// the count read. Dropping the [`TlsRead`] unfinished (the read failed
+    /// or would block) leaves the connection as it was.
+    pub fn begin_read<'a>(&'a mut self, scratch: &'a mut TlsScratch, room: usize) -> TlsRead<'a> {
+        // The connection's carry (if any) goes in front of the new bytes
+        // and is freed; what is left over is copied back in `finish`, so an
+        // idle connection holds no allocation. The scratch only grows, so
+        // it is zero-filled once, not on every read.
+        let start = self.carry.len();
+        let buf = &mut scratch.incoming;
+        if buf.len() < start + room {
+            buf.resize(start + room, 0);
+        }
+        buf[..start].copy_from_slice(&self.carry);
+        self.carry = Vec::new();
+        TlsRead {
+            conn: self,
+            scratch,
+            start,
+            room,
+            finished: false,
+        }
+    }
+
+    /// Processes `buf[..end]` of the scratch (carry, then new bytes).
+    fn process_scratch(
+        &mut self,
+        scratch: &mut TlsScratch,
+        end: usize,
+        plaintext: &mut Vec<u8>,
+        outgoing: &mut Vec<u8>,
+    ) -> Result<ReadOutcome, TlsError> {
         let mut outcome = ReadOutcome::default();
+        if self.peer_closed {
+            // Bytes behind close_notify are not TLS data any more.
+            return Ok(outcome);
+        }
+        let buf = &mut scratch.incoming[..end];
         let before = plaintext.len();
         let mut consumed = 0;
         let result = self.process(buf, &mut consumed, plaintext, outgoing, &mut outcome);
@@ -153,7 +185,6 @@ impl TlsConn {
 
         let left = &buf[consumed..];
         if self.peer_closed {
-            // Bytes behind close_notify are not TLS data any more.
             return Ok(outcome);
         }
         if self.established {
@@ -401,6 +432,46 @@ impl TlsConn {
         if let Ok(ConnectionState::EncodeTlsData(encode)) = state {
             // Best effort: the connection is closing either way.
             let _ = encode_into(encode, outgoing);
+        }
+    }
+}
+
+/// A read in progress into the worker's scratch ([`TlsConn::begin_read`]).
+pub struct TlsRead<'a> {
+    conn: &'a mut TlsConn,
+    scratch: &'a mut TlsScratch,
+    /// Where the new bytes start (after the carry).
+    start: usize,
+    room: usize,
+    finished: bool,
+}
+
+impl TlsRead<'_> {
+    /// Where the socket's bytes go.
+    pub fn buf(&mut self) -> &mut [u8] {
+        &mut self.scratch.incoming[self.start..self.start + self.room]
+    }
+
+    /// Processes the `n` bytes read into [`TlsRead::buf`]; as
+    /// [`TlsConn::read_tls`].
+    pub fn finish(
+        mut self,
+        n: usize,
+        plaintext: &mut Vec<u8>,
+        outgoing: &mut Vec<u8>,
+    ) -> Result<ReadOutcome, TlsError> {
+        self.finished = true;
+        let end = self.start + n.min(self.room);
+        self.conn
+            .process_scratch(self.scratch, end, plaintext, outgoing)
+    }
+}
+
+impl Drop for TlsRead<'_> {
+    fn drop(&mut self) {
+        // Unfinished: give the connection its carry back untouched.
+        if !self.finished && self.start > 0 {
+            self.conn.carry = self.scratch.incoming[..self.start].to_vec();
         }
     }
 }
