@@ -21,7 +21,7 @@ pub mod resolver;
 pub mod session;
 
 pub use certs::{load_certified_key, CertError};
-pub use config::{TlsContext, TlsSettings};
+pub use config::{TlsConfigError, TlsContext, TlsSettings};
 pub use error::{TlsCloseReason, TlsError};
 pub use resolver::ReloadableResolver;
 pub use session::{
