@@ -17,6 +17,7 @@
 //! - [`stats`]: the counters workers and the admin listener bump.
 //! - [`escape`]: client text made safe for log lines.
 //! - [`limits`]: the process's descriptor budget.
+//! - [`tls`]: native TLS (wss://) as a sans-IO layer under the session.
 
 // The server holds no `unsafe`: socket options and `MSG_NOSIGNAL` sends go
 // through socket2 and mio, which own the FFI.
@@ -37,6 +38,7 @@ pub mod server;
 pub mod stats;
 pub mod systemd;
 pub mod timer_wheel;
+pub mod tls;
 
 pub use config::Config;
 pub use node::{start, ServerHandle, StartError};
