@@ -700,6 +700,19 @@ impl Loaded {
             };
             out.push_str(&format!("{long} = {rendered}  # {source}\n"));
         }
+        // Per-topic history rules exist only in the file; written last, as
+        // TOML wants tables after the plain keys.
+        for rule in &self.config.history_topics {
+            out.push_str("\n[[history.topic]]  # file\n");
+            out.push_str(&format!(
+                "pattern = {}\n",
+                toml::Value::String(rule.pattern.clone())
+            ));
+            out.push_str(&format!("size = {}\n", rule.size));
+            if let Some(ttl) = rule.ttl {
+                out.push_str(&format!("ttl = \"{}ms\"\n", ttl.as_millis()));
+            }
+        }
         out
     }
 }

@@ -520,6 +520,15 @@ fn history_topic_rules_load_from_the_file_and_bad_ones_are_clear_errors() {
         (rules[1].pattern.as_str(), rules[1].size, rules[1].ttl),
         ("firehose", 0, None)
     );
+    // --print-config writes the rules, and its output loads back to the
+    // same rules.
+    let printed = loaded.effective_toml();
+    assert!(printed.contains("[[history.topic]]"), "{printed}");
+    let again = temp_file(&dir, "printed.toml", &printed);
+    let reloaded =
+        wsgate::config::Loaded::from_args(["wsgate", "--config", again.to_str().unwrap()])
+            .expect("printed config loads");
+    assert_eq!(&reloaded.config.history_topics, rules, "{printed}");
     for (text, want) in [
         ("[[history.topic]]\nsize = 1\n", "history.topic[0]': missing pattern"),
         ("[[history.topic]]\npattern = \"a\"\n", "missing size"),
