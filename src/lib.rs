@@ -28,6 +28,7 @@ pub mod protocol;
 pub mod pubsub;
 pub mod security;
 pub mod server;
+pub mod session;
 pub mod systemd;
 pub mod timer_wheel;
 

@@ -18,11 +18,12 @@ use crate::protocol::deflate::Replies;
 use crate::protocol::{MessageKind, OpCode};
 use crate::pubsub::history::Seq;
 use crate::pubsub::offload::OffloadError;
-use crate::pubsub::outbox::Outbox;
 use crate::pubsub::topics::LocalTopics;
 use crate::pubsub::{users, Hub, Notify, OutFrame, Ticket, WorkerMsg};
 use crate::security::{Grant, Security};
 use crate::server::WorkerStats;
+
+pub use crate::pubsub::fanout::{LocalBroadcast, PendingResult};
 
 /// Limits of the client protocol.
 #[derive(Debug, Clone, Copy)]
@@ -51,27 +52,6 @@ pub struct Allowances {
     /// Hash of the last token refused, so sending it again costs a hash,
     /// not a signature check.
     pub refused_token: u64,
-}
-
-/// A `broadcastResult` waiting for the other workers' counts.
-#[derive(Debug)]
-pub struct PendingResult {
-    pub conn: u32,
-    pub serial: u32,
-    pub payload: Box<[u8]>,
-    pub ticket: Arc<Ticket>,
-}
-
-/// A publish or broadcast whose local part the worker still has to deliver.
-#[derive(Debug)]
-pub struct LocalBroadcast {
-    pub frame: Arc<OutFrame>,
-    /// The topic of a publish (looked up again when delivered: the
-    /// subscribers are those at delivery time); None for a broadcast.
-    pub topic: Option<Arc<str>>,
-    pub ticket: Option<Arc<Ticket>>,
-    /// Only for this connection (a resume's replay), not a fan-out.
-    pub only: Option<u32>,
 }
 
 /// One worker's pub/sub state, borrowed by connections while they run
@@ -462,54 +442,6 @@ pub fn join_user(user: &str, conn: u32, conn_topics: &mut Vec<u32>, cx: &mut Pub
     if joined.first_local {
         cx.hub.topic_joined(&topic, cx.worker);
     }
-}
-
-/// Queues `frame` for every local subscriber of topic `id` (but those whose
-/// replay already held the message at `seq`); returns how many.
-pub fn deliver_to_topic(
-    topics: &mut LocalTopics,
-    outbox: &mut Outbox,
-    id: u32,
-    frame: Arc<OutFrame>,
-    seq: Option<Seq>,
-) -> u64 {
-    let Some(topic) = topics.get_mut(id) else {
-        return 0;
-    };
-    if topic.subscribers.is_empty() {
-        return 0;
-    }
-    let f = outbox.add_frame(frame);
-    match seq {
-        Some(seq) if !topic.fences.is_empty() => {
-            let subscribers = &topic.subscribers;
-            let mut fences = std::mem::take(&mut topic.fences);
-            fences.retain(|(_, fence)| fence.gen == seq.gen && fence.offset >= seq.offset);
-            let mut n = 0;
-            for &conn in subscribers {
-                if !fences.iter().any(|(c, _)| *c == conn) {
-                    outbox.push(conn as usize, f);
-                    n += 1;
-                }
-            }
-            topic.fences = fences;
-            n
-        }
-        _ => {
-            for &conn in &topic.subscribers {
-                outbox.push(conn as usize, f);
-            }
-            topic.subscribers.len() as u64
-        }
-    }
-}
-
-/// The `broadcastResult` frame for a finished broadcast.
-pub fn broadcast_result_frame(pending: &PendingResult) -> Arc<OutFrame> {
-    OutFrame::text(&commands::broadcast_result_text(
-        &pending.payload,
-        pending.ticket.delivered(),
-    ))
 }
 
 /// `{"type":"refresh","token":T}`: a fresh token extends the connection past

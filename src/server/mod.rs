@@ -12,7 +12,6 @@ mod no_sigpipe;
 mod panic_guard;
 mod stats;
 mod worker;
-mod write_queue;
 
 use std::io;
 use std::net::SocketAddr;
