@@ -30,6 +30,9 @@ mod heartbeat;
 mod output;
 pub mod write_queue;
 
+#[cfg(test)]
+mod sim;
+
 use std::net::IpAddr;
 
 use rustc_hash::FxHashMap;
