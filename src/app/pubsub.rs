@@ -4,9 +4,9 @@
 //! Owns the meaning of each command: replies go into the connection's output
 //! buffer, cross-worker deliveries into other workers' inboxes. Deliveries to
 //! this worker's own connections (publishes and broadcasts) are handed to the
-//! worker as a list, in order: it alone can walk all connections and write
-//! out its batch between two of them, which bounds the batch however many
-//! messages one read carried. No sockets here.
+//! worker's local fan-out ([`crate::pubsub::fanout`]) as a list, in order: it
+//! writes out its batch between two of them, which bounds the batch however
+//! many messages one read carried. No sockets here.
 
 use std::sync::Arc;
 

@@ -35,7 +35,7 @@ impl Ticket {
     }
 
     /// Adds one part's count. Returns true if this completed the ticket
-    /// (the caller then notifies; see [`super::Hub::complete`]).
+    /// (the caller then notifies; see [`super::Hub::part_done`]).
     pub fn part_done(&self, delivered: u64) -> bool {
         self.delivered.fetch_add(delivered, AcqRel);
         self.remaining.fetch_sub(1, AcqRel) == 1

@@ -219,13 +219,14 @@ impl Worker {
     pub(crate) fn run(mut self) -> bool {
         let mut drained = false;
         let mut events = Events::with_capacity(1024);
-        let mut now = Instant::now();
         loop {
             // Connections set aside last turn are read this turn, after that
             // turn's fan-out went out.
             let carried = std::mem::take(&mut self.read_again);
             let timeout = if carried.is_empty() {
-                self.poll_timeout(now)
+                // A fresh reading: this turn's work took time, and sleeping
+                // from a stale one would oversleep the next tick by as much.
+                self.poll_timeout(Instant::now())
             } else {
                 Some(std::time::Duration::ZERO)
             };
@@ -236,8 +237,8 @@ impl Worker {
                 tracing::error!(worker = self.id, error = %e, "poll failed; worker stops");
                 break;
             }
-            // The one clock reading of this turn.
-            now = Instant::now();
+            // The one clock reading of this turn's work.
+            let now = Instant::now();
             let t = self.clock.now(now);
             for ev in events.iter() {
                 match ev.token() {
