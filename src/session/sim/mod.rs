@@ -202,6 +202,13 @@ impl Sim {
     /// An upgraded echo connection; the client has read the 101.
     pub fn open(config: SessionConfig, window: usize) -> Sim {
         let mut sim = Sim::accepted(config, window);
+        sim.upgrade();
+        sim
+    }
+
+    /// The client sends its upgrade request and reads the 101.
+    pub fn upgrade(&mut self) {
+        let sim = self;
         sim.send_raw(
             b"GET /ws HTTP/1.1\r\nHost: sim\r\nUpgrade: websocket\r\n\
               Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
@@ -215,7 +222,6 @@ impl Sim {
         );
         sim.received.clear();
         assert!(sim.session.is_open());
-        sim
     }
 
     pub fn stats(&self) -> &WorkerStats {
@@ -378,6 +384,12 @@ impl Sim {
             &w.config,
         );
         self.flush();
+    }
+
+    /// The server starts draining: every close must be done within `ticks`.
+    pub fn begin_drain(&mut self, ticks: u32) {
+        self.world.config.drain_deadline = Some(self.now.tick + ticks);
+        self.session.on_drain(self.now, &self.world.config);
     }
 
     /// Moves the clock `ticks` ahead, one tick at a time, running deadlines

@@ -338,3 +338,46 @@ fn a_reply_to_the_upgrade_request_in_pieces_is_the_same() {
     assert!(sim.received.starts_with(b"HTTP/1.1 101"));
     assert!(sim.session.is_open());
 }
+
+#[test]
+fn a_connection_whose_token_runs_out_is_closed_with_1008() {
+    let cfg = config();
+    let ping = cfg.ping_ticks;
+    let mut sim = Sim::accepted(cfg, WIDE);
+    // A token valid for 3 more seconds (60 ticks), well before the first ping.
+    sim.session.auth = Some(Box::new(crate::security::Grant {
+        user: None,
+        exp: sim.now.unix + 3,
+        topics: crate::security::TopicPerms::Any,
+        broadcast: None,
+        users: crate::security::TopicPerms::Any,
+    }));
+    sim.upgrade();
+    assert!(sim.session.poll_timeout().unwrap() < sim.now.tick + ping);
+    sim.advance(55);
+    sim.read_all();
+    assert!(sim.received.is_empty(), "still valid");
+    sim.advance(10);
+    sim.read_all();
+    let frames = sim.frames();
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0].close_code(), Some(1008));
+    assert_eq!(&frames[0].payload[2..], b"token expired");
+    assert_eq!(sim.stats().token_expiries.get(), 1);
+}
+
+#[test]
+fn a_drain_bounds_every_close_by_its_own_end() {
+    let cfg = config();
+    assert!(cfg.close_ticks > 30);
+    let mut sim = Sim::open(cfg, WIDE);
+    sim.goodbye("drain");
+    sim.begin_drain(30);
+    sim.advance(29);
+    assert!(!sim.closed);
+    sim.advance(1);
+    assert!(
+        sim.closed,
+        "closed at the end of the drain, not the close timeout"
+    );
+}
