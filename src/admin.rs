@@ -30,7 +30,7 @@ mod routes;
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -65,15 +65,23 @@ const COUNT_POLL: Duration = Duration::from_millis(2);
 const LISTENER: Token = Token(usize::MAX);
 const WAKER: Token = Token(usize::MAX - 1);
 
-/// What the admin listener counts (exported with the other metrics).
-#[derive(Debug, Default)]
-pub struct AdminStats {
-    /// Admin connections closed to stay within [`MAX_CONNECTIONS`].
-    pub evicted: AtomicU64,
-    /// Admin requests that did not arrive within [`REQUEST_TIMEOUT`].
-    pub timeouts: AtomicU64,
-    /// Admin requests refused for a missing or wrong bearer token.
-    pub unauthorized: AtomicU64,
+/// Why the admin listener cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminStartError {
+    #[error("--admin-token-file {}: {source}", path.display())]
+    TokenFile {
+        path: std::path::PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("--admin-token-file {} is empty", path.display())]
+    EmptyToken { path: std::path::PathBuf },
+    #[error("admin listener {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
 }
 
 pub struct AdminServer {
@@ -125,27 +133,23 @@ impl AdminServer {
         config: Arc<Config>,
         metrics: MetricsSource,
         drain_requested: crossbeam_channel::Sender<()>,
-    ) -> io::Result<AdminServer> {
-        // SO_REUSEPORT like the public port, so a new process can start on
-        // the same admin address during a zero-downtime restart; the kernel
-        // spreads requests over both until the old one exits.
-        let named = |e: &dyn std::fmt::Display| {
-            io::Error::new(
-                io::ErrorKind::AddrInUse,
-                format!("admin listener {addr}: {e}"),
-            )
-        };
+    ) -> Result<AdminServer, AdminStartError> {
         let token = match &config.admin_token_file {
             Some(path) => Some(read_token(path)?),
             None => None,
         };
-        let std_listener = crate::server::listener::bind_reuseport(addr).map_err(|e| named(&e))?;
-        let addr = std_listener.local_addr()?;
+        let listen = |source| AdminStartError::Listen { addr, source };
+        // SO_REUSEPORT like the public port, so a new process can start on
+        // the same admin address during a zero-downtime restart; the kernel
+        // spreads requests over both until the old one exits.
+        let std_listener = crate::server::listener::bind_reuseport(addr).map_err(listen)?;
+        let addr = std_listener.local_addr().map_err(listen)?;
         let mut listener = TcpListener::from_std(std_listener);
-        let poll = Poll::new()?;
+        let poll = Poll::new().map_err(listen)?;
         poll.registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+            .register(&mut listener, LISTENER, Interest::READABLE)
+            .map_err(listen)?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER).map_err(listen)?);
         let draining = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
         let shared = Shared {
@@ -166,7 +170,8 @@ impl AdminServer {
         };
         let thread = std::thread::Builder::new()
             .name("wsgate-admin".into())
-            .spawn(move || admin.run())?;
+            .spawn(move || admin.run())
+            .map_err(listen)?;
         Ok(AdminServer {
             addr,
             draining,
@@ -205,19 +210,16 @@ impl Drop for AdminServer {
 }
 
 /// Reads the bearer token; an empty file is a mistake, not "no token".
-fn read_token(path: &std::path::Path) -> io::Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("--admin-token-file {}: {e}", path.display()),
-        )
+fn read_token(path: &std::path::Path) -> Result<String, AdminStartError> {
+    let text = std::fs::read_to_string(path).map_err(|source| AdminStartError::TokenFile {
+        path: path.to_path_buf(),
+        source,
     })?;
     let token = text.trim();
     if token.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("--admin-token-file {} is empty", path.display()),
-        ));
+        return Err(AdminStartError::EmptyToken {
+            path: path.to_path_buf(),
+        });
     }
     Ok(token.to_string())
 }

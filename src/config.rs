@@ -9,7 +9,7 @@
 //! for every entry, so a new `#[arg]` is covered without further edits.
 //!
 //! Owns parsing and validation of settings (including human-friendly
-//! durations). It must not start anything; `main` and [`crate::server`]
+//! durations). It must not start anything; `main` and [`crate::node`]
 //! read the resulting [`Config`].
 
 use std::collections::{HashMap, HashSet};
@@ -310,6 +310,11 @@ pub struct Config {
     #[arg(long, env = "WSGATE_HISTORY_MAX_BYTES", default_value_t = 256 << 20)]
     pub history_max_bytes: u64,
 
+    /// Per-topic-pattern history rules, from the file's `[[history.topic]]`
+    /// tables only (first match wins).
+    #[arg(skip)]
+    pub history_topics: Vec<crate::pubsub::history::TopicRule>,
+
     /// WebSocket upgrades one worker accepts per second, with bursts of
     /// twice that; past it new connections get a fast 503 with a jittered
     /// Retry-After (0 = no limit).
@@ -587,6 +592,7 @@ impl Loaded {
         unknown_env.sort();
         let first = cmd.clone().try_get_matches_from(&args)?;
         let mut from_file = HashSet::new();
+        let mut history_topics = Vec::new();
         if let Some(path) = first.get_one::<PathBuf>("config") {
             let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
                 path: path.clone(),
@@ -600,6 +606,10 @@ impl Loaded {
                         message: e.to_string().trim_end().to_string(),
                     })?;
             let mut seen: HashMap<String, String> = HashMap::new();
+            let mut table = table;
+            if let Some(h) = table.remove("history") {
+                history_topics = history_rules(path, &h)?;
+            }
             for (key, value) in table {
                 let flag_args = file_entry_to_args(&bare, path, &key, &value)?;
                 let id = key.replace('-', "_");
@@ -622,7 +632,8 @@ impl Loaded {
             }
         }
         let matches = cmd.try_get_matches_from(&args)?;
-        let config = Config::from_arg_matches(&matches)?;
+        let mut config = Config::from_arg_matches(&matches)?;
+        config.history_topics = history_topics;
         Ok(Loaded {
             config,
             matches,
@@ -763,6 +774,100 @@ fn file_entry_to_args(
         return Err(bad(first_line(&e)));
     }
     Ok(out)
+}
+
+/// The file's `[history]` table: `[[history.topic]]` entries, each with a
+/// `pattern` (an exact topic or a prefix ending in `*`), a `size` (messages
+/// kept; 0: none) and optionally a `ttl` duration. Unknown keys, a missing
+/// pattern or size, a `*` anywhere but at the end, and a pattern given
+/// twice are refused, naming the entry.
+pub fn history_rules(
+    path: &std::path::Path,
+    value: &toml::Value,
+) -> Result<Vec<crate::pubsub::history::TopicRule>, ConfigError> {
+    let bad = |key: String, message: String| ConfigError::BadValue {
+        path: path.to_path_buf(),
+        key,
+        message,
+    };
+    let toml::Value::Table(t) = value else {
+        return Err(bad(
+            "history".into(),
+            "expected a table ([[history.topic]] entries)".into(),
+        ));
+    };
+    let mut rules: Vec<crate::pubsub::history::TopicRule> = Vec::new();
+    for (k, v) in t {
+        if k != "topic" {
+            return Err(bad(
+                format!("history.{k}"),
+                "unknown key (the [history] table holds [[history.topic]] entries only)".into(),
+            ));
+        }
+        let toml::Value::Array(entries) = v else {
+            return Err(bad(
+                "history.topic".into(),
+                "expected [[history.topic]] entries".into(),
+            ));
+        };
+        for (i, e) in entries.iter().enumerate() {
+            let key = format!("history.topic[{i}]");
+            let toml::Value::Table(e) = e else {
+                return Err(bad(key, "expected a table".into()));
+            };
+            let (mut pattern, mut size, mut ttl) = (None, None, None);
+            for (k, v) in e {
+                match (k.as_str(), v) {
+                    ("pattern", toml::Value::String(p)) => pattern = Some(p.clone()),
+                    ("size", toml::Value::Integer(n)) => {
+                        size = Some(usize::try_from(*n).map_err(|_| {
+                            bad(format!("{key}.size"), format!("{n} is not a message count"))
+                        })?)
+                    }
+                    ("ttl", toml::Value::String(d)) => {
+                        ttl = Some(parse_duration(d).map_err(|m| bad(format!("{key}.ttl"), m))?)
+                    }
+                    ("pattern" | "ttl", other) => {
+                        return Err(bad(
+                            format!("{key}.{k}"),
+                            format!("expected a string, got {other}"),
+                        ))
+                    }
+                    ("size", other) => {
+                        return Err(bad(
+                            format!("{key}.size"),
+                            format!("expected a number, got {other}"),
+                        ))
+                    }
+                    _ => {
+                        return Err(bad(
+                            format!("{key}.{k}"),
+                            "unknown key (use pattern, size, ttl)".into(),
+                        ))
+                    }
+                }
+            }
+            let pattern = pattern.ok_or_else(|| bad(key.clone(), "missing pattern".into()))?;
+            let size = size.ok_or_else(|| bad(key.clone(), "missing size".into()))?;
+            let star = pattern.find('*');
+            if pattern.is_empty() || star.is_some_and(|i| i + 1 != pattern.len()) {
+                return Err(bad(
+                    format!("{key}.pattern"),
+                    format!(
+                        "{pattern:?}: use a topic name, or a prefix followed by one trailing *"
+                    ),
+                ));
+            }
+            if rules.iter().any(|r| r.pattern == pattern) {
+                return Err(bad(
+                    format!("{key}.pattern"),
+                    format!("{pattern:?} is given twice"),
+                ));
+            }
+            rules.push(crate::pubsub::history::TopicRule { pattern, size, ttl });
+        }
+    }
+    Ok(rules)
 }
 
 /// Worker count: at least 1 (0 used to become 1 silently).

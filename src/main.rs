@@ -89,7 +89,8 @@ fn main() -> ExitCode {
     let server = match wsgate::start(config.clone()) {
         Ok(s) => s,
         Err(e) => {
-            tracing::error!(listen = %config.listen, error = %e, "cannot start");
+            // Each `StartError` names the setting (or resource) to fix.
+            tracing::error!(listen = %config.listen, error = %e, "cannot start: {e}");
             return ExitCode::FAILURE;
         }
     };

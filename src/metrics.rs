@@ -3,7 +3,7 @@
 //!
 //! Owns metric names, help texts and labels. The hot path never touches this
 //! module: workers bump their own single-writer counters
-//! ([`crate::server::WorkerStats`]) and a scrape reads and aggregates them.
+//! ([`crate::stats::WorkerStats`]) and a scrape reads and aggregates them.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -15,10 +15,12 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::admin::AdminStats;
+use crate::cluster::history_stream::ClusterHistory;
+use crate::cluster::ClusterStats;
 use crate::protocol::message::ReassemblyBudget;
 use crate::pubsub::Hub;
-use crate::server::{Admission, StatsSnapshot, WorkerStats};
+use crate::server::Admission;
+use crate::stats::{AdminStats, StatsSnapshot, WorkerStats};
 
 /// Everything a scrape reads.
 #[derive(Clone)]
@@ -28,6 +30,10 @@ pub struct MetricsSource {
     pub admission: Arc<Admission>,
     pub reassembly: Arc<ReassemblyBudget>,
     pub admin: Arc<AdminStats>,
+    /// The cluster bridge's counters, when this node is part of a cluster.
+    pub cluster: Option<Arc<ClusterStats>>,
+    /// The cluster side of topic history, when the cluster holds it.
+    pub cluster_history: Option<Arc<ClusterHistory>>,
 }
 
 impl MetricsSource {
@@ -183,13 +189,13 @@ impl Collector for MetricsSource {
             ),
             (
                 "wsgate_messages_in",
-                "Messages and control frames received",
+                "Data messages received (text and binary; control frames are not counted)",
                 Counter,
                 |s| s.messages_in,
             ),
             (
                 "wsgate_messages_out",
-                "Messages written (replies and deliveries)",
+                "Messages written: replies (echo, pub/sub command answers) and fan-out deliveries",
                 Counter,
                 |s| s.messages_out,
             ),
@@ -446,9 +452,41 @@ impl Collector for MetricsSource {
                 Counter,
                 &[(Vec::new(), h.resumed.load(relaxed))],
             )?;
+            if let Some(c) = &self.cluster_history {
+                let st = &c.stats;
+                let cluster: [(&str, &str, u64); 5] = [
+                    (
+                        "wsgate_cluster_history_published",
+                        "Publishes to history topics numbered and stored in Redis",
+                        st.published.load(relaxed),
+                    ),
+                    (
+                        "wsgate_cluster_history_publish_dropped",
+                        "Publishes to history topics dropped (Redis unreachable or refused, or the queue full); not delivered anywhere",
+                        st.publish_dropped.load(relaxed),
+                    ),
+                    (
+                        "wsgate_cluster_history_resumes_refused",
+                        "Subscribes to history topics refused because the resume queue was full",
+                        st.resumes_refused.load(relaxed),
+                    ),
+                    (
+                        "wsgate_cluster_history_resumes_failed",
+                        "Subscribes to history topics answered without a position (Redis unreachable)",
+                        st.resumes_failed.load(relaxed),
+                    ),
+                    (
+                        "wsgate_cluster_history_markers",
+                        "Markers published to learn that this node's subscription to a topic is live",
+                        st.markers.load(relaxed),
+                    ),
+                ];
+                for (name, help, v) in cluster {
+                    family(&mut enc, name, help, Counter, &[(Vec::new(), v)])?;
+                }
+            }
         }
-        if let Some(c) = &self.hub.cluster {
-            let st = &c.stats;
+        if let Some(st) = &self.cluster {
             let up = |b: &std::sync::atomic::AtomicBool| u64::from(b.load(relaxed));
             family(
                 &mut enc,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sd_notify::NotifyState;
 
-use crate::server::ServerHandle;
+use crate::node::ServerHandle;
 
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(false, states) {

@@ -344,8 +344,16 @@ fn the_example_file_names_every_setting() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tuning/wsgate.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     // Keys set or shown commented out (`# workers = 16`).
+    // Flags are named before the first table (`[[history.topic]]` rules
+    // come after them, with keys of their own).
     let named: BTreeSet<String> = text
         .lines()
+        .take_while(|l| {
+            !l.trim_start()
+                .trim_start_matches('#')
+                .trim_start()
+                .starts_with('[')
+        })
         .filter_map(|l| {
             let l = l.trim_start().trim_start_matches('#').trim_start();
             let (key, _) = l.split_once(" = ").or_else(|| l.split_once('='))?;
@@ -489,5 +497,135 @@ fn a_variable_that_names_no_setting_is_reported() {
     assert!(
         warn.contains("WARN") && warn.contains("names no setting"),
         "{warn}"
+    );
+}
+
+#[test]
+fn history_topic_rules_load_from_the_file_and_bad_ones_are_clear_errors() {
+    let dir = temp_dir("config");
+    let file = temp_file(
+        &dir,
+        "rules.toml",
+        "history-size = 10\n[[history.topic]]\npattern = \"chat.*\"\nsize = 100\nttl = \"5m\"\n\n[[history.topic]]\npattern = \"firehose\"\nsize = 0\n",
+    );
+    let loaded = wsgate::config::Loaded::from_args(["wsgate", "--config", file.to_str().unwrap()])
+        .expect("rules load");
+    let rules = &loaded.config.history_topics;
+    assert_eq!(rules.len(), 2);
+    assert_eq!(
+        (rules[0].pattern.as_str(), rules[0].size, rules[0].ttl),
+        ("chat.*", 100, Some(std::time::Duration::from_secs(300)))
+    );
+    assert_eq!(
+        (rules[1].pattern.as_str(), rules[1].size, rules[1].ttl),
+        ("firehose", 0, None)
+    );
+    for (text, want) in [
+        ("[[history.topic]]\nsize = 1\n", "history.topic[0]': missing pattern"),
+        ("[[history.topic]]\npattern = \"a\"\n", "missing size"),
+        ("[[history.topic]]\npattern = \"a*b\"\nsize = 1\n", "trailing *"),
+        ("[[history.topic]]\npattern = \"a\"\nsize = -1\n", "not a message count"),
+        ("[[history.topic]]\npattern = \"a\"\nsize = 1\nttl = \"soon\"\n", "history.topic[0].ttl"),
+        ("[[history.topic]]\npattern = \"a\"\nsize = 1\nlimit = 2\n", "use pattern, size, ttl"),
+        ("[history]\nsize = 1\n", "'history.size': unknown key"),
+        (
+            "[[history.topic]]\npattern = \"a\"\nsize = 1\n[[history.topic]]\npattern = \"a\"\nsize = 2\n",
+            "given twice",
+        ),
+    ] {
+        let file = temp_file(&dir, "bad.toml", text);
+        let out = wsgate(&["--config", file.to_str().unwrap()], &[]);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let err = stderr(&out);
+        assert!(err.contains(want), "{text}: {err}");
+        assert!(err.contains("bad.toml"), "{err}");
+    }
+}
+
+/// Start-up errors are typed and name the setting to fix; the binary
+/// prints them and exits 1.
+#[test]
+fn start_errors_are_typed_and_name_the_setting() {
+    use wsgate::StartError;
+    let start = |tweak: &dyn Fn(&mut wsgate::Config)| {
+        let mut cfg = wsgate::Config::for_tests();
+        cfg.workers = Some(1);
+        cfg.admin_listen = None;
+        tweak(&mut cfg);
+        match wsgate::start(cfg) {
+            Ok(_) => panic!("started"),
+            Err(e) => e,
+        }
+    };
+    let e = start(&|c| c.workers = Some(100_000));
+    assert!(
+        matches!(e, StartError::TooManyWorkers { given: 100_000, .. }),
+        "{e:?}"
+    );
+    assert!(
+        e.to_string()
+            .starts_with("--workers 100000 is over the maximum"),
+        "{e}"
+    );
+
+    let e = start(&|c| {
+        c.jwt_secret = Some("s".into());
+        c.jwt_secret_file = Some("/x".into());
+    });
+    assert!(matches!(e, StartError::JwtSettingsConflict), "{e:?}");
+
+    let e = start(&|c| c.jwt_secret_file = Some("/nonexistent/wsgate-secret".into()));
+    assert!(matches!(e, StartError::JwtSecretFile { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .contains("--jwt-secret-file /nonexistent/wsgate-secret"),
+        "{e}"
+    );
+
+    let e = start(&|c| c.jwt_public_key_file = Some("/nonexistent/key.pem".into()));
+    assert!(e.to_string().starts_with("--jwt-public-key-file: "), "{e}");
+
+    let e = start(&|c| c.redis_cluster = Some("http://x".into()));
+    assert!(matches!(e, StartError::RedisClusterSeeds(_)), "{e:?}");
+    assert!(e.to_string().starts_with("--redis-cluster: "), "{e}");
+
+    let e = start(&|c| c.redis = Some("not a url".into()));
+    assert!(matches!(e, StartError::RedisUrl { .. }), "{e:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let empty = temp_file(&dir, "token", "  \n");
+    let e = start(&|c| {
+        c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        c.admin_token_file = Some(empty.clone());
+    });
+    assert!(matches!(e, StartError::Admin(_)), "{e:?}");
+    assert!(e.to_string().contains("is empty"), "{e}");
+
+    // The port is taken (by a listener without SO_REUSEPORT).
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let e = start(&|c| c.listen = addr);
+    assert!(matches!(e, StartError::Listen { .. }), "{e:?}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("cannot listen on {addr}: ")),
+        "{e}"
+    );
+
+    let out = wsgate(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--jwt-secret-file",
+            "/nonexistent/wsgate-secret",
+        ],
+        &[],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("cannot start"), "{err}");
+    assert!(
+        err.contains("--jwt-secret-file /nonexistent/wsgate-secret"),
+        "{err}"
     );
 }

@@ -526,3 +526,69 @@ fn history_ttl_drops_old_messages_from_the_replay() {
     assert_eq!(v["recovered"], true, "{v}");
     assert_eq!(next_message(&mut resumer, "ttl").0, 3);
 }
+
+#[test]
+fn history_topic_rules_bound_matching_topics_over_sockets() {
+    use wsgate::pubsub::history::TopicRule;
+    let server = history_server(|c| {
+        c.history_size = 100;
+        c.history_topics = vec![
+            TopicRule {
+                pattern: "chat.*".into(),
+                size: 2,
+                ttl: None,
+            },
+            TopicRule {
+                pattern: "quiet".into(),
+                size: 0,
+                ttl: None,
+            },
+        ];
+    });
+    let addr = server.local_addr();
+    let mut watcher = connect(addr);
+    let epochs: Vec<String> = ["chat.a", "other"]
+        .iter()
+        .map(|t| {
+            subscribe_since(&mut watcher, t, None)["epoch"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    let mut p = connect(addr);
+    for t in ["chat.a", "other"] {
+        for i in 1..=5 {
+            publish(&mut p, t, &format!(r#"{{"n":{i}}}"#));
+        }
+    }
+    for _ in 0..10 {
+        next_any(&mut watcher);
+    }
+    // chat.* keeps 2: offsets 4 and 5.
+    let mut c = connect(addr);
+    let v = subscribe_since(&mut c, "chat.a", Some((2, &epochs[0])));
+    assert_eq!(v["recovered"], false, "{v}");
+    let v = subscribe_since(&mut connect(addr), "chat.a", Some((3, &epochs[0])));
+    assert_eq!(v["recovered"], true, "{v}");
+    // Other topics keep the default.
+    let mut o = connect(addr);
+    let v = subscribe_since(&mut o, "other", Some((2, &epochs[1])));
+    assert_eq!(v["recovered"], true, "{v}");
+    for i in 3..=5 {
+        assert_eq!(next_message(&mut o, "other").0, i);
+    }
+    // A size-0 rule: no history, no positions.
+    let mut q = connect(addr);
+    let v = subscribe_since(&mut q, "quiet", None);
+    assert!(v.get("epoch").is_none(), "{v}");
+    publish(&mut p, "quiet", r#"{"n":1}"#);
+    let v = recv(&mut q);
+    assert!(v.get("offset").is_none(), "{v}");
+}
+
+fn next_any(ws: &mut Ws) -> Value {
+    let v = recv(ws);
+    assert_eq!(v["type"], "message", "{v}");
+    v
+}

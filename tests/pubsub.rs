@@ -354,3 +354,21 @@ fn slow_consumer_is_disconnected_and_memory_stays_bounded() {
         "server RSS grew by {growth_mib} MiB while 50 MiB went to a stalled subscriber"
     );
 }
+
+/// `wsgate_messages_out` counts pub/sub command replies as its help text
+/// says, not only echo replies and deliveries.
+#[test]
+fn command_replies_count_as_messages_out() {
+    let server = start(1, |_| {});
+    let mut c = connect(server.local_addr());
+    for _ in 0..5 {
+        send(&mut c, r#"{"type":"ping"}"#);
+        assert_eq!(recv(&mut c)["type"], "pong");
+    }
+    subscribe(&mut c, "t");
+    send(&mut c, r#"{"type":"nonsense"}"#);
+    assert_eq!(recv(&mut c)["type"], "error");
+    let t = server.total_stats();
+    // 5 pongs, 1 subscribed, 1 error; nothing was published.
+    assert_eq!((t.messages_out, t.deliveries), (7, 0), "{t:?}");
+}

@@ -255,16 +255,25 @@ pub fn render(doc: &Results, stem: &str, dir: &Path) -> Result<Vec<PathBuf>, Str
     register_font();
     let title = title(stem, doc);
     let mut written = Vec::new();
+    // A restart's series is its clients connected through the disruption.
+    let ramp_title = match doc {
+        Results::Restart(_) => format!("{title}: connected clients"),
+        _ => format!("{title}: ramp"),
+    };
     match ramp(doc) {
         Some(r) => {
             let svg = chart_path(dir, stem, "ramp", "svg");
-            draw_ramp(&SVGBackend::new(&svg, SIZE).into_drawing_area(), &r, &title)?;
+            draw_ramp(
+                &SVGBackend::new(&svg, SIZE).into_drawing_area(),
+                &r,
+                &ramp_title,
+            )?;
             written.push(svg);
             let png = chart_path(dir, stem, "ramp", "png");
             draw_ramp(
                 &BitMapBackend::new(&png, SIZE).into_drawing_area(),
                 &r,
-                &title,
+                &ramp_title,
             )?;
             written.push(png);
         }
@@ -322,7 +331,7 @@ fn draw_ramp<DB: DrawingBackend>(
     let rss_max = r.rss_max();
     root.fill(&WHITE).map_err(err)?;
     let mut chart = ChartBuilder::on(root)
-        .caption(format!("{title}: ramp"), (FONT, 22))
+        .caption(title, (FONT, 22))
         .margin(14)
         .x_label_area_size(45)
         .y_label_area_size(70)

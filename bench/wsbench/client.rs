@@ -251,8 +251,14 @@ impl Engine {
         out.push(Ev::Failed { reason });
     }
 
-    /// Starts one connection (non-blocking). Failures show up as events.
-    pub fn connect(&mut self, out: &mut Vec<Ev>) {
+    fn fail_connect(&mut self, reason: &'static str, out: &mut Vec<Ev>) -> Option<usize> {
+        self.fail(reason, out);
+        None
+    }
+
+    /// Starts one connection (non-blocking) and returns its key. Failures
+    /// show up as events (and `None`).
+    pub fn connect(&mut self, out: &mut Vec<Ev>) -> Option<usize> {
         let addr = self.target.addr;
         let socket = match socket2::Socket::new(
             socket2::Domain::for_address(addr),
@@ -260,7 +266,7 @@ impl Engine {
             None,
         ) {
             Ok(s) => s,
-            Err(e) => return self.fail(io_reason(&e), out),
+            Err(e) => return self.fail_connect(io_reason(&e), out),
         };
         if !self.src_ips.is_empty() {
             let ip = self.src_ips[self.next_src % self.src_ips.len()];
@@ -273,7 +279,7 @@ impl Engine {
             let _ = socket.set_reuse_address(true);
             set_bind_address_no_port(&socket);
             if let Err(e) = socket.bind(&SocketAddr::new(ip, 0).into()) {
-                return self.fail(io_reason(&e), out);
+                return self.fail_connect(io_reason(&e), out);
             }
         }
         let _ = socket.set_nonblocking(true);
@@ -281,7 +287,7 @@ impl Engine {
         match socket.connect(&addr.into()) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
-            Err(e) => return self.fail(io_reason(&e), out),
+            Err(e) => return self.fail_connect(io_reason(&e), out),
         }
         let mut stream = TcpStream::from_std(socket.into());
         let entry = self.conns.vacant_entry();
@@ -291,7 +297,7 @@ impl Engine {
             Token(key),
             Interest::READABLE | Interest::WRITABLE,
         ) {
-            return self.fail(io_reason(&e), out);
+            return self.fail_connect(io_reason(&e), out);
         }
         entry.insert(Conn {
             stream,
@@ -302,6 +308,7 @@ impl Engine {
             started: Instant::now(),
         });
         self.connecting += 1;
+        Some(key)
     }
 
     fn ws_key(seed: u32) -> String {

@@ -5,18 +5,26 @@
 //! client reconnects after a random delay and resumes with `since`; from the
 //! offsets it sees, each client counts messages lost, duplicated and out of
 //! order, and the time from losing its connection to being subscribed again.
+//! Beside them, probe clients that were never disconnected open a fresh
+//! connection at a steady rate (`--probe-rate`), so the run shows what the
+//! reconnection storm costs a newcomer's handshake; and the number of
+//! clients connected is sampled every 100 ms for a chart.
 //!
 //! Owns the client-side bookkeeping of that run only; sockets are the
 //! engine's ([`crate::client`]).
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 
 use crate::client::{Engine, Epoch, Ev, MsgKind, Pos};
-use crate::results::{failures, new_histogram, per, Failures, Latency, Results};
+use crate::procfs;
+use crate::results::{failures, new_histogram, per, Failures, Latency, Results, Sample};
 use crate::Common;
 
 #[derive(Args, Debug)]
@@ -46,6 +54,11 @@ pub struct RestartArgs {
     /// Clients reconnect after a random delay up to this many ms.
     #[arg(long, default_value_t = 1000)]
     pub reconnect_jitter_ms: u64,
+    /// Handshakes per second of probe clients that were never disconnected
+    /// (each opens a connection and closes it once upgraded), from the start
+    /// of publishing to the end (0 = none).
+    #[arg(long, default_value_t = 20.0)]
+    pub probe_rate: f64,
 }
 
 /// `restart`: what resuming clients saw across the disruption.
@@ -73,6 +86,18 @@ pub struct Restart {
     pub reconnection: Latency,
     /// Handshake latency of every (re)connection.
     pub handshake_latency: Latency,
+    /// Probe handshakes (clients the disruption did not touch) outside the
+    /// storm: before the disruption and after every client is back.
+    #[serde(default)]
+    pub unaffected_handshake_calm: Latency,
+    /// Probe handshakes started between the disruption and the moment every
+    /// client was subscribed again.
+    #[serde(default)]
+    pub unaffected_handshake_storm: Latency,
+    /// Clients connected and subscribed, every 100 ms from the first
+    /// connect (`open`), with the server's RSS when `--server-pid` is given.
+    #[serde(default)]
+    pub timeseries: Vec<Sample>,
     pub publishes_per_sec: Option<f64>,
 }
 
@@ -87,11 +112,82 @@ struct Client {
 }
 
 const PUBLISHER: usize = usize::MAX;
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+
+// The probe thread's phase, set by the main loop: before publishing, calm,
+// inside the storm (disruption until every client is back), done.
+const PROBE_WAIT: u8 = 0;
+const PROBE_CALM: u8 = 1;
+const PROBE_STORM: u8 = 2;
+const PROBE_STOP: u8 = 3;
+
+/// Opens `rate` connections a second while the phase is calm or storm, each
+/// closed once upgraded; returns the handshake latencies of those started
+/// calm and those started in the storm.
+fn probe(
+    mut engine: Engine,
+    rate: f64,
+    phase: &AtomicU8,
+) -> Result<(Histogram<u64>, Histogram<u64>), String> {
+    let (mut calm, mut storm) = (new_histogram(), new_histogram());
+    let mut started_in_storm: HashMap<usize, bool> = HashMap::new();
+    let mut events = Vec::new();
+    let mut next = Instant::now();
+    let every = (rate > 0.0).then(|| Duration::from_secs_f64(1.0 / rate));
+    loop {
+        let p = phase.load(Ordering::Relaxed);
+        if p == PROBE_STOP {
+            break;
+        }
+        let now = Instant::now();
+        if let Some(every) = every.filter(|_| p != PROBE_WAIT && now >= next) {
+            next = now + every;
+            if let Some(key) = engine.connect(&mut events) {
+                started_in_storm.insert(key, p == PROBE_STORM);
+            }
+        }
+        engine
+            .poll(Duration::from_millis(2), &mut events)
+            .map_err(|e| e.to_string())?;
+        for ev in events.drain(..) {
+            if let Ev::Opened { key, handshake } = ev {
+                let h = match started_in_storm.remove(&key) {
+                    Some(true) => &mut storm,
+                    _ => &mut calm,
+                };
+                let _ = h.record(handshake.as_micros() as u64);
+                engine.drop_conn(key);
+            }
+        }
+    }
+    engine.close_all();
+    Ok((calm, storm))
+}
 
 pub fn restart(a: RestartArgs) -> Result<(), String> {
     let mut engine =
         Engine::new(a.common.target()?, a.common.src_ips()?).map_err(|e| e.to_string())?;
     engine.positions = true;
+    // Probes run on a thread and engine of their own, so a probe's handshake
+    // is never confused with a reconnecting client's and is not timed by
+    // this loop's work.
+    let probe_phase = Arc::new(AtomicU8::new(PROBE_WAIT));
+    let probes = {
+        let engine =
+            Engine::new(a.common.target()?, a.common.src_ips()?).map_err(|e| e.to_string())?;
+        let phase = Arc::clone(&probe_phase);
+        let rate = a.probe_rate;
+        std::thread::spawn(move || probe(engine, rate, &phase))
+    };
+    let mut storm = false;
+    let began = Instant::now();
+    let mut timeseries = vec![Sample {
+        t: 0.0,
+        open: 0,
+        server_rss: procfs::rss(&a.common.server_pids),
+    }];
+    let mut next_sample = began + SAMPLE_EVERY;
+    let mut connected = 0u64;
     let hard_deadline = Instant::now() + Duration::from_secs(a.common.timeout);
     let n = a.connections as usize;
     let mut clients: Vec<Client> = (0..n)
@@ -164,6 +260,7 @@ pub fn restart(a: RestartArgs) -> Result<(), String> {
             }
             if !disrupted && elapsed >= a.at {
                 disrupted = true;
+                storm = true;
                 match &a.restart_cmd {
                     Some(cmd) => {
                         eprintln!("restart: running {cmd:?}");
@@ -176,6 +273,9 @@ pub fn restart(a: RestartArgs) -> Result<(), String> {
                         eprintln!("restart: dropping every client connection");
                         for (i, c) in clients.iter_mut().enumerate() {
                             if let Some(k) = c.key.take() {
+                                if c.down_since.is_none() {
+                                    connected = connected.saturating_sub(1);
+                                }
                                 engine.drop_conn(k);
                                 by_key.remove(&k);
                                 c.down_since = Some(now);
@@ -190,6 +290,17 @@ pub fn restart(a: RestartArgs) -> Result<(), String> {
             let all_back = clients
                 .iter()
                 .all(|c| c.key.is_some() && c.down_since.is_none());
+            if storm && all_back {
+                storm = false;
+            }
+            probe_phase.store(
+                match (publishing, storm) {
+                    (false, _) => PROBE_STOP,
+                    (true, true) => PROBE_STORM,
+                    (true, false) => PROBE_CALM,
+                },
+                Ordering::Relaxed,
+            );
             if !publishing && all_back && now.duration_since(quiet_since) > Duration::from_secs(1) {
                 break;
             }
@@ -205,9 +316,18 @@ pub fn restart(a: RestartArgs) -> Result<(), String> {
                 i += 1;
             }
         }
+        if now >= next_sample {
+            next_sample = now + SAMPLE_EVERY;
+            timeseries.push(Sample {
+                t: now.duration_since(began).as_secs_f64(),
+                open: connected,
+                server_rss: procfs::rss(&a.common.server_pids),
+            });
+        }
         engine
             .poll(Duration::from_millis(5), &mut events)
             .map_err(|e| e.to_string())?;
+
         for ev in events.drain(..) {
             match ev {
                 Ev::Opened { key, handshake } => {
@@ -248,6 +368,9 @@ pub fn restart(a: RestartArgs) -> Result<(), String> {
                     }
                     Some(id) => {
                         let c = &mut clients[id];
+                        if c.down_since.is_none() && c.epoch.is_some() {
+                            connected = connected.saturating_sub(1);
+                        }
                         c.key = None;
                         c.down_since.get_or_insert(now);
                         due.push((now + jitter(a.reconnect_jitter_ms), id));
@@ -276,6 +399,9 @@ pub fn restart(a: RestartArgs) -> Result<(), String> {
                         MsgKind::Subscribed => {
                             if c.epoch.is_none() {
                                 subscribed += 1;
+                                connected += 1;
+                            } else if c.down_since.is_some() {
+                                connected += 1;
                             }
                             match recovered {
                                 Some(true) => resumed += 1,
@@ -335,6 +461,13 @@ pub fn restart(a: RestartArgs) -> Result<(), String> {
     }
     let window = start.map_or(0.0, |s| s.elapsed().as_secs_f64());
     engine.close_all();
+    probe_phase.store(PROBE_STOP, Ordering::Relaxed);
+    let (probe_calm, probe_storm) = probes.join().map_err(|_| "the probe thread panicked")??;
+    timeseries.push(Sample {
+        t: began.elapsed().as_secs_f64(),
+        open: connected,
+        server_rss: procfs::rss(&a.common.server_pids),
+    });
     let result = Results::Restart(Restart {
         clients: a.connections,
         topics: a.topics,
@@ -350,6 +483,9 @@ pub fn restart(a: RestartArgs) -> Result<(), String> {
         failures: failures(&engine.failures),
         reconnection: Latency::of(&reconnect),
         handshake_latency: Latency::of(&handshakes),
+        unaffected_handshake_calm: Latency::of(&probe_calm),
+        unaffected_handshake_storm: Latency::of(&probe_storm),
+        timeseries,
         publishes_per_sec: per(published as f64, window.min(a.duration as f64)),
     });
     crate::scenarios::finish("wsbench restart", &a.common, result)

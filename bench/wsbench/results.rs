@@ -64,6 +64,14 @@ impl Results {
             Results::Restart(r) => vec![
                 ("reconnection", Some(&r.reconnection)),
                 ("handshake_latency", Some(&r.handshake_latency)),
+                (
+                    "unaffected_handshake_calm",
+                    Some(&r.unaffected_handshake_calm),
+                ),
+                (
+                    "unaffected_handshake_storm",
+                    Some(&r.unaffected_handshake_storm),
+                ),
             ],
         };
         all.into_iter()
@@ -73,13 +81,15 @@ impl Results {
     }
 
     /// The ramp's samples and the server's RSS before it, if the run
-    /// recorded a ramp.
+    /// recorded a ramp (for `restart`: connected clients through the
+    /// disruption).
     pub fn ramp(&self) -> Option<(&[Sample], Option<u64>)> {
         match self {
             Results::Connect(c) => Some((
                 &c.timeseries,
                 c.server.as_ref().map(|s| s.server_rss_before),
             )),
+            Results::Restart(r) => Some((&r.timeseries, None)),
             _ => None,
         }
     }

@@ -15,7 +15,9 @@ use subtle::ConstantTimeEq;
 use super::http::{Head, Response};
 use super::Shared;
 use crate::metrics;
-use crate::pubsub::{users, Notify, Ticket};
+use crate::pubsub::presence as pubsub_presence;
+use crate::pubsub::publish::{self, Origin, Publish};
+use crate::pubsub::{users, Hub, Notify, Ticket};
 
 /// What a request turned into.
 pub enum Outcome {
@@ -126,17 +128,23 @@ fn json_payload(body: &[u8]) -> Result<&[u8], Response> {
     Ok(raw.get().as_bytes())
 }
 
-/// Hands the publish to every worker that needs it (see
-/// [`crate::pubsub::Hub::deliver_external`]). Never waits for room (one
-/// thread serves every admin request): a worker whose inbox is full drops
-/// the delivery, counts it (`wsgate_inbox_full_drops_total`) and reports 0
-/// for its part. The workers' counts arrive on the returned receiver.
+/// Hands the publish to every worker that needs it and to the other nodes
+/// (see [`publish::publish`]; it never waits for room in an inbox). The
+/// workers' counts arrive on the returned receiver.
 fn publish(shared: &Shared, topic: Option<&str>, payload: &[u8]) -> Outcome {
-    let hub = &shared.hub;
-    hub.published(topic, payload);
     let (tx, rx) = crossbeam_channel::bounded(1);
     let ticket = |parts| Some(Arc::new(Ticket::new(parts, Notify::Channel(tx))));
-    if hub.deliver_external(topic, payload, ticket, None) == 0 {
+    let msg = Publish {
+        topic,
+        payload,
+        origin: Origin::Admin,
+    };
+    let done = publish::publish(&shared.hub, msg, ticket);
+    if done.queued {
+        // A history topic held by the cluster: delivered when it comes back
+        // from Redis, with its position.
+        Outcome::Now(Response::json(202, r#"{"queued":true}"#))
+    } else if done.parts == 0 {
         Outcome::Now(Response::json(200, r#"{"delivered":0}"#))
     } else {
         Outcome::Counting(rx)
@@ -152,12 +160,36 @@ fn presence(shared: &Shared, query: &str) -> Outcome {
     let query = query.to_string();
     let max = shared.config.max_topic_bytes;
     let queued = shared.hub.offload.try_run(move || {
-        let (status, body) = crate::cluster::presence::http_answer(&hub, &query, max);
+        let (status, body) = presence_answer(&hub, &query, max);
         let _ = tx.send(Response::json(status, body));
     });
     match queued {
         Ok(()) => Outcome::Answering(rx),
         Err(e) => Outcome::Now(Response::error(503, &format!("cannot answer now: {e}"))),
+    }
+}
+
+/// `GET /presence?topic=T[&users=1]` for the admin API: status and JSON body.
+fn presence_answer(hub: &Hub, query: &str, max_topic_bytes: usize) -> (u16, String) {
+    let mut topic = None;
+    let mut users = false;
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "topic" => topic = Some(v.into_owned()),
+            "users" => users = v == "1" || v == "true",
+            _ => {}
+        }
+    }
+    let err = |status: u16, m: &str| (status, serde_json::json!({ "error": m }).to_string());
+    let Some(topic) = topic else {
+        return err(400, "missing query parameter 'topic'");
+    };
+    if topic.is_empty() || topic.len() > max_topic_bytes {
+        return err(400, &format!("topic must be 1 to {max_topic_bytes} bytes"));
+    }
+    match pubsub_presence::answer(hub, &topic, users) {
+        Ok(body) => (200, body.to_string()),
+        Err(e) => err(503, &e.to_string()),
     }
 }
 

@@ -245,35 +245,11 @@ fn payload(p: Option<&RawValue>) -> Result<&[u8], CommandError> {
         .ok_or(CommandError::MissingField("payload"))
 }
 
-fn json_string(out: &mut Vec<u8>, s: &str) {
-    // Serialising a &str into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
-}
-
-/// `{"type":"message","topic":T,"payload":P}`
-pub fn message_text(topic: &str, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(40 + topic.len() + payload.len());
-    out.extend_from_slice(br#"{"type":"message","topic":"#);
-    json_string(&mut out, topic);
-    out.extend_from_slice(br#","payload":"#);
-    out.extend_from_slice(payload);
-    out.push(b'}');
-    out
-}
-
-/// `{"type":"message","topic":T,"payload":P,"offset":O,"epoch":"E"}`: a
-/// message of a topic with history.
-pub fn message_text_at(topic: &str, payload: &[u8], offset: u64, epoch: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(80 + topic.len() + payload.len() + epoch.len());
-    out.extend_from_slice(br#"{"type":"message","topic":"#);
-    json_string(&mut out, topic);
-    out.extend_from_slice(br#","payload":"#);
-    out.extend_from_slice(payload);
-    let _ = write!(out, r#","offset":{offset},"epoch":"#);
-    json_string(&mut out, epoch);
-    out.push(b'}');
-    out
-}
+use crate::pubsub::text::json_string;
+// The texts deliveries carry are pub/sub's; replies quote them.
+pub use crate::pubsub::text::{
+    broadcast_result_text, broadcast_text, message_text, message_text_at,
+};
 
 /// `{"type":"subscribed","topic":T,"recovered":R,"epoch":"E","offset":L}`
 /// for a topic with history (`recovered` only when the client resumed).
@@ -297,24 +273,6 @@ pub fn subscribed_unrecovered_text(topic: &str) -> Vec<u8> {
     out.extend_from_slice(br#"{"type":"subscribed","topic":"#);
     json_string(&mut out, topic);
     out.extend_from_slice(br#","recovered":false}"#);
-    out
-}
-
-/// `{"type":"broadcast","payload":P}`
-pub fn broadcast_text(payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32 + payload.len());
-    out.extend_from_slice(br#"{"type":"broadcast","payload":"#);
-    out.extend_from_slice(payload);
-    out.push(b'}');
-    out
-}
-
-/// `{"type":"broadcastResult","payload":P,"listenCount":N}`
-pub fn broadcast_result_text(payload: &[u8], listen_count: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + payload.len());
-    out.extend_from_slice(br#"{"type":"broadcastResult","payload":"#);
-    out.extend_from_slice(payload);
-    let _ = write!(out, r#","listenCount":{listen_count}}}"#);
     out
 }
 

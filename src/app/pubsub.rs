@@ -18,12 +18,14 @@ use crate::protocol::deflate::Replies;
 use crate::protocol::{MessageKind, OpCode};
 use crate::pubsub::history::Seq;
 use crate::pubsub::offload::OffloadError;
+use crate::pubsub::publish::{self as pubsub, Origin, Publish};
 use crate::pubsub::topics::LocalTopics;
+use crate::pubsub::uplink::HistoryHolder;
 use crate::pubsub::{users, Hub, Notify, OutFrame, Ticket, WorkerMsg};
 use crate::security::{Grant, Security};
-use crate::server::WorkerStats;
+use crate::stats::WorkerStats;
 
-pub use crate::pubsub::fanout::{LocalBroadcast, PendingResult};
+pub use crate::pubsub::fanout::{finish_resume, LocalBroadcast, PendingResult};
 
 /// Limits of the client protocol.
 #[derive(Debug, Clone, Copy)]
@@ -127,9 +129,21 @@ fn reply(out: &mut Replies<'_>, text: &[u8]) {
     out.message(OpCode::Text, text);
 }
 
-/// Runs one message from a client. Returns the number of messages written
-/// directly to `out`.
+/// Runs one message from a client; its replies go to `out` (counted in
+/// `messages_out`), its deliveries to the hub.
 pub fn on_message(
+    kind: MessageKind,
+    text: &[u8],
+    caller: &mut Caller<'_>,
+    cx: &mut PubSubCx<'_>,
+    out: &mut Replies<'_>,
+) {
+    let before = out.messages();
+    run(kind, text, caller, cx, out);
+    cx.stats.messages_out.add(out.messages() - before);
+}
+
+fn run(
     kind: MessageKind,
     text: &[u8],
     caller: &mut Caller<'_>,
@@ -178,7 +192,10 @@ pub fn on_message(
             // Idempotent: leaving a topic you are not in still confirms.
             reply(out, &commands::subscription_text(false, &topic));
         }
-        Command::Publish { topic, payload } => publish(&topic, payload, cx),
+        Command::Publish { topic, payload } => {
+            let (hub, worker) = (cx.hub, cx.worker);
+            publish(Some(&topic), payload, hub, worker, cx.broadcasts, |_| None);
+        }
         Command::PublishUser { user, .. }
             if !caller.auth.as_ref().is_some_and(|g| g.users.allows(&user)) =>
         {
@@ -186,7 +203,15 @@ pub fn on_message(
             reply(out, &commands::error_text(&e));
         }
         Command::PublishUser { user, payload } => {
-            publish(&users::user_topic(&user), payload, cx);
+            let topic = users::user_topic(&user);
+            publish(
+                Some(&topic),
+                payload,
+                cx.hub,
+                cx.worker,
+                cx.broadcasts,
+                |_| None,
+            );
         }
         Command::Broadcast { .. } if !caller.may_broadcast(cx.limits.client_broadcast) => {
             cx.stats.broadcasts_refused.inc();
@@ -201,31 +226,24 @@ pub fn on_message(
             reply(out, &commands::error_text(&e));
         }
         Command::Broadcast { payload } => {
-            cx.hub.published(None, payload);
-            let frame = OutFrame::text(&commands::broadcast_text(payload));
-            let all = cx.hub.all_workers();
-            let entry = cx.pending.vacant_entry();
-            let ticket = Arc::new(Ticket::new(
-                all.len(),
-                Notify::Worker {
-                    worker: cx.worker,
+            // The `broadcastResult` waits for every worker's count.
+            let (worker, pending) = (cx.worker, &mut *cx.pending);
+            let ticket = |parts| {
+                let entry = pending.vacant_entry();
+                let notify = Notify::Worker {
+                    worker,
                     pending: entry.key(),
-                },
-            ));
-            entry.insert(PendingResult {
-                conn: caller.key,
-                serial: caller.serial,
-                payload: payload.into(),
-                ticket: ticket.clone(),
-            });
-            cx.hub
-                .dispatch(all, Some(cx.worker), None, &frame, Some(&ticket), None);
-            cx.broadcasts.push(LocalBroadcast {
-                frame,
-                topic: None,
-                ticket: Some(ticket),
-                only: None,
-            });
+                };
+                let ticket = Arc::new(Ticket::new(parts, notify));
+                entry.insert(PendingResult {
+                    conn: caller.key,
+                    serial: caller.serial,
+                    payload: payload.into(),
+                    ticket: ticket.clone(),
+                });
+                Some(ticket)
+            };
+            publish(None, payload, cx.hub, worker, cx.broadcasts, ticket);
         }
     }
 }
@@ -264,7 +282,11 @@ fn subscribe(
         cx.stats.subscribes_refused.inc();
         return reply(out, &commands::error_text(&e));
     }
-    let Some(history) = &cx.hub.history else {
+    let history = cx.hub.history.as_ref().filter(|h| h.keeps(topic));
+    if let Some(c) = history.and_then(|h| h.cluster()) {
+        return subscribe_cluster(topic, since, &**c, caller, cx, out);
+    }
+    let Some(history) = history else {
         let joined = cx.topics.join(topic, caller.key);
         caller.topics.push(joined.topic_id);
         cx.hub.presence.join(topic, caller.user());
@@ -314,6 +336,52 @@ fn subscribe(
     }
 }
 
+/// A subscribe to a topic whose history the cluster keeps in Redis: the
+/// connection joins at once but is held (receives nothing of the topic)
+/// until a resume thread has read its position from Redis; the answer, the
+/// replay and the release arrive through this worker's inbox (see
+/// [`HistoryHolder`]). Past the resume queue the
+/// subscribe is refused (error, rate limited).
+fn subscribe_cluster(
+    topic: &str,
+    since: Option<Since<'_>>,
+    cluster: &dyn HistoryHolder,
+    caller: &mut Caller<'_>,
+    cx: &mut PubSubCx<'_>,
+    out: &mut Replies<'_>,
+) {
+    // First interest on this node: the Redis subscription is made anew, and
+    // the resume must see it live (a marker) before reading, or what is
+    // published between the read and the subscription would be missed.
+    if cx.hub.directory.workers_for(topic).is_empty() {
+        if let Some(h) = &cx.hub.history {
+            h.not_live(topic);
+        }
+    }
+    let since = since.as_ref().map(|s| (s.offset, s.epoch.as_ref()));
+    let Ok(token) = cluster.resume(cx.worker, caller.key, caller.serial, topic, since) else {
+        // The budgets taken by the caller go back.
+        let budget = &cx.hub.topic_budget;
+        budget.subscriptions.give();
+        if cx.topics.id_of(topic).is_none() {
+            budget.topics.give();
+        }
+        cx.stats.subscribes_refused.inc();
+        let e = CommandError::RateLimited("resumes");
+        return reply(out, &commands::error_text(&e));
+    };
+    // The answer cannot overtake this: it comes through the inbox, which
+    // the worker reads only after this connection's read is processed.
+    let joined = cx.topics.join(topic, caller.key);
+    cx.topics
+        .fence(joined.topic_id, caller.key, Seq::hold(token));
+    caller.topics.push(joined.topic_id);
+    cx.hub.presence.join(topic, caller.user());
+    if joined.first_local {
+        cx.hub.topic_joined(topic, cx.worker);
+    }
+}
+
 /// `{"type":"presence","topic":T}`: this node's counts are answered at
 /// once; with a cluster the question goes to Redis on the offload thread
 /// (never on the event loop; its queue is bounded, past it error 429), and
@@ -326,9 +394,9 @@ fn presence(
     cx: &mut PubSubCx<'_>,
     out: &mut Replies<'_>,
 ) {
-    use crate::cluster::presence as cluster_presence;
-    if !cluster_presence::needs_redis(cx.hub) {
-        return match cluster_presence::answer(cx.hub, topic, users) {
+    use crate::pubsub::presence as answers;
+    if !answers::needs_remote(cx.hub) {
+        return match answers::answer(cx.hub, topic, users) {
             Ok(body) => reply(out, &commands::presence_text(body)),
             Err(e) => reply(
                 out,
@@ -340,13 +408,13 @@ fn presence(
     let (worker, conn, serial) = (cx.worker, caller.key, caller.serial);
     let topic = topic.to_string();
     let queued = cx.hub.offload.try_run(move || {
-        let text = match cluster_presence::answer(&hub, &topic, users) {
+        let text = match answers::answer(&hub, &topic, users) {
             Ok(body) => commands::presence_text(body),
             Err(e) => commands::error_text(&CommandError::Unavailable(e.to_string())),
         };
         let frame = OutFrame::text(&text);
-        // A full inbox drops the answer, like any delivery (counted).
-        let _ = hub.try_send(
+        // A full inbox drops the answer, counted like any delivery.
+        let sent = hub.try_send(
             worker,
             WorkerMsg::Reply {
                 conn,
@@ -354,6 +422,10 @@ fn presence(
                 frame,
             },
         );
+        if sent.is_err() {
+            hub.inbox_full_drops
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
     });
     match queued {
         Ok(()) => {}
@@ -379,37 +451,28 @@ pub fn leave_topic(topics: &mut LocalTopics, hub: &Hub, worker: usize, id: u32, 
     }
 }
 
-/// Delivers a publish to this node's subscribers of `topic` (a user's
-/// reserved topic included) and hands it to the cluster bridge. Local
-/// subscribers get it after the sender's read is processed, like broadcasts.
-///
-/// With topic history on, the publish takes its offset where every other
-/// publish of the topic takes it, and even this worker's own subscribers
-/// get it through its inbox (see `Hub::publish_with_history`). Users'
-/// reserved topics keep no history.
-fn publish(topic: &str, payload: &[u8], cx: &mut PubSubCx<'_>) {
-    cx.hub.published(Some(topic), payload);
-    if let Some(h) = cx
-        .hub
-        .history
-        .as_ref()
-        .filter(|_| !users::is_reserved(topic))
-    {
-        cx.hub.publish_with_history(h, topic, payload, |_| None);
-        return;
-    }
-    let frame = OutFrame::text(&users::message_text(topic, payload));
-    let targets = cx.hub.directory.workers_for(topic);
-    if targets.len() > usize::from(targets.contains(cx.worker)) {
-        let name: Arc<str> = Arc::from(topic);
-        cx.hub
-            .dispatch(targets, Some(cx.worker), Some(&name), &frame, None, None);
-    }
-    if let Some(local) = cx.topics.id_of(topic).and_then(|id| cx.topics.get(id)) {
-        cx.broadcasts.push(LocalBroadcast {
-            frame,
-            topic: Some(local.name.clone()),
-            ticket: None,
+/// A client's publish (`topic` Some, a user's reserved topic included) or
+/// broadcast, through the one publish path ([`pubsub::publish`]). This
+/// worker's own part is delivered by the worker after the sender's read is
+/// processed, like every local fan-out.
+fn publish(
+    topic: Option<&str>,
+    payload: &[u8],
+    hub: &Hub,
+    worker: usize,
+    broadcasts: &mut Vec<LocalBroadcast>,
+    ticket: impl FnOnce(usize) -> Option<Arc<Ticket>>,
+) {
+    let msg = Publish {
+        topic,
+        payload,
+        origin: Origin::Worker(worker),
+    };
+    if let Some(local) = pubsub::publish(hub, msg, ticket).local {
+        broadcasts.push(LocalBroadcast {
+            frame: local.frame,
+            topic: local.topic,
+            ticket: local.ticket,
             only: None,
         });
     }

@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 use super::wire::{self, Target};
+use crate::pubsub::publish::{self, Origin, Publish};
+use crate::pubsub::uplink::{RemotePresence, Uplink};
 use crate::pubsub::Hub;
 
 /// Publishes waiting for the publisher thread; past this they are dropped.
@@ -72,7 +74,7 @@ pub(crate) struct Outbound {
     pub payload: Box<[u8]>,
 }
 
-/// What the hub holds to reach the bridge.
+/// The hub's [`Uplink`] to the other nodes: the bridge threads' inbound ends.
 #[derive(Debug, Clone)]
 pub struct ClusterLink {
     out: Sender<Outbound>,
@@ -84,9 +86,9 @@ pub struct ClusterLink {
     pub presence: Arc<std::sync::OnceLock<Arc<super::presence::PresenceStore>>>,
 }
 
-impl ClusterLink {
+impl Uplink for ClusterLink {
     /// Hands a publish to the bridge without waiting.
-    pub fn publish(&self, topic: Option<&str>, payload: &[u8]) {
+    fn publish(&self, topic: Option<&str>, payload: &[u8]) {
         let msg = Outbound {
             topic: topic.map(Arc::from),
             payload: payload.into(),
@@ -103,10 +105,15 @@ impl ClusterLink {
 
     /// Tells the subscriber that `topic` gained its first or lost its last
     /// local subscriber.
-    pub fn topic_changed(&self, topic: &str) {
+    fn topic_changed(&self, topic: &str) {
         if self.changes.try_send(Arc::from(topic)).is_err() {
             self.resync.store(true, Ordering::Release);
         }
+    }
+
+    fn presence(&self) -> Option<Arc<dyn RemotePresence>> {
+        let store = self.presence.get()?.clone();
+        Some(store)
     }
 }
 
@@ -203,9 +210,18 @@ impl Bridge {
         self.stop.clone()
     }
 
+    /// Stops the threads and waits for them.
     pub fn stop(self) {
+        drop(self);
+    }
+}
+
+/// Dropping the bridge stops it, so a node whose start fails after the
+/// bridge started leaves no threads behind.
+impl Drop for Bridge {
+    fn drop(&mut self) {
         self.stop.store(true, Ordering::Release);
-        for t in self.threads {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
@@ -420,6 +436,11 @@ impl Subscriber {
 
     /// A message from Redis: unless we sent it, hand it to the workers.
     fn relay(&self, msg: &redis::Msg) {
+        let (prefix, node) = (&self.cfg.prefix, self.cfg.node_id);
+        let (channel, bytes) = (msg.get_channel_name(), msg.get_payload_bytes());
+        if super::history_stream::relay(&self.hub, prefix, node, channel, bytes) {
+            return;
+        }
         let Some((node, payload)) = wire::decode_message(msg.get_payload_bytes()) else {
             return;
         };
@@ -446,5 +467,10 @@ pub(crate) fn deliver(hub: &Hub, topic: Option<&str>, payload: &[u8]) -> bool {
     // With topic history on, this node numbers what it relays like its own
     // publishes (history is per node: a client resuming on another node
     // gets `recovered:false`).
-    hub.deliver_external(topic, payload, |_| None, Some(DELIVER_WAIT)) > 0
+    let msg = Publish {
+        topic,
+        payload,
+        origin: Origin::Cluster { wait: DELIVER_WAIT },
+    };
+    publish::publish(hub, msg, |_| None).parts > 0
 }

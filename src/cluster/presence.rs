@@ -16,7 +16,7 @@
 //! Users are listed up to [`MAX_USERS_LISTED`] per topic and node; past it
 //! the answer says the list is incomplete (the count stays exact).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -24,7 +24,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-use crate::pubsub::presence::{TopicPresence, MAX_USERS_LISTED};
+use crate::pubsub::presence::{Presence, TopicPresence, MAX_USERS_LISTED};
+use crate::pubsub::uplink::{PresenceUnavailable, RemotePresence};
 use crate::pubsub::Hub;
 
 /// How often changed topics are written.
@@ -78,15 +79,6 @@ struct Field {
     /// More users than listed.
     #[serde(default)]
     more: bool,
-}
-
-/// Cluster-wide presence of one topic.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Presence {
-    pub subscriptions: u64,
-    pub users: BTreeSet<String>,
-    /// False when some node had more users than it lists.
-    pub users_complete: bool,
 }
 
 /// The presence side of a cluster bridge.
@@ -349,56 +341,8 @@ impl Writer {
     }
 }
 
-/// `GET /presence?topic=T[&users=1]` for the admin API: status and JSON body.
-pub fn http_answer(hub: &Hub, query: &str, max_topic_bytes: usize) -> (u16, String) {
-    let mut topic = None;
-    let mut users = false;
-    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-        match k.as_ref() {
-            "topic" => topic = Some(v.into_owned()),
-            "users" => users = v == "1" || v == "true",
-            _ => {}
-        }
+impl RemotePresence for PresenceStore {
+    fn query(&self, topic: &str, local: &TopicPresence) -> Result<Presence, PresenceUnavailable> {
+        PresenceStore::query(self, topic, local).map_err(|e| PresenceUnavailable(Box::new(e)))
     }
-    let err = |status: u16, m: &str| (status, serde_json::json!({ "error": m }).to_string());
-    let Some(topic) = topic else {
-        return err(400, "missing query parameter 'topic'");
-    };
-    if topic.is_empty() || topic.len() > max_topic_bytes {
-        return err(400, &format!("topic must be 1 to {max_topic_bytes} bytes"));
-    }
-    match answer(hub, &topic, users) {
-        Ok(body) => (200, body.to_string()),
-        Err(e) => err(503, &e.to_string()),
-    }
-}
-
-/// The presence of `topic` as the JSON object both `GET /presence` and the
-/// client's `{"type":"presence"}` answer: this node's own counts without a
-/// cluster, the cluster-wide ones from Redis with one (a blocking call: run
-/// it off the event loops).
-pub fn answer(hub: &Hub, topic: &str, users: bool) -> Result<serde_json::Value, PresenceError> {
-    let local = hub.presence.get(topic);
-    let store = hub.cluster.as_ref().and_then(|c| c.presence.get().cloned());
-    let p = match store {
-        None => Presence {
-            subscriptions: local.subscriptions,
-            users: local.users.keys().map(|u| u.to_string()).collect(),
-            users_complete: true,
-        },
-        Some(s) => s.query(topic, &local)?,
-    };
-    let mut body = serde_json::json!({ "topic": topic, "subscriptions": p.subscriptions });
-    if users {
-        body["users"] = serde_json::json!(p.users);
-        body["users_complete"] = p.users_complete.into();
-    }
-    Ok(body)
-}
-
-/// Whether answering needs Redis (a thread), or only this node's counts.
-pub fn needs_redis(hub: &Hub) -> bool {
-    hub.cluster
-        .as_ref()
-        .is_some_and(|c| c.presence.get().is_some())
 }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 use slab::Slab;
 
-use super::history::Seq;
+use super::history::{Resumed, Seq};
 use super::outbox::{FramesFor, Outbox};
 use super::topics::LocalTopics;
 use super::{Delivery, Hub, Notify, OutFrame, Ticket, WorkerMsg};
@@ -156,6 +156,11 @@ impl LocalFanout {
                     self.flush_if_heavy(conns);
                 }
                 WorkerMsg::TicketDone { pending } => self.complete_pending(conns, pending),
+                WorkerMsg::Resumed(r) => {
+                    if conns.is_open(r.conn as usize, Some(r.serial)) {
+                        finish_resume(&mut self.topics, &mut self.outbox, *r);
+                    }
+                }
                 WorkerMsg::Reply {
                     conn,
                     serial,
@@ -334,33 +339,60 @@ pub fn deliver_to_topic(
         return 0;
     }
     let f = outbox.add_frame(frame);
-    match seq {
-        Some(seq) if !topic.fences.is_empty() => {
-            let subscribers = &topic.subscribers;
-            let mut fences = std::mem::take(&mut topic.fences);
-            fences.retain(|(_, fence)| fence.gen == seq.gen && fence.offset >= seq.offset);
-            let mut n = 0;
-            for &conn in subscribers {
-                if !fences.iter().any(|(c, _)| *c == conn) {
-                    outbox.push(conn as usize, f);
-                    n += 1;
-                }
-            }
-            topic.fences = fences;
-            n
+    if topic.fences.is_empty() {
+        for &conn in &topic.subscribers {
+            outbox.push(conn as usize, f);
         }
-        _ => {
-            for &conn in &topic.subscribers {
-                outbox.push(conn as usize, f);
-            }
-            topic.subscribers.len() as u64
+        return topic.subscribers.len() as u64;
+    }
+    let subscribers = &topic.subscribers;
+    let mut fences = std::mem::take(&mut topic.fences);
+    // A held subscriber (cluster resume under way) gets nothing yet; other
+    // fences go away with the first message past them.
+    fences.retain(|(_, fence)| {
+        fence.is_hold() || seq.is_some_and(|s| fence.gen == s.gen && fence.offset >= s.offset)
+    });
+    let mut n = 0;
+    for &conn in subscribers {
+        if !fences.iter().any(|(c, _)| *c == conn) {
+            outbox.push(conn as usize, f);
+            n += 1;
         }
+    }
+    topic.fences = fences;
+    n
+}
+
+/// A cluster resume's answer reached the subscriber's worker: if the
+/// connection's hold `r.token` on topic `r.topic` is still there, release it at `r.fence` and send
+/// it the reply and the replay (before any live message after the fence,
+/// which follows in the inbox).
+pub fn finish_resume(topics: &mut LocalTopics, outbox: &mut Outbox, r: Resumed) {
+    let Some(topic) = topics.id_of(&r.topic).and_then(|id| topics.get_mut(id)) else {
+        return;
+    };
+    let Some(pos) = topic
+        .fences
+        .iter()
+        .position(|(c, f)| *c == r.conn && *f == Seq::hold(r.token))
+    else {
+        return;
+    };
+    match r.fence {
+        Some(seq) => topic.fences[pos].1 = seq,
+        None => {
+            topic.fences.swap_remove(pos);
+        }
+    }
+    for frame in r.frames {
+        let f = outbox.add_frame(frame);
+        outbox.push(r.conn as usize, f);
     }
 }
 
 /// The `broadcastResult` frame for a finished broadcast.
 pub fn broadcast_result_frame(pending: &PendingResult) -> Arc<OutFrame> {
-    OutFrame::text(&crate::app::commands::broadcast_result_text(
+    OutFrame::text(&super::text::broadcast_result_text(
         &pending.payload,
         pending.ticket.delivered(),
     ))

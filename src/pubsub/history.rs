@@ -19,9 +19,16 @@
 //! that resume with the old epoch learn `recovered:false`). Stored frames
 //! are the `Arc` frames fan-out writes: storing one costs a reference.
 //!
-//! Single node only. Keeping positions in a shared store (so any node can
-//! serve a resume) would replace this type behind the same three calls:
-//! [`History::append`], [`History::subscribe`] and [`History::epoch_of`].
+//! Per-topic-pattern rules ([`TopicRule`], `[[history.topic]]` in the
+//! configuration file) give matching topics their own size and age bound
+//! (size 0: that topic keeps no history).
+//!
+//! In a cluster, positions are assigned in Redis
+//! by the cluster's [`super::uplink::HistoryHolder`] and this type is the node's
+//! *mirror* of each topic's stream: [`History::append_at`] stores and
+//! delivers a message at the position Redis gave it, and
+//! [`History::resume_with`] merges what a resume read from Redis with what
+//! arrived live, under the same lock, for the same seamless hand-over.
 
 use super::frame::OutFrame;
 use std::collections::VecDeque;
@@ -41,8 +48,9 @@ const ENTRY_OVERHEAD: usize = 48;
 /// under this fraction of the cap, so eviction scans are rare.
 const EVICT_TO_PERCENT: usize = 90;
 
-/// History settings (`--history-size`, `--history-ttl`, `--history-max-bytes`).
-#[derive(Debug, Clone, Copy)]
+/// History settings (`--history-size`, `--history-ttl`, `--history-max-bytes`,
+/// and the file's `[[history.topic]]` rules).
+#[derive(Debug, Clone, Default)]
 pub struct HistoryConfig {
     /// Messages kept per topic (> 0: history is on).
     pub size: usize,
@@ -50,6 +58,56 @@ pub struct HistoryConfig {
     pub ttl: Option<Duration>,
     /// Process-wide cap on stored history, bytes.
     pub max_bytes: usize,
+    /// Per-topic-pattern overrides, first match wins.
+    pub topics: Vec<TopicRule>,
+}
+
+/// `[[history.topic]]`: topics matching `pattern` keep `size` messages
+/// (0: none) for at most `ttl`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicRule {
+    /// An exact topic name, or a prefix followed by `*` (`chat.*` matches
+    /// `chat.room1`, not `chat` itself).
+    pub pattern: String,
+    pub size: usize,
+    pub ttl: Option<Duration>,
+}
+
+impl TopicRule {
+    pub fn matches(&self, topic: &str) -> bool {
+        match self.pattern.strip_suffix('*') {
+            Some(prefix) => topic.len() > prefix.len() && topic.starts_with(prefix),
+            None => self.pattern == topic,
+        }
+    }
+}
+
+/// The bounds that apply to one topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub size: usize,
+    pub ttl: Option<Duration>,
+}
+
+impl HistoryConfig {
+    /// The bounds for `topic`: its first matching rule, else the defaults.
+    pub fn limits(&self, topic: &str) -> Limits {
+        match self.topics.iter().find(|r| r.matches(topic)) {
+            Some(r) => Limits {
+                size: r.size,
+                ttl: r.ttl,
+            },
+            None => Limits {
+                size: self.size,
+                ttl: self.ttl,
+            },
+        }
+    }
+
+    /// Whether any topic can keep history (the default or some rule).
+    pub fn any(&self) -> bool {
+        self.size > 0 || self.topics.iter().any(|r| r.size > 0)
+    }
 }
 
 /// A message's position: the log it belongs to (`gen`, unique within the
@@ -58,6 +116,40 @@ pub struct HistoryConfig {
 pub struct Seq {
     pub gen: u64,
     pub offset: u64,
+}
+
+impl Seq {
+    /// A fence that holds back every message for a subscriber whose
+    /// cluster resume `token` is still being read from Redis; its answer
+    /// (carrying the same token) replaces it with the real position.
+    pub const fn hold(token: u64) -> Seq {
+        Seq {
+            gen: HOLD_GEN,
+            offset: token,
+        }
+    }
+
+    pub fn is_hold(&self) -> bool {
+        self.gen == HOLD_GEN
+    }
+}
+
+/// The `gen` of hold fences (real logs count up from 1).
+const HOLD_GEN: u64 = u64::MAX;
+
+/// The answer to a cluster resume, for the subscriber's worker: replace
+/// the connection's hold `token` on `topic` with `fence` (None: no fence) and send
+/// it `frames` (the `subscribed` reply, then the replay).
+#[derive(Debug)]
+pub struct Resumed {
+    pub conn: u32,
+    pub serial: u32,
+    /// The hold this answers (a later subscribe's hold is not released
+    /// by an earlier one's answer).
+    pub token: u64,
+    pub topic: Arc<str>,
+    pub fence: Option<Seq>,
+    pub frames: Vec<Arc<OutFrame>>,
 }
 
 /// What a subscribe saw, taken atomically with joining the topic.
@@ -79,9 +171,40 @@ struct Entry {
     frame: Arc<OutFrame>,
 }
 
+fn entry_bytes(e: &Entry) -> usize {
+    e.frame.plain().len() + ENTRY_OVERHEAD
+}
+
+/// What a cluster resume read from Redis: the topic's epoch and newest
+/// offset, and the messages after the resume point that are still there.
+#[derive(Debug)]
+pub struct Fetched {
+    pub epoch: Arc<str>,
+    pub last: u64,
+    pub entries: Vec<FetchedEntry>,
+}
+
+#[derive(Debug)]
+pub struct FetchedEntry {
+    pub offset: u64,
+    /// How old the message was when read.
+    pub age: Duration,
+    pub frame: Arc<OutFrame>,
+}
+
 struct Log {
     gen: u64,
     epoch: Arc<str>,
+    limits: Limits,
+    /// Cluster mirror: a message (or this node's marker) arrived through
+    /// this node's subscription to the topic's channel, so everything
+    /// published from then on arrives here too.
+    live: bool,
+    /// The last marker of this node seen on the topic's channel.
+    marker: u64,
+    /// Messages stored since the log was made (a resume compares it before
+    /// and after its Redis read).
+    arrivals: u64,
     /// Offset of the newest message (0: none yet).
     last: u64,
     entries: VecDeque<Entry>,
@@ -107,6 +230,7 @@ pub struct History {
     evicting: Mutex<()>,
     /// Topic logs dropped to stay under the process cap.
     pub evictions: AtomicU64,
+    cluster: std::sync::OnceLock<Arc<dyn super::uplink::HistoryHolder>>,
     /// Resumes answered `recovered:true` / `recovered:false`.
     pub resumed: AtomicU64,
     pub not_resumed: AtomicU64,
@@ -137,13 +261,29 @@ impl History {
             bytes: AtomicUsize::new(0),
             evicting: Mutex::new(()),
             evictions: AtomicU64::new(0),
+            cluster: std::sync::OnceLock::new(),
             resumed: AtomicU64::new(0),
             not_resumed: AtomicU64::new(0),
         }
     }
 
-    pub fn config(&self) -> HistoryConfig {
-        self.cfg
+    pub fn config(&self) -> &HistoryConfig {
+        &self.cfg
+    }
+
+    /// Whether `topic` keeps history (users' reserved topics never do).
+    pub fn keeps(&self, topic: &str) -> bool {
+        !super::users::is_reserved(topic) && self.cfg.limits(topic).size > 0
+    }
+
+    /// The cluster side, once started (positions kept in Redis).
+    pub fn cluster(&self) -> Option<&Arc<dyn super::uplink::HistoryHolder>> {
+        self.cluster.get()
+    }
+
+    /// Makes Redis the holder of positions (cluster mode; set once).
+    pub fn set_cluster(&self, c: Arc<dyn super::uplink::HistoryHolder>) {
+        let _ = self.cluster.set(c);
     }
 
     /// Bytes of history held (gauge).
@@ -163,6 +303,10 @@ impl History {
         Log {
             gen,
             epoch: format!("{}-{gen}", self.epoch_base).into(),
+            limits: self.cfg.limits(topic),
+            live: false,
+            marker: 0,
+            arrivals: 0,
             last: 0,
             entries: VecDeque::new(),
             bytes,
@@ -201,11 +345,11 @@ impl History {
     /// Drops what fell out of the size or the time bound.
     fn trim(&self, log: &mut Log, now: Instant) {
         let mut freed = 0;
-        while log.entries.len() > self.cfg.size
+        while log.entries.len() > log.limits.size
             || log
                 .entries
                 .front()
-                .zip(self.cfg.ttl)
+                .zip(log.limits.ttl)
                 .is_some_and(|(e, ttl)| now.duration_since(e.at) > ttl)
         {
             if let Some(e) = log.entries.pop_front() {
@@ -314,6 +458,201 @@ impl History {
         snap
     }
 
+    /// Cluster mirror: stores and delivers a message at the position Redis
+    /// gave it (`epoch`, `offset`). A new epoch restarts the log; an offset
+    /// already stored is a duplicate (None: nothing delivered); a jump
+    /// forward (messages this node never received) empties the log, since
+    /// a replay must be contiguous. `deliver` runs under the topic's lock,
+    /// as in [`History::append`].
+    pub fn append_at<R>(
+        &self,
+        topic: &str,
+        epoch: &str,
+        offset: u64,
+        encode: impl FnOnce() -> Arc<OutFrame>,
+        deliver: impl FnOnce(Seq, &Arc<OutFrame>) -> R,
+    ) -> Option<R> {
+        let out = self.with_log(topic, |log| {
+            if &*log.epoch != epoch {
+                self.restart(log, epoch, offset.saturating_sub(1));
+            }
+            log.live = true;
+            if offset <= log.last {
+                return None;
+            }
+            if offset > log.last + 1 {
+                self.clear(log);
+            }
+            log.last = offset;
+            log.arrivals += 1;
+            let frame = encode();
+            self.push(log, offset, Instant::now(), frame.clone());
+            Some(deliver(
+                Seq {
+                    gen: log.gen,
+                    offset,
+                },
+                &frame,
+            ))
+        });
+        if self.bytes() > self.cfg.max_bytes {
+            self.evict();
+        }
+        out
+    }
+
+    /// Cluster mirror: this node's marker `token` came back on `topic`'s
+    /// channel (its subscription is live).
+    pub fn marker_seen(&self, topic: &str, token: u64) {
+        self.with_log(topic, |log| {
+            log.live = true;
+            log.marker = token;
+        });
+    }
+
+    /// Cluster mirror: this node is about to subscribe to `topic`'s channel
+    /// afresh (no worker of it had subscribers): what the log knew of the
+    /// old subscription says nothing of the new one.
+    pub fn not_live(&self, topic: &str) {
+        if let Some(log) = self.logs.get(topic).map(|l| l.value().clone()) {
+            lock(&log).live = false;
+        }
+    }
+
+    /// Cluster mirror: whether the subscription to `topic`'s channel is
+    /// known live (`token`: a marker of ours came back), and how many
+    /// messages arrived so far.
+    pub fn mirror_state(&self, topic: &str, token: u64) -> (bool, bool, u64) {
+        self.with_log(topic, |log| (log.live, log.marker == token, log.arrivals))
+    }
+
+    /// Cluster resume: merges what a Redis read found (`fetched`, read
+    /// after this node's subscription was known live, `arrivals_before`
+    /// taken before the read) with what arrived live, answers the resume
+    /// after `since`, and runs `then` with the answer *under the topic's
+    /// lock* — it must queue the answer for the subscriber's worker, so
+    /// that every live message after `Snapshot::last` follows it in that
+    /// worker's inbox and every one up to it precedes it.
+    pub fn resume_with<R>(
+        &self,
+        topic: &str,
+        since: Option<(u64, &str)>,
+        fetched: Fetched,
+        arrivals_before: u64,
+        then: impl FnOnce(&Snapshot) -> R,
+    ) -> R {
+        let now = Instant::now();
+        let (snap, out) = self.with_log(topic, |log| {
+            if *log.epoch != *fetched.epoch {
+                // Redis changed epoch after the read and a message of the
+                // new one already came in (the log is newer): keep the log.
+                let log_newer = log.arrivals != arrivals_before;
+                if !log_newer {
+                    self.restart(log, &fetched.epoch, 0);
+                }
+            }
+            if *log.epoch == *fetched.epoch {
+                self.backfill(log, &fetched, now);
+            }
+            self.trim(log, now);
+            let last = Seq {
+                gen: log.gen,
+                offset: log.last,
+            };
+            let mut replay = Vec::new();
+            let recovered = since.map(|(offset, epoch)| {
+                let oldest = log.entries.front().map_or(log.last + 1, |e| e.offset);
+                let ok = epoch == &*log.epoch && offset <= log.last && oldest <= offset + 1;
+                if ok {
+                    replay.extend(
+                        log.entries
+                            .iter()
+                            .filter(|e| e.offset > offset)
+                            .map(|e| e.frame.clone()),
+                    );
+                }
+                ok
+            });
+            let snap = Snapshot {
+                epoch: log.epoch.clone(),
+                last,
+                recovered,
+                replay,
+            };
+            let out = then(&snap);
+            (snap, out)
+        });
+        match snap.recovered {
+            Some(true) => self.resumed.fetch_add(1, Ordering::Relaxed),
+            Some(false) => self.not_resumed.fetch_add(1, Ordering::Relaxed),
+            None => 0,
+        };
+        if self.bytes() > self.cfg.max_bytes {
+            self.evict();
+        }
+        out
+    }
+
+    /// Puts the fetched entries (offsets after some point, ascending) and
+    /// the live ones together; keeps the newest contiguous run.
+    fn backfill(&self, log: &mut Log, fetched: &Fetched, now: Instant) {
+        let mut merged: Vec<Entry> = Vec::new();
+        let live: Vec<Entry> = log.entries.drain(..).collect();
+        let freed: usize = live.iter().map(entry_bytes).sum();
+        log.bytes -= freed;
+        self.bytes.fetch_sub(freed, Ordering::Relaxed);
+        let mut live = live.into_iter().peekable();
+        for f in &fetched.entries {
+            while live.peek().is_some_and(|e| e.offset < f.offset) {
+                merged.extend(live.next());
+            }
+            if live.peek().is_some_and(|e| e.offset == f.offset) {
+                merged.extend(live.next());
+            } else {
+                merged.push(Entry {
+                    offset: f.offset,
+                    at: now.checked_sub(f.age).unwrap_or(now),
+                    frame: f.frame.clone(),
+                });
+            }
+        }
+        merged.extend(live);
+        log.last = log.last.max(fetched.last);
+        // Only the run that ends at `last` without a hole can be replayed.
+        let mut start = merged.len();
+        let mut expect = log.last;
+        while start > 0 && merged[start - 1].offset == expect {
+            start -= 1;
+            expect = expect.saturating_sub(1);
+        }
+        for e in merged.drain(start..) {
+            self.push(log, e.offset, e.at, e.frame);
+        }
+    }
+
+    fn push(&self, log: &mut Log, offset: u64, at: Instant, frame: Arc<OutFrame>) {
+        let e = Entry { offset, at, frame };
+        let size = entry_bytes(&e);
+        log.entries.push_back(e);
+        log.bytes += size;
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+        self.trim(log, Instant::now());
+    }
+
+    fn clear(&self, log: &mut Log) {
+        let freed: usize = log.entries.drain(..).map(|e| entry_bytes(&e)).sum();
+        log.bytes -= freed;
+        self.bytes.fetch_sub(freed, Ordering::Relaxed);
+    }
+
+    /// A new log under `epoch` (from Redis) whose newest offset is `last`.
+    fn restart(&self, log: &mut Log, epoch: &str, last: u64) {
+        self.clear(log);
+        log.gen = self.next_gen.fetch_add(1, Ordering::Relaxed);
+        log.epoch = epoch.into();
+        log.last = last;
+    }
+
     /// The epoch of `topic`'s log, if it has one (tests, diagnostics).
     pub fn epoch_of(&self, topic: &str) -> Option<Arc<str>> {
         let log = self.logs.get(topic).map(|l| l.value().clone())?;
@@ -378,7 +717,67 @@ mod tests {
             size,
             ttl: None,
             max_bytes,
+            topics: Vec::new(),
         })
+    }
+
+    #[test]
+    fn topic_rules_first_match_wins_and_size_zero_keeps_none() {
+        let rule = |pattern: &str, size| TopicRule {
+            pattern: pattern.into(),
+            size,
+            ttl: None,
+        };
+        let cfg = HistoryConfig {
+            size: 10,
+            ttl: None,
+            max_bytes: 1 << 20,
+            topics: vec![rule("chat.*", 2), rule("chat.big", 50), rule("quiet", 0)],
+        };
+        assert_eq!(cfg.limits("chat.big").size, 2);
+        assert_eq!(cfg.limits("chat").size, 10);
+        assert_eq!(cfg.limits("other").size, 10);
+        let h = History::new(cfg);
+        assert!(!h.keeps("quiet") && h.keeps("chat.x"));
+        for _ in 0..5 {
+            put(&h, "chat.x", "m");
+        }
+        let epoch = h.epoch_of("chat.x").unwrap();
+        let s = h.subscribe("chat.x", Some((3, &epoch)), |_| {});
+        assert_eq!((s.recovered, s.replay.len()), (Some(true), 2));
+        let s = h.subscribe("chat.x", Some((2, &epoch)), |_| {});
+        assert_eq!(s.recovered, Some(false));
+    }
+
+    #[test]
+    fn the_mirror_drops_duplicates_restarts_on_a_new_epoch_and_merges_a_read() {
+        let h = h(100, 1 << 20);
+        let at = |h: &History, epoch: &str, o: u64| {
+            h.append_at("t", epoch, o, || OutFrame::text(b"x"), |seq, _| seq.offset)
+        };
+        assert_eq!(at(&h, "e1", 5), Some(5));
+        assert_eq!(at(&h, "e1", 5), None, "duplicate");
+        assert_eq!(at(&h, "e1", 6), Some(6));
+        // Offsets 1..=4 came from Redis: merged, the resume after 2 replays 3..=6.
+        let fetched = Fetched {
+            epoch: "e1".into(),
+            last: 6,
+            entries: (3..=6)
+                .map(|offset| FetchedEntry {
+                    offset,
+                    age: Duration::ZERO,
+                    frame: OutFrame::text(b"y"),
+                })
+                .collect(),
+        };
+        let arrivals = h.mirror_state("t", 0).2;
+        let (recovered, n, last) = h.resume_with("t", Some((2, "e1")), fetched, arrivals, |s| {
+            (s.recovered, s.replay.len(), s.last.offset)
+        });
+        assert_eq!((recovered, n, last), (Some(true), 4, 6));
+        // A new epoch starts over.
+        assert_eq!(at(&h, "e2", 1), Some(1));
+        assert_eq!(&*h.epoch_of("t").unwrap(), "e2");
     }
 
     fn put(h: &History, topic: &str, body: &str) -> Seq {

@@ -2,7 +2,7 @@
 //! worker, woken through its `mio::Waker`, with wake-ups coalesced so a burst
 //! of messages costs one wake.
 //!
-//! Shared by every worker and by the admin (and later cluster) threads.
+//! Shared by every worker, the admin thread and the cluster bridge threads.
 //! Senders never block a worker: a worker-to-worker send into a full inbox is
 //! dropped and counted (blocking could deadlock two workers feeding each
 //! other). Threads that are not workers may wait, with a timeout.
@@ -22,7 +22,7 @@ use super::history::{History, Seq};
 use super::offload::Offload;
 use super::presence::LocalPresence;
 use super::ticket::{Notify, Ticket};
-use crate::cluster::ClusterLink;
+use super::uplink::Uplink;
 
 /// Messages a worker receives from other threads.
 #[derive(Debug)]
@@ -33,6 +33,8 @@ pub enum WorkerMsg {
     /// A message of a topic with history, at its position (boxed so the
     /// inbox slots of every worker stay as small as without history).
     DeliverAt(Box<Delivery>, Seq),
+    /// A cluster resume's answer (see [`super::history::Resumed`]).
+    Resumed(Box<super::history::Resumed>),
     /// A `broadcastResult` this worker is waiting for can be sent.
     TicketDone { pending: usize },
     /// A reply made off the event loop (a client's presence question) for
@@ -75,8 +77,8 @@ pub struct Hub {
     pub inbox_full_drops: AtomicU64,
     /// Publishes and broadcasts accepted, from clients and the HTTP API.
     pub publishes: AtomicU64,
-    /// The Redis bridge, when this node is part of a cluster.
-    pub cluster: Option<ClusterLink>,
+    /// The way to the other nodes, when this node is part of a cluster.
+    pub uplink: Option<Arc<dyn Uplink>>,
     /// Process-wide caps on subscriptions and topic entries.
     pub topic_budget: TopicBudget,
     /// Subscriptions per topic on this node (`GET /presence`).
@@ -90,7 +92,7 @@ pub struct Hub {
 impl Hub {
     pub fn new(
         inboxes: Vec<(Sender<WorkerMsg>, Arc<Waker>)>,
-        cluster: Option<ClusterLink>,
+        uplink: Option<Arc<dyn Uplink>>,
         topic_budget: TopicBudget,
     ) -> Hub {
         Hub {
@@ -107,7 +109,7 @@ impl Hub {
             directory: TopicDirectory::default(),
             inbox_full_drops: AtomicU64::new(0),
             publishes: AtomicU64::new(0),
-            cluster,
+            uplink,
             topic_budget,
             presence: LocalPresence::default(),
             offload: Offload::default(),
@@ -121,7 +123,8 @@ impl Hub {
         self
     }
 
-    /// A publish to a topic with history: takes the next offset, stores the
+    /// A publish to a topic with history (see [`super::publish`], its only
+    /// caller): takes the next offset, stores the
     /// frame and queues it for *every* worker with subscribers — the
     /// publishing worker too, through its own inbox — while the topic's lock
     /// is held. Every worker's inbox thus receives the topic's messages in
@@ -145,7 +148,7 @@ impl Hub {
         history.append(
             topic,
             |offset, epoch| {
-                let text = crate::app::commands::message_text_at(topic, payload, offset, epoch);
+                let text = super::text::message_text_at(topic, payload, offset, epoch);
                 OutFrame::text(&text)
             },
             |seq, frame| {
@@ -158,46 +161,6 @@ impl Hub {
                 targets.len()
             },
         )
-    }
-
-    /// One publish (`topic` Some) or broadcast (None) from outside the
-    /// workers — the admin API or another node — to every worker with a
-    /// reader for it: numbered first when the topic keeps history, encoded
-    /// once either way. `ticket` is made for the number of workers it goes
-    /// to; `wait` is how long to wait for room in a full inbox. Returns that
-    /// number (0: nobody here to deliver to).
-    pub fn deliver_external(
-        &self,
-        topic: Option<&str>,
-        payload: &[u8],
-        ticket: impl FnOnce(usize) -> Option<Arc<Ticket>>,
-        wait: Option<Duration>,
-    ) -> usize {
-        if let (Some(history), Some(t)) = (&self.history, topic) {
-            // Users' reserved topics keep no history.
-            if !super::users::is_reserved(t) {
-                return self.publish_with_history(history, t, payload, ticket);
-            }
-        }
-        let (text, targets) = match topic {
-            Some(t) => (
-                super::users::message_text(t, payload),
-                self.directory.workers_for(t),
-            ),
-            None => (
-                crate::app::commands::broadcast_text(payload),
-                self.all_workers(),
-            ),
-        };
-        if targets.is_empty() {
-            return 0;
-        }
-        let parts = targets.len();
-        let frame = OutFrame::text(&text);
-        let ticket = ticket(parts);
-        let name: Option<Arc<str>> = topic.map(Arc::from);
-        self.dispatch(targets, None, name.as_ref(), &frame, ticket.as_ref(), wait);
-        parts
     }
 
     pub fn worker_count(&self) -> usize {
@@ -223,11 +186,11 @@ impl Hub {
     }
 
     /// Counts one accepted publish or broadcast (`topic` None) and hands it
-    /// to the cluster bridge for the other nodes. Local delivery is the
-    /// caller's job.
-    pub fn published(&self, topic: Option<&str>, payload: &[u8]) {
+    /// to the uplink for the other nodes (see [`super::publish`], which
+    /// delivers it here).
+    pub(super) fn published(&self, topic: Option<&str>, payload: &[u8]) {
         self.publishes.fetch_add(1, Ordering::Relaxed);
-        if let Some(c) = &self.cluster {
+        if let Some(c) = &self.uplink {
             c.publish(topic, payload);
         }
     }
@@ -235,7 +198,7 @@ impl Hub {
     /// Worker `worker` got its first subscriber for `topic`.
     pub fn topic_joined(&self, topic: &str, worker: usize) {
         if self.directory.join(topic, worker) {
-            if let Some(c) = &self.cluster {
+            if let Some(c) = &self.uplink {
                 c.topic_changed(topic);
             }
         }
@@ -244,7 +207,7 @@ impl Hub {
     /// Worker `worker` lost its last subscriber for `topic`.
     pub fn topic_left(&self, topic: &str, worker: usize) {
         if self.directory.leave(topic, worker) {
-            if let Some(c) = &self.cluster {
+            if let Some(c) = &self.uplink {
                 c.topic_changed(topic);
             }
         }

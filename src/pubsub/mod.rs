@@ -5,6 +5,8 @@
 //!   only when a worker's first subscriber joins or its last leaves).
 //! - [`topics`]: one worker's own topic → subscriber table (not shared).
 //! - [`hub`]: the per-worker inboxes and wakers; how deliveries travel.
+//! - [`publish`]: the one publish path (clients, the admin API, other
+//!   nodes): number, encode once, dispatch, hand to the other nodes.
 //! - [`ticket`]: counting deliveries across workers (`listenCount`, HTTP replies).
 //! - [`presence`]: subscriptions per topic (and by which users) on this node.
 //! - [`users`]: messages to a user, as reserved per-user topics.
@@ -18,6 +20,9 @@
 //!   so each connection gets one write per loop iteration.
 //!
 //! - [`budget`]: process-wide caps on subscriptions and topic entries.
+//! - [`uplink`]: what pub/sub needs from other nodes (the cluster bridge
+//!   implements it).
+//! - [`text`]: the JSON texts publishes and broadcasts become.
 //! - [`history`]: the last messages of each topic and their positions, for
 //!   clients that resume after a reconnect.
 //!
@@ -32,8 +37,11 @@ pub mod hub;
 pub mod offload;
 pub mod outbox;
 pub mod presence;
+pub mod publish;
+pub mod text;
 pub mod ticket;
 pub mod topics;
+pub mod uplink;
 pub mod users;
 
 pub use frame::OutFrame;

@@ -3,15 +3,21 @@
 //!
 //! Written on every subscribe and unsubscribe (one sharded-map update, no
 //! Redis), read by the admin API and by the cluster's presence writer, which
-//! publishes the topics marked dirty in batches (see
-//! [`crate::cluster::presence`]). Users' reserved topics are not counted.
+//! publishes the topics marked dirty in batches (through the hub's
+//! [`super::uplink::Uplink`]). Users' reserved topics are not counted.
+//!
+//! Also owns the presence answer both `GET /presence` and a client's
+//! `{"type":"presence"}` get: this node's counts, or the cluster-wide ones
+//! when the uplink keeps them.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use dashmap::{DashMap, DashSet};
 
+use super::uplink::PresenceUnavailable;
 use super::users;
+use super::Hub;
 
 /// Users listed per topic and node at most; past it only the count is exact.
 pub const MAX_USERS_LISTED: usize = 1000;
@@ -102,6 +108,49 @@ impl LocalPresence {
     pub fn topics(&self) -> Vec<Arc<str>> {
         self.topics.iter().map(|e| e.key().clone()).collect()
     }
+}
+
+/// Presence of one topic over every node (this node's alone without a
+/// cluster).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Presence {
+    pub subscriptions: u64,
+    pub users: BTreeSet<String>,
+    /// False when some node had more users than it lists.
+    pub users_complete: bool,
+}
+
+/// The presence of `topic` as the JSON object both `GET /presence` and the
+/// client's `{"type":"presence"}` answer: this node's own counts without a
+/// cluster, the cluster-wide ones with one (a blocking call then: see
+/// [`needs_remote`]).
+pub fn answer(
+    hub: &Hub,
+    topic: &str,
+    users: bool,
+) -> Result<serde_json::Value, PresenceUnavailable> {
+    let local = hub.presence.get(topic);
+    let remote = hub.uplink.as_ref().and_then(|u| u.presence());
+    let p = match remote {
+        None => Presence {
+            subscriptions: local.subscriptions,
+            users: local.users.keys().map(|u| u.to_string()).collect(),
+            users_complete: true,
+        },
+        Some(r) => r.query(topic, &local)?,
+    };
+    let mut body = serde_json::json!({ "topic": topic, "subscriptions": p.subscriptions });
+    if users {
+        body["users"] = serde_json::json!(p.users);
+        body["users_complete"] = p.users_complete.into();
+    }
+    Ok(body)
+}
+
+/// Whether answering asks the other nodes (a network round trip: run it
+/// off the event loops), or only reads this node's counts.
+pub fn needs_remote(hub: &Hub) -> bool {
+    hub.uplink.as_ref().is_some_and(|u| u.presence().is_some())
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@
 //! client may use in a topic) and the frame a user message becomes:
 //! `{"type":"message","user":U,"payload":…}`.
 
-use crate::app::commands;
+use super::text;
 
 /// Reserved topics start with this; clients cannot name such a topic.
 pub const RESERVED: char = '\0';
@@ -32,7 +32,7 @@ pub fn is_reserved(topic: &str) -> bool {
 /// topic message otherwise.
 pub fn message_text(topic: &str, payload: &[u8]) -> Vec<u8> {
     let Some(user) = user_of(topic) else {
-        return commands::message_text(topic, payload);
+        return text::message_text(topic, payload);
     };
     let mut out = Vec::with_capacity(40 + user.len() + payload.len());
     out.extend_from_slice(br#"{"type":"message","user":"#);

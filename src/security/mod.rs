@@ -12,7 +12,7 @@ pub mod origin;
 use std::net::IpAddr;
 
 pub use handshake_rate::HandshakeRate;
-pub use jwt::{AuthError, Authenticator, Grant, TopicPerms};
+pub use jwt::{AuthError, Authenticator, Grant, KeyError, TopicPerms};
 pub use origin::OriginPolicy;
 
 /// The security settings of a server, shared by all workers.

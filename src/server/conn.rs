@@ -1,14 +1,18 @@
 //! One slab entry of a worker: a client socket, its protocol session, and
 //! its one timer in the worker's wheel. All protocol state is in the
-//! [`Session`]; this is what the worker adds to do its IO and scheduling.
+//! [`Session`]; this is what the worker adds to do its IO and scheduling,
+//! and the glue that lets a session write to a socket ([`Sink`]) and count
+//! against the process's admission ([`Admit`]).
 
 use std::io;
+use std::net::IpAddr;
 
 use mio::net::TcpStream;
 
-use crate::session::{Session, Sink};
+use crate::session::{Admit, Session, Sink};
 use crate::timer_wheel::{TimerId, TimerWheel};
 
+use super::admission::Admission;
 use super::no_sigpipe::NoSigPipe;
 
 pub(crate) struct Conn {
@@ -34,6 +38,20 @@ impl Conn {
             Some(id) => wheel.reschedule(id, deadline, key as u32),
             None => wheel.schedule(deadline, key as u32),
         });
+    }
+}
+
+impl Admit for Admission {
+    fn end_handshake(&self, ip: IpAddr) {
+        Admission::end_handshake(self, ip);
+    }
+
+    fn tracks_ips(&self) -> bool {
+        Admission::tracks_ips(self)
+    }
+
+    fn try_admit(&self) -> Result<(), &'static str> {
+        Admission::try_admit(self).map_err(|why| why.reason())
     }
 }
 

@@ -19,7 +19,7 @@ use std::cell::{Cell, RefCell};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Once};
 
-use super::stats::WorkerStats;
+use crate::stats::WorkerStats;
 
 thread_local! {
     /// Set while this thread runs a guarded region.

@@ -53,7 +53,7 @@ use super::admission::Admission;
 use super::conn::Conn;
 use super::no_sigpipe::NoSigPipe;
 use super::panic_guard::guarded;
-use super::stats::WorkerStats;
+use crate::stats::WorkerStats;
 use accept::{AcceptState, HandshakeBucket};
 use fanout::Slots;
 use shutdown::Drain;
@@ -259,7 +259,7 @@ impl Worker {
                             now_tick: t.tick,
                         },
                         config: &self.session_config,
-                        admission: &self.admission,
+                        admission: &*self.admission,
                         peer_ips: &mut self.peer_ips,
                         rate: self.rate,
                         security: &self.security,

@@ -14,6 +14,21 @@ use crate::security::Refused;
 
 use super::{Ctx, Now, Phase, Session};
 
+/// The process-wide admission an upgrade answers to. The worker implements
+/// it over its admission state; a trait, so that the session does not
+/// depend on the IO side.
+pub trait Admit {
+    /// The request head from `ip` was answered: it stops counting as
+    /// handshaking.
+    fn end_handshake(&self, ip: IpAddr);
+    /// Whether each connection's address is kept until it closes (the
+    /// per-IP connection limit is on).
+    fn tracks_ips(&self) -> bool;
+    /// Takes one `--max-connections` slot, or says why not (the text of
+    /// the 503 answer).
+    fn try_admit(&self) -> Result<(), &'static str>;
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum HeadStatus {
     NeedMore,
@@ -106,7 +121,7 @@ impl Session {
                     cx.out.extend_from_slice(&error_response(
                         503,
                         "Service Unavailable",
-                        why.reason(),
+                        why,
                         &[("Retry-After", "1")],
                     ));
                     self.close_after_response();

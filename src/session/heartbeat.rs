@@ -4,7 +4,7 @@
 
 use crate::protocol::frame::write_server_frame;
 use crate::protocol::{CloseCode, OpCode};
-use crate::server::WorkerStats;
+use crate::stats::WorkerStats;
 
 use super::{Now, Phase, Session, SessionConfig};
 

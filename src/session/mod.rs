@@ -45,9 +45,10 @@ use crate::protocol::message::PartialPool;
 use crate::protocol::{Receiver, ReceiverLimits};
 use crate::pubsub::frame::SHARED_WINDOW_BITS;
 use crate::security::{Grant, Security};
-use crate::server::{Admission, WorkerStats};
+use crate::stats::WorkerStats;
 
 pub use close::Phase;
+pub use handshake::Admit;
 pub use heartbeat::Timeout;
 pub use output::{AfterWrite, Sink};
 use write_queue::WriteQueue;
@@ -113,7 +114,9 @@ pub struct Ctx<'a> {
     pub app: AppKind,
     pub pubsub: PubSubCx<'a>,
     pub config: &'a SessionConfig,
-    pub admission: &'a Admission,
+    /// `--max-connections` and the handshake counts (the worker's
+    /// [`Admit`] over its admission state).
+    pub admission: &'a dyn Admit,
     /// Peer address of admitted connections, kept only for the per-IP limit.
     pub peer_ips: &'a mut FxHashMap<u32, IpAddr>,
     pub rate: Option<RateLimit>,
@@ -144,11 +147,11 @@ pub struct Session {
     /// Token bucket of the inbound message rate limit.
     tokens: f32,
     bucket_tick: u32,
-    /// Counted by [`Admission`] against `--max-connections`; released when
-    /// the connection goes.
+    /// Counted against `--max-connections` ([`Admit::try_admit`]); released
+    /// when the connection goes.
     pub admitted: bool,
-    /// Counted by [`Admission`] as handshaking (from accept until the
-    /// request head is answered, or the connection goes).
+    /// Counted as handshaking (from accept until the request head is
+    /// answered, or the connection goes).
     pub handshaking: bool,
     /// What the connection's token grants (only with authentication on).
     pub auth: Option<Box<Grant>>,
@@ -157,9 +160,9 @@ pub struct Session {
 }
 
 impl Session {
-    /// A session for a connection just accepted (and counted by
-    /// [`Admission`] as handshaking): the upgrade request is due within
-    /// the handshake timeout.
+    /// A session for a connection just accepted (and counted as
+    /// handshaking): the upgrade request is due within the handshake
+    /// timeout.
     pub fn new(serial: u32, now: Now, config: &SessionConfig) -> Session {
         Session {
             serial,

@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::protocol::CloseCode;
 use crate::pubsub::fanout::Delivered;
-use crate::server::WorkerStats;
+use crate::stats::WorkerStats;
 
 use super::write_queue::{write_or_queue, Chunk};
 use super::{Now, Phase, Session, SessionConfig};

@@ -417,6 +417,8 @@ fn wsbench_scenarios_and_report_against_a_live_server() {
             "1.5",
             "--reconnect-jitter-ms",
             "300",
+            "--probe-rate",
+            "50",
         ],
     );
     assert_eq!(u(&rs, "clients"), 300);
@@ -433,6 +435,30 @@ fn wsbench_scenarios_and_report_against_a_live_server() {
         assert_eq!(u(&rs, k), 0, "{k}: {rs:#}");
     }
     assert_latency(&rs, "reconnection", 300);
+    // Probe clients the drop did not touch kept connecting, before, during
+    // and after the storm.
+    assert_latency(&rs, "unaffected_handshake_calm", 20);
+    assert_latency(&rs, "unaffected_handshake_storm", 1);
+    // Connected clients through the drop: all 300, then fewer, then all
+    // again at the end.
+    let series = rs["timeseries"].as_array().expect("timeseries");
+    let open: Vec<u64> = series.iter().map(|p| u(p, "open")).collect();
+    let first_full = open
+        .iter()
+        .position(|&o| o == 300)
+        .unwrap_or_else(|| panic!("never reached 300: {open:?}"));
+    assert!(
+        open[first_full..].iter().any(|&o| o < 300),
+        "the drop shows in the series: {open:?}"
+    );
+    assert_eq!(open.last(), Some(&300), "everyone back: {open:?}");
+    let restart_json = dir.join("restart.json");
+    let charts = report(&restart_json, dir);
+    let ramp = charts
+        .iter()
+        .find(|p| p.to_string_lossy().ends_with("-ramp.svg"))
+        .expect("a connected-clients chart");
+    assert_chart(ramp, &["connected clients"]);
 
     // The server took all that and still serves.
     assert_workers_alive(&server);

@@ -190,6 +190,10 @@ impl Shared {
 
     /// A message pushed by Redis on `channel`.
     fn relay(&self, channel: &str, bytes: &[u8]) {
+        let (prefix, node) = (&self.cfg.prefix, self.cfg.node_id);
+        if super::history_stream::relay(&self.hub, prefix, node, channel, bytes) {
+            return;
+        }
         let Some((id, payload)) = wire::decode_sharded(bytes) else {
             return;
         };

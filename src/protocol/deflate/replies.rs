@@ -23,15 +23,27 @@ pub struct ReplyDeflate<'a> {
 pub struct Replies<'a> {
     out: &'a mut Vec<u8>,
     deflate: Option<ReplyDeflate<'a>>,
+    /// Data messages appended so far (for the `messages_out` count).
+    messages: u64,
 }
 
 impl<'a> Replies<'a> {
     pub fn new(out: &'a mut Vec<u8>, deflate: Option<ReplyDeflate<'a>>) -> Self {
-        Replies { out, deflate }
+        Replies {
+            out,
+            deflate,
+            messages: 0,
+        }
+    }
+
+    /// Data messages appended so far.
+    pub fn messages(&self) -> u64 {
+        self.messages
     }
 
     /// Appends one complete data message (text or binary).
     pub fn message(&mut self, opcode: OpCode, payload: &[u8]) {
+        self.messages += 1;
         if let Some(d) = self.deflate.as_mut() {
             if payload.len() >= d.min_size {
                 if let Some(c) = d.deflater.compress(payload, d.window_bits) {

@@ -11,7 +11,7 @@ use slab::Slab;
 
 use super::super::conn::Conn;
 use super::super::no_sigpipe::NoSigPipe;
-use super::super::stats::WorkerStats;
+use crate::stats::WorkerStats;
 
 /// The worker's fields fan-out needs, borrowed for one call.
 pub(super) struct Slots<'a> {

@@ -23,12 +23,12 @@ use crate::pubsub::WorkerMsg;
 use crate::session::{RateLimit, SessionConfig};
 use crate::timer_wheel::TimerWheel;
 
-use super::super::stats::WorkerStats;
 use super::accept::{AcceptState, HandshakeBucket};
 use super::shutdown::Drain;
 use super::timers::{self, ticks, Clock, TICK};
 use super::trouble::Trouble;
 use super::{Shared, Worker, FLUSH_AT, LISTENER, SCRATCH_BYTES};
+use crate::stats::WorkerStats;
 
 impl Worker {
     pub(crate) fn new(

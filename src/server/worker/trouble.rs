@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::escape::Esc;
 
-use super::super::stats::WorkerStats;
+use crate::stats::WorkerStats;
 
 /// How often the summary of connections closed for misbehaving is logged.
 const TROUBLE_INTERVAL: Duration = Duration::from_secs(10);

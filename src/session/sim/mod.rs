@@ -26,9 +26,9 @@ use crate::pubsub::fanout::Delivered;
 use crate::pubsub::topics::LocalTopics;
 use crate::pubsub::Hub;
 use crate::security::{OriginPolicy, Security};
-use crate::server::{Admission, WorkerStats};
+use crate::stats::WorkerStats;
 
-use super::{AfterWrite, Ctx, Now, Session, SessionConfig, Sink, Timeout};
+use super::{Admit, AfterWrite, Ctx, Now, Session, SessionConfig, Sink, Timeout};
 
 /// Read size of the simulated worker (the real one reads up to 64 KiB).
 const READ_BYTES: usize = 16 * 1024;
@@ -83,6 +83,19 @@ impl Sink for Pipe {
     }
 }
 
+/// Admission without limits (the limits themselves are tested over sockets).
+struct NoLimits;
+
+impl Admit for NoLimits {
+    fn end_handshake(&self, _: std::net::IpAddr) {}
+    fn tracks_ips(&self) -> bool {
+        false
+    }
+    fn try_admit(&self) -> Result<(), &'static str> {
+        Ok(())
+    }
+}
+
 /// A frame as the client decoded it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
@@ -110,7 +123,7 @@ struct World {
     topics: LocalTopics,
     pending: Slab<PendingResult>,
     broadcasts: Vec<LocalBroadcast>,
-    admission: Admission,
+    admission: NoLimits,
     security: Security,
     peer_ips: FxHashMap<u32, std::net::IpAddr>,
     config: SessionConfig,
@@ -172,7 +185,7 @@ impl Sim {
             topics: LocalTopics::default(),
             pending: Slab::new(),
             broadcasts: Vec::new(),
-            admission: Admission::new(0, 0),
+            admission: NoLimits,
             security: Security {
                 auth: None,
                 origins: OriginPolicy::new(&[], true),

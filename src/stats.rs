@@ -1,4 +1,8 @@
-//! Per-worker counters, readable from any thread.
+//! The counters the running parts bump, readable from any thread: one
+//! [`WorkerStats`] per worker, and the admin listener's [`AdminStats`].
+//!
+//! A leaf: it depends on nothing else in the crate, so the workers, the
+//! apps they run and the exposition ([`crate::metrics`]) can all share it.
 //!
 //! Each worker owns one [`WorkerStats`] and is its only writer, so an
 //! increment is a relaxed load and store (no locked instruction) on a cache
@@ -6,6 +10,17 @@
 //! eventually-consistent values and aggregate across workers.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// What the admin listener counts (exported with the other metrics).
+#[derive(Debug, Default)]
+pub struct AdminStats {
+    /// Admin connections closed to stay within the admin connection cap.
+    pub evicted: AtomicU64,
+    /// Admin requests that did not arrive within the admin request timeout.
+    pub timeouts: AtomicU64,
+    /// Admin requests refused for a missing or wrong bearer token.
+    pub unauthorized: AtomicU64,
+}
 
 /// A counter with a single writer thread.
 #[derive(Debug, Default)]

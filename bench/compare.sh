@@ -1,0 +1,154 @@
+#!/usr/bin/env bash
+# Servers side by side in one run: interleaved rounds, medians per figure.
+#
+#   bench/compare.sh --server NAME=COMMAND [--server NAME=COMMAND ...]
+#                    [--rounds N] [--connections N] [--listeners N]
+#                    [--out DIR]
+#
+#   --server NAME=COMMAND  a server to measure; COMMAND is run by bash with
+#                          {port} replaced by the port it must listen on
+#                          (127.0.0.1). The first server is the baseline
+#                          every ratio is against. Give two or more.
+#   --rounds N             interleaved rounds (default 3): each round runs
+#                          every scenario on every server, in turn
+#   --connections N        idle connections for the connect scenario
+#                          (default 10000)
+#   --listeners N          receivers for the broadcast scenario (default 5000)
+#   --out DIR              where the per-run JSON and the table go
+#                          (default target/bench/compare)
+#
+# Scenarios, each against a freshly started server:
+#   connect    N idle connections: server bytes per connection, server CPU
+#              per handshake, handshakes/s
+#   echo       100 connections in closed loop for 5 s: server CPU per round trip
+#   broadcast  L listeners, one client sending {"type":"broadcast"} with one
+#              message in flight: server CPU per delivery
+# Every server must speak wsgate's echo and broadcast JSON shapes (wsgate
+# with --app pubsub --client-broadcast on --max-broadcasts-per-sec 0 does;
+# so does the uWebSockets peer in ../shared/peers/uwebsockets).
+#
+# This machine is shared and noisy: a single run swings by tens of percent,
+# so only the medians of interleaved rounds and their ratios are worth
+# quoting. Example, the release build against the one at another revision:
+#
+#   git worktree add /tmp/old REV && (cd /tmp/old && cargo build --release)
+#   bench/compare.sh \
+#     --server "old=/tmp/old/target/release/wsgate --listen 127.0.0.1:{port} --workers 1 --log-level warn" \
+#     --server "new=target/release/wsgate --listen 127.0.0.1:{port} --workers 1 --log-level warn"
+#
+# ({port}-only commands get no admin listener; wsgate's admin default is
+# harmless here.) Everything stays on 127.0.0.0/8, is bounded in time and
+# stops by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+rounds=3
+connections=10000
+listeners=5000
+out=target/bench/compare
+names=()
+commands=()
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
+die() { echo "compare.sh: $*" >&2; echo "try: bench/compare.sh --help" >&2; exit 2; }
+number() { case "$2" in ''|*[!0-9]*|0) die "$1 must be a whole number above 0, not '$2'" ;; esac; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --server)
+      [ $# -ge 2 ] || die "--server needs NAME=COMMAND"
+      case "$2" in *=*) ;; *) die "--server needs NAME=COMMAND, not '$2'" ;; esac
+      names+=("${2%%=*}"); commands+=("${2#*=}"); shift 2 ;;
+    --rounds) [ $# -ge 2 ] || die "--rounds needs a value"; number --rounds "$2"; rounds=$2; shift 2 ;;
+    --connections) [ $# -ge 2 ] || die "--connections needs a value"; number --connections "$2"; connections=$2; shift 2 ;;
+    --listeners) [ $# -ge 2 ] || die "--listeners needs a value"; number --listeners "$2"; listeners=$2; shift 2 ;;
+    --out) [ $# -ge 2 ] && [ -n "$2" ] || die "--out needs a value"; out=$2; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown argument $1" ;;
+  esac
+done
+[ "${#names[@]}" -ge 2 ] || die "give at least two --server NAME=COMMAND"
+mkdir -p "$out"
+cargo build --release --bin wsbench
+wsbench=target/release/wsbench
+port=18611
+log() { echo "compare.sh: $*" >&2; }
+
+server=
+stop_server() {
+  if [ -n "$server" ]; then
+    kill -TERM "$server" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$server" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+    server=
+  fi
+}
+trap stop_server EXIT
+start_server() {
+  local cmd=${1//\{port\}/$port}
+  bash -c "exec $cmd" >"$out/server.log" 2>&1 &
+  server=$!
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  log "server did not start: $cmd (see $out/server.log)"
+  exit 1
+}
+bench() {
+  local file=$1
+  shift
+  "$wsbench" "$@" --url "ws://127.0.0.1:$port/ws" --server-pid "$server" --out "$file" >/dev/null
+}
+
+for round in $(seq 1 "$rounds"); do
+  for i in "${!names[@]}"; do
+    name=${names[$i]}
+    log "round $round/$rounds: $name"
+    start_server "${commands[$i]}"
+    bench "$out/$name-connect-$round.json" connect --connections "$connections" --hold 1 --settle 2 \
+      --src-ips 127.0.0.2-127.0.0.9
+    stop_server
+    start_server "${commands[$i]}"
+    bench "$out/$name-echo-$round.json" echo --connections 100 --duration 5
+    stop_server
+    start_server "${commands[$i]}"
+    bench "$out/$name-broadcast-$round.json" broadcast --listeners "$listeners" --messages 200 \
+      --mode broadcast --src-ips 127.0.0.2-127.0.0.9
+    stop_server
+  done
+done
+
+python3 - "$out" "$rounds" "${names[@]}" <<'EOF' | tee "$out/compare.md"
+import json, statistics, sys
+out, rounds, names = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+figures = [
+    ("connect", "server_bytes_per_conn", "idle B/conn"),
+    ("connect", "server_cpu_us_per_handshake", "server µs/handshake"),
+    ("connect", "handshakes_per_sec", "handshakes/s"),
+    ("echo", "server_cpu_us_per_round_trip", "server µs/echo round trip"),
+    ("broadcast", "server_cpu_us_per_delivery", "server µs/broadcast delivery"),
+]
+def median(name, scenario, key):
+    values = []
+    for r in range(1, rounds + 1):
+        value = json.load(open(f"{out}/{name}-{scenario}-{r}.json")).get(key)
+        if value is not None:
+            values.append(float(value))
+    return statistics.median(values) if values else None
+print(f"Medians of {rounds} interleaved rounds; ratio against {names[0]}.\n")
+print("| figure | " + " | ".join(names) + " |")
+print("|---|" + "---|" * len(names))
+for scenario, key, label in figures:
+    base = median(names[0], scenario, key)
+    cells = []
+    for name in names:
+        m = median(name, scenario, key)
+        if m is None:
+            cells.append("–")
+        elif name == names[0] or not base:
+            cells.append(f"{m:.2f}")
+        else:
+            cells.append(f"{m:.2f} ({m / base:.2f}×)")
+    print(f"| {label} | " + " | ".join(cells) + " |")
+EOF
+log "done: $out/compare.md"

@@ -1,0 +1,136 @@
+//! One wsgate node, wired together: [`start`] checks the settings, binds
+//! the workers' listeners, builds the hub every thread shares, joins the
+//! cluster, opens the admin API and starts the workers; the
+//! [`ServerHandle`] it returns observes and stops them.
+//!
+//! The top of the module graph: this is the only module that knows every
+//! part (server, pubsub, cluster, admin, metrics); none of them knows it.
+//!
+//! - [`error`]: why a node cannot start ([`StartError`]).
+//! - [`handle`]: the running node.
+//! - [`security`]: the security policy from the settings.
+//! - `cluster`: the Redis bridge and cluster-wide presence.
+
+mod cluster;
+pub mod error;
+pub mod handle;
+pub mod security;
+
+use std::sync::Arc;
+
+use crate::admin::AdminServer;
+use crate::config::Config;
+use crate::metrics::MetricsSource;
+use crate::protocol::message::ReassemblyBudget;
+use crate::pubsub::budget::TopicBudget;
+use crate::pubsub::history::{History, HistoryConfig};
+use crate::pubsub::uplink::Uplink;
+use crate::pubsub::{directory::MAX_WORKERS, Hub};
+use crate::server::{self, Admission, WorkerShared};
+use crate::stats::WorkerStats;
+pub use error::StartError;
+pub use handle::ServerHandle;
+
+/// Starts a node: binds every worker's listener, then spawns the workers.
+/// Returns once all listeners are bound (connections are accepted from
+/// then on). Settings are checked before anything starts.
+pub fn start(config: Config) -> Result<ServerHandle, StartError> {
+    let config = Arc::new(config);
+    let n = config.worker_count();
+    if n > MAX_WORKERS {
+        return Err(StartError::TooManyWorkers {
+            given: n,
+            max: MAX_WORKERS,
+        });
+    }
+    let security = Arc::new(security::from_config(&config)?);
+    let cluster_plan = cluster::plan(&config)?;
+    let (bound, links) = server::bind(&config).map_err(|source| StartError::Listen {
+        addr: config.listen,
+        source,
+    })?;
+    let local_addr = bound.local_addr();
+    let cluster_link = cluster_plan.as_ref().map(|_| cluster::channels());
+    let uplink = cluster_link
+        .as_ref()
+        .map(|(link, _)| Arc::new(link.clone()) as Arc<dyn Uplink>);
+    let topic_budget = TopicBudget::new(config.max_total_subscriptions, config.max_topics);
+    let history_cfg = HistoryConfig {
+        size: config.history_size,
+        ttl: config.history_ttl,
+        max_bytes: usize::try_from(config.history_max_bytes).unwrap_or(usize::MAX),
+        topics: config.history_topics.clone(),
+    };
+    let history = history_cfg.any().then(|| History::new(history_cfg));
+    let hub = Arc::new(Hub::new(links, uplink, topic_budget).with_history(history));
+    let node_id = config.node_id.unwrap_or_else(random_node_id);
+    if node_id == u64::MAX {
+        // Reserved: it marks the messages of cluster history on the wire.
+        return Err(StartError::ReservedNodeId);
+    }
+    let (bridge, cluster_stats, cluster_history) = match (cluster_plan, cluster_link) {
+        (Some(plan), Some((link, parts))) => {
+            let stats = link.stats.clone();
+            let (bridge, history) = cluster::start(plan, &config, node_id, &link, parts, &hub)?;
+            (Some(bridge), Some(stats), history)
+        }
+        _ => (None, None, None),
+    };
+    let admission = Arc::new(
+        Admission::new(config.max_connections, config.max_connections_per_ip)
+            .with_handshake_caps(config.max_handshaking, config.max_handshaking_per_ip),
+    );
+    let reassembly = Arc::new(ReassemblyBudget::new(config.max_reassembly_bytes));
+    let stats: Vec<Arc<WorkerStats>> = (0..n).map(|_| Arc::default()).collect();
+    let metrics = MetricsSource {
+        workers: stats.clone(),
+        hub: hub.clone(),
+        admission: admission.clone(),
+        reassembly: reassembly.clone(),
+        admin: Arc::default(),
+        cluster: cluster_stats.clone(),
+        cluster_history,
+    };
+    let (drain_tx, drain_rx) = crossbeam_channel::bounded(1);
+    let admin = match config.admin_listen {
+        Some(addr) => Some(AdminServer::start(
+            addr,
+            hub.clone(),
+            config.clone(),
+            metrics,
+            drain_tx.clone(),
+        )?),
+        None => None,
+    };
+    let shared = WorkerShared {
+        config: config.clone(),
+        hub: hub.clone(),
+        admission: admission.clone(),
+        security,
+        reassembly,
+    };
+    let workers = server::spawn(bound, shared, &stats).map_err(StartError::Workers)?;
+    Ok(ServerHandle {
+        local_addr,
+        admin,
+        bridge,
+        cluster_stats,
+        hub,
+        admission,
+        workers,
+        drain_rx,
+        _drain_tx: drain_tx,
+    })
+}
+
+/// A node id unlikely to collide with another process's: std's randomly
+/// keyed hasher over the pid and the time.
+fn random_node_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    if let Ok(t) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        h.write_u128(t.as_nanos());
+    }
+    h.finish()
+}

@@ -1,0 +1,29 @@
+//! Native TLS (wss://) as a sans-IO layer under the WebSocket session.
+//!
+//! The layer owns no socket and no clock. Ciphertext read by the event loop
+//! goes in, plaintext for the WebSocket session comes out; plaintext from the
+//! session goes in, TLS records for the socket come out. It is built on
+//! rustls' unbuffered API so that the read and write buffers belong to the
+//! worker ([`TlsScratch`], the caller's output `Vec`s) and an idle connection
+//! keeps only rustls' session state (keys, sequence numbers).
+//!
+//! - [`certs`]: PEM certificate chain and private key loading.
+//! - [`resolver`]: the certificate in use, swappable at run time (reload).
+//! - [`config`]: the rustls server configuration (versions, ALPN,
+//!   resumption) and the reload entry point ([`TlsContext`]).
+//! - [`session`]: one connection's TLS state machine ([`TlsConn`]).
+//! - [`error`]: what can go wrong, typed, with the close reason each maps to.
+
+pub mod certs;
+pub mod config;
+pub mod error;
+pub mod resolver;
+pub mod session;
+
+pub use certs::{load_certified_key, CertError};
+pub use config::{TlsConfigError, TlsContext, TlsSettings};
+pub use error::{TlsCloseReason, TlsError};
+pub use resolver::ReloadableResolver;
+pub use session::{
+    ReadOutcome, TlsConn, TlsLimits, TlsRead, TlsScratch, DEFAULT_MAX_HANDSHAKE_BUFFER,
+};

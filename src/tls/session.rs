@@ -1,0 +1,501 @@
+//! One connection's TLS state machine, sans IO, over rustls' unbuffered API.
+//!
+//! Buffers are the caller's: ciphertext is processed in the worker's
+//! [`TlsScratch`]; decrypted bytes are appended to the caller's plaintext
+//! `Vec` and TLS records to the caller's output `Vec`. A [`TlsConn`] keeps
+//! only rustls' connection state plus `carry`, the ciphertext of a record
+//! that has not fully arrived, which is empty (and unallocated) whenever the
+//! peer is between records; an idle connection holds no buffer of its own.
+
+use std::sync::Arc;
+
+use rustls::server::UnbufferedServerConnection;
+use rustls::unbuffered::{
+    ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus,
+};
+use rustls::{HandshakeKind, ProtocolVersion, ServerConfig};
+
+use super::error::TlsError;
+
+/// Budgets for a worker's TLS connections.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsLimits {
+    /// Bytes a connection may hold while its handshake has not finished
+    /// (partial ClientHello, handshake messages split across records). A
+    /// real ClientHello is a few hundred bytes to ~2 KiB (with post-quantum
+    /// key shares); past this the connection fails with
+    /// [`TlsError::HandshakeTooLarge`].
+    pub max_handshake_buffer: usize,
+}
+
+/// Default handshake budget: one full TLS record (16 KiB plaintext plus the
+/// 5-byte header), so any ClientHello a browser sends fits, and 1M stalled
+/// handshakes could at worst hold 16 GiB (the handshake timeout and per-IP
+/// limits bound how many exist at once).
+pub const DEFAULT_MAX_HANDSHAKE_BUFFER: usize = 16 * 1024 + 5;
+
+/// The most ciphertext an established connection may carry between calls:
+/// one incomplete record, at most the TLS 1.2 ciphertext limit (2^14 + 2048)
+/// plus its header. rustls rejects longer records, so this is a safety net.
+const MAX_RECORD_CARRY: usize = 5 + 16 * 1024 + 2048;
+
+impl Default for TlsLimits {
+    fn default() -> Self {
+        Self {
+            max_handshake_buffer: DEFAULT_MAX_HANDSHAKE_BUFFER,
+        }
+    }
+}
+
+/// Per-worker buffers shared by all its TLS connections.
+#[derive(Debug, Default)]
+pub struct TlsScratch {
+    /// Ciphertext being processed (a connection's carry plus new bytes).
+    incoming: Vec<u8>,
+    pub limits: TlsLimits,
+}
+
+impl TlsScratch {
+    pub fn new(limits: TlsLimits) -> Self {
+        Self {
+            incoming: Vec::with_capacity(64 * 1024),
+            limits,
+        }
+    }
+}
+
+/// What one [`TlsConn::read_tls`] call did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadOutcome {
+    /// Plaintext bytes appended to the caller's plaintext `Vec`.
+    pub plaintext: usize,
+    /// This call finished the handshake: the WebSocket session starts now.
+    pub handshake_completed: bool,
+    /// The peer sent close_notify: no more plaintext will come. The caller
+    /// answers with [`TlsConn::close_notify`] once its own output is done.
+    pub peer_closed: bool,
+}
+
+/// One TLS connection's state.
+pub struct TlsConn {
+    conn: UnbufferedServerConnection,
+    /// Ciphertext not yet consumed by rustls: an incomplete record (or, in
+    /// the handshake, a handshake message split across records). Kept here
+    /// only while non-empty; freed as soon as it is.
+    carry: Vec<u8>,
+    established: bool,
+    peer_closed: bool,
+    sent_close: bool,
+}
+
+impl std::fmt::Debug for TlsConn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsConn")
+            .field("established", &self.established)
+            .field("carry", &self.carry.len())
+            .field("peer_closed", &self.peer_closed)
+            .field("sent_close", &self.sent_close)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TlsConn {
+    pub fn new(config: Arc<ServerConfig>) -> Result<Self, TlsError> {
+        Ok(Self {
+            conn: UnbufferedServerConnection::new(config).map_err(TlsError::Setup)?,
+            carry: Vec::new(),
+            established: false,
+            peer_closed: false,
+            sent_close: false,
+        })
+    }
+
+    /// Feeds ciphertext read from the socket.
+    ///
+    /// Decrypted application data is appended to `plaintext`; records the
+    /// server owes the peer (handshake flights, session tickets, alerts) are
+    /// appended to `outgoing`, which the caller writes to the socket. On an
+    /// error, whatever alert rustls queued is in `outgoing` too: write it,
+    /// then close (plaintext decrypted before the error is still valid).
+    ///
+    /// After the peer's close_notify nothing more is TLS data: later bytes
+    /// are dropped unread, so they cannot accumulate.
+    pub fn read_tls(
+        &mut self,
+        ciphertext: &[u8],
+        scratch: &mut TlsScratch,
+        plaintext: &mut Vec<u8>,
+        outgoing: &mut Vec<u8>,
+    ) -> Result<ReadOutcome, TlsError> {
+        let mut read = self.begin_read(scratch, ciphertext.len());
+        read.buf().copy_from_slice(ciphertext);
+        read.finish(ciphertext.len(), plaintext, outgoing)
+    }
+
+    /// Starts a read straight into the worker's scratch, saving the copy
+    /// [`TlsConn::read_tls`] makes: read the socket into
+    /// [`TlsRead::buf`] (`room` bytes), then call [`TlsRead::finish`] with
+    /// the count read. Dropping the [`TlsRead`] unfinished (the read failed
+    /// or would block) leaves the connection as it was.
+    pub fn begin_read<'a>(&'a mut self, scratch: &'a mut TlsScratch, room: usize) -> TlsRead<'a> {
+        // The connection's carry (if any) goes in front of the new bytes
+        // and is freed; what is left over is copied back in `finish`, so an
+        // idle connection holds no allocation. The scratch only grows, so
+        // it is zero-filled once, not on every read.
+        let start = self.carry.len();
+        let buf = &mut scratch.incoming;
+        if buf.len() < start + room {
+            buf.resize(start + room, 0);
+        }
+        buf[..start].copy_from_slice(&self.carry);
+        self.carry = Vec::new();
+        TlsRead {
+            conn: self,
+            scratch,
+            start,
+            room,
+            finished: false,
+        }
+    }
+
+    /// Processes `buf[..end]` of the scratch (carry, then new bytes).
+    fn process_scratch(
+        &mut self,
+        scratch: &mut TlsScratch,
+        end: usize,
+        plaintext: &mut Vec<u8>,
+        outgoing: &mut Vec<u8>,
+    ) -> Result<ReadOutcome, TlsError> {
+        let mut outcome = ReadOutcome::default();
+        if self.peer_closed {
+            // Bytes behind close_notify are not TLS data any more.
+            return Ok(outcome);
+        }
+        let buf = &mut scratch.incoming[..end];
+        let before = plaintext.len();
+        let mut consumed = 0;
+        let result = self.process(buf, &mut consumed, plaintext, outgoing, &mut outcome);
+        outcome.plaintext = plaintext.len() - before;
+        if let Err(e) = result {
+            if matches!(e, TlsError::Protocol(_)) {
+                self.flush_alert(&e, &mut buf[consumed..], outgoing);
+            }
+            return Err(e);
+        }
+
+        let left = &buf[consumed..];
+        if self.peer_closed {
+            return Ok(outcome);
+        }
+        if self.established {
+            if left.len() > MAX_RECORD_CARRY {
+                return Err(TlsError::RecordTooLarge {
+                    buffered: left.len(),
+                    limit: MAX_RECORD_CARRY,
+                });
+            }
+        } else if left.len() > scratch.limits.max_handshake_buffer {
+            return Err(TlsError::HandshakeTooLarge {
+                buffered: left.len(),
+                limit: scratch.limits.max_handshake_buffer,
+            });
+        }
+        if !left.is_empty() {
+            self.carry = left.to_vec();
+        }
+        Ok(outcome)
+    }
+
+    /// Encrypts `data` into TLS records appended to `outgoing`. Pass all the
+    /// plaintext gathered for this connection in one loop turn at once: it
+    /// becomes as few records as the 16 KiB record limit allows.
+    pub fn write_plaintext(&mut self, data: &[u8], outgoing: &mut Vec<u8>) -> Result<(), TlsError> {
+        if data.is_empty() {
+            return Ok(());
+        }
+        if !self.established || self.sent_close {
+            return Err(TlsError::NotWritable);
+        }
+        self.with_write_traffic(outgoing, |wt, out| {
+            // Room for the records' overhead: header, content type, tag
+            // (and TLS 1.2's explicit nonce) per 16 KiB fragment.
+            let fragments = data.len() / (16 * 1024) + 1;
+            let start = out.len();
+            out.resize(start + data.len() + fragments * 64, 0);
+            let mut result = wt.encrypt(data, &mut out[start..]);
+            if let Err(EncryptError::InsufficientSize(need)) = result {
+                out.resize(start + need.required_size, 0);
+                result = wt.encrypt(data, &mut out[start..]);
+            }
+            match result {
+                Ok(n) => {
+                    out.truncate(start + n);
+                    Ok(())
+                }
+                Err(EncryptError::EncryptExhausted) => {
+                    out.truncate(start);
+                    Err(TlsError::KeysExhausted)
+                }
+                Err(EncryptError::InsufficientSize(_)) => {
+                    out.truncate(start);
+                    Err(TlsError::NotWritable)
+                }
+            }
+        })
+    }
+
+    /// Appends a close_notify alert to `outgoing` (once; later calls do
+    /// nothing). Nothing can be written after it.
+    pub fn close_notify(&mut self, outgoing: &mut Vec<u8>) -> Result<(), TlsError> {
+        if self.sent_close {
+            return Ok(());
+        }
+        if !self.established {
+            // Mid-handshake there is nothing to close cleanly: the caller
+            // just closes the socket.
+            self.sent_close = true;
+            return Ok(());
+        }
+        let result = self.with_write_traffic(outgoing, |wt, out| {
+            let start = out.len();
+            // A close_notify record is 24 bytes in TLS 1.3, 31 in TLS 1.2.
+            out.resize(start + 64, 0);
+            match wt.queue_close_notify(&mut out[start..]) {
+                Ok(n) => {
+                    out.truncate(start + n);
+                    Ok(())
+                }
+                Err(_) => {
+                    out.truncate(start);
+                    Err(TlsError::NotWritable)
+                }
+            }
+        });
+        self.sent_close = true;
+        result
+    }
+
+    /// True until the handshake has finished.
+    pub fn is_handshaking(&self) -> bool {
+        !self.established
+    }
+
+    /// The peer has sent close_notify.
+    pub fn peer_closed(&self) -> bool {
+        self.peer_closed
+    }
+
+    /// Ciphertext bytes this connection holds between calls.
+    pub fn buffered(&self) -> usize {
+        self.carry.len()
+    }
+
+    /// Capacity of this connection's own ciphertext buffer (0 when idle).
+    pub fn buffered_capacity(&self) -> usize {
+        self.carry.capacity()
+    }
+
+    /// The negotiated ALPN protocol.
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        self.conn.alpn_protocol()
+    }
+
+    /// The negotiated protocol version, once known.
+    pub fn protocol_version(&self) -> Option<ProtocolVersion> {
+        self.conn.protocol_version()
+    }
+
+    /// Full or resumed handshake, once known.
+    pub fn handshake_kind(&self) -> Option<HandshakeKind> {
+        self.conn.handshake_kind()
+    }
+
+    /// Runs rustls over `buf` until it needs more input. `consumed` counts
+    /// the leading bytes of `buf` rustls is done with.
+    fn process(
+        &mut self,
+        buf: &mut [u8],
+        consumed: &mut usize,
+        plaintext: &mut Vec<u8>,
+        outgoing: &mut Vec<u8>,
+        outcome: &mut ReadOutcome,
+    ) -> Result<(), TlsError> {
+        loop {
+            let UnbufferedStatus { discard, state } =
+                self.conn.process_tls_records(&mut buf[*consumed..]);
+            *consumed += discard;
+            let state = state.map_err(TlsError::Protocol)?;
+            match state {
+                ConnectionState::ReadTraffic(mut traffic) => {
+                    while let Some(record) = traffic.next_record() {
+                        let record = record.map_err(TlsError::Protocol)?;
+                        *consumed += record.discard;
+                        plaintext.extend_from_slice(record.payload);
+                    }
+                }
+                // Early data is off (`max_early_data_size` 0), so this does
+                // not happen; drained the same way if rustls ever offers it.
+                ConnectionState::ReadEarlyData(mut early) => {
+                    while let Some(record) = early.next_record() {
+                        let record = record.map_err(TlsError::Protocol)?;
+                        *consumed += record.discard;
+                        plaintext.extend_from_slice(record.payload);
+                    }
+                }
+                ConnectionState::EncodeTlsData(encode) => encode_into(encode, outgoing)?,
+                // The caller writes `outgoing` after this call returns;
+                // nothing in rustls waits for the bytes to leave.
+                ConnectionState::TransmitTlsData(transmit) => transmit.done(),
+                ConnectionState::PeerClosed => {
+                    self.peer_closed = true;
+                    outcome.peer_closed = true;
+                }
+                ConnectionState::WriteTraffic(_) => {
+                    if !self.established {
+                        self.established = true;
+                        outcome.handshake_completed = true;
+                    }
+                    return Ok(());
+                }
+                ConnectionState::BlockedHandshake | ConnectionState::Closed => return Ok(()),
+                // `ConnectionState` is non-exhaustive; a new state would need
+                // handling here, so treat it as "needs more input".
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Brings rustls to its `WriteTraffic` state, emitting whatever it has
+    /// queued first (tickets, a key update), and runs `f` there.
+    fn with_write_traffic(
+        &mut self,
+        outgoing: &mut Vec<u8>,
+        f: impl FnOnce(
+            &mut rustls::unbuffered::WriteTraffic<'_, rustls::server::ServerConnectionData>,
+            &mut Vec<u8>,
+        ) -> Result<(), TlsError>,
+    ) -> Result<(), TlsError> {
+        // rustls must see the same not-yet-consumed bytes it saw last time
+        // (a handshake message split across records is tracked by offset),
+        // so the carry is passed, not an empty slice. It holds no complete
+        // record, so no plaintext can come out of it.
+        let mut carry = std::mem::take(&mut self.carry);
+        let mut f = Some(f);
+        let mut consumed = 0;
+        let result = loop {
+            let UnbufferedStatus { discard, state } =
+                self.conn.process_tls_records(&mut carry[consumed..]);
+            consumed += discard;
+            match state {
+                Err(e) => {
+                    break Err(TlsError::Protocol(e));
+                }
+                Ok(ConnectionState::EncodeTlsData(encode)) => {
+                    if let Err(e) = encode_into(encode, outgoing) {
+                        break Err(e);
+                    }
+                }
+                Ok(ConnectionState::TransmitTlsData(transmit)) => transmit.done(),
+                Ok(ConnectionState::WriteTraffic(mut wt)) => {
+                    // WriteTraffic ends the loop, so `f` is still there.
+                    break match f.take() {
+                        Some(f) => f(&mut wt, outgoing),
+                        None => Err(TlsError::NotWritable),
+                    };
+                }
+                Ok(ConnectionState::PeerClosed) => self.peer_closed = true,
+                Ok(_) => break Err(TlsError::NotWritable),
+            }
+        };
+        if let Err(e @ TlsError::Protocol(_)) = &result {
+            self.flush_alert(e, &mut carry[consumed..], outgoing);
+        }
+        if consumed < carry.len() {
+            carry.drain(..consumed);
+            self.carry = carry;
+        }
+        result
+    }
+
+    /// After an error rustls has usually queued a fatal alert; emit it.
+    /// `rest` is the unconsumed input of the failed call: rustls tracks its
+    /// position in it, so it must be the same bytes.
+    fn flush_alert(&mut self, error: &TlsError, rest: &mut [u8], outgoing: &mut Vec<u8>) {
+        // A peer's own fatal alert gets no answer; nothing is queued.
+        if let TlsError::Protocol(rustls::Error::AlertReceived(_)) = error {
+            return;
+        }
+        // rustls hands out queued records before it looks at input again,
+        // so one call yields the alert. Exactly one: a second call would
+        // re-read the failed record and try to queue a second alert.
+        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(rest);
+        if let Ok(ConnectionState::EncodeTlsData(encode)) = state {
+            // Best effort: the connection is closing either way.
+            let _ = encode_into(encode, outgoing);
+        }
+    }
+}
+
+/// A read in progress into the worker's scratch ([`TlsConn::begin_read`]).
+pub struct TlsRead<'a> {
+    conn: &'a mut TlsConn,
+    scratch: &'a mut TlsScratch,
+    /// Where the new bytes start (after the carry).
+    start: usize,
+    room: usize,
+    finished: bool,
+}
+
+impl TlsRead<'_> {
+    /// Where the socket's bytes go.
+    pub fn buf(&mut self) -> &mut [u8] {
+        &mut self.scratch.incoming[self.start..self.start + self.room]
+    }
+
+    /// Processes the `n` bytes read into [`TlsRead::buf`]; as
+    /// [`TlsConn::read_tls`].
+    pub fn finish(
+        mut self,
+        n: usize,
+        plaintext: &mut Vec<u8>,
+        outgoing: &mut Vec<u8>,
+    ) -> Result<ReadOutcome, TlsError> {
+        self.finished = true;
+        let end = self.start + n.min(self.room);
+        self.conn
+            .process_scratch(self.scratch, end, plaintext, outgoing)
+    }
+}
+
+impl Drop for TlsRead<'_> {
+    fn drop(&mut self) {
+        // Unfinished: give the connection its carry back untouched.
+        if !self.finished && self.start > 0 {
+            self.conn.carry = self.scratch.incoming[..self.start].to_vec();
+        }
+    }
+}
+
+/// Appends the TLS data rustls wants to send to `out`.
+fn encode_into(
+    mut encode: EncodeTlsData<'_, rustls::server::ServerConnectionData>,
+    out: &mut Vec<u8>,
+) -> Result<(), TlsError> {
+    let start = out.len();
+    let need = match encode.encode(&mut []) {
+        Ok(_) => return Ok(()),
+        Err(EncodeError::InsufficientSize(need)) => need.required_size,
+        Err(EncodeError::AlreadyEncoded) => return Ok(()),
+    };
+    out.resize(start + need, 0);
+    match encode.encode(&mut out[start..]) {
+        Ok(n) => {
+            out.truncate(start + n);
+            Ok(())
+        }
+        Err(_) => {
+            out.truncate(start);
+            Err(TlsError::NotWritable)
+        }
+    }
+}
