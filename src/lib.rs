@@ -8,7 +8,10 @@
 //! - [`protocol`]: the sans-IO RFC 6455 core (handshake, frame codec, message
 //!   reassembly, close rules). No sockets, no clocks.
 //! - [`server`]: the IO side: SO_REUSEPORT listeners, one mio event loop per
-//!   worker thread, connections in a slab, write queues.
+//!   worker thread, each connection a socket and a session in a slab.
+//! - [`session`]: one connection's state machine, sans-IO: upgrade, close
+//!   handshake, heartbeat and idle deadlines, backpressure, write queue and
+//!   slow-consumer cut. Bytes and time in, bytes out.
 //! - [`app`]: what a connection's messages mean (echo, pub/sub commands).
 //! - [`pubsub`]: topics and cross-worker fan-out (directory, hub, outbox).
 //! - [`admin`]: the admin HTTP listener (publish API, metrics, health).
@@ -35,6 +38,7 @@ pub mod protocol;
 pub mod pubsub;
 pub mod security;
 pub mod server;
+pub mod session;
 pub mod stats;
 pub mod systemd;
 pub mod timer_wheel;

@@ -89,6 +89,11 @@ impl TimerWheel {
         }
     }
 
+    /// The tick timer `id` fires at (`None` once it fired or was cancelled).
+    pub fn deadline(&self, id: TimerId) -> Option<u64> {
+        self.entries.get(id.0 as usize).map(|e| e.deadline)
+    }
+
     /// Cancels `id` and schedules anew.
     pub fn reschedule(&mut self, id: TimerId, deadline: u64, key: u32) -> TimerId {
         self.cancel(id);

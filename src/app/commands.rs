@@ -247,7 +247,9 @@ fn payload(p: Option<&RawValue>) -> Result<&[u8], CommandError> {
 
 use crate::pubsub::text::json_string;
 // The texts deliveries carry are pub/sub's; replies quote them.
-pub use crate::pubsub::text::{broadcast_text, message_text, message_text_at};
+pub use crate::pubsub::text::{
+    broadcast_result_text, broadcast_text, message_text, message_text_at,
+};
 
 /// `{"type":"subscribed","topic":T,"recovered":R,"epoch":"E","offset":L}`
 /// for a topic with history (`recovered` only when the client resumed).
@@ -271,15 +273,6 @@ pub fn subscribed_unrecovered_text(topic: &str) -> Vec<u8> {
     out.extend_from_slice(br#"{"type":"subscribed","topic":"#);
     json_string(&mut out, topic);
     out.extend_from_slice(br#","recovered":false}"#);
-    out
-}
-
-/// `{"type":"broadcastResult","payload":P,"listenCount":N}`
-pub fn broadcast_result_text(payload: &[u8], listen_count: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(64 + payload.len());
-    out.extend_from_slice(br#"{"type":"broadcastResult","payload":"#);
-    out.extend_from_slice(payload);
-    let _ = write!(out, r#","listenCount":{listen_count}}}"#);
     out
 }
 

@@ -4,9 +4,9 @@
 //! Owns the meaning of each command: replies go into the connection's output
 //! buffer, cross-worker deliveries into other workers' inboxes. Deliveries to
 //! this worker's own connections (publishes and broadcasts) are handed to the
-//! worker as a list, in order: it alone can walk all connections and write
-//! out its batch between two of them, which bounds the batch however many
-//! messages one read carried. No sockets here.
+//! worker's local fan-out ([`crate::pubsub::fanout`]) as a list, in order: it
+//! writes out its batch between two of them, which bounds the batch however
+//! many messages one read carried. No sockets here.
 
 use std::sync::Arc;
 
@@ -16,15 +16,16 @@ use crate::app::commands::{self, Command, CommandError, Since};
 use crate::config::ClientBroadcast;
 use crate::protocol::deflate::Replies;
 use crate::protocol::{MessageKind, OpCode};
-use crate::pubsub::history::{Resumed, Seq};
+use crate::pubsub::history::Seq;
 use crate::pubsub::offload::OffloadError;
-use crate::pubsub::outbox::Outbox;
 use crate::pubsub::publish::{self as pubsub, Origin, Publish};
 use crate::pubsub::topics::LocalTopics;
 use crate::pubsub::uplink::HistoryHolder;
 use crate::pubsub::{users, Hub, Notify, OutFrame, Ticket, WorkerMsg};
 use crate::security::{Grant, Security};
 use crate::stats::WorkerStats;
+
+pub use crate::pubsub::fanout::{finish_resume, LocalBroadcast, PendingResult};
 
 /// Limits of the client protocol.
 #[derive(Debug, Clone, Copy)]
@@ -53,27 +54,6 @@ pub struct Allowances {
     /// Hash of the last token refused, so sending it again costs a hash,
     /// not a signature check.
     pub refused_token: u64,
-}
-
-/// A `broadcastResult` waiting for the other workers' counts.
-#[derive(Debug)]
-pub struct PendingResult {
-    pub conn: u32,
-    pub serial: u32,
-    pub payload: Box<[u8]>,
-    pub ticket: Arc<Ticket>,
-}
-
-/// A publish or broadcast whose local part the worker still has to deliver.
-#[derive(Debug)]
-pub struct LocalBroadcast {
-    pub frame: Arc<OutFrame>,
-    /// The topic of a publish (looked up again when delivered: the
-    /// subscribers are those at delivery time); None for a broadcast.
-    pub topic: Option<Arc<str>>,
-    pub ticket: Option<Arc<Ticket>>,
-    /// Only for this connection (a resume's replay), not a fan-out.
-    pub only: Option<u32>,
 }
 
 /// One worker's pub/sub state, borrowed by connections while they run
@@ -402,33 +382,6 @@ fn subscribe_cluster(
     }
 }
 
-/// A cluster resume's answer reached the subscriber's worker: if the
-/// connection's hold `r.token` on topic `r.topic` is still there, release it at `r.fence` and send
-/// it the reply and the replay (before any live message after the fence,
-/// which follows in the inbox).
-pub fn finish_resume(topics: &mut LocalTopics, outbox: &mut Outbox, r: Resumed) {
-    let Some(topic) = topics.id_of(&r.topic).and_then(|id| topics.get_mut(id)) else {
-        return;
-    };
-    let Some(pos) = topic
-        .fences
-        .iter()
-        .position(|(c, f)| *c == r.conn && *f == Seq::hold(r.token))
-    else {
-        return;
-    };
-    match r.fence {
-        Some(seq) => topic.fences[pos].1 = seq,
-        None => {
-            topic.fences.swap_remove(pos);
-        }
-    }
-    for frame in r.frames {
-        let f = outbox.add_frame(frame);
-        outbox.push(r.conn as usize, f);
-    }
-}
-
 /// `{"type":"presence","topic":T}`: this node's counts are answered at
 /// once; with a cluster the question goes to Redis on the offload thread
 /// (never on the event loop; its queue is bounded, past it error 429), and
@@ -552,54 +505,6 @@ pub fn join_user(user: &str, conn: u32, conn_topics: &mut Vec<u32>, cx: &mut Pub
     if joined.first_local {
         cx.hub.topic_joined(&topic, cx.worker);
     }
-}
-
-/// Queues `frame` for every local subscriber of topic `id` (but those whose
-/// replay already held the message at `seq`); returns how many.
-pub fn deliver_to_topic(
-    topics: &mut LocalTopics,
-    outbox: &mut Outbox,
-    id: u32,
-    frame: Arc<OutFrame>,
-    seq: Option<Seq>,
-) -> u64 {
-    let Some(topic) = topics.get_mut(id) else {
-        return 0;
-    };
-    if topic.subscribers.is_empty() {
-        return 0;
-    }
-    let f = outbox.add_frame(frame);
-    if topic.fences.is_empty() {
-        for &conn in &topic.subscribers {
-            outbox.push(conn as usize, f);
-        }
-        return topic.subscribers.len() as u64;
-    }
-    let subscribers = &topic.subscribers;
-    let mut fences = std::mem::take(&mut topic.fences);
-    // A held subscriber (cluster resume under way) gets nothing yet; other
-    // fences go away with the first message past them.
-    fences.retain(|(_, fence)| {
-        fence.is_hold() || seq.is_some_and(|s| fence.gen == s.gen && fence.offset >= s.offset)
-    });
-    let mut n = 0;
-    for &conn in subscribers {
-        if !fences.iter().any(|(c, _)| *c == conn) {
-            outbox.push(conn as usize, f);
-            n += 1;
-        }
-    }
-    topic.fences = fences;
-    n
-}
-
-/// The `broadcastResult` frame for a finished broadcast.
-pub fn broadcast_result_frame(pending: &PendingResult) -> Arc<OutFrame> {
-    OutFrame::text(&commands::broadcast_result_text(
-        &pending.payload,
-        pending.ticket.delivered(),
-    ))
 }
 
 /// `{"type":"refresh","token":T}`: a fresh token extends the connection past

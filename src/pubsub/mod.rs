@@ -13,6 +13,9 @@
 //! - [`frame`]: a publish's frame, shared by all subscribers, compressed
 //!   at most once (permessage-deflate).
 //! - [`offload`]: blocking work (Redis round trips) off the event loops.
+//! - [`fanout`]: one worker's local fan-out (inbox deliveries, its own
+//!   connections' publishes, pending broadcast results), written through
+//!   the worker's [`fanout::Connections`].
 //! - [`outbox`]: one worker's per-iteration batch of frames per connection,
 //!   so each connection gets one write per loop iteration.
 //!
@@ -27,6 +30,7 @@
 
 pub mod budget;
 pub mod directory;
+pub mod fanout;
 pub mod frame;
 pub mod history;
 pub mod hub;

@@ -43,3 +43,12 @@ pub fn broadcast_text(payload: &[u8]) -> Vec<u8> {
     out.push(b'}');
     out
 }
+
+/// `{"type":"broadcastResult","payload":P,"listenCount":N}`
+pub fn broadcast_result_text(payload: &[u8], listen_count: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(64 + payload.len());
+    out.extend_from_slice(br#"{"type":"broadcastResult","payload":"#);
+    out.extend_from_slice(payload);
+    let _ = write!(out, r#","listenCount":{listen_count}}}"#);
+    out
+}

@@ -12,7 +12,6 @@ pub(crate) mod listener;
 mod no_sigpipe;
 mod panic_guard;
 mod worker;
-mod write_queue;
 
 use std::io;
 use std::net::SocketAddr;

@@ -1,0 +1,293 @@
+//! Accepting: a batch per turn, admission before a connection costs a slot
+//! (the per-IP and total limits, `--max-handshakes-per-sec`), and leaving /
+//! rejoining the port's SO_REUSEPORT group when the process is out of
+//! descriptors.
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use mio::net::{TcpListener, TcpStream};
+use mio::{Interest, Token};
+
+use crate::protocol::handshake::error_response;
+use crate::session::{Now, Session};
+
+use super::super::conn::Conn;
+use super::super::listener;
+use super::{Worker, LISTENER};
+
+/// Connections accepted per loop turn before serving the others.
+const ACCEPT_BATCH: usize = 256;
+/// How long accepting pauses after an unexpected accept error.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How often a worker out of the group tries to rejoin regardless.
+const REJOIN_RETRY: Duration = Duration::from_secs(1);
+
+/// The worker's listener and what it knows about accepting.
+pub(super) struct AcceptState {
+    pub listener: Option<TcpListener>,
+    /// The listener was readable and not yet drained.
+    pub pending: bool,
+    pub paused_until: Option<Instant>,
+    last_backoff_log: Option<Instant>,
+    /// The address all listeners of the port share (to rejoin the group).
+    listen_addr: Option<SocketAddr>,
+    /// Set while this worker is out of the port's SO_REUSEPORT group
+    /// because the process ran out of descriptors.
+    pub left_group: Option<LeftGroup>,
+}
+
+impl AcceptState {
+    pub fn new(listener: TcpListener, listen_addr: Option<SocketAddr>) -> AcceptState {
+        AcceptState {
+            listener: Some(listener),
+            // Connections may have queued before the first poll.
+            pending: true,
+            paused_until: None,
+            last_backoff_log: None,
+            listen_addr,
+            left_group: None,
+        }
+    }
+
+    /// Accepting can go on right now (poll without sleeping).
+    pub fn ready(&self) -> bool {
+        self.pending && self.paused_until.is_none() && self.listener.is_some()
+    }
+}
+
+/// A worker that ran out of descriptors closes its listener so the kernel
+/// hands new connections to the other listeners on the port (other workers,
+/// other processes) instead of leaving them in a backlog nobody can accept
+/// from; with `net.ipv4.tcp_migrate_req = 1` the connections already queued
+/// move too. It binds a fresh listener once it has room again.
+pub(super) struct LeftGroup {
+    /// Open connections when it left; a drop below this means room.
+    open_at_leave: usize,
+    /// Descriptors may also free up elsewhere in the process: try anyway.
+    pub retry_at: Instant,
+}
+
+/// `--max-handshakes-per-sec` token bucket of one worker (bursts of twice
+/// the rate).
+pub(super) struct HandshakeBucket {
+    rate: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl HandshakeBucket {
+    pub fn new(per_sec: u32, now: Instant) -> Option<HandshakeBucket> {
+        (per_sec > 0).then(|| HandshakeBucket {
+            rate: f64::from(per_sec),
+            tokens: 2.0 * f64::from(per_sec),
+            last: now,
+        })
+    }
+
+    /// Takes one upgrade from the bucket.
+    fn take(&mut self, now: Instant) -> bool {
+        let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + refill).min(2.0 * self.rate);
+        self.last = now;
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
+}
+
+fn is_descriptor_exhaustion(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+    )
+}
+
+impl Worker {
+    pub(super) fn accept_batch(&mut self, now: Instant, t: Now) {
+        if let Some(until) = self.accept.paused_until {
+            if now < until {
+                return;
+            }
+            self.accept.paused_until = None;
+        }
+        for _ in 0..ACCEPT_BATCH {
+            let Some(listener) = self.accept.listener.as_ref() else {
+                self.accept.pending = false;
+                return;
+            };
+            match listener.accept() {
+                Ok((stream, peer)) => self.add_conn(stream, peer.ip(), now, t),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.accept.pending = false;
+                    return;
+                }
+                Err(e) if is_descriptor_exhaustion(&e) => {
+                    self.leave_group(now, &e);
+                    return;
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::Interrupted
+                            | io::ErrorKind::ConnectionAborted
+                            | io::ErrorKind::ConnectionReset
+                    ) => {}
+                Err(e) => {
+                    tracing::warn!(worker = self.id, error = %e, "accept failed");
+                    self.accept.paused_until = Some(now + ACCEPT_BACKOFF);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Out of descriptors: leave the port's SO_REUSEPORT group (see
+    /// [`LeftGroup`]). Spinning on accept would burn a core, and pausing
+    /// with the listener open would strand connections in its backlog.
+    fn leave_group(&mut self, now: Instant, e: &io::Error) {
+        self.stats.accept_backoffs.inc();
+        if let Some(mut l) = self.accept.listener.take() {
+            let _ = self.poll.registry().deregister(&mut l);
+        }
+        self.accept.pending = false;
+        self.accept.left_group = Some(LeftGroup {
+            open_at_leave: self.conns.len(),
+            retry_at: now + REJOIN_RETRY,
+        });
+        if self
+            .accept
+            .last_backoff_log
+            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(5))
+        {
+            self.accept.last_backoff_log = Some(now);
+            tracing::warn!(
+                worker = self.id,
+                open = self.conns.len(),
+                error = %e,
+                "out of descriptors: this worker stops listening until it has room; \
+                 new connections go to the other listeners on the port \
+                 (raise LimitNOFILE / ulimit -n)"
+            );
+        }
+    }
+
+    /// Binds a fresh listener into the port's group once there is room.
+    pub(super) fn maybe_rejoin(&mut self, now: Instant) {
+        let Some(left) = self.accept.left_group.as_mut() else {
+            return;
+        };
+        if self.drain.started() {
+            self.accept.left_group = None;
+            return;
+        }
+        // Early only after a handful of our own closes (1%, at least one);
+        // otherwise once per REJOIN_RETRY, so a worker whose process is full
+        // for other reasons cannot flap on every loop turn.
+        let closed_enough = self.conns.len() + left.open_at_leave / 100 < left.open_at_leave;
+        if now < left.retry_at && !closed_enough {
+            return;
+        }
+        left.retry_at = now + REJOIN_RETRY;
+        let Some(addr) = self.accept.listen_addr else {
+            return;
+        };
+        let mut listener = match listener::bind_reuseport(addr) {
+            Ok(l) => TcpListener::from_std(l),
+            Err(e) => {
+                tracing::debug!(worker = self.id, error = %e, "rejoin failed; still full");
+                return;
+            }
+        };
+        if let Err(e) = self
+            .poll
+            .registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)
+        {
+            tracing::debug!(worker = self.id, error = %e, "rejoin failed");
+            return;
+        }
+        tracing::info!(worker = self.id, open = self.conns.len(), "listening again");
+        self.accept.listener = Some(listener);
+        self.accept.left_group = None;
+        self.accept.pending = true;
+    }
+
+    /// Refuses a connection before it costs a slot: reads what already
+    /// arrived (closing with unread bytes would reset the connection before
+    /// the answer is read), answers 503, and drops it.
+    fn refuse_at_accept(&mut self, stream: &TcpStream, reason: &str, retry_after: &str) {
+        let _ = (&*stream).read(&mut self.scratch);
+        let resp = error_response(
+            503,
+            "Service Unavailable",
+            reason,
+            &[("Retry-After", retry_after)],
+        );
+        let _ = (&*stream).write(&resp);
+    }
+
+    fn add_conn(&mut self, mut stream: TcpStream, ip: IpAddr, now: Instant, t: Now) {
+        self.stats.accepted.inc();
+        if !self.handshake_bucket.as_mut().is_none_or(|b| b.take(now)) {
+            // A reconnect storm: more upgrades than this worker is set to
+            // serve. A fast 503 now, with a jittered Retry-After so the
+            // retries do not come back as one wave, costs the worker less
+            // than letting them queue and time out, and keeps the
+            // established connections' latency.
+            self.stats.handshakes_shed.inc();
+            let retry = fastrand::u32(1..=5).to_string();
+            self.refuse_at_accept(&stream, "too many connection attempts; retry later", &retry);
+            return;
+        }
+        if let Err(why) = self.admission.try_accept(ip) {
+            // One address's unfinished handshakes must not hold the
+            // descriptors every other client needs.
+            self.stats.handshake_failures.inc();
+            self.stats.rejected_unavailable.inc();
+            self.refuse_at_accept(&stream, why.reason(), "1");
+            return;
+        }
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY failed");
+        }
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        // Edge-triggered, both directions, registered once: no epoll_ctl per
+        // write; a WRITABLE edge only arrives after the socket was full.
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(key),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            tracing::warn!(error = %e, "register failed");
+            self.admission.end_handshake(ip);
+            self.admission.closed(ip);
+            return;
+        }
+        // A peer that stops acknowledging what we send is dead: let the
+        // kernel give up on it after the idle timeout instead of ~15 min of
+        // retransmissions (covers receive-only clients, which are not pinged).
+        if let Err(e) =
+            socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(self.config.idle_timeout))
+        {
+            tracing::debug!(error = %e, "TCP_USER_TIMEOUT failed");
+        }
+        let serial = self.next_serial;
+        self.next_serial = self.next_serial.wrapping_add(1);
+        let mut conn = Conn {
+            stream,
+            timer: None,
+            session: Session::new(serial, t, &self.session_config),
+        };
+        conn.sync_timer(&mut self.wheel, key);
+        entry.insert(conn);
+        // Kept while it handshakes (to uncount it), for good with the
+        // per-IP connection limit on.
+        self.peer_ips.insert(key as u32, ip);
+        self.stats.open.inc();
+    }
+}
