@@ -53,6 +53,17 @@ pub enum ClientBroadcast {
     Off,
 }
 
+/// Which event loop the workers run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IoBackend {
+    /// mio over epoll: readiness, then read/write syscalls per socket.
+    Epoll,
+    /// io_uring: multishot accept and recv into a per-worker buffer ring,
+    /// sends batched into one `io_uring_enter` per loop turn (Linux 6.0+).
+    #[value(name = "io-uring")]
+    IoUring,
+}
+
 /// wsgate: a WebSocket server for a million connections per box.
 #[derive(Debug, Clone, Parser)]
 #[command(name = "wsgate", version, about, long_about = None)]
@@ -72,6 +83,11 @@ pub struct Config {
     /// Pin worker N to CPU core N (mod the number of cores).
     #[arg(long, env = "WSGATE_PIN_CORES")]
     pub pin_cores: bool,
+
+    /// Event loop of the workers: "epoll", or "io-uring" (Linux 6.0+; a
+    /// kernel without what it needs stops the server at start-up).
+    #[arg(long, env = "WSGATE_IO_BACKEND", value_enum, default_value = "epoll")]
+    pub io_backend: IoBackend,
 
     /// Application served on each connection.
     #[arg(long, env = "WSGATE_APP", value_enum, default_value = "pubsub")]

@@ -7,22 +7,22 @@
 use std::io;
 use std::net::IpAddr;
 
-use mio::net::TcpStream;
-
 use crate::session::{Admit, Session, Sink};
 use crate::timer_wheel::{TimerId, TimerWheel};
 
 use super::admission::Admission;
 use super::no_sigpipe::NoSigPipe;
 
-pub(crate) struct Conn {
-    pub stream: TcpStream,
+/// `H` is what the worker's event loop keeps per connection
+/// ([`super::loop_io::Io::Handle`]): the mio stream, or the io_uring handle.
+pub(crate) struct Conn<H> {
+    pub stream: H,
     /// The wheel entry for the session's deadline ([`Session::poll_timeout`]).
     pub timer: Option<TimerId>,
     pub session: Session,
 }
 
-impl Conn {
+impl<H> Conn<H> {
     /// Moves the wheel entry to the session's current deadline (a no-op
     /// when it did not change, which is the common case after a read).
     pub fn sync_timer(&mut self, wheel: &mut TimerWheel, key: usize) {
@@ -69,7 +69,7 @@ mod tests {
     fn an_idle_connection_is_small() {
         // The slab stores Conn inline; this is the user-space cost of an idle
         // connection (plus the slab's per-entry tag).
-        let size = std::mem::size_of::<Conn>();
+        let size = std::mem::size_of::<Conn<mio::net::TcpStream>>();
         assert!(size <= 192, "Conn grew to {size} bytes");
     }
 }

@@ -9,6 +9,7 @@
 mod admission;
 mod conn;
 pub(crate) mod listener;
+mod loop_io;
 mod no_sigpipe;
 mod panic_guard;
 mod worker;
@@ -27,6 +28,7 @@ use crate::pubsub::{Hub, WorkerMsg};
 use crate::security::Security;
 use crate::stats::{StatsSnapshot, WorkerStats};
 pub use admission::Admission;
+use worker::epoll::Epoll;
 use worker::{Shared, Worker, WAKER};
 
 /// Every worker's listener, poll and inbox, made before any worker runs so
@@ -116,7 +118,7 @@ pub(crate) fn spawn(
     panic_guard::install_hook();
     let mut handles = Vec::with_capacity(bound.workers.len());
     for (id, ((l, poll, rx), stats)) in bound.workers.into_iter().zip(stats).enumerate() {
-        let worker = Worker::new(id, poll, l, rx, stats.clone(), &shared)?;
+        let worker = Worker::new(id, Epoll::new(poll, l)?, rx, stats.clone(), &shared);
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         // Alive from before `spawn` returns until the thread ends, however
         // it ends (the guard is dropped with the closure).

@@ -1,16 +1,19 @@
-//! One worker: a thread with its own `mio::Poll`, its own SO_REUSEPORT
+//! One worker: a thread with its own event loop, its own SO_REUSEPORT
 //! listener, and a slab of the connections it accepted.
 //!
-//! This file is the event loop: wait for readiness, read sockets into the
-//! session of each connection, write what the sessions produced, run the
-//! timers, and shut down. The clock is read once per loop turn and passed
-//! down. Everything a connection decides lives in its
+//! [`Worker`] is generic over its loop ([`Io`]): the epoll (mio) loop in
+//! `epoll`, or the io_uring loop in [`super::uring`]. This file holds what
+//! both loops share: handing input to sessions, writing what the sessions
+//! produced, closing, panics, and fan-out. The clock is read once per loop
+//! turn and passed down. Everything a connection decides lives in its
 //! [`Session`](crate::session::Session); the worker only does IO and
-//! scheduling. Around the loop:
+//! scheduling. Around it:
 //!
+//! - `epoll`: the epoll event loop (readiness, read/write until WouldBlock);
 //! - `setup`: building a worker from the configuration;
-//! - `accept`: accepting, admission before a slot is spent, and leaving /
-//!   rejoining the port's SO_REUSEPORT group when out of descriptors;
+//! - `accept`: admission before a connection costs a slot (both loops), the
+//!   epoll loop's accept batch, and leaving / rejoining the port's
+//!   SO_REUSEPORT group when out of descriptors;
 //! - `timers`: ticks, the timer wheel, and when to wake up;
 //! - `fanout`: the worker's side of [`LocalFanout`] (delivering a turn's
 //!   fan-out frames to sessions);
@@ -21,19 +24,19 @@
 //! Nothing here is shared with other workers; other threads reach a worker
 //! only through its inbox and waker.
 
-mod accept;
+pub(super) mod accept;
+pub(super) mod epoll;
 mod fanout;
 mod setup;
 mod shutdown;
-mod timers;
+pub(super) mod timers;
 mod trouble;
 
-use std::io::{self, Read};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use mio::{Events, Poll, Token};
+use mio::Token;
 use rustc_hash::FxHashMap;
 use slab::Slab;
 
@@ -51,10 +54,10 @@ use crate::timer_wheel::TimerWheel;
 
 use super::admission::Admission;
 use super::conn::Conn;
-use super::no_sigpipe::NoSigPipe;
+use super::loop_io::Io;
 use super::panic_guard::guarded;
 use crate::stats::WorkerStats;
-use accept::{AcceptState, HandshakeBucket};
+use accept::HandshakeBucket;
 use fanout::Slots;
 use shutdown::Drain;
 use timers::Clock;
@@ -64,15 +67,15 @@ pub(crate) const LISTENER: Token = Token(usize::MAX);
 pub(crate) const WAKER: Token = Token(usize::MAX - 1);
 
 /// Per-read scratch size: one read takes at most this much from a socket.
-const SCRATCH_BYTES: usize = 64 * 1024;
+pub(super) const SCRATCH_BYTES: usize = 64 * 1024;
 /// Reads (of up to `SCRATCH_BYTES`) one connection gets per loop turn. A
 /// client that sends without pause must not keep the worker in its read
 /// loop: the fan-out its messages produce, the other connections and the
 /// timers all wait for the turn to end (a publisher flooding one topic once
 /// kept a worker from ever flushing its outbox, so every frame piled up).
-const READ_BUDGET: usize = 16;
+pub(super) const READ_BUDGET: usize = 16;
 /// Output produced while reading is flushed once it reaches this size.
-const FLUSH_AT: usize = 64 * 1024;
+pub(super) const FLUSH_AT: usize = 64 * 1024;
 
 /// What all workers of a server share (read-only, or internally synchronised).
 pub(crate) struct Shared {
@@ -84,125 +87,74 @@ pub(crate) struct Shared {
     pub reassembly: Arc<ReassemblyBudget>,
 }
 
-pub(crate) struct Worker {
-    id: usize,
-    poll: Poll,
-    conns: Slab<Conn>,
-    next_serial: u32,
-    scratch: Box<[u8]>,
+pub(crate) struct Worker<I: Io> {
+    pub(super) id: usize,
+    /// The event loop's side: its poller or ring, and the listener.
+    pub(super) io: I,
+    pub(super) conns: Slab<Conn<I::Handle>>,
+    pub(super) next_serial: u32,
+    pub(super) scratch: Box<[u8]>,
     /// Output the sessions produce while handling input or time, written
     /// straight to the socket (see [`crate::session::Session::write_to`]).
-    out: Vec<u8>,
-    pool: PartialPool,
+    pub(super) out: Vec<u8>,
+    pub(super) pool: PartialPool,
     /// Compressor for replies and fan-out (permessage-deflate), reset per
     /// message: connections own none.
-    deflater: Deflater,
-    limits: ReceiverLimits,
-    handshake: HandshakeConfig,
-    session_config: SessionConfig,
-    config: Arc<Config>,
-    stats: Arc<WorkerStats>,
-    hub: Arc<Hub>,
-    fanout: LocalFanout,
-    pubsub_limits: PubSubLimits,
-    admission: Arc<Admission>,
-    security: Arc<Security>,
-    peer_ips: FxHashMap<u32, IpAddr>,
-    rate: Option<RateLimit>,
-    clock: Clock,
-    wheel: TimerWheel,
-    expired: Vec<u32>,
-    accept: AcceptState,
-    handshake_bucket: Option<HandshakeBucket>,
-    drain: Drain,
+    pub(super) deflater: Deflater,
+    pub(super) limits: ReceiverLimits,
+    pub(super) handshake: HandshakeConfig,
+    pub(super) session_config: SessionConfig,
+    pub(super) config: Arc<Config>,
+    pub(super) stats: Arc<WorkerStats>,
+    pub(super) hub: Arc<Hub>,
+    pub(super) fanout: LocalFanout,
+    pub(super) pubsub_limits: PubSubLimits,
+    pub(super) admission: Arc<Admission>,
+    pub(super) security: Arc<Security>,
+    pub(super) peer_ips: FxHashMap<u32, IpAddr>,
+    pub(super) rate: Option<RateLimit>,
+    pub(super) clock: Clock,
+    pub(super) wheel: TimerWheel,
+    pub(super) expired: Vec<u32>,
+    pub(super) handshake_bucket: Option<HandshakeBucket>,
+    pub(super) drain: Drain,
     /// Connections to read again next turn: their reading was un-paused
     /// (backpressure eased), or they used up their read budget.
-    read_again: Vec<usize>,
+    pub(super) read_again: Vec<usize>,
     /// Connections a fan-out write found gone, closed after it returns.
-    doomed: Vec<usize>,
-    trouble: Trouble,
+    pub(super) doomed: Vec<usize>,
+    pub(super) trouble: Trouble,
     /// Debug builds with `Config::debug_panic_trigger`: see `Ctx::debug_panic`.
-    debug_panic: bool,
+    pub(super) debug_panic: bool,
 }
 
-impl Worker {
-    /// Runs the event loop until shutdown has drained (returns true), or
-    /// until polling fails (returns false: the worker is lost).
-    pub(crate) fn run(mut self) -> bool {
-        let mut drained = false;
-        let mut events = Events::with_capacity(1024);
-        loop {
-            // Connections set aside last turn are read this turn, after that
-            // turn's fan-out went out.
-            let carried = std::mem::take(&mut self.read_again);
-            let timeout = if carried.is_empty() {
-                // A fresh reading: this turn's work took time, and sleeping
-                // from a stale one would oversleep the next tick by as much.
-                self.poll_timeout(Instant::now())
-            } else {
-                Some(std::time::Duration::ZERO)
-            };
-            if let Err(e) = self.poll.poll(&mut events, timeout) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                tracing::error!(worker = self.id, error = %e, "poll failed; worker stops");
-                break;
-            }
-            // The one clock reading of this turn's work.
-            let now = Instant::now();
-            let t = self.clock.now(now);
-            for ev in events.iter() {
-                match ev.token() {
-                    LISTENER => self.accept.pending = true,
-                    WAKER => self.drain_inbox(now, t),
-                    Token(key) => {
-                        let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
-                        if ev.is_writable() {
-                            self.on_writable(key);
-                        }
-                        if readable {
-                            self.on_readable(key, ev.is_read_closed() || ev.is_error(), now, t);
-                        }
-                    }
-                }
-            }
-            if self.fanout.inbox_more() {
-                self.drain_inbox(now, t);
-            }
-            for key in carried {
-                // Anything may have arrived: read until WouldBlock (or the
-                // budget again).
-                self.on_readable(key, true, now, t);
-            }
-            if self.accept.pending {
-                self.accept_batch(now, t);
-            }
-            self.maybe_rejoin(now);
-            self.with_slots(t, None, |fanout, slots| fanout.check_pending(slots, now));
-            self.flush_fanout(t);
-            // After the flush: what was batched for them goes out first.
-            self.close_due(now, t);
-            self.fanout.end_turn();
-            self.expire(now, t);
-            self.publish_gauges();
-            self.trouble.report_if_due(self.id, &self.stats, now);
-            if self.drain.done(self.conns.is_empty(), now) {
-                drained = true;
-                break;
-            }
-        }
+impl<I: Io> Worker<I> {
+    /// The work at the end of every loop turn, after input: fan-out out,
+    /// the drain's due closes, timers, gauges. Returns true once the drain
+    /// is done (the loop exits).
+    pub(super) fn end_turn(&mut self, now: Instant, t: Now) -> bool {
+        self.with_slots(t, None, |fanout, slots| fanout.check_pending(slots, now));
+        self.flush_fanout(t);
+        // After the flush: what was batched for them goes out first.
+        self.close_due(now, t);
+        self.fanout.end_turn();
+        self.expire(now, t);
+        self.publish_gauges();
+        self.trouble.report_if_due(self.id, &self.stats, now);
+        self.drain.done(self.conns.is_empty(), now)
+    }
+
+    /// Closes every connection (the loop is ending).
+    pub(super) fn close_all(&mut self) {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
             self.close_now(key);
         }
-        tracing::debug!(worker = self.id, "worker stopped");
-        drained
     }
 
     /// The counters the codecs and fan-out keep for themselves, published
     /// once per turn.
-    fn publish_gauges(&mut self) {
+    pub(super) fn publish_gauges(&mut self) {
         self.stats.timers.set(self.wheel.len() as u64);
         self.stats
             .deflate_compressions
@@ -213,112 +165,71 @@ impl Worker {
             .add(self.fanout.take_early_flushes());
     }
 
-    fn drain_inbox(&mut self, now: Instant, t: Now) {
+    pub(super) fn drain_inbox(&mut self, now: Instant, t: Now) {
         let control = self.with_slots(t, None, |fanout, slots| fanout.drain_inbox(slots));
         if control == InboxControl::Shutdown {
             self.begin_shutdown(now, t);
         }
     }
 
-    /// Reads until the socket is drained (or reading is paused), handing
-    /// each chunk to the session as it arrives, then writes the replies.
-    fn on_readable(&mut self, key: usize, read_closed: bool, now: Instant, t: Now) {
-        let mut reads = 0;
-        loop {
-            let Some(conn) = self.conns.get_mut(key) else {
-                return;
-            };
-            if !conn.session.wants_read() {
-                break;
-            }
-            match (&conn.stream).read(&mut self.scratch) {
-                Ok(0) => {
-                    self.on_eof(key, t);
-                    return;
-                }
-                Ok(n) => {
-                    self.stats.bytes_in.add(n as u64);
-                    let mut cx = Ctx {
-                        out: &mut self.out,
-                        pool: &mut self.pool,
-                        deflater: &mut self.deflater,
-                        deflate_min_size: self.config.deflate_min_size,
-                        limits: &self.limits,
-                        handshake: &self.handshake,
-                        stats: &self.stats,
-                        app: self.config.app,
-                        pubsub: PubSubCx {
-                            worker: self.id,
-                            hub: &self.hub,
-                            topics: &mut self.fanout.topics,
-                            pending: &mut self.fanout.pending,
-                            broadcasts: &mut self.fanout.broadcasts,
-                            limits: self.pubsub_limits,
-                            security: &self.security,
-                            stats: &self.stats,
-                            now_tick: t.tick,
-                        },
-                        config: &self.session_config,
-                        admission: &*self.admission,
-                        peer_ips: &mut self.peer_ips,
-                        rate: self.rate,
-                        security: &self.security,
-                        debug_panic: self.debug_panic,
-                    };
-                    let phase = conn.session.phase();
-                    let data = &mut self.scratch[..n];
-                    let session = &mut conn.session;
-                    if let Err(message) = guarded(|| session.on_bytes(key, data, t, &mut cx)) {
-                        self.on_panic(key, phase, &message, now, t);
-                        return;
-                    }
-                    conn.sync_timer(&mut self.wheel, key);
-                    if !self.fanout.broadcasts.is_empty() {
-                        self.with_slots(t, Some(key), |fanout, slots| {
-                            fanout.deliver_local_broadcasts(slots, now)
-                        });
-                        if !self.conns.contains(key) {
-                            // Closed while its replies were in `out`.
-                            self.out.clear();
-                            return;
-                        }
-                    }
-                    if self.out.len() >= FLUSH_AT && !self.flush(key) {
-                        return;
-                    }
-                    // A short read drained the socket. Under edge triggering
-                    // new data raises a new edge, so stop here and save the
-                    // read() that would return WouldBlock, unless the peer
-                    // also closed (that edge is already spent).
-                    if n < self.scratch.len() && !read_closed {
-                        break;
-                    }
-                    reads += 1;
-                    if reads >= READ_BUDGET {
-                        self.read_again.push(key);
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    self.on_eof(key, t);
-                    return;
-                }
+    /// Hands bytes read from connection `key` to its session, then delivers
+    /// the local broadcasts they produced. Replies stay in `out` (the
+    /// caller flushes them). Returns false if the connection is gone.
+    pub(super) fn on_input(&mut self, key: usize, data: &mut [u8], now: Instant, t: Now) -> bool {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return false;
+        };
+        self.stats.bytes_in.add(data.len() as u64);
+        let mut cx = Ctx {
+            out: &mut self.out,
+            pool: &mut self.pool,
+            deflater: &mut self.deflater,
+            deflate_min_size: self.config.deflate_min_size,
+            limits: &self.limits,
+            handshake: &self.handshake,
+            stats: &self.stats,
+            app: self.config.app,
+            pubsub: PubSubCx {
+                worker: self.id,
+                hub: &self.hub,
+                topics: &mut self.fanout.topics,
+                pending: &mut self.fanout.pending,
+                broadcasts: &mut self.fanout.broadcasts,
+                limits: self.pubsub_limits,
+                security: &self.security,
+                stats: &self.stats,
+                now_tick: t.tick,
+            },
+            config: &self.session_config,
+            admission: &*self.admission,
+            peer_ips: &mut self.peer_ips,
+            rate: self.rate,
+            security: &self.security,
+            debug_panic: self.debug_panic,
+        };
+        let phase = conn.session.phase();
+        let session = &mut conn.session;
+        if let Err(message) = guarded(|| session.on_bytes(key, data, t, &mut cx)) {
+            self.on_panic(key, phase, &message, now, t);
+            return false;
+        }
+        conn.sync_timer(&mut self.wheel, key);
+        if !self.fanout.broadcasts.is_empty() {
+            self.with_slots(t, Some(key), |fanout, slots| {
+                fanout.deliver_local_broadcasts(slots, now)
+            });
+            if !self.conns.contains(key) {
+                // Closed while its replies were in `out`.
+                self.out.clear();
+                return false;
             }
         }
-        self.flush(key);
-    }
-
-    fn on_writable(&mut self, key: usize) {
-        if self.conns.get(key).is_some_and(|c| c.session.wants_write()) {
-            self.flush(key);
-        }
+        true
     }
 
     /// The peer closed its side (or reading failed). The session keeps
     /// writing what is owed, under the close timer (see `Session::on_eof`).
-    fn on_eof(&mut self, key: usize, t: Now) {
+    pub(super) fn on_eof(&mut self, key: usize, t: Now) {
         let Some(conn) = self.conns.get_mut(key) else {
             return;
         };
@@ -331,14 +242,14 @@ impl Worker {
 
     /// Writes the session's pending output (the shared `out` buffer, then
     /// or else its queue). Returns false if the connection was closed.
-    fn flush(&mut self, key: usize) -> bool {
-        let Some(conn) = self.conns.get_mut(key) else {
+    pub(super) fn flush(&mut self, key: usize) -> bool {
+        let Some(conn) = self.conns.get_mut(key).filter(|c| I::is_live(&c.stream)) else {
             self.out.clear();
             return false;
         };
         let written = conn.session.write_to(
             &mut self.out,
-            &mut NoSigPipe(&conn.stream),
+            &mut self.io.sink(&mut conn.stream),
             &self.session_config,
             &self.stats,
         );
@@ -357,12 +268,12 @@ impl Worker {
 
     /// Writes this turn's fan-out batch, then closes the connections that
     /// writing found gone.
-    fn flush_fanout(&mut self, t: Now) {
+    pub(super) fn flush_fanout(&mut self, t: Now) {
         self.with_slots(t, None, |fanout, slots| fanout.flush(slots));
     }
 
-    fn close_now(&mut self, key: usize) {
-        let Some(mut conn) = self.conns.try_remove(key) else {
+    pub(super) fn close_now(&mut self, key: usize) {
+        let Some(conn) = self.conns.get_mut(key).filter(|c| I::is_live(&c.stream)) else {
             return;
         };
         if let Some(id) = conn.timer.take() {
@@ -388,8 +299,9 @@ impl Worker {
             leave_topic(&mut self.fanout.topics, &self.hub, self.id, id, key as u32);
         }
         s.release(&mut self.pool);
-        // Dropping the stream closes the descriptor, which also removes it
-        // from the epoll set.
+        if self.io.close(&mut conn.stream) {
+            self.conns.remove(key);
+        }
         self.stats.open.sub(1);
         self.stats.closed.inc();
     }
@@ -398,7 +310,14 @@ impl Worker {
     /// `phase` when that started). Only that connection pays: an upgraded
     /// one is closed with 1011 (RFC 6455 §7.4.1, "unexpected condition"), a
     /// handshaking or closing one is dropped.
-    fn on_panic(&mut self, key: usize, phase: Phase, message: &str, now: Instant, t: Now) {
+    pub(super) fn on_panic(
+        &mut self,
+        key: usize,
+        phase: Phase,
+        message: &str,
+        now: Instant,
+        t: Now,
+    ) {
         self.stats.panics.inc();
         // Whatever the interrupted call wrote may be half a frame.
         self.out.clear();
@@ -426,13 +345,14 @@ impl Worker {
     /// Runs `f` with the fan-out and a view of the connections it writes
     /// to, then closes those it found gone. `reading` is the connection
     /// whose replies are in `out` (flushed before any batch).
-    fn with_slots<R>(
+    pub(super) fn with_slots<R>(
         &mut self,
         t: Now,
         reading: Option<usize>,
-        f: impl FnOnce(&mut LocalFanout, &mut Slots<'_>) -> R,
+        f: impl FnOnce(&mut LocalFanout, &mut Slots<'_, I>) -> R,
     ) -> R {
         let mut slots = Slots {
+            io: &mut self.io,
             conns: &mut self.conns,
             wheel: &mut self.wheel,
             out: &mut self.out,

@@ -15,6 +15,8 @@ use crate::session::{Now, Session};
 
 use super::super::conn::Conn;
 use super::super::listener;
+use super::super::loop_io::Io;
+use super::epoll::Epoll;
 use super::{Worker, LISTENER};
 
 /// Connections accepted per loop turn before serving the others.
@@ -25,7 +27,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 const REJOIN_RETRY: Duration = Duration::from_secs(1);
 
 /// The worker's listener and what it knows about accepting.
-pub(super) struct AcceptState {
+pub(crate) struct AcceptState {
     pub listener: Option<TcpListener>,
     /// The listener was readable and not yet drained.
     pub pending: bool,
@@ -62,7 +64,7 @@ impl AcceptState {
 /// other processes) instead of leaving them in a backlog nobody can accept
 /// from; with `net.ipv4.tcp_migrate_req = 1` the connections already queued
 /// move too. It binds a fresh listener once it has room again.
-pub(super) struct LeftGroup {
+pub(crate) struct LeftGroup {
     /// Open connections when it left; a drop below this means room.
     open_at_leave: usize,
     /// Descriptors may also free up elsewhere in the process: try anyway.
@@ -71,7 +73,7 @@ pub(super) struct LeftGroup {
 
 /// `--max-handshakes-per-sec` token bucket of one worker (bursts of twice
 /// the rate).
-pub(super) struct HandshakeBucket {
+pub(crate) struct HandshakeBucket {
     rate: f64,
     tokens: f64,
     last: Instant,
@@ -99,30 +101,30 @@ impl HandshakeBucket {
     }
 }
 
-fn is_descriptor_exhaustion(e: &io::Error) -> bool {
+pub(in crate::server) fn is_descriptor_exhaustion(e: &io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
     )
 }
 
-impl Worker {
+impl Worker<Epoll> {
     pub(super) fn accept_batch(&mut self, now: Instant, t: Now) {
-        if let Some(until) = self.accept.paused_until {
+        if let Some(until) = self.io.accept.paused_until {
             if now < until {
                 return;
             }
-            self.accept.paused_until = None;
+            self.io.accept.paused_until = None;
         }
         for _ in 0..ACCEPT_BATCH {
-            let Some(listener) = self.accept.listener.as_ref() else {
-                self.accept.pending = false;
+            let Some(listener) = self.io.accept.listener.as_ref() else {
+                self.io.accept.pending = false;
                 return;
             };
             match listener.accept() {
                 Ok((stream, peer)) => self.add_conn(stream, peer.ip(), now, t),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.accept.pending = false;
+                    self.io.accept.pending = false;
                     return;
                 }
                 Err(e) if is_descriptor_exhaustion(&e) => {
@@ -138,7 +140,7 @@ impl Worker {
                     ) => {}
                 Err(e) => {
                     tracing::warn!(worker = self.id, error = %e, "accept failed");
-                    self.accept.paused_until = Some(now + ACCEPT_BACKOFF);
+                    self.io.accept.paused_until = Some(now + ACCEPT_BACKOFF);
                     return;
                 }
             }
@@ -150,20 +152,21 @@ impl Worker {
     /// with the listener open would strand connections in its backlog.
     fn leave_group(&mut self, now: Instant, e: &io::Error) {
         self.stats.accept_backoffs.inc();
-        if let Some(mut l) = self.accept.listener.take() {
-            let _ = self.poll.registry().deregister(&mut l);
+        if let Some(mut l) = self.io.accept.listener.take() {
+            let _ = self.io.poll.registry().deregister(&mut l);
         }
-        self.accept.pending = false;
-        self.accept.left_group = Some(LeftGroup {
+        self.io.accept.pending = false;
+        self.io.accept.left_group = Some(LeftGroup {
             open_at_leave: self.conns.len(),
             retry_at: now + REJOIN_RETRY,
         });
         if self
+            .io
             .accept
             .last_backoff_log
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(5))
         {
-            self.accept.last_backoff_log = Some(now);
+            self.io.accept.last_backoff_log = Some(now);
             tracing::warn!(
                 worker = self.id,
                 open = self.conns.len(),
@@ -177,11 +180,11 @@ impl Worker {
 
     /// Binds a fresh listener into the port's group once there is room.
     pub(super) fn maybe_rejoin(&mut self, now: Instant) {
-        let Some(left) = self.accept.left_group.as_mut() else {
+        let Some(left) = self.io.accept.left_group.as_mut() else {
             return;
         };
         if self.drain.started() {
-            self.accept.left_group = None;
+            self.io.accept.left_group = None;
             return;
         }
         // Early only after a handful of our own closes (1%, at least one);
@@ -192,7 +195,7 @@ impl Worker {
             return;
         }
         left.retry_at = now + REJOIN_RETRY;
-        let Some(addr) = self.accept.listen_addr else {
+        let Some(addr) = self.io.accept.listen_addr else {
             return;
         };
         let mut listener = match listener::bind_reuseport(addr) {
@@ -202,35 +205,48 @@ impl Worker {
                 return;
             }
         };
-        if let Err(e) = self
-            .poll
-            .registry()
-            .register(&mut listener, LISTENER, Interest::READABLE)
+        if let Err(e) =
+            self.io
+                .poll
+                .registry()
+                .register(&mut listener, LISTENER, Interest::READABLE)
         {
             tracing::debug!(worker = self.id, error = %e, "rejoin failed");
             return;
         }
         tracing::info!(worker = self.id, open = self.conns.len(), "listening again");
-        self.accept.listener = Some(listener);
-        self.accept.left_group = None;
-        self.accept.pending = true;
+        self.io.accept.listener = Some(listener);
+        self.io.accept.left_group = None;
+        self.io.accept.pending = true;
     }
+}
 
-    /// Refuses a connection before it costs a slot: reads what already
-    /// arrived (closing with unread bytes would reset the connection before
-    /// the answer is read), answers 503, and drops it.
-    fn refuse_at_accept(&mut self, stream: &TcpStream, reason: &str, retry_after: &str) {
-        let _ = (&*stream).read(&mut self.scratch);
-        let resp = error_response(
-            503,
-            "Service Unavailable",
-            reason,
-            &[("Retry-After", retry_after)],
-        );
-        let _ = (&*stream).write(&resp);
-    }
+/// Why admission turned a connection away, and when to come back.
+pub(in crate::server) struct Refusal {
+    pub reason: &'static str,
+    pub retry_after: String,
+}
 
-    fn add_conn(&mut self, mut stream: TcpStream, ip: IpAddr, now: Instant, t: Now) {
+/// Refuses a connection before it costs a slot: reads what already arrived
+/// (closing with unread bytes would reset the connection before the answer
+/// is read), answers 503, and leaves the drop to the caller. `stream` is
+/// non-blocking.
+pub(in crate::server) fn refuse<S: Read + Write>(mut stream: S, scratch: &mut [u8], r: &Refusal) {
+    let _ = stream.read(scratch);
+    let resp = error_response(
+        503,
+        "Service Unavailable",
+        r.reason,
+        &[("Retry-After", &r.retry_after)],
+    );
+    let _ = stream.write(&resp);
+}
+
+impl<I: Io> Worker<I> {
+    /// Admission of a connection just accepted from `ip`, before it costs a
+    /// slot: `--max-handshakes-per-sec`, then the total, per-IP and
+    /// handshaking caps. On success it is counted as handshaking.
+    pub(in crate::server) fn admit(&mut self, ip: IpAddr, now: Instant) -> Result<(), Refusal> {
         self.stats.accepted.inc();
         if !self.handshake_bucket.as_mut().is_none_or(|b| b.take(now)) {
             // A reconnect storm: more upgrades than this worker is set to
@@ -239,55 +255,88 @@ impl Worker {
             // than letting them queue and time out, and keeps the
             // established connections' latency.
             self.stats.handshakes_shed.inc();
-            let retry = fastrand::u32(1..=5).to_string();
-            self.refuse_at_accept(&stream, "too many connection attempts; retry later", &retry);
-            return;
+            return Err(Refusal {
+                reason: "too many connection attempts; retry later",
+                retry_after: fastrand::u32(1..=5).to_string(),
+            });
         }
         if let Err(why) = self.admission.try_accept(ip) {
             // One address's unfinished handshakes must not hold the
             // descriptors every other client needs.
             self.stats.handshake_failures.inc();
             self.stats.rejected_unavailable.inc();
-            self.refuse_at_accept(&stream, why.reason(), "1");
+            return Err(Refusal {
+                reason: why.reason(),
+                retry_after: "1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A connection that could not be set up after [`Worker::admit`]:
+    /// uncounts it.
+    pub(in crate::server) fn unadmit(&mut self, ip: IpAddr) {
+        self.admission.end_handshake(ip);
+        self.admission.closed(ip);
+    }
+
+    /// Puts an admitted connection in slot `key` (the slab's vacant key,
+    /// which its IO was registered under) with a fresh session.
+    pub(in crate::server) fn insert_conn(
+        &mut self,
+        key: usize,
+        handle: I::Handle,
+        ip: IpAddr,
+        t: Now,
+    ) {
+        let serial = self.next_serial;
+        self.next_serial = self.next_serial.wrapping_add(1);
+        let mut conn = Conn {
+            stream: handle,
+            timer: None,
+            session: Session::new(serial, t, &self.session_config),
+        };
+        conn.sync_timer(&mut self.wheel, key);
+        let inserted = self.conns.insert(conn);
+        debug_assert_eq!(inserted, key);
+        // Kept while it handshakes (to uncount it), for good with the
+        // per-IP connection limit on.
+        self.peer_ips.insert(key as u32, ip);
+        self.stats.open.inc();
+    }
+}
+
+impl Worker<Epoll> {
+    fn add_conn(&mut self, mut stream: TcpStream, ip: IpAddr, now: Instant, t: Now) {
+        if let Err(r) = self.admit(ip, now) {
+            refuse(&stream, &mut self.scratch, &r);
             return;
         }
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "TCP_NODELAY failed");
         }
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
+        let key = self.conns.vacant_key();
         // Edge-triggered, both directions, registered once: no epoll_ctl per
         // write; a WRITABLE edge only arrives after the socket was full.
-        if let Err(e) = self.poll.registry().register(
+        if let Err(e) = self.io.poll.registry().register(
             &mut stream,
             Token(key),
             Interest::READABLE | Interest::WRITABLE,
         ) {
             tracing::warn!(error = %e, "register failed");
-            self.admission.end_handshake(ip);
-            self.admission.closed(ip);
+            self.unadmit(ip);
             return;
         }
-        // A peer that stops acknowledging what we send is dead: let the
-        // kernel give up on it after the idle timeout instead of ~15 min of
-        // retransmissions (covers receive-only clients, which are not pinged).
-        if let Err(e) =
-            socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(self.config.idle_timeout))
-        {
-            tracing::debug!(error = %e, "TCP_USER_TIMEOUT failed");
-        }
-        let serial = self.next_serial;
-        self.next_serial = self.next_serial.wrapping_add(1);
-        let mut conn = Conn {
-            stream,
-            timer: None,
-            session: Session::new(serial, t, &self.session_config),
-        };
-        conn.sync_timer(&mut self.wheel, key);
-        entry.insert(conn);
-        // Kept while it handshakes (to uncount it), for good with the
-        // per-IP connection limit on.
-        self.peer_ips.insert(key as u32, ip);
-        self.stats.open.inc();
+        set_user_timeout(&stream, self.config.idle_timeout);
+        self.insert_conn(key, stream, ip, t);
+    }
+}
+
+/// A peer that stops acknowledging what we send is dead: let the kernel
+/// give up on it after the idle timeout instead of ~15 min of
+/// retransmissions (covers receive-only clients, which are not pinged).
+pub(in crate::server) fn set_user_timeout(stream: impl std::os::fd::AsFd, idle: Duration) {
+    if let Err(e) = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(idle)) {
+        tracing::debug!(error = %e, "TCP_USER_TIMEOUT failed");
     }
 }

@@ -10,12 +10,13 @@ use crate::timer_wheel::TimerWheel;
 use slab::Slab;
 
 use super::super::conn::Conn;
-use super::super::no_sigpipe::NoSigPipe;
+use super::super::loop_io::Io;
 use crate::stats::WorkerStats;
 
 /// The worker's fields fan-out needs, borrowed for one call.
-pub(super) struct Slots<'a> {
-    pub conns: &'a mut Slab<Conn>,
+pub(crate) struct Slots<'a, I: Io> {
+    pub io: &'a mut I,
+    pub conns: &'a mut Slab<Conn<I::Handle>>,
     pub wheel: &'a mut TimerWheel,
     pub out: &'a mut Vec<u8>,
     pub deflater: &'a mut Deflater,
@@ -30,16 +31,18 @@ pub(super) struct Slots<'a> {
     pub read_again: &'a mut Vec<usize>,
 }
 
-impl Connections for Slots<'_> {
+impl<I: Io> Connections for Slots<'_, I> {
     fn is_open(&self, key: usize, serial: Option<u32>) -> bool {
-        self.conns
-            .get(key)
-            .is_some_and(|c| c.session.is_open() && serial.is_none_or(|s| s == c.session.serial))
+        self.conns.get(key).is_some_and(|c| {
+            I::is_live(&c.stream)
+                && c.session.is_open()
+                && serial.is_none_or(|s| s == c.session.serial)
+        })
     }
 
     fn each_open(&self, mut f: impl FnMut(usize)) {
         for (key, conn) in self.conns.iter() {
-            if conn.session.is_open() {
+            if I::is_live(&conn.stream) && conn.session.is_open() {
                 f(key);
             }
         }
@@ -49,7 +52,7 @@ impl Connections for Slots<'_> {
         let Some(conn) = self.conns.get_mut(key) else {
             return Delivered::NotOpen;
         };
-        if !conn.session.is_open() {
+        if !I::is_live(&conn.stream) || !conn.session.is_open() {
             return Delivered::NotOpen;
         }
         let deflate = conn.session.takes_shared_deflate();
@@ -66,7 +69,7 @@ impl Connections for Slots<'_> {
         self.stats.deliveries.add(count);
         let delivered = conn.session.deliver(
             frames,
-            &mut NoSigPipe(&conn.stream),
+            &mut self.io.sink(&mut conn.stream),
             self.out,
             self.now,
             self.config,
@@ -85,13 +88,13 @@ impl Connections for Slots<'_> {
             self.out.clear();
             return;
         };
-        let Some(conn) = self.conns.get_mut(key) else {
+        let Some(conn) = self.conns.get_mut(key).filter(|c| I::is_live(&c.stream)) else {
             self.out.clear();
             return;
         };
         let written = conn.session.write_to(
             self.out,
-            &mut NoSigPipe(&conn.stream),
+            &mut self.io.sink(&mut conn.stream),
             self.config,
             self.stats,
         );

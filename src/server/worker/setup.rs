@@ -23,27 +23,38 @@ use crate::pubsub::WorkerMsg;
 use crate::session::{RateLimit, SessionConfig};
 use crate::timer_wheel::TimerWheel;
 
+use super::super::loop_io::Io;
 use super::accept::{AcceptState, HandshakeBucket};
+use super::epoll::Epoll;
 use super::shutdown::Drain;
 use super::timers::{self, ticks, Clock, TICK};
 use super::trouble::Trouble;
 use super::{Shared, Worker, FLUSH_AT, LISTENER, SCRATCH_BYTES};
 use crate::stats::WorkerStats;
 
-impl Worker {
-    pub(crate) fn new(
-        id: usize,
-        poll: Poll,
-        listener: std::net::TcpListener,
-        inbox: Inbox<WorkerMsg>,
-        stats: Arc<WorkerStats>,
-        shared: &Shared,
-    ) -> io::Result<Worker> {
-        let config = shared.config.clone();
+impl Epoll {
+    /// The epoll side of a worker: `listener` registered with `poll`.
+    pub(crate) fn new(poll: Poll, listener: std::net::TcpListener) -> io::Result<Epoll> {
         let listen_addr: Option<SocketAddr> = listener.local_addr().ok();
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        Ok(Epoll {
+            poll,
+            accept: AcceptState::new(listener, listen_addr),
+        })
+    }
+}
+
+impl<I: Io> Worker<I> {
+    pub(crate) fn new(
+        id: usize,
+        io: I,
+        inbox: Inbox<WorkerMsg>,
+        stats: Arc<WorkerStats>,
+        shared: &Shared,
+    ) -> Worker<I> {
+        let config = shared.config.clone();
         let limits = ReceiverLimits {
             max_frame_bytes: config.message_limit(),
             max_message_bytes: config.message_limit(),
@@ -85,9 +96,9 @@ impl Worker {
             refresh_ticks: ticks(config.min_refresh_interval),
         };
         let now = Instant::now();
-        Ok(Worker {
+        Worker {
             id,
-            poll,
+            io,
             conns: Slab::new(),
             next_serial: 0,
             scratch: vec![0u8; SCRATCH_BYTES].into_boxed_slice(),
@@ -108,7 +119,6 @@ impl Worker {
             clock: Clock::new(now),
             wheel: TimerWheel::new(timers::WHEEL_SLOTS, 0),
             expired: Vec::new(),
-            accept: AcceptState::new(listener, listen_addr),
             handshake_bucket: HandshakeBucket::new(config.max_handshakes_per_sec, now),
             drain: Drain::default(),
             read_again: Vec::new(),
@@ -116,7 +126,7 @@ impl Worker {
             trouble: Trouble::new(now),
             debug_panic: cfg!(debug_assertions) && config.debug_panic_trigger,
             config,
-        })
+        }
     }
 }
 

@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 use crate::protocol::CloseCode;
 use crate::session::{Now, Phase};
 
+use super::super::loop_io::Io;
 use super::Worker;
 
 /// A worker's drain, once begun.
 #[derive(Default)]
-pub(super) struct Drain {
+pub(crate) struct Drain {
     /// When the worker stops regardless.
     until: Option<Instant>,
     /// Open connections still to close during a spread drain: (when, key,
@@ -40,7 +41,7 @@ impl Drain {
     }
 }
 
-impl Worker {
+impl<I: Io> Worker<I> {
     pub(super) fn begin_shutdown(&mut self, now: Instant, t: Now) {
         if self.drain.started() {
             return;
@@ -52,11 +53,7 @@ impl Worker {
         self.drain.until = Some(until);
         // Every close from now on must be done by the end of the drain.
         self.session_config.drain_deadline = Some(self.clock.tick(until) + 1);
-        if let Some(mut l) = self.accept.listener.take() {
-            // Closing the listener makes the kernel route new connections to
-            // the other processes bound to the port.
-            let _ = self.poll.registry().deregister(&mut l);
-        }
+        self.io.stop_listening();
         let mut open = Vec::new();
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use crate::security::unix_now;
 use crate::session::{Now, Timeout};
 
+use super::super::loop_io::Io;
 use super::Worker;
 
 /// Timer resolution. Every deadline (handshake, heartbeat, idle, close) is
@@ -24,7 +25,7 @@ pub(super) fn ticks(d: Duration) -> u32 {
 }
 
 /// Converts the worker's clock reading into the time sessions see.
-pub(super) struct Clock {
+pub(crate) struct Clock {
     /// Tick 0.
     epoch: Instant,
 }
@@ -53,18 +54,17 @@ impl Clock {
     }
 }
 
-impl Worker {
+impl<I: Io> Worker<I> {
     /// How long the loop may sleep in `poll`.
     pub(super) fn poll_timeout(&self, now: Instant) -> Option<Duration> {
-        if self.fanout.inbox_more() || self.accept.ready() {
+        if self.fanout.inbox_more() || self.io.accept_ready() {
             return Some(Duration::ZERO);
         }
         // With timers pending, wake at the next tick boundary.
         let next_tick = (!self.wheel.is_empty()).then(|| self.clock.at(self.wheel.now() + 1));
         [
             next_tick,
-            self.accept.paused_until,
-            self.accept.left_group.as_ref().map(|l| l.retry_at),
+            self.io.accept_wake(),
             self.drain.next_wake(),
             self.fanout.next_check(),
         ]

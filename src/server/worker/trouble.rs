@@ -15,7 +15,7 @@ const TROUBLE_INTERVAL: Duration = Duration::from_secs(10);
 /// client that can trigger one can trigger it in a loop).
 const PANIC_LOG_INTERVAL: Duration = Duration::from_secs(60);
 
-pub(super) struct Trouble {
+pub(crate) struct Trouble {
     next: Instant,
     /// The counters at the last report.
     last: [u64; 5],
