@@ -120,7 +120,7 @@ impl Collector for MetricsSource {
         use MetricType::{Counter, Gauge};
         let snaps: Vec<StatsSnapshot> = self.workers.iter().map(|w| w.snapshot()).collect();
         let s = &snaps;
-        let simple: [(&str, &str, MetricType, Field); 23] = [
+        let simple: [(&str, &str, MetricType, Field); 30] = [
             (
                 "wsgate_reassembly_refused",
                 "Connections closed (1009) because --max-reassembly-bytes was spent",
@@ -235,6 +235,48 @@ impl Collector for MetricsSource {
             ("wsgate_pings_sent", "Heartbeat pings sent", Counter, |s| {
                 s.pings_sent
             }),
+            (
+                "wsgate_uring_enters",
+                "io_uring backend: io_uring_enter calls (one per loop turn submits every queued send and waits)",
+                Counter,
+                |s| s.uring_enters,
+            ),
+            (
+                "wsgate_uring_sqes",
+                "io_uring backend: submission queue entries pushed",
+                Counter,
+                |s| s.uring_sqes,
+            ),
+            (
+                "wsgate_uring_cqes",
+                "io_uring backend: completion queue entries reaped",
+                Counter,
+                |s| s.uring_cqes,
+            ),
+            (
+                "wsgate_uring_cq_overflows",
+                "io_uring backend: times the completion queue overflowed into the kernel's list",
+                Counter,
+                |s| s.uring_cq_overflows,
+            ),
+            (
+                "wsgate_uring_enobufs",
+                "io_uring backend: receives paused by an empty buffer ring (re-armed, no data lost)",
+                Counter,
+                |s| s.uring_enobufs,
+            ),
+            (
+                "wsgate_uring_short_sends",
+                "io_uring backend: sends the socket took only part of (the rest went out in order)",
+                Counter,
+                |s| s.uring_short_sends,
+            ),
+            (
+                "wsgate_uring_buffers_lent",
+                "io_uring backend: receive buffers lent out of the workers' buffer rings",
+                Gauge,
+                |s| s.uring_buffers_lent,
+            ),
             (
                 "wsgate_accept_backoffs",
                 "Times a worker ran out of file descriptors and left the port's listener group",

@@ -171,6 +171,23 @@ worker_stats! {
     queued_bytes,
     /// Gauge: timers in the wheel.
     timers,
+    /// io_uring backend: `io_uring_enter` calls (submits and waits).
+    uring_enters,
+    /// io_uring backend: submission queue entries pushed.
+    uring_sqes,
+    /// io_uring backend: completion queue entries reaped.
+    uring_cqes,
+    /// io_uring backend: times the completion queue overflowed into the
+    /// kernel's list (completions are kept, not lost).
+    uring_cq_overflows,
+    /// io_uring backend: multishot recvs ended by an empty buffer ring
+    /// (re-armed once buffers are back; no data is lost).
+    uring_enobufs,
+    /// io_uring backend: sends the socket took only part of (the rest was
+    /// resubmitted in order).
+    uring_short_sends,
+    /// io_uring backend, gauge: receive buffers lent out of the ring.
+    uring_buffers_lent,
     /// Connections closed (1009) because the process's reassembly budget
     /// (`--max-reassembly-bytes`) was spent.
     reassembly_refused,

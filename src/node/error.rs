@@ -47,6 +47,8 @@ pub enum StartError {
     },
     #[error("--node-id 18446744073709551615 is reserved (it marks cluster history messages on the wire)")]
     ReservedNodeId,
+    #[error("--io-backend io-uring: {0} (use --io-backend epoll on this kernel)")]
+    IoUring(#[source] wsgate_uring::Error),
     #[error("cannot start the workers: {0}")]
     Workers(#[source] io::Error),
 }

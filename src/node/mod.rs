@@ -19,7 +19,7 @@ pub mod security;
 use std::sync::Arc;
 
 use crate::admin::AdminServer;
-use crate::config::Config;
+use crate::config::{Config, IoBackend};
 use crate::metrics::MetricsSource;
 use crate::protocol::message::ReassemblyBudget;
 use crate::pubsub::budget::TopicBudget;
@@ -42,6 +42,9 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             given: n,
             max: MAX_WORKERS,
         });
+    }
+    if config.io_backend == IoBackend::IoUring {
+        server::probe_io_uring().map_err(StartError::IoUring)?;
     }
     let security = Arc::new(security::from_config(&config)?);
     let cluster_plan = cluster::plan(&config)?;

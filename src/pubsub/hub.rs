@@ -1,6 +1,7 @@
 //! How deliveries travel between threads: one bounded crossbeam inbox per
-//! worker, woken through its `mio::Waker`, with wake-ups coalesced so a burst
-//! of messages costs one wake.
+//! worker, woken through its [`Wake`] (the epoll loop's `mio::Waker`, or the
+//! io_uring loop's socket), with wake-ups coalesced so a burst of messages
+//! costs one wake.
 //!
 //! Shared by every worker, the admin thread and the cluster bridge threads.
 //! Senders never block a worker: a worker-to-worker send into a full inbox is
@@ -14,6 +15,19 @@ use std::time::Duration;
 use crossbeam_channel::{SendTimeoutError, Sender, TrySendError};
 use crossbeam_utils::CachePadded;
 use mio::Waker;
+
+/// How another thread wakes a worker's event loop after queueing into its
+/// inbox. Each loop brings its own (epoll: `mio::Waker`; io_uring: a socket
+/// the ring watches).
+pub trait Wake: Send + Sync {
+    fn wake(&self) -> std::io::Result<()>;
+}
+
+impl Wake for Waker {
+    fn wake(&self) -> std::io::Result<()> {
+        Waker::wake(self)
+    }
+}
 
 use super::budget::TopicBudget;
 use super::directory::{TopicDirectory, WorkerSet};
@@ -63,7 +77,7 @@ pub struct Delivery {
 
 struct Link {
     inbox: Sender<WorkerMsg>,
-    waker: Arc<Waker>,
+    waker: Arc<dyn Wake>,
     /// Set by the first sender of a burst, cleared by the worker before it
     /// drains: one wake (one eventfd write) per burst.
     wake_pending: AtomicBool,
@@ -91,7 +105,7 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(
-        inboxes: Vec<(Sender<WorkerMsg>, Arc<Waker>)>,
+        inboxes: Vec<(Sender<WorkerMsg>, Arc<dyn Wake>)>,
         uplink: Option<Arc<dyn Uplink>>,
         topic_budget: TopicBudget,
     ) -> Hub {

@@ -45,5 +45,5 @@ pub mod uplink;
 pub mod users;
 
 pub use frame::OutFrame;
-pub use hub::{Delivery, Hub, WorkerMsg};
+pub use hub::{Delivery, Hub, Wake, WorkerMsg};
 pub use ticket::{Notify, Ticket};

@@ -12,19 +12,21 @@ pub(crate) mod listener;
 mod loop_io;
 mod no_sigpipe;
 mod panic_guard;
+mod uring;
 mod worker;
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::unix::net::UnixStream;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
 use mio::{Poll, Waker};
 
-use crate::config::Config;
+use crate::config::{Config, IoBackend};
 use crate::protocol::message::ReassemblyBudget;
-use crate::pubsub::{Hub, WorkerMsg};
+use crate::pubsub::{Hub, Wake, WorkerMsg};
 use crate::security::Security;
 use crate::stats::{StatsSnapshot, WorkerStats};
 pub use admission::Admission;
@@ -35,7 +37,15 @@ use worker::{Shared, Worker, WAKER};
 /// the hub can reach all of them from the first message on.
 pub(crate) struct Bound {
     local_addr: SocketAddr,
-    workers: Vec<(std::net::TcpListener, Poll, Receiver<WorkerMsg>)>,
+    workers: Vec<(std::net::TcpListener, LoopSeed, Receiver<WorkerMsg>)>,
+}
+
+/// What a worker's event loop is made from, before its thread runs.
+enum LoopSeed {
+    Epoll(Poll),
+    /// The read end of the wake-up socket; the ring itself is made on the
+    /// worker's thread (a ring is not `Send`).
+    IoUring(UnixStream),
 }
 
 impl Bound {
@@ -47,7 +57,7 @@ impl Bound {
 
 /// The sending ends of the workers' inboxes, with the wakers that go with
 /// them, in worker order (what [`Hub::new`] takes).
-pub(crate) type Links = Vec<(Sender<WorkerMsg>, Arc<Waker>)>;
+pub(crate) type Links = Vec<(Sender<WorkerMsg>, Arc<dyn Wake>)>;
 
 /// Binds one listener per worker (`--workers`) on `--listen` and makes each
 /// worker's poll, waker and inbox.
@@ -58,14 +68,23 @@ pub(crate) fn bind(config: &Config) -> io::Result<(Bound, Links)> {
     let mut workers = Vec::with_capacity(n);
     let mut links: Links = Vec::with_capacity(n);
     for l in listeners {
-        let poll = Poll::new()?;
-        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (seed, waker): (LoopSeed, Arc<dyn Wake>) = match config.io_backend {
+            IoBackend::Epoll => {
+                let poll = Poll::new()?;
+                let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+                (LoopSeed::Epoll(poll), waker)
+            }
+            IoBackend::IoUring => {
+                let (waker, rx) = uring::waker::pair()?;
+                (LoopSeed::IoUring(rx), Arc::new(waker))
+            }
+        };
         // `--inbox-depth`: each entry is a few words (the frame is shared);
         // past it deliveries are dropped and counted rather than letting
         // memory grow (see `Hub`).
         let (tx, rx) = crossbeam_channel::bounded(config.inbox_depth as usize);
         links.push((tx, waker));
-        workers.push((l, poll, rx));
+        workers.push((l, seed, rx));
     }
     Ok((
         Bound {
@@ -117,8 +136,9 @@ pub(crate) fn spawn(
     };
     panic_guard::install_hook();
     let mut handles = Vec::with_capacity(bound.workers.len());
-    for (id, ((l, poll, rx), stats)) in bound.workers.into_iter().zip(stats).enumerate() {
-        let worker = Worker::new(id, Epoll::new(poll, l)?, rx, stats.clone(), &shared);
+    let shared = Arc::new(shared);
+    for (id, ((l, seed, rx), stats)) in bound.workers.into_iter().zip(stats).enumerate() {
+        let run = worker_main(id, l, seed, rx, stats.clone(), shared.clone())?;
         let core = (!cores.is_empty()).then(|| cores[id % cores.len()]);
         // Alive from before `spawn` returns until the thread ends, however
         // it ends (the guard is dropped with the closure).
@@ -132,7 +152,7 @@ pub(crate) fn spawn(
                         tracing::warn!(worker = id, "could not pin to core {}", core.id);
                     }
                 }
-                if worker.run() {
+                if run() {
                     alive.drained();
                 }
             })?;
@@ -142,6 +162,42 @@ pub(crate) fn spawn(
         });
     }
     Ok(Workers { handles })
+}
+
+/// What a worker thread runs: its loop, set up; true once it drained. An
+/// io_uring worker makes its ring on its own thread (a ring is not `Send`);
+/// the kernel's support was probed before any worker started
+/// ([`probe_io_uring`]), so what can fail there is only a resource (memory,
+/// the memlock limit), and the worker then ends with an error logged.
+fn worker_main(
+    id: usize,
+    listener: std::net::TcpListener,
+    seed: LoopSeed,
+    inbox: Receiver<WorkerMsg>,
+    stats: Arc<WorkerStats>,
+    shared: Arc<Shared>,
+) -> io::Result<Box<dyn FnOnce() -> bool + Send>> {
+    match seed {
+        LoopSeed::Epoll(poll) => {
+            let worker = Worker::new(id, Epoll::new(poll, listener)?, inbox, stats, &shared);
+            Ok(Box::new(move || worker.run()))
+        }
+        LoopSeed::IoUring(wake_rx) => Ok(Box::new(move || {
+            match uring::Uring::new(listener, wake_rx) {
+                Ok(io) => Worker::new(id, io, inbox, stats, &shared).run(),
+                Err(e) => {
+                    tracing::error!(worker = id, error = %e, "cannot set up the worker's io_uring; worker stops");
+                    false
+                }
+            }
+        })),
+    }
+}
+
+/// Checks, before anything starts, that this kernel's io_uring has every
+/// feature the io_uring loop uses (a ring is made and dropped).
+pub(crate) fn probe_io_uring() -> Result<(), wsgate_uring::Error> {
+    wsgate_uring::Ring::new(uring::ring_config()).map(drop)
 }
 
 impl Workers {

@@ -26,6 +26,14 @@ const MAX_IOV: usize = 64;
 pub trait Sink: Write {
     /// Sends FIN: nothing more will be written.
     fn shutdown_write(&mut self) -> io::Result<()>;
+
+    /// Takes a whole encode-once frame by reference, when this sink can
+    /// keep one (an io_uring sink queues the `Arc` itself: no copy, one
+    /// frame shared by every subscriber's send). `None`: it takes bytes only
+    /// (use `write`); `Some(Ok(false))`: full for now, nothing taken.
+    fn write_shared(&mut self, _frame: &Arc<[u8]>) -> Option<io::Result<bool>> {
+        None
+    }
 }
 
 /// What the caller does after a write.
@@ -162,7 +170,7 @@ impl Session {
     }
 
     /// The fan-out write itself. Returns the bytes written.
-    fn write_frames<'a, S: Write>(
+    fn write_frames<'a, S: Sink>(
         &mut self,
         frames: impl Iterator<Item = &'a Arc<[u8]>> + Clone,
         sink: &mut S,
@@ -170,6 +178,18 @@ impl Session {
         let mut written = 0;
         let mut rest = frames.clone();
         if self.wq.is_none() {
+            if let Some(taken) = write_shared(frames.clone(), sink) {
+                // Whole frames only: the rest starts on a frame boundary.
+                let (n, count) = taken?;
+                let wq_rest: Vec<_> = frames.clone().skip(count).collect();
+                if !wq_rest.is_empty() {
+                    let wq = self.wq.get_or_insert_with(Default::default);
+                    for f in wq_rest {
+                        wq.push(Chunk::Shared(f.clone()));
+                    }
+                }
+                return Ok(n);
+            }
             let mut slices = [IoSlice::new(&[]); MAX_IOV];
             let mut n = 0;
             let mut total = 0;
@@ -222,6 +242,28 @@ impl Session {
         }
         Ok(written + more)
     }
+}
+
+/// Hands whole frames to a sink that keeps them by reference, until it is
+/// full. `None` if the sink takes bytes only. Returns the bytes and the
+/// number of frames taken.
+fn write_shared<'a, S: Sink>(
+    frames: impl Iterator<Item = &'a Arc<[u8]>>,
+    sink: &mut S,
+) -> Option<io::Result<(usize, usize)>> {
+    let (mut n, mut count) = (0, 0);
+    for f in frames {
+        match sink.write_shared(f) {
+            None if count == 0 => return None,
+            None | Some(Ok(false)) => break,
+            Some(Ok(true)) => {
+                n += f.len();
+                count += 1;
+            }
+            Some(Err(e)) => return Some(Err(e)),
+        }
+    }
+    Some(Ok((n, count)))
 }
 
 /// Moves the worker's queued-bytes gauge by one connection's change.

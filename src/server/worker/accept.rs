@@ -101,10 +101,15 @@ impl HandshakeBucket {
     }
 }
 
-pub(in crate::server) fn is_descriptor_exhaustion(e: &io::Error) -> bool {
+fn is_descriptor_exhaustion(e: &io::Error) -> bool {
+    e.raw_os_error().is_some_and(is_descriptor_exhaustion_errno)
+}
+
+/// Accept failed for want of descriptors or kernel memory.
+pub(in crate::server) fn is_descriptor_exhaustion_errno(errno: i32) -> bool {
     matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+        errno,
+        libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM
     )
 }
 

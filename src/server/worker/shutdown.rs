@@ -42,7 +42,7 @@ impl Drain {
 }
 
 impl<I: Io> Worker<I> {
-    pub(super) fn begin_shutdown(&mut self, now: Instant, t: Now) {
+    pub(in crate::server) fn begin_shutdown(&mut self, now: Instant, t: Now) {
         if self.drain.started() {
             return;
         }
@@ -57,7 +57,7 @@ impl<I: Io> Worker<I> {
         let mut open = Vec::new();
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
         for key in keys {
-            let Some(conn) = self.conns.get_mut(key) else {
+            let Some(conn) = self.conns.get_mut(key).filter(|c| I::is_live(&c.stream)) else {
                 continue;
             };
             match conn.session.phase() {
@@ -92,16 +92,15 @@ impl<I: Io> Worker<I> {
     }
 
     /// Closes the connections whose moment in the drain spread has come.
-    pub(super) fn close_due(&mut self, now: Instant, t: Now) {
+    pub(in crate::server) fn close_due(&mut self, now: Instant, t: Now) {
         while let Some(&(at, key, serial)) = self.drain.queue.front() {
             if at > now {
                 return;
             }
             self.drain.queue.pop_front();
-            let same = self
-                .conns
-                .get(key)
-                .is_some_and(|c| c.session.serial == serial && c.session.is_open());
+            let same = self.conns.get(key).is_some_and(|c| {
+                I::is_live(&c.stream) && c.session.serial == serial && c.session.is_open()
+            });
             if same {
                 self.say_goodbye(key, t);
             }

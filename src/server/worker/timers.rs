@@ -56,7 +56,7 @@ impl Clock {
 
 impl<I: Io> Worker<I> {
     /// How long the loop may sleep in `poll`.
-    pub(super) fn poll_timeout(&self, now: Instant) -> Option<Duration> {
+    pub(in crate::server) fn poll_timeout(&self, now: Instant) -> Option<Duration> {
         if self.fanout.inbox_more() || self.io.accept_ready() {
             return Some(Duration::ZERO);
         }
@@ -75,7 +75,7 @@ impl<I: Io> Worker<I> {
     }
 
     /// Runs the deadlines that are due.
-    pub(super) fn expire(&mut self, now: Instant, t: Now) {
+    pub(in crate::server) fn expire(&mut self, now: Instant, t: Now) {
         let mut expired = std::mem::take(&mut self.expired);
         self.wheel.advance(u64::from(t.tick), &mut expired);
         for key in expired.drain(..) {

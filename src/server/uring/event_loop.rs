@@ -1,0 +1,254 @@
+//! The io_uring worker loop: one `io_uring_enter` per turn submits every
+//! queued operation and waits for completions (or the next timer); each
+//! completion is handed to the worker code both loops share.
+
+use std::time::{Duration, Instant};
+
+use socket2::SockRef;
+use wsgate_uring::{Completion, EndReason, RecvBuf};
+
+use super::super::worker::accept::{is_descriptor_exhaustion_errno, refuse, set_user_timeout};
+use super::super::worker::Worker;
+use super::sink::{shutdown_write, SEND_WINDOW};
+use super::{
+    waker, Handle, Uring, CLOSING, FIN_PENDING, LISTENER, RECV_ARMED, RECV_CANCELING, WAKER,
+};
+use crate::session::Now;
+
+/// How long accepting pauses after the multishot accept ended on an error.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+impl Worker<Uring> {
+    /// Runs the event loop until shutdown has drained (returns true), or
+    /// until the ring fails (returns false: the worker is lost).
+    pub(crate) fn run(mut self) -> bool {
+        let mut drained = false;
+        let mut completions = Vec::with_capacity(1024);
+        loop {
+            let timeout = if self.read_again.is_empty() && self.io.rearm.is_empty() {
+                self.poll_timeout(Instant::now())
+            } else {
+                Some(Duration::ZERO)
+            };
+            if let Err(e) = self.io.ring.wait(1, timeout, &mut completions) {
+                tracing::error!(worker = self.id, error = %e, "io_uring wait failed; worker stops");
+                break;
+            }
+            // The one clock reading of this turn's work.
+            let now = Instant::now();
+            let t = self.clock.now(now);
+            for c in completions.drain(..) {
+                self.on_completion(c, now, t);
+            }
+            if self.fanout.inbox_more() {
+                self.drain_inbox(now, t);
+            }
+            self.rearm_reads();
+            self.maybe_rearm_accept(now);
+            if self.end_turn(now, t) {
+                drained = true;
+                break;
+            }
+            self.publish_ring_stats();
+        }
+        self.close_all();
+        tracing::debug!(worker = self.id, "worker stopped");
+        drained
+    }
+
+    fn on_completion(&mut self, c: Completion, now: Instant, t: Now) {
+        match c {
+            Completion::Accepted { fd, .. } => self.on_accepted(fd, now, t),
+            Completion::AcceptEnded { reason, .. } => {
+                if self.io.listener.is_some() {
+                    let backoff =
+                        matches!(reason, EndReason::Error(e) if is_descriptor_exhaustion_errno(e));
+                    if backoff {
+                        self.stats.accept_backoffs.inc();
+                        tracing::warn!(
+                            worker = self.id,
+                            ?reason,
+                            "accept stopped; retrying shortly (raise LimitNOFILE / ulimit -n)"
+                        );
+                    }
+                    self.io.accept_rearm = Some(if backoff { now + ACCEPT_BACKOFF } else { now });
+                }
+            }
+            Completion::Received { token, buf } => self.on_received(token as usize, buf, now, t),
+            Completion::RecvEnded { token, reason } => {
+                self.on_recv_ended(token as usize, reason, t)
+            }
+            Completion::Readable { token: WAKER } => {
+                waker::drain(&self.io.wake_rx);
+                self.drain_inbox(now, t);
+            }
+            Completion::PollEnded { token: WAKER, .. } => {
+                // Still owned by the ring: watch it again.
+                if let Some(fd) = self.io.wake_fd {
+                    let _ = self.io.ring.poll_readable(fd);
+                }
+            }
+            Completion::Readable { .. } | Completion::PollEnded { .. } => {}
+            Completion::Sent { token, n, .. } => self.on_sent(token as usize, n),
+            Completion::SendFailed { token, .. } => self.close_now(token as usize),
+            Completion::Closed { token, .. } => {
+                if token != LISTENER && token != WAKER {
+                    // No operation on it is left in the kernel: the slot
+                    // (and its key, the token) can be reused.
+                    self.conns.try_remove(token as usize);
+                }
+            }
+        }
+    }
+
+    fn on_accepted(&mut self, fd: std::os::fd::OwnedFd, now: Instant, t: Now) {
+        let Some(ip) = SockRef::from(&fd)
+            .peer_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .map(|a| a.ip())
+        else {
+            return;
+        };
+        if let Err(r) = self.admit(ip, now) {
+            let stream = std::net::TcpStream::from(fd);
+            if stream.set_nonblocking(true).is_ok() {
+                refuse(&stream, &mut self.scratch, &r);
+            }
+            return;
+        }
+        if let Err(e) = SockRef::from(&fd).set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY failed");
+        }
+        set_user_timeout(&fd, self.config.idle_timeout);
+        let key = self.conns.vacant_key();
+        let h = self.io.ring.adopt(key as u64, fd);
+        let mut handle = Handle {
+            fd: h,
+            in_ring: 0,
+            flags: 0,
+        };
+        match self.io.ring.recv_multi(h) {
+            Ok(()) => handle.flags |= RECV_ARMED,
+            Err(e) => {
+                tracing::warn!(error = %e, "arming recv failed");
+                let _ = self.io.ring.close(h);
+                self.unadmit(ip);
+                return;
+            }
+        }
+        self.insert_conn(key, handle, ip, t);
+    }
+
+    fn on_received(&mut self, key: usize, buf: RecvBuf, now: Instant, t: Now) {
+        if !self.conns.get(key).is_some_and(|c| !c.stream.has(CLOSING)) {
+            return;
+        }
+        // The session unmasks in place; the ring's buffer goes back at once.
+        let n = buf.len();
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch[..n].copy_from_slice(&buf);
+        drop(buf);
+        let alive = self.on_input(key, &mut scratch[..n], now, t);
+        self.scratch = scratch;
+        if !alive || !self.flush(key) {
+            return;
+        }
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let h = &mut conn.stream;
+        if !conn.session.wants_read() && h.has(RECV_ARMED) && !h.has(RECV_CANCELING) {
+            // Backpressure (or nothing more to read): stop the multishot;
+            // what is already on its way is still handed to the session.
+            h.flags |= RECV_CANCELING;
+            let _ = self.io.ring.cancel_recv(h.fd);
+        }
+    }
+
+    fn on_recv_ended(&mut self, key: usize, reason: EndReason, t: Now) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        conn.stream.flags &= !(RECV_ARMED | RECV_CANCELING);
+        if conn.stream.has(CLOSING) {
+            return;
+        }
+        match reason {
+            EndReason::NoBuffers | EndReason::Terminated | EndReason::Canceled => {
+                self.io.rearm.push(key)
+            }
+            EndReason::Eof | EndReason::Error(_) => self.on_eof(key, t),
+        }
+    }
+
+    fn on_sent(&mut self, key: usize, n: usize) {
+        let Some(conn) = self.conns.get_mut(key) else {
+            return;
+        };
+        let h = &mut conn.stream;
+        h.in_ring = h
+            .in_ring
+            .saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
+        if h.has(CLOSING) {
+            return;
+        }
+        if h.in_ring == 0 && h.has(FIN_PENDING) && shutdown_write(&self.io.ring, h).is_err() {
+            self.close_now(key);
+            return;
+        }
+        if conn.session.wants_write() && h.in_ring < SEND_WINDOW / 2 {
+            // Room again: the session's queue goes out (like a writable
+            // edge on the epoll loop).
+            self.flush(key);
+        }
+    }
+
+    /// Re-arms the multishot recvs that ended for want of buffers, by the
+    /// kernel, or by a backpressure pause that has eased.
+    fn rearm_reads(&mut self) {
+        let mut keys = std::mem::take(&mut self.io.rearm);
+        keys.append(&mut self.read_again);
+        for key in keys.drain(..) {
+            let Some(conn) = self.conns.get_mut(key) else {
+                continue;
+            };
+            let h = &mut conn.stream;
+            if h.has(CLOSING) || h.has(RECV_ARMED) || !conn.session.wants_read() {
+                continue;
+            }
+            if self.io.ring.recv_multi(h.fd).is_ok() {
+                h.flags |= RECV_ARMED;
+            }
+        }
+        self.io.rearm = keys;
+    }
+
+    fn maybe_rearm_accept(&mut self, now: Instant) {
+        let (Some(at), Some(l)) = (self.io.accept_rearm, self.io.listener) else {
+            return;
+        };
+        if now < at {
+            return;
+        }
+        self.io.accept_rearm = None;
+        if let Err(e) = self.io.ring.accept_multi(l) {
+            tracing::warn!(worker = self.id, error = %e, "re-arming accept failed");
+            self.io.accept_rearm = Some(now + ACCEPT_BACKOFF);
+        }
+    }
+
+    /// The ring's counters, as the worker's metrics.
+    fn publish_ring_stats(&mut self) {
+        let s = self.io.ring.stats();
+        self.stats.uring_enters.set(s.enters);
+        self.stats.uring_sqes.set(s.sqes);
+        self.stats.uring_cqes.set(s.cqes);
+        self.stats.uring_cq_overflows.set(s.cq_overflow_seen);
+        self.stats.uring_enobufs.set(s.enobufs);
+        self.stats.uring_short_sends.set(s.short_sends);
+        self.stats
+            .uring_buffers_lent
+            .set(u64::from(self.io.ring.buffers_lent()));
+    }
+}

@@ -1,0 +1,153 @@
+//! The io_uring event loop: a second loop over the same sessions, pub/sub
+//! and timers as the epoll loop (see [`super::worker`]); nothing above
+//! [`super::loop_io::Io`] knows which loop runs a connection. All io_uring
+//! `unsafe` lives in the `wsgate-uring` crate; this module uses its safe
+//! [`Ring`].
+//!
+//! Per worker: one [`Ring`] with its provided-buffer ring; the worker's
+//! `SO_REUSEPORT` listener adopted with a multishot accept; one multishot
+//! recv per connection (an idle connection owns no buffer); session output
+//! and fan-out frames as sends, all submitted by the turn's one
+//! `io_uring_enter`, which also waits (its timeout is the next timer
+//! deadline).
+//!
+//! - this file: the loop's side of a worker ([`Uring`]) and its per-
+//!   connection handle ([`Handle`]);
+//! - `sink`: a session's output as ring sends ([`sink::RingSink`]);
+//! - `waker`: the cross-thread wake-up, a socket the ring watches;
+//! - `event_loop`: the loop and what each completion does.
+
+mod event_loop;
+mod sink;
+pub(crate) mod waker;
+
+use std::net::TcpListener;
+use std::os::unix::net::UnixStream;
+use std::time::Instant;
+
+use wsgate_uring::{Fd, Ring, RingConfig};
+
+use super::loop_io::Io;
+pub(crate) use sink::RingSink;
+
+/// Token of the worker's listener in the ring.
+const LISTENER: u64 = u64::MAX;
+/// Token of the wake-up socket.
+const WAKER: u64 = u64::MAX - 1;
+
+/// The ring settings of a worker.
+pub(crate) fn ring_config() -> RingConfig {
+    RingConfig::default()
+}
+
+/// One connection's IO state in the ring (in the worker's slab entry).
+pub(crate) struct Handle {
+    fd: Fd,
+    /// Bytes handed to the ring and not yet reported sent: the sink takes
+    /// more only below [`sink::SEND_WINDOW`], so the session's own queue
+    /// (and its backpressure and slow-consumer rules) sees the backlog.
+    in_ring: u32,
+    flags: u8,
+}
+
+/// A multishot recv is armed (its `RecvEnded` has not arrived).
+const RECV_ARMED: u8 = 1;
+/// `Ring::close` was called: the slot waits for `Closed`.
+const CLOSING: u8 = 2;
+/// The session asked for FIN while sends were still in the ring: sent when
+/// the last of them completes.
+const FIN_PENDING: u8 = 4;
+/// A `cancel_recv` is on its way (reading paused by backpressure).
+const RECV_CANCELING: u8 = 8;
+
+impl Handle {
+    fn has(&self, f: u8) -> bool {
+        self.flags & f != 0
+    }
+}
+
+/// The io_uring loop's side of a worker.
+pub(crate) struct Uring {
+    ring: Ring,
+    /// The listener, while accepting.
+    listener: Option<Fd>,
+    /// The multishot accept ended and must be re-armed (after this time,
+    /// when it ended on an error).
+    accept_rearm: Option<Instant>,
+    /// Read end of the wake-up socket (see `waker`), and its handle in the
+    /// ring (a duplicate descriptor of it).
+    wake_rx: UnixStream,
+    wake_fd: Option<Fd>,
+    /// Connections whose multishot recv ended for want of buffers (or was
+    /// ended by the kernel): re-armed at the end of the turn, once this
+    /// turn's buffers are back in the ring.
+    rearm: Vec<usize>,
+}
+
+impl Uring {
+    /// Sets up the worker's ring (probing every feature it uses), adopts
+    /// the listener with a multishot accept and watches the wake-up socket.
+    pub(crate) fn new(
+        listener: TcpListener,
+        wake_rx: UnixStream,
+    ) -> Result<Uring, wsgate_uring::Error> {
+        let mut ring = Ring::new(ring_config())?;
+        let lfd = ring.adopt(LISTENER, listener.into());
+        ring.accept_multi(lfd)?;
+        let wfd = ring.adopt(
+            WAKER,
+            wake_rx
+                .try_clone()
+                .map_err(wsgate_uring::Error::Enter)?
+                .into(),
+        );
+        ring.poll_readable(wfd)?;
+        Ok(Uring {
+            ring,
+            listener: Some(lfd),
+            accept_rearm: None,
+            wake_rx,
+            wake_fd: Some(wfd),
+            rearm: Vec::new(),
+        })
+    }
+}
+
+impl Io for Uring {
+    type Handle = Handle;
+    type Sink<'a> = RingSink<'a>;
+
+    fn sink<'a>(&'a mut self, h: &'a mut Handle) -> RingSink<'a> {
+        RingSink {
+            ring: &mut self.ring,
+            h,
+        }
+    }
+
+    fn is_live(h: &Handle) -> bool {
+        !h.has(CLOSING)
+    }
+
+    fn close(&mut self, h: &mut Handle) -> bool {
+        h.flags |= CLOSING;
+        // The ring cancels the connection's operations and closes the
+        // descriptor once none is left in the kernel; its slot is freed at
+        // `Closed`, so no completion can reach a reused slot.
+        self.ring.close(h.fd).is_err()
+    }
+
+    fn stop_listening(&mut self) {
+        if let Some(l) = self.listener.take() {
+            let _ = self.ring.close(l);
+        }
+        self.accept_rearm = None;
+    }
+
+    fn accept_ready(&self) -> bool {
+        false
+    }
+
+    fn accept_wake(&self) -> Option<Instant> {
+        self.accept_rearm
+    }
+}

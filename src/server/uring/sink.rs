@@ -1,0 +1,106 @@
+//! A session's output as io_uring sends. The session writes through a
+//! [`Sink`] as it does to a socket: owned bytes (replies, an HTTP answer)
+//! are copied into a send, whole fan-out frames are sent by reference (the
+//! `Arc` moves into the ring: one encoded frame for every subscriber's
+//! send). The ring keeps a connection's sends in order, one in the kernel
+//! at a time.
+//!
+//! The sink takes bytes only while the connection has less than
+//! [`SEND_WINDOW`] in the ring; past it, it answers WouldBlock like a full
+//! socket, so what the peer does not take piles up in the session's own
+//! write queue, where `--max-outbound-bytes` backpressure and the
+//! slow-consumer cut apply as on the epoll loop.
+
+use std::io::{self, IoSlice, Write};
+use std::sync::Arc;
+
+use wsgate_uring::{Ring, SendData};
+
+use super::{Handle, FIN_PENDING};
+use crate::session::Sink;
+
+/// Bytes one connection may have in the ring before its sink reports full
+/// (the ring's counterpart of a socket send buffer).
+pub(crate) const SEND_WINDOW: u32 = 256 << 10;
+
+pub(crate) struct RingSink<'a> {
+    pub(super) ring: &'a mut Ring,
+    pub(super) h: &'a mut Handle,
+}
+
+impl RingSink<'_> {
+    fn full(&self) -> bool {
+        self.h.in_ring >= SEND_WINDOW
+    }
+
+    fn send(&mut self, data: SendData) -> io::Result<()> {
+        let len = data.len();
+        self.ring
+            .send(self.h.fd, data)
+            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
+        self.h.in_ring = self
+            .h
+            .in_ring
+            .saturating_add(u32::try_from(len).unwrap_or(u32::MAX));
+        Ok(())
+    }
+}
+
+fn would_block() -> io::Error {
+    io::ErrorKind::WouldBlock.into()
+}
+
+impl Write for RingSink<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.full() {
+            return Err(would_block());
+        }
+        self.send(SendData::owned(buf.to_vec()))?;
+        Ok(buf.len())
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if self.full() {
+            return Err(would_block());
+        }
+        // One send for all of them (the slow path: a backed-up queue).
+        let mut bytes = Vec::with_capacity(bufs.iter().map(|b| b.len()).sum());
+        for b in bufs {
+            bytes.extend_from_slice(b);
+        }
+        let n = bytes.len();
+        self.send(SendData::owned(bytes))?;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Sink for RingSink<'_> {
+    fn shutdown_write(&mut self) -> io::Result<()> {
+        if self.h.in_ring > 0 {
+            // FIN after the last queued byte, not before it.
+            self.h.flags |= FIN_PENDING;
+            return Ok(());
+        }
+        shutdown_write(self.ring, self.h)
+    }
+
+    fn write_shared(&mut self, frame: &Arc<[u8]>) -> Option<io::Result<bool>> {
+        if self.full() {
+            return Some(Ok(false));
+        }
+        Some(self.send(SendData::shared(frame.clone())).map(|()| true))
+    }
+}
+
+/// Sends FIN on the connection's socket.
+pub(super) fn shutdown_write(ring: &Ring, h: &mut Handle) -> io::Result<()> {
+    h.flags &= !FIN_PENDING;
+    let fd = ring
+        .borrow_fd(h.fd)
+        .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))?;
+    socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Write)
+}
