@@ -43,8 +43,9 @@ impl Worker<Uring> {
             if self.fanout.inbox_more() {
                 self.drain_inbox(now, t);
             }
-            self.rearm_reads();
+            self.rearm_reads(now, t);
             self.maybe_rearm_accept(now);
+            self.io.close_lingering(now);
             if self.end_turn(now, t) {
                 drained = true;
                 break;
@@ -90,9 +91,17 @@ impl Worker<Uring> {
             }
             Completion::Readable { .. } | Completion::PollEnded { .. } => {}
             Completion::Sent { token, n, .. } => self.on_sent(token as usize, n),
-            Completion::SendFailed { token, .. } => self.close_now(token as usize),
+            Completion::SendFailed { token, .. } => {
+                let key = token as usize;
+                if let Some(conn) = self.conns.get_mut(key) {
+                    conn.stream.in_ring = 0;
+                    self.io.end_linger(&mut conn.stream);
+                }
+                self.close_now(key);
+            }
             Completion::Closed { token, .. } => {
                 if token != LISTENER && token != WAKER {
+                    self.io.held.remove(&(token as usize));
                     // No operation on it is left in the kernel: the slot
                     // (and its key, the token) can be reused.
                     self.conns.try_remove(token as usize);
@@ -141,7 +150,20 @@ impl Worker<Uring> {
     }
 
     fn on_received(&mut self, key: usize, buf: RecvBuf, now: Instant, t: Now) {
-        if !self.conns.get(key).is_some_and(|c| !c.stream.has(CLOSING)) {
+        let Some(conn) = self.conns.get(key).filter(|c| !c.stream.has(CLOSING)) else {
+            return;
+        };
+        if !conn.session.wants_read() || self.io.held.contains_key(&key) {
+            // Paused: the recv's cancel is on its way; keep this input, in
+            // order, for when reading resumes.
+            if conn.session.wants_read() || !conn.session.reads_done() {
+                self.io
+                    .held
+                    .entry(key)
+                    .or_default()
+                    .bytes
+                    .extend_from_slice(&buf);
+            }
             return;
         }
         // The session unmasks in place; the ring's buffer goes back at once.
@@ -178,8 +200,42 @@ impl Worker<Uring> {
             EndReason::NoBuffers | EndReason::Terminated | EndReason::Canceled => {
                 self.io.rearm.push(key)
             }
-            EndReason::Eof | EndReason::Error(_) => self.on_eof(key, t),
+            EndReason::Eof | EndReason::Error(_) => match self.io.held.get_mut(&key) {
+                // The FIN comes after the held input.
+                Some(held) => held.eof = true,
+                None => self.on_eof(key, t),
+            },
         }
+    }
+
+    /// Hands a resumed connection its held input, a scratch buffer at a
+    /// time while it keeps reading. Returns true when none is left.
+    fn feed_held(&mut self, key: usize, now: Instant, t: Now) -> bool {
+        let Some(mut held) = self.io.held.remove(&key) else {
+            return true;
+        };
+        let mut at = 0;
+        while at < held.bytes.len() {
+            if !self.conns.get(key).is_some_and(|c| c.session.wants_read()) {
+                break;
+            }
+            let end = held.bytes.len().min(at + self.scratch.len());
+            let alive = self.on_input(key, &mut held.bytes[at..end], now, t);
+            at = end;
+            if !alive || !self.flush(key) {
+                return false;
+            }
+        }
+        if at < held.bytes.len() {
+            held.bytes.drain(..at);
+            self.io.held.insert(key, held);
+            return false;
+        }
+        if held.eof {
+            self.on_eof(key, t);
+            return false;
+        }
+        true
     }
 
     fn on_sent(&mut self, key: usize, n: usize) {
@@ -191,6 +247,9 @@ impl Worker<Uring> {
             .in_ring
             .saturating_sub(u32::try_from(n).unwrap_or(u32::MAX));
         if h.has(CLOSING) {
+            if h.in_ring == 0 {
+                self.io.end_linger(h);
+            }
             return;
         }
         if h.in_ring == 0 && h.has(FIN_PENDING) && shutdown_write(&self.io.ring, h).is_err() {
@@ -206,10 +265,13 @@ impl Worker<Uring> {
 
     /// Re-arms the multishot recvs that ended for want of buffers, by the
     /// kernel, or by a backpressure pause that has eased.
-    fn rearm_reads(&mut self) {
+    fn rearm_reads(&mut self, now: Instant, t: Now) {
         let mut keys = std::mem::take(&mut self.io.rearm);
         keys.append(&mut self.read_again);
         for key in keys.drain(..) {
+            if !self.feed_held(key, now, t) {
+                continue;
+            }
             let Some(conn) = self.conns.get_mut(key) else {
                 continue;
             };

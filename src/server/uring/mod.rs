@@ -21,10 +21,12 @@ mod event_loop;
 mod sink;
 pub(crate) mod waker;
 
+use std::collections::VecDeque;
 use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use rustc_hash::FxHashMap;
 use wsgate_uring::{Fd, Ring, RingConfig};
 
 use super::loop_io::Io;
@@ -59,11 +61,29 @@ const CLOSING: u8 = 2;
 const FIN_PENDING: u8 = 4;
 /// A `cancel_recv` is on its way (reading paused by backpressure).
 const RECV_CANCELING: u8 = 8;
+/// Closed by the worker while its last bytes were still in the ring: the
+/// descriptor is closed once they are sent (or at the linger deadline).
+const LINGER: u8 = 16;
+
+/// How long a closed connection's last bytes (a close frame, an HTTP error)
+/// may take to leave the ring before the descriptor is closed regardless.
+/// On the epoll loop these bytes are in the kernel's socket buffer when the
+/// descriptor closes; here they are still in the ring, and closing would
+/// cancel them.
+const LINGER_FOR: Duration = Duration::from_secs(2);
 
 impl Handle {
     fn has(&self, f: u8) -> bool {
         self.flags & f != 0
     }
+}
+
+/// Input held for a paused connection, and whether the peer's FIN came
+/// after it.
+#[derive(Default)]
+struct Held {
+    bytes: Vec<u8>,
+    eof: bool,
 }
 
 /// The io_uring loop's side of a worker.
@@ -82,9 +102,38 @@ pub(crate) struct Uring {
     /// ended by the kernel): re-armed at the end of the turn, once this
     /// turn's buffers are back in the ring.
     rearm: Vec<usize>,
+    /// Input that arrived after a connection paused reading (backpressure),
+    /// before its multishot recv was cancelled: handed to the session when
+    /// it reads again. Bounded by what the kernel delivers while the cancel
+    /// is on its way; connections that keep up have no entry.
+    held: FxHashMap<usize, Held>,
+    /// Closed connections whose last sends are still in the ring, with the
+    /// deadline after which they are closed anyway (in deadline order).
+    lingering: VecDeque<(Instant, Fd)>,
 }
 
 impl Uring {
+    /// Closes the lingering connections whose deadline passed (a peer that
+    /// does not read its last bytes).
+    fn close_lingering(&mut self, now: Instant) {
+        while let Some(&(at, fd)) = self.lingering.front() {
+            if at > now {
+                return;
+            }
+            self.lingering.pop_front();
+            // Already closed (its sends finished) is fine.
+            let _ = self.ring.close(fd);
+        }
+    }
+
+    /// A lingering connection's sends are done (or failed): close it now.
+    fn end_linger(&mut self, h: &mut Handle) {
+        if h.has(LINGER) {
+            h.flags &= !LINGER;
+            let _ = self.ring.close(h.fd);
+        }
+    }
+
     /// Sets up the worker's ring (probing every feature it uses), adopts
     /// the listener with a multishot accept and watches the wake-up socket.
     pub(crate) fn new(
@@ -109,6 +158,8 @@ impl Uring {
             wake_rx,
             wake_fd: Some(wfd),
             rearm: Vec::new(),
+            lingering: VecDeque::new(),
+            held: FxHashMap::default(),
         })
     }
 }
@@ -130,6 +181,12 @@ impl Io for Uring {
 
     fn close(&mut self, h: &mut Handle) -> bool {
         h.flags |= CLOSING;
+        if h.in_ring > 0 {
+            h.flags |= LINGER;
+            self.lingering
+                .push_back((Instant::now() + LINGER_FOR, h.fd));
+            return false;
+        }
         // The ring cancels the connection's operations and closes the
         // descriptor once none is left in the kernel; its slot is freed at
         // `Closed`, so no completion can reach a reused slot.
@@ -148,6 +205,9 @@ impl Io for Uring {
     }
 
     fn accept_wake(&self) -> Option<Instant> {
-        self.accept_rearm
+        [self.accept_rearm, self.lingering.front().map(|l| l.0)]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }

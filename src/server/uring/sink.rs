@@ -33,6 +33,11 @@ impl RingSink<'_> {
         self.h.in_ring >= SEND_WINDOW
     }
 
+    /// Bytes of owned output it takes now (like a socket's free buffer).
+    fn room(&self) -> usize {
+        SEND_WINDOW.saturating_sub(self.h.in_ring) as usize
+    }
+
     fn send(&mut self, data: SendData) -> io::Result<()> {
         let len = data.len();
         self.ring
@@ -55,8 +60,9 @@ impl Write for RingSink<'_> {
         if self.full() {
             return Err(would_block());
         }
-        self.send(SendData::owned(buf.to_vec()))?;
-        Ok(buf.len())
+        let n = buf.len().min(self.room());
+        self.send(SendData::owned(buf[..n].to_vec()))?;
+        Ok(n)
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
@@ -64,9 +70,15 @@ impl Write for RingSink<'_> {
             return Err(would_block());
         }
         // One send for all of them (the slow path: a backed-up queue).
-        let mut bytes = Vec::with_capacity(bufs.iter().map(|b| b.len()).sum());
+        let room = self.room();
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut bytes = Vec::with_capacity(total.min(room));
         for b in bufs {
-            bytes.extend_from_slice(b);
+            let take = b.len().min(room - bytes.len());
+            bytes.extend_from_slice(&b[..take]);
+            if bytes.len() == room {
+                break;
+            }
         }
         let n = bytes.len();
         self.send(SendData::owned(bytes))?;
