@@ -196,8 +196,17 @@ fn worker_main(
 
 /// Checks, before anything starts, that this kernel's io_uring has every
 /// feature the io_uring loop uses (a ring is made and dropped).
+///
+/// On a thread of its own: tearing a ring down leaves task work for its
+/// thread, which interrupts that thread's next blocking socket call (a read
+/// with a timeout then fails with EINTR); the caller of `start` must not
+/// get that.
 pub(crate) fn probe_io_uring() -> Result<(), wsgate_uring::Error> {
-    wsgate_uring::Ring::new(uring::ring_config()).map(drop)
+    std::thread::scope(|s| {
+        s.spawn(|| wsgate_uring::Ring::new(uring::ring_config()).map(drop))
+            .join()
+            .unwrap_or_else(|_| Err(wsgate_uring::Error::Config("the io_uring probe panicked")))
+    })
 }
 
 impl Workers {

@@ -15,6 +15,8 @@ use super::{
 };
 use crate::session::Now;
 
+/// Completions handled between two clock readings.
+const CLOCK_EVERY: usize = 64;
 /// How long accepting pauses after the multishot accept ended on an error.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -34,10 +36,16 @@ impl Worker<Uring> {
                 tracing::error!(worker = self.id, error = %e, "io_uring wait failed; worker stops");
                 break;
             }
-            // The one clock reading of this turn's work.
-            let now = Instant::now();
-            let t = self.clock.now(now);
-            for c in completions.drain(..) {
+            let mut now = Instant::now();
+            let mut t = self.clock.now(now);
+            for (i, c) in completions.drain(..).enumerate() {
+                if i > 0 && i % CLOCK_EVERY == 0 {
+                    // One wait can return thousands of completions (a
+                    // fast sender's whole receive queue): deadlines set
+                    // late in the batch must not start from a stale clock.
+                    now = Instant::now();
+                    t = self.clock.now(now);
+                }
                 self.on_completion(c, now, t);
             }
             if self.fanout.inbox_more() {

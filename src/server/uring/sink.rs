@@ -19,9 +19,14 @@ use wsgate_uring::{Ring, SendData};
 use super::{Handle, FIN_PENDING};
 use crate::session::Sink;
 
-/// Bytes one connection may have in the ring before its sink reports full
-/// (the ring's counterpart of a socket send buffer).
-pub(crate) const SEND_WINDOW: u32 = 256 << 10;
+/// Bytes one connection may have in the ring before its sink reports full:
+/// the ring's counterpart of a socket send buffer, sized like Linux's
+/// default `tcp_wmem` maximum (4 MiB). On the epoll loop a write lands in
+/// the socket buffer at once; here it waits in the ring until the turn's
+/// submit, so a smaller window would make a reader that keeps up look like
+/// a slow consumer when several large frames go out in one turn. Fan-out
+/// frames in the window are shared (`Arc`), not copies.
+pub(crate) const SEND_WINDOW: u32 = 4 << 20;
 
 pub(crate) struct RingSink<'a> {
     pub(super) ring: &'a mut Ring,
