@@ -178,7 +178,10 @@ impl Session {
         let mut written = 0;
         let mut rest = frames.clone();
         if self.wq.is_none() {
-            if let Some(taken) = write_shared(frames.clone(), sink) {
+            // One frame goes by reference; several go as one vectored
+            // write (one send for the lot instead of one per frame).
+            let one = frames.clone().nth(1).is_none();
+            if let Some(taken) = one.then(|| write_shared(frames.clone(), sink)).flatten() {
                 // Whole frames only: the rest starts on a frame boundary.
                 let (n, count) = taken?;
                 let wq_rest: Vec<_> = frames.clone().skip(count).collect();

@@ -11,7 +11,8 @@ use super::super::worker::accept::{is_descriptor_exhaustion_errno, refuse, set_u
 use super::super::worker::Worker;
 use super::sink::{shutdown_write, SEND_WINDOW};
 use super::{
-    waker, Handle, Uring, CLOSING, FIN_PENDING, LISTENER, RECV_ARMED, RECV_CANCELING, WAKER,
+    waker, Handle, Uring, CLOSING, FIN_PENDING, LISTENER, RECV_ARMED, RECV_CANCELING, STALLED,
+    WAKER,
 };
 use crate::session::Now;
 
@@ -52,6 +53,7 @@ impl Worker<Uring> {
                 self.drain_inbox(now, t);
             }
             self.rearm_reads(now, t);
+            self.retry_stalled();
             self.maybe_rearm_accept(now);
             self.io.close_lingering(now);
             if self.end_turn(now, t) {
@@ -264,7 +266,10 @@ impl Worker<Uring> {
             self.close_now(key);
             return;
         }
-        if conn.session.wants_write() && h.in_ring < SEND_WINDOW / 2 {
+        // All sent, or room again: write the session's queue (like a
+        // writable edge on the epoll loop). With nothing queued this still
+        // lifts a backpressure pause that a fan-out write ended.
+        if (conn.session.wants_write() && h.in_ring < SEND_WINDOW / 2) || h.in_ring == 0 {
             // Room again: the session's queue goes out (like a writable
             // edge on the epoll loop).
             self.flush(key);
@@ -292,6 +297,26 @@ impl Worker<Uring> {
             }
         }
         self.io.rearm = keys;
+    }
+
+    /// Flushes the connections whose sends could not be queued last time
+    /// (rare: only while the kernel's completion queue overflowed).
+    fn retry_stalled(&mut self) {
+        if !std::mem::take(&mut self.io.stalled) {
+            return;
+        }
+        let keys: Vec<usize> = self
+            .conns
+            .iter_mut()
+            .filter(|(_, c)| c.stream.has(STALLED))
+            .map(|(k, c)| {
+                c.stream.flags &= !STALLED;
+                k
+            })
+            .collect();
+        for key in keys {
+            self.flush(key);
+        }
     }
 
     fn maybe_rearm_accept(&mut self, now: Instant) {

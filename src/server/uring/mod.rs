@@ -64,6 +64,8 @@ const RECV_CANCELING: u8 = 8;
 /// Closed by the worker while its last bytes were still in the ring: the
 /// descriptor is closed once they are sent (or at the linger deadline).
 const LINGER: u8 = 16;
+/// A send could not be queued (see `RingSink`): flushed again next turn.
+const STALLED: u8 = 32;
 
 /// How long a closed connection's last bytes (a close frame, an HTTP error)
 /// may take to leave the ring before the descriptor is closed regardless.
@@ -110,6 +112,8 @@ pub(crate) struct Uring {
     /// Closed connections whose last sends are still in the ring, with the
     /// deadline after which they are closed anyway (in deadline order).
     lingering: VecDeque<(Instant, Fd)>,
+    /// Some connection is `STALLED`.
+    stalled: bool,
 }
 
 impl Uring {
@@ -160,6 +164,7 @@ impl Uring {
             rearm: Vec::new(),
             lingering: VecDeque::new(),
             held: FxHashMap::default(),
+            stalled: false,
         })
     }
 }
@@ -172,6 +177,7 @@ impl Io for Uring {
         RingSink {
             ring: &mut self.ring,
             h,
+            stalled: &mut self.stalled,
         }
     }
 

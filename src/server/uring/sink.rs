@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use wsgate_uring::{Ring, SendData};
 
-use super::{Handle, FIN_PENDING};
+use super::{Handle, FIN_PENDING, STALLED};
 use crate::session::Sink;
 
 /// Bytes one connection may have in the ring before its sink reports full:
@@ -27,10 +27,18 @@ use crate::session::Sink;
 /// a slow consumer when several large frames go out in one turn. Fan-out
 /// frames in the window are shared (`Arc`), not copies.
 pub(crate) const SEND_WINDOW: u32 = 4 << 20;
+/// Of that window, what copies of owned bytes (replies, batches of several
+/// frames) may fill: copies are user memory, unlike the shared frames or
+/// an epoll loop's socket buffer, so a crowd of backed-up connections must
+/// not hold megabytes of them each.
+pub(crate) const COPY_WINDOW: u32 = 64 << 10;
 
 pub(crate) struct RingSink<'a> {
     pub(super) ring: &'a mut Ring,
     pub(super) h: &'a mut Handle,
+    /// Set when a send could not be queued (the submission queue was full
+    /// and the kernel busy): the loop retries the stalled connections.
+    pub(super) stalled: &'a mut bool,
 }
 
 impl RingSink<'_> {
@@ -40,14 +48,23 @@ impl RingSink<'_> {
 
     /// Bytes of owned output it takes now (like a socket's free buffer).
     fn room(&self) -> usize {
-        SEND_WINDOW.saturating_sub(self.h.in_ring) as usize
+        COPY_WINDOW.saturating_sub(self.h.in_ring) as usize
     }
 
     fn send(&mut self, data: SendData) -> io::Result<()> {
         let len = data.len();
-        self.ring
-            .send(self.h.fd, data)
-            .map_err(|e| io::Error::new(io::ErrorKind::BrokenPipe, e))?;
+        match self.ring.send(self.h.fd, data) {
+            Ok(()) => {}
+            Err(wsgate_uring::Error::Enter(_)) => {
+                // Not queued: the kernel could not take submissions (its
+                // completion queue is full). Full for now; retried once
+                // this turn's completions are reaped.
+                self.h.flags |= STALLED;
+                *self.stalled = true;
+                return Err(would_block());
+            }
+            Err(e) => return Err(io::Error::new(io::ErrorKind::BrokenPipe, e)),
+        }
         self.h.in_ring = self
             .h
             .in_ring
@@ -62,7 +79,7 @@ fn would_block() -> io::Error {
 
 impl Write for RingSink<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        if self.full() {
+        if self.room() == 0 {
             return Err(would_block());
         }
         let n = buf.len().min(self.room());
@@ -71,7 +88,7 @@ impl Write for RingSink<'_> {
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        if self.full() {
+        if self.room() == 0 {
             return Err(would_block());
         }
         // One send for all of them (the slow path: a backed-up queue).
@@ -109,7 +126,11 @@ impl Sink for RingSink<'_> {
         if self.full() {
             return Some(Ok(false));
         }
-        Some(self.send(SendData::shared(frame.clone())).map(|()| true))
+        match self.send(SendData::shared(frame.clone())) {
+            Ok(()) => Some(Ok(true)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Some(Ok(false)),
+            Err(e) => Some(Err(e)),
+        }
     }
 }
 
