@@ -127,6 +127,11 @@ impl Worker<Uring> {
             .and_then(|a| a.as_socket())
             .map(|a| a.ip())
         else {
+            // Reset before its accept completion was handled (the address
+            // comes from getpeername, which fails on a reset socket): counted
+            // as accepted and closed, as the epoll loop counts it.
+            self.stats.accepted.inc();
+            self.stats.closed.inc();
             return;
         };
         if let Err(r) = self.admit(ip, now) {
