@@ -205,7 +205,9 @@ pub(crate) fn probe_io_uring() -> Result<(), wsgate_uring::Error> {
     std::thread::scope(|s| {
         s.spawn(|| wsgate_uring::Ring::new(uring::ring_config()).map(drop))
             .join()
-            .unwrap_or_else(|_| Err(wsgate_uring::Error::Config("the io_uring probe panicked")))
+            .unwrap_or(Err(wsgate_uring::Error::Config(
+                "the io_uring probe panicked",
+            )))
     })
 }
 
