@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use socket2::SockRef;
 use wsgate_uring::{Completion, EndReason, RecvBuf};
 
+use super::super::listener::bind_reuseport;
 use super::super::worker::accept::{is_descriptor_exhaustion_errno, refuse, set_user_timeout};
 use super::super::worker::Worker;
 use super::sink::{shutdown_write, SEND_WINDOW};
@@ -18,6 +19,8 @@ use crate::session::Now;
 
 /// Completions handled between two clock readings.
 const CLOCK_EVERY: usize = 64;
+/// How often a worker out of the port's group tries to rejoin it.
+const REJOIN_RETRY: Duration = Duration::from_secs(1);
 /// How long accepting pauses after the multishot accept ended on an error.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -75,14 +78,14 @@ impl Worker<Uring> {
                     let backoff =
                         matches!(reason, EndReason::Error(e) if is_descriptor_exhaustion_errno(e));
                     if backoff {
-                        self.stats.accept_backoffs.inc();
-                        tracing::warn!(
-                            worker = self.id,
-                            ?reason,
-                            "accept stopped; retrying shortly (raise LimitNOFILE / ulimit -n)"
-                        );
+                        self.leave_group(now);
+                    } else {
+                        // Ended by the kernel (or an error that passes):
+                        // again at the end of the turn, a little later if
+                        // it failed.
+                        let error = matches!(reason, EndReason::Error(_));
+                        self.io.accept_rearm = Some(if error { now + ACCEPT_BACKOFF } else { now });
                     }
-                    self.io.accept_rearm = Some(if backoff { now + ACCEPT_BACKOFF } else { now });
                 }
             }
             Completion::Received { token, buf } => self.on_received(token as usize, buf, now, t),
@@ -324,7 +327,48 @@ impl Worker<Uring> {
         }
     }
 
+    /// Out of descriptors: close the listener so the kernel hands new
+    /// connections to the other listeners on the port (as the epoll loop
+    /// does), and bind a fresh one after `REJOIN_RETRY`.
+    fn leave_group(&mut self, now: Instant) {
+        self.stats.accept_backoffs.inc();
+        if let Some(l) = self.io.listener.take() {
+            let _ = self.io.ring.close(l);
+        }
+        self.io.accept_rearm = None;
+        self.io.rejoin_at = Some(now + REJOIN_RETRY);
+        tracing::warn!(
+            worker = self.id,
+            open = self.conns.len(),
+            "out of descriptors: this worker stops listening until it has room; \
+             new connections go to the other listeners on the port \
+             (raise LimitNOFILE / ulimit -n)"
+        );
+    }
+
+    fn maybe_rejoin(&mut self, now: Instant) {
+        let (Some(at), Some(addr)) = (self.io.rejoin_at, self.io.listen_addr) else {
+            return;
+        };
+        if now < at || self.drain.started() {
+            return;
+        }
+        self.io.rejoin_at = Some(now + REJOIN_RETRY);
+        let Ok(l) = bind_reuseport(addr) else {
+            return;
+        };
+        let fd = self.io.ring.adopt(LISTENER, l.into());
+        if self.io.ring.accept_multi(fd).is_ok() {
+            tracing::info!(worker = self.id, open = self.conns.len(), "listening again");
+            self.io.listener = Some(fd);
+            self.io.rejoin_at = None;
+        } else {
+            let _ = self.io.ring.close(fd);
+        }
+    }
+
     fn maybe_rearm_accept(&mut self, now: Instant) {
+        self.maybe_rejoin(now);
         let (Some(at), Some(l)) = (self.io.accept_rearm, self.io.listener) else {
             return;
         };

@@ -96,6 +96,11 @@ pub(crate) struct Uring {
     /// The multishot accept ended and must be re-armed (after this time,
     /// when it ended on an error).
     accept_rearm: Option<Instant>,
+    /// The address all listeners of the port share, and when to bind a
+    /// fresh listener into the port's group after leaving it for want of
+    /// descriptors.
+    listen_addr: Option<std::net::SocketAddr>,
+    rejoin_at: Option<Instant>,
     /// Read end of the wake-up socket (see `waker`), and its handle in the
     /// ring (a duplicate descriptor of it).
     wake_rx: UnixStream,
@@ -144,6 +149,7 @@ impl Uring {
         listener: TcpListener,
         wake_rx: UnixStream,
     ) -> Result<Uring, wsgate_uring::Error> {
+        let listen_addr = listener.local_addr().ok();
         let mut ring = Ring::new(ring_config())?;
         let lfd = ring.adopt(LISTENER, listener.into());
         ring.accept_multi(lfd)?;
@@ -159,6 +165,8 @@ impl Uring {
             ring,
             listener: Some(lfd),
             accept_rearm: None,
+            listen_addr,
+            rejoin_at: None,
             wake_rx,
             wake_fd: Some(wfd),
             rearm: Vec::new(),
@@ -204,6 +212,7 @@ impl Io for Uring {
             let _ = self.ring.close(l);
         }
         self.accept_rearm = None;
+        self.rejoin_at = None;
     }
 
     fn accept_ready(&self) -> bool {
@@ -211,10 +220,14 @@ impl Io for Uring {
     }
 
     fn accept_wake(&self) -> Option<Instant> {
-        [self.accept_rearm, self.lingering.front().map(|l| l.0)]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.accept_rearm,
+            self.rejoin_at,
+            self.lingering.front().map(|l| l.0),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 }
 
