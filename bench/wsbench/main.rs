@@ -14,6 +14,7 @@ mod report;
 mod restart;
 mod results;
 mod scenarios;
+mod tls;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
@@ -53,9 +54,22 @@ enum Cmd {
 /// Options every scenario takes.
 #[derive(Args, Clone, Debug)]
 pub struct Common {
-    /// Server URL (ws://HOST:PORT/PATH). Loopback only.
+    /// Server URL (ws://HOST:PORT/PATH or wss://HOST:PORT/PATH). Loopback only.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
+    /// wss://: trust the CA certificate(s) in this PEM file instead of the
+    /// Mozilla roots built into wsbench.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<String>,
+    /// wss://: INSECURE — accept ANY server certificate, for any name, without
+    /// checking who issued it. Only for a self-signed test server you started
+    /// yourself; a man in the middle would go unnoticed.
+    #[arg(long)]
+    pub insecure: bool,
+    /// wss://: keep TLS session tickets so reconnects resume (abbreviated
+    /// handshakes); `--tls-resume false` makes every handshake a full one.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub tls_resume: bool,
     /// Source addresses to spread connections over, e.g. 127.0.0.2-127.0.0.40.
     #[arg(long, default_value = "")]
     pub src_ips: String,
@@ -76,10 +90,13 @@ pub struct Common {
 
 impl Common {
     pub fn target(&self) -> Result<client::Target, String> {
-        let rest = self
-            .url
-            .strip_prefix("ws://")
-            .ok_or("only ws:// URLs are supported")?;
+        let (tls, rest) = if let Some(rest) = self.url.strip_prefix("wss://") {
+            (true, rest)
+        } else if let Some(rest) = self.url.strip_prefix("ws://") {
+            (false, rest)
+        } else {
+            return Err("only ws:// and wss:// URLs are supported".into());
+        };
         let (hostport, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -94,12 +111,45 @@ impl Common {
                 "{addr} is not loopback: benchmarks stay on 127.0.0.0/8"
             ));
         }
+        let tls = if tls {
+            let host = match hostport.rsplit_once(':') {
+                Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+                _ => hostport,
+            };
+            Some(client::TlsTarget {
+                config: tls::client_config(&self.tls_options())?,
+                name: tls::server_name(host)?,
+            })
+        } else {
+            None
+        };
         Ok(client::Target {
             addr,
             host: hostport.to_string(),
             path: path.to_string(),
             deflate: self.deflate,
+            tls,
         })
+    }
+
+    pub fn tls_options(&self) -> tls::TlsOptions {
+        tls::TlsOptions {
+            ca_file: self.ca_file.clone(),
+            insecure: self.insecure,
+            resume: self.tls_resume,
+        }
+    }
+
+    /// The TLS options as arguments, for child processes.
+    pub fn tls_args(&self) -> Vec<String> {
+        let mut v = vec!["--tls-resume".to_string(), self.tls_resume.to_string()];
+        if let Some(ca) = &self.ca_file {
+            v.extend(["--ca-file".to_string(), ca.clone()]);
+        }
+        if self.insecure {
+            v.push("--insecure".to_string());
+        }
+        v
     }
 
     pub fn src_ips(&self) -> Result<Vec<IpAddr>, String> {
