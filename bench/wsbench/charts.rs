@@ -523,6 +523,7 @@ mod tests {
             unexpected_drops: 0,
             churn_per_sec: None,
             server_cpu_us_per_reconnect: None,
+            client_cpu_us_per_reconnect: None,
             tls: None,
         });
         assert_eq!(ramp(&churn), None);

@@ -356,6 +356,10 @@ pub struct Churn {
     pub unexpected_drops: u64,
     pub churn_per_sec: Option<f64>,
     pub server_cpu_us_per_reconnect: Option<f64>,
+    /// The load generator's own CPU per reconnect (with wss://, what a
+    /// client pays per TLS handshake, full or resumed, plus the upgrade).
+    #[serde(default)]
+    pub client_cpu_us_per_reconnect: Option<f64>,
     /// wss:// only: the ramp's handshakes and the reconnects'.
     #[serde(flatten)]
     pub tls: Option<TlsHandshakes>,

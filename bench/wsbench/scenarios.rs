@@ -1123,6 +1123,7 @@ pub fn churn(a: ChurnArgs) -> Result<(), String> {
     let after = Probe::take(&pids);
     engine.close_all();
     let server_cpu = after.cpu.saturating_sub(before.cpu).as_secs_f64();
+    let client_cpu = after.self_cpu.saturating_sub(before.self_cpu).as_secs_f64();
     let result = Results::Churn(Churn {
         held: a.connections,
         replaced,
@@ -1132,6 +1133,7 @@ pub fn churn(a: ChurnArgs) -> Result<(), String> {
         unexpected_drops: drops,
         churn_per_sec: per(replaced as f64, window),
         server_cpu_us_per_reconnect: per(server_cpu * 1e6, opened as f64),
+        client_cpu_us_per_reconnect: per(client_cpu * 1e6, opened as f64),
         tls: engine.tls_handshakes(),
     });
     finish("wsbench churn", &a.common, result)
