@@ -753,10 +753,16 @@ fn tls_input(
     mut cipher: &[u8],
     plain: &mut Vec<u8>,
 ) -> Result<(), &'static str> {
-    // rustls takes at most a record's worth per read_tls.
+    // rustls takes at most a record's worth per read_tls, and nothing once
+    // the server's close_notify came (what follows it is ignored).
     while !cipher.is_empty() {
-        tls.read_tls(&mut cipher)
-            .map_err(|_| "tls: record too large")?;
+        if tls
+            .read_tls(&mut cipher)
+            .map_err(|_| "tls: record too large")?
+            == 0
+        {
+            break;
+        }
         let state = tls
             .process_new_packets()
             .map_err(|e| tls::failure_reason(&e))?;

@@ -287,6 +287,32 @@ fn wss_through_a_tls_terminator_opens_echoes_resumes_and_refuses_the_wrong_ca() 
     assert_eq!(u(hs, "count"), 200, "{c:#}");
     assert!(u(hs, "p50_us") > 0, "{c:#}");
 
+    // connect split over child processes (a low descriptor limit forces
+    // it): the children get the TLS options too, and their counts add up.
+    let multi = dir.join("multi.json");
+    let o = Command::new("sh")
+        .args(["-c", "ulimit -n 300 && exec \"$@\"", "sh"])
+        .arg(env!("CARGO_BIN_EXE_wsbench"))
+        .args([
+            "connect",
+            "--url",
+            url,
+            "--ca-file",
+            ca,
+            "--connections",
+            "200",
+        ])
+        .args(["--hold", "0", "--settle", "0", "--timeout", "30", "--out"])
+        .arg(&multi)
+        .output()
+        .expect("run wsbench");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let m: Value = serde_json::from_str(&std::fs::read_to_string(&multi).unwrap()).unwrap();
+    eprintln!("multi: {m}");
+    assert!(u(&m, "processes") >= 2, "{m:#}");
+    assert_eq!(u(&m, "opened"), 200, "{m:#}");
+    assert_eq!(u(&m, "tls_full") + u(&m, "tls_resumed"), 200, "{m:#}");
+
     // echo: replies come back through TLS both ways.
     let e = scenario(
         dir,
