@@ -111,6 +111,15 @@ impl Common {
                 "{addr} is not loopback: benchmarks stay on 127.0.0.0/8"
             ));
         }
+        if !tls && (self.ca_file.is_some() || self.insecure) {
+            return Err("--ca-file and --insecure apply to wss:// URLs only".into());
+        }
+        if tls && self.insecure {
+            eprintln!(
+                "wsbench: WARNING: --insecure: the server's certificate is NOT verified \
+                 (any certificate, any name, any issuer is accepted)"
+            );
+        }
         let tls = if tls {
             let host = match hostport.rsplit_once(':') {
                 Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
@@ -176,5 +185,50 @@ fn main() -> ExitCode {
             eprintln!("wsbench: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn common(args: &[&str]) -> Common {
+        let mut argv = vec!["wsbench", "echo"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).expect("parses").cmd {
+            Cmd::Echo(a) => a.common,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn urls_pick_plain_or_tls() {
+        let plain = common(&["--url", "ws://127.0.0.1:9/ws"]).target().unwrap();
+        assert!(plain.tls.is_none());
+        assert_eq!(
+            (plain.host.as_str(), plain.path.as_str()),
+            ("127.0.0.1:9", "/ws")
+        );
+        let c = common(&["--url", "wss://127.0.0.1:9/x", "--insecure"]);
+        assert!(c.tls_resume, "resumption is on by default");
+        let t = c.target().unwrap().tls.expect("wss:// speaks TLS");
+        assert!(matches!(t.name, rustls_pki_types::ServerName::IpAddress(_)));
+        let t = common(&["--url", "wss://localhost:9", "--tls-resume", "false"]);
+        assert!(!t.tls_resume);
+        assert_eq!(
+            t.tls_args(),
+            ["--tls-resume", "false"].map(String::from).to_vec()
+        );
+        let e = common(&["--url", "ws://127.0.0.1:9/", "--insecure"]).target();
+        assert!(e.unwrap_err().contains("wss:// URLs only"));
+        let e = common(&["--url", "https://127.0.0.1:9/"]).target();
+        assert!(e.unwrap_err().contains("ws:// and wss://"));
+        let e = common(&[
+            "--url",
+            "wss://127.0.0.1:9/",
+            "--ca-file",
+            "/nonexistent.pem",
+        ]);
+        assert!(e.target().is_err(), "a missing CA file is an error");
     }
 }
