@@ -839,6 +839,107 @@ pub fn parse_src_ips(s: &str) -> Result<Vec<IpAddr>, String> {
 mod tests {
     use super::*;
 
+    /// A TLS server (rustls, on a thread) that answers the upgrade with 101,
+    /// then close_notify and more bytes in the same write: rustls takes
+    /// nothing after a close_notify, and the engine must not keep offering
+    /// it the rest (it would spin forever on one connection).
+    #[test]
+    fn bytes_after_a_close_notify_do_not_stall_the_engine() {
+        use rcgen::{CertificateParams, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let server_config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+            )
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            let conn = rustls::ServerConnection::new(Arc::new(server_config)).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, sock);
+            let mut head = Vec::new();
+            let mut b = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = tls.read(&mut b).unwrap();
+                assert!(n > 0, "client closed before its request");
+                head.extend_from_slice(&b[..n]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let ws_key = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .unwrap()
+                .trim();
+            let accept = String::from_utf8(accept_key(ws_key.as_bytes()).to_vec()).unwrap();
+            let reply = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            tls.conn.writer().write_all(reply.as_bytes()).unwrap();
+            tls.conn.send_close_notify();
+            let mut wire = Vec::new();
+            while tls.conn.wants_write() {
+                tls.conn.write_tls(&mut wire).unwrap();
+            }
+            // More than rustls takes in one read_tls: the start of a record.
+            wire.extend_from_slice(&[0x17, 0x03, 0x03, 0x10, 0x00]);
+            wire.extend_from_slice(&[0u8; 8000]);
+            tls.sock.write_all(&wire).unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let options = tls::TlsOptions {
+                insecure: true,
+                ..tls::TlsOptions::default()
+            };
+            let target = Target {
+                addr,
+                host: addr.to_string(),
+                path: "/ws".into(),
+                deflate: false,
+                tls: Some(TlsTarget {
+                    config: tls::client_config(&options).unwrap(),
+                    name: tls::server_name("127.0.0.1").unwrap(),
+                }),
+            };
+            let mut engine = Engine::new(target, vec![]).unwrap();
+            let mut out = Vec::new();
+            engine.connect(&mut out);
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until
+                && !out
+                    .iter()
+                    .any(|e| matches!(e, Ev::Closed { .. } | Ev::Failed { .. }))
+            {
+                engine.poll(Duration::from_millis(10), &mut out).unwrap();
+            }
+            let _ = tx.send(out);
+        });
+        let events = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the engine returns (it spun on the bytes after close_notify)");
+        server.join().unwrap();
+        assert!(
+            matches!(events.first(), Some(Ev::Opened { .. })),
+            "{events:?}"
+        );
+        assert!(
+            matches!(events.last(), Some(Ev::Closed { .. })),
+            "{events:?}"
+        );
+    }
+
     #[test]
     fn source_ranges() {
         let v = parse_src_ips("127.0.0.2-127.0.0.4,127.0.0.9").unwrap();
