@@ -51,7 +51,8 @@ pub(crate) type Links = Vec<(Sender<WorkerMsg>, Arc<Waker>)>;
 /// worker's poll, waker and inbox.
 pub(crate) fn bind(config: &Config) -> io::Result<(Bound, Links)> {
     let n = config.worker_count();
-    let listeners = listener::bind_all(config.listen, n)?;
+    let options = listener::ListenOptions::for_clients(config);
+    let listeners = listener::bind_all(config.listen, n, &options)?;
     let local_addr = listeners[0].local_addr()?;
     let mut workers = Vec::with_capacity(n);
     let mut links: Links = Vec::with_capacity(n);

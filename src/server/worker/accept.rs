@@ -14,7 +14,7 @@ use crate::protocol::handshake::error_response;
 use crate::session::{Now, Session};
 
 use super::super::conn::Conn;
-use super::super::listener;
+use super::super::listener::{self, ListenOptions};
 use super::{Worker, LISTENER};
 
 /// Connections accepted per loop turn before serving the others.
@@ -33,13 +33,20 @@ pub(super) struct AcceptState {
     last_backoff_log: Option<Instant>,
     /// The address all listeners of the port share (to rejoin the group).
     listen_addr: Option<SocketAddr>,
+    /// What a rejoining listener is bound with (its accepted sockets
+    /// inherit these).
+    listen_options: ListenOptions,
     /// Set while this worker is out of the port's SO_REUSEPORT group
     /// because the process ran out of descriptors.
     pub left_group: Option<LeftGroup>,
 }
 
 impl AcceptState {
-    pub fn new(listener: TcpListener, listen_addr: Option<SocketAddr>) -> AcceptState {
+    pub fn new(
+        listener: TcpListener,
+        listen_addr: Option<SocketAddr>,
+        listen_options: ListenOptions,
+    ) -> AcceptState {
         AcceptState {
             listener: Some(listener),
             // Connections may have queued before the first poll.
@@ -47,6 +54,7 @@ impl AcceptState {
             paused_until: None,
             last_backoff_log: None,
             listen_addr,
+            listen_options,
             left_group: None,
         }
     }
@@ -195,7 +203,7 @@ impl Worker {
         let Some(addr) = self.accept.listen_addr else {
             return;
         };
-        let mut listener = match listener::bind_reuseport(addr) {
+        let mut listener = match listener::bind_reuseport_with(addr, &self.accept.listen_options) {
             Ok(l) => TcpListener::from_std(l),
             Err(e) => {
                 tracing::debug!(worker = self.id, error = %e, "rejoin failed; still full");
@@ -251,9 +259,8 @@ impl Worker {
             self.refuse_at_accept(&stream, why.reason(), "1");
             return;
         }
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY failed");
-        }
+        // TCP_NODELAY and TCP_USER_TIMEOUT come from the listener (see
+        // `ListenOptions`): no setsockopt per connection.
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         // Edge-triggered, both directions, registered once: no epoll_ctl per
@@ -267,14 +274,6 @@ impl Worker {
             self.admission.end_handshake(ip);
             self.admission.closed(ip);
             return;
-        }
-        // A peer that stops acknowledging what we send is dead: let the
-        // kernel give up on it after the idle timeout instead of ~15 min of
-        // retransmissions (covers receive-only clients, which are not pinged).
-        if let Err(e) =
-            socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(self.config.idle_timeout))
-        {
-            tracing::debug!(error = %e, "TCP_USER_TIMEOUT failed");
         }
         let serial = self.next_serial;
         self.next_serial = self.next_serial.wrapping_add(1);

@@ -23,6 +23,7 @@ use crate::pubsub::WorkerMsg;
 use crate::session::{RateLimit, SessionConfig};
 use crate::timer_wheel::TimerWheel;
 
+use super::super::listener::ListenOptions;
 use super::accept::{AcceptState, HandshakeBucket};
 use super::shutdown::Drain;
 use super::timers::{self, ticks, Clock, TICK};
@@ -108,7 +109,7 @@ impl Worker {
             clock: Clock::new(now),
             wheel: TimerWheel::new(timers::WHEEL_SLOTS, 0),
             expired: Vec::new(),
-            accept: AcceptState::new(listener, listen_addr),
+            accept: AcceptState::new(listener, listen_addr, ListenOptions::for_clients(&config)),
             handshake_bucket: HandshakeBucket::new(config.max_handshakes_per_sec, now),
             drain: Drain::default(),
             read_again: Vec::new(),
