@@ -47,6 +47,8 @@ pub enum StartError {
     },
     #[error("--node-id 18446744073709551615 is reserved (it marks cluster history messages on the wire)")]
     ReservedNodeId,
+    #[error("--tls-cert/--tls-key: {0}")]
+    Tls(#[source] crate::tls::TlsConfigError),
     #[error("cannot start the workers: {0}")]
     Workers(#[source] io::Error),
 }

@@ -276,12 +276,25 @@ impl Worker {
         {
             tracing::debug!(error = %e, "TCP_USER_TIMEOUT failed");
         }
+        // With TLS the handshake timeout and caps above run from here, so
+        // they bound the TLS handshake too.
+        let tls = match self.tls.as_ref().map(|tw| tw.new_conn()) {
+            None => None,
+            Some(Ok(tls)) => Some(tls),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "TLS connection setup failed");
+                self.admission.end_handshake(ip);
+                self.admission.closed(ip);
+                return;
+            }
+        };
         let serial = self.next_serial;
         self.next_serial = self.next_serial.wrapping_add(1);
         let mut conn = Conn {
             stream,
             timer: None,
             session: Session::new(serial, t, &self.session_config),
+            tls,
         };
         conn.sync_timer(&mut self.wheel, key);
         entry.insert(conn);
