@@ -1,0 +1,386 @@
+//! wss:// end to end over real sockets: the server started with a test
+//! certificate (issued at test time by rcgen, never committed), and real
+//! clients: rustls + tungstenite in this process (TLS 1.2 and 1.3,
+//! resumption, reload, large messages, fan-out), Python `websockets` with an
+//! `ssl` context trusting the test CA, Node `ws`; hostile peers (garbage,
+//! truncated and slowloris ClientHellos) closed within the limits.
+
+mod common;
+#[path = "support/tls.rs"]
+mod tls;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{eventually, http};
+use rustls::pki_types::ServerName;
+use rustls::version::{TLS12, TLS13};
+use rustls::{ClientConfig, ClientConnection, HandshakeKind, ProtocolVersion, StreamOwned};
+use tls::Pki;
+use tungstenite::{Message, WebSocket};
+use wsgate::config::AppKind;
+
+type TlsWs = WebSocket<StreamOwned<ClientConnection, TcpStream>>;
+
+/// A server for `pki`'s current files.
+fn start(pki: &Pki, app: AppKind, admin: bool, tweak: impl FnOnce(&mut wsgate::Config)) -> wsgate::ServerHandle {
+    let mut cfg = wsgate::Config::for_tests();
+    cfg.app = app;
+    cfg.workers = Some(2);
+    if !admin {
+        cfg.admin_listen = None;
+    }
+    cfg.tls_cert = Some(pki.cert_path());
+    cfg.tls_key = Some(pki.key_path());
+    tweak(&mut cfg);
+    wsgate::start(cfg).expect("server starts")
+}
+
+fn issue(pki: &Pki) -> tls::Leaf {
+    let leaf = pki.leaf();
+    pki.install(&leaf);
+    leaf
+}
+
+/// A wss:// client: TLS with `config`, then the WebSocket upgrade.
+fn connect(addr: SocketAddr, config: &Arc<ClientConfig>) -> TlsWs {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let conn = ClientConnection::new(config.clone(), name).unwrap();
+    let stream = StreamOwned::new(conn, tcp);
+    let url = format!("wss://localhost:{}/ws", addr.port());
+    let (ws, _) = tungstenite::client::client(url, stream).expect("wss upgrade");
+    ws
+}
+
+fn echo(ws: &mut TlsWs, text: &str) {
+    ws.send(Message::text(text)).unwrap();
+    match ws.read().unwrap() {
+        Message::Text(t) => assert_eq!(t.as_str(), text),
+        other => panic!("expected the echo, got {other:?}"),
+    }
+}
+
+fn tls_of(ws: &TlsWs) -> &ClientConnection {
+    &ws.get_ref().conn
+}
+
+#[test]
+fn echo_over_tls13_and_tls12() {
+    let pki = Pki::new();
+    issue(&pki);
+    let server = start(&pki, AppKind::Echo, false, |_| {});
+    for (version, want) in [(&TLS13, ProtocolVersion::TLSv1_3), (&TLS12, ProtocolVersion::TLSv1_2)] {
+        let config = pki.client_config(&[version]);
+        let mut ws = connect(server.local_addr(), &config);
+        assert_eq!(tls_of(&ws).protocol_version(), Some(want));
+        assert_eq!(tls_of(&ws).alpn_protocol(), Some(&b"http/1.1"[..]));
+        for n in 0..20 {
+            echo(&mut ws, &format!("hello {n} over {want:?}"));
+        }
+        ws.close(None).unwrap();
+        // The server answers the close and ends the TLS stream cleanly.
+        loop {
+            match ws.read() {
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed) => break,
+                Err(e) => panic!("unclean close: {e}"),
+            }
+        }
+    }
+    let s = server.total_stats();
+    assert_eq!(s.tls_handshakes_full, 2, "{s:?}");
+}
+
+#[test]
+fn large_messages_both_ways_through_batched_records() {
+    // 4 MiB each way: many 16 KiB records, the socket fills, ciphertext
+    // waits in the one pending batch and the rest in the session's queue.
+    let pki = Pki::new();
+    issue(&pki);
+    let server = start(&pki, AppKind::Echo, false, |_| {});
+    let config = pki.client_config(&[&TLS13]);
+    let mut ws = connect(server.local_addr(), &config);
+    let big: Vec<u8> = common::pseudo_random(7, 4 << 20);
+    ws.send(Message::binary(big.clone())).unwrap();
+    match ws.read().unwrap() {
+        Message::Binary(b) => assert!(b[..] == big[..], "echo differs"),
+        other => panic!("expected binary, got {other:?}"),
+    }
+    echo(&mut ws, "still fine");
+}
+
+#[test]
+fn tls13_and_tls12_resume() {
+    let pki = Pki::new();
+    issue(&pki);
+    let server = start(&pki, AppKind::Echo, false, |_| {});
+    for version in [&TLS13, &TLS12] {
+        let config = pki.client_config(&[version]);
+        let mut first = connect(server.local_addr(), &config);
+        // TLS 1.3 tickets arrive after the handshake: one round trip reads them.
+        echo(&mut first, "first");
+        assert_eq!(tls_of(&first).handshake_kind(), Some(HandshakeKind::Full));
+        let mut again = connect(server.local_addr(), &config);
+        echo(&mut again, "again");
+        assert_eq!(
+            tls_of(&again).handshake_kind(),
+            Some(HandshakeKind::Resumed),
+            "{version:?} did not resume"
+        );
+    }
+    let s = server.total_stats();
+    assert_eq!((s.tls_handshakes_full, s.tls_handshakes_resumed), (2, 2), "{s:?}");
+}
+
+#[test]
+fn reload_serves_the_new_certificate_and_keeps_old_clients_and_refuses_a_bad_file() {
+    let pki = Pki::new();
+    let old = issue(&pki);
+    let server = start(&pki, AppKind::Echo, true, |_| {});
+    let admin = server.admin_addr().unwrap();
+    let config = pki.client_config(&[&TLS13]);
+    let leaf_of = |ws: &TlsWs| tls_of(ws).peer_certificates().unwrap()[0].clone();
+
+    let mut old_client = connect(server.local_addr(), &config);
+    assert_eq!(leaf_of(&old_client), old.der);
+
+    let new = issue(&pki);
+    let (status, body) = http(admin, "POST", "/reload-tls", "");
+    assert_eq!(status, 200, "{body}");
+    // A fresh config: no ticket, so a full handshake that shows the leaf.
+    let fresh = pki.client_config(&[&TLS13]);
+    let mut new_client = connect(server.local_addr(), &fresh);
+    assert_eq!(leaf_of(&new_client), new.der);
+    echo(&mut new_client, "new");
+    echo(&mut old_client, "old client keeps talking");
+
+    // A broken file is refused; the pair in use stays.
+    std::fs::write(pki.cert_path(), "-----BEGIN CERTIFICATE-----\nnot base64!\n").unwrap();
+    let (status, body) = http(admin, "POST", "/reload-tls", "");
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("cert.pem"), "the error names the file: {body}");
+    assert_eq!(server.reload_tls().map(|r| r.is_err()), Some(true));
+    let mut after = connect(server.local_addr(), &pki.client_config(&[&TLS13]));
+    assert_eq!(leaf_of(&after), new.der);
+    echo(&mut after, "after a refused reload");
+    echo(&mut old_client, "old client still talking");
+
+    let (_, metrics) = http(admin, "GET", "/metrics", "");
+    assert!(metrics.contains("wsgate_tls_reloads_total{result=\"ok\"} 1"), "{metrics}");
+    assert!(metrics.contains("wsgate_tls_reloads_total{result=\"failed\"} 2"), "{metrics}");
+}
+
+#[test]
+fn garbage_and_truncated_client_hellos_are_closed_and_counted() {
+    let pki = Pki::new();
+    issue(&pki);
+    let server = start(&pki, AppKind::Echo, false, |c| {
+        c.handshake_timeout = Duration::from_millis(800);
+    });
+    // Plain HTTP to a TLS port: not a TLS record; closed at once.
+    let mut plain = TcpStream::connect(server.local_addr()).unwrap();
+    plain.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    plain
+        .write_all(common::upgrade_request("/ws", common::SAMPLE_KEY).as_bytes())
+        .unwrap();
+    let t0 = Instant::now();
+    let mut buf = [0u8; 256];
+    // An alert (a few bytes), then EOF; never an HTTP answer.
+    let mut got = Vec::new();
+    loop {
+        match plain.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    assert!(t0.elapsed() < Duration::from_millis(500), "garbage took {:?}", t0.elapsed());
+    assert!(!got.starts_with(b"HTTP"), "answered in plaintext: {got:?}");
+    eventually(Duration::from_secs(3), "garbage counted", || {
+        server.total_stats().tls_failed_handshake >= 1
+    });
+
+    // A truncated ClientHello (a record header promising more), then
+    // silence, and a slowloris trickling a byte at a time: both closed by
+    // the handshake timeout, counted as handshake timeouts.
+    let hello = client_hello(&pki);
+    let mut truncated = TcpStream::connect(server.local_addr()).unwrap();
+    truncated.write_all(&hello[..hello.len() / 2]).unwrap();
+    let mut slow = TcpStream::connect(server.local_addr()).unwrap();
+    slow.set_nodelay(true).unwrap();
+    let t0 = Instant::now();
+    let mut sent = 0;
+    let mut slow_closed = None;
+    while t0.elapsed() < Duration::from_secs(4) && sent < hello.len() - 1 {
+        if slow.write_all(&hello[sent..sent + 1]).is_err() {
+            slow_closed = Some(t0.elapsed());
+            break;
+        }
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(100));
+        slow.set_nonblocking(true).unwrap();
+        let r = slow.read(&mut buf);
+        slow.set_nonblocking(false).unwrap();
+        if matches!(r, Ok(0)) || matches!(&r, Err(e) if e.kind() != std::io::ErrorKind::WouldBlock) {
+            slow_closed = Some(t0.elapsed());
+            break;
+        }
+    }
+    let closed_in = slow_closed.expect("slowloris handshake never closed");
+    assert!(closed_in < Duration::from_millis(2500), "closed after {closed_in:?}");
+    truncated.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    assert!(matches!(truncated.read(&mut buf), Ok(0) | Err(_)), "truncated hello kept open");
+    eventually(Duration::from_secs(3), "timeouts counted", || {
+        server.total_stats().handshake_timeouts >= 2
+    });
+    common::assert_workers_alive(&server);
+    echo(&mut connect(server.local_addr(), &pki.client_config(&[&TLS13])), "still serving");
+}
+
+/// A real ClientHello, as the rustls client sends it first.
+fn client_hello(pki: &Pki) -> Vec<u8> {
+    let config = pki.client_config(&[&TLS13, &TLS12]);
+    let mut c = ClientConnection::new(config, ServerName::try_from("localhost").unwrap()).unwrap();
+    let mut out = Vec::new();
+    c.write_tls(&mut out).unwrap();
+    assert!(out.len() > 100);
+    out
+}
+
+#[test]
+fn oversized_handshake_is_closed_at_the_handshake_budget() {
+    let pki = Pki::new();
+    issue(&pki);
+    let server = start(&pki, AppKind::Echo, false, |c| c.tls_handshake_buffer = 512);
+    let hello = client_hello(&pki);
+    // Valid record headers (handshake, TLS 1.0) carrying one handshake
+    // message that claims 64 KiB: it can only be buffered, never parsed.
+    let mut s = TcpStream::connect(server.local_addr()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut body = vec![1u8, 0x01, 0x00, 0x00];
+    body.extend(std::iter::repeat_n(0u8, 4000));
+    let mut rec = vec![0x16, 0x03, 0x01];
+    rec.extend((body.len() as u16).to_be_bytes());
+    rec.extend(&body);
+    let _ = s.write_all(&rec);
+    let mut buf = [0u8; 64];
+    let mut eof = false;
+    for _ in 0..10 {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => {
+                eof = true;
+                break;
+            }
+            Ok(_) => {}
+        }
+    }
+    assert!(eof, "oversized handshake kept open");
+    eventually(Duration::from_secs(3), "counted", || {
+        let st = server.total_stats();
+        st.tls_failed_too_large + st.tls_failed_handshake >= 1
+    });
+    drop(hello);
+}
+
+#[test]
+fn pubsub_fan_out_reaches_tls_subscribers() {
+    let pki = Pki::new();
+    issue(&pki);
+    let server = start(&pki, AppKind::PubSub, false, |_| {});
+    let config = pki.client_config(&[&TLS13]);
+    let mut subs: Vec<TlsWs> = (0..4).map(|_| connect(server.local_addr(), &config)).collect();
+    for s in &mut subs {
+        s.send(Message::text(r#"{"type":"subscribe","topic":"t"}"#)).unwrap();
+        let ack: serde_json::Value = serde_json::from_str(s.read().unwrap().to_text().unwrap()).unwrap();
+        assert_eq!(ack["type"], "subscribed");
+    }
+    let mut publisher = connect(server.local_addr(), &config);
+    let n = 300;
+    for i in 0..n {
+        let msg = serde_json::json!({"type":"publish","topic":"t","payload":{"i": i, "pad": "y".repeat(700)}});
+        publisher.send(Message::text(msg.to_string())).unwrap();
+    }
+    for s in &mut subs {
+        for i in 0..n {
+            let m: serde_json::Value = serde_json::from_str(s.read().unwrap().to_text().unwrap()).unwrap();
+            assert_eq!(m["type"], "message", "{m}");
+            assert_eq!(m["payload"]["i"], i, "out of order: {m}");
+        }
+    }
+}
+
+#[test]
+fn start_refuses_a_bad_certificate_naming_the_flag() {
+    let pki = Pki::new();
+    issue(&pki);
+    std::fs::write(pki.key_path(), "no key here").unwrap();
+    let mut cfg = wsgate::Config::for_tests();
+    cfg.admin_listen = None;
+    cfg.tls_cert = Some(pki.cert_path());
+    cfg.tls_key = Some(pki.key_path());
+    let err = wsgate::start(cfg).err().expect("refused");
+    let text = err.to_string();
+    assert!(text.starts_with("--tls-cert/--tls-key:"), "{text}");
+    assert!(text.contains("key.pem"), "{text}");
+    // Each flag needs the other.
+    let e = wsgate::Config::from_args(["wsgate", "--tls-cert", "c.pem"]).unwrap_err();
+    assert!(e.to_string().contains("--tls-key"), "{e}");
+}
+
+/// Runs a client program and asserts it printed "ok".
+fn run_client(program: &str, args: &[&str], install_hint: &str) {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e} ({install_hint})"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.trim() == "ok",
+        "{program} {args:?} failed ({install_hint}):\n{stdout}\n{stderr}"
+    );
+}
+
+#[test]
+fn python_websockets_over_tls13_and_tls12_with_session_reuse() {
+    let pki = Pki::new();
+    issue(&pki);
+    let server = start(&pki, AppKind::PubSub, false, |_| {});
+    let url = format!("wss://localhost:{}/ws", server.local_addr().port());
+    let ca = pki.ca_path();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/tls_client.py");
+    for version in ["1.3", "1.2"] {
+        run_client(
+            "python3",
+            &[script, &url, ca.to_str().unwrap(), version],
+            "needs python3 -m pip install websockets (tests/run-all.sh does)",
+        );
+    }
+    let s = server.total_stats();
+    assert!(s.tls_handshakes_resumed >= 1, "{s:?}");
+}
+
+#[test]
+fn node_ws_over_tls() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/node");
+    assert!(
+        Path::new(dir).join("node_modules/ws").is_dir(),
+        "tests/node has no node_modules: run `npm ci` there (tests/run-all.sh does)"
+    );
+    let pki = Pki::new();
+    issue(&pki);
+    let server = start(&pki, AppKind::PubSub, false, |_| {});
+    let url = format!("wss://localhost:{}/ws", server.local_addr().port());
+    let ca = pki.ca_path();
+    run_client(
+        "node",
+        &[&format!("{dir}/tls-client.js"), &url, ca.to_str().unwrap()],
+        "needs node and `npm ci` in tests/node",
+    );
+    assert!(server.total_stats().tls_handshakes_full >= 2);
+}
