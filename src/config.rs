@@ -333,11 +333,12 @@ pub struct Config {
     /// PEM certificate chain (leaf first) for the client listener: with it
     /// (and --tls-key) clients connect with wss:// only. Re-read on SIGHUP
     /// and admin POST /reload-tls.
-    #[arg(long, env = "WSGATE_TLS_CERT", requires = "tls_key")]
+    /// Needs --tls-key (checked at start, wherever each comes from).
+    #[arg(long, env = "WSGATE_TLS_CERT")]
     pub tls_cert: Option<PathBuf>,
 
     /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert's leaf.
-    #[arg(long, env = "WSGATE_TLS_KEY", requires = "tls_cert")]
+    #[arg(long, env = "WSGATE_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
 
     /// With TLS: bytes one connection may buffer while its TLS handshake

@@ -27,7 +27,12 @@ use wsgate::config::AppKind;
 type TlsWs = WebSocket<StreamOwned<ClientConnection, TcpStream>>;
 
 /// A server for `pki`'s current files.
-fn start(pki: &Pki, app: AppKind, admin: bool, tweak: impl FnOnce(&mut wsgate::Config)) -> wsgate::ServerHandle {
+fn start(
+    pki: &Pki,
+    app: AppKind,
+    admin: bool,
+    tweak: impl FnOnce(&mut wsgate::Config),
+) -> wsgate::ServerHandle {
     let mut cfg = wsgate::Config::for_tests();
     cfg.app = app;
     cfg.workers = Some(2);
@@ -75,7 +80,10 @@ fn echo_over_tls13_and_tls12() {
     let pki = Pki::new();
     issue(&pki);
     let server = start(&pki, AppKind::Echo, false, |_| {});
-    for (version, want) in [(&TLS13, ProtocolVersion::TLSv1_3), (&TLS12, ProtocolVersion::TLSv1_2)] {
+    for (version, want) in [
+        (&TLS13, ProtocolVersion::TLSv1_3),
+        (&TLS12, ProtocolVersion::TLSv1_2),
+    ] {
         let config = pki.client_config(&[version]);
         let mut ws = connect(server.local_addr(), &config);
         assert_eq!(tls_of(&ws).protocol_version(), Some(want));
@@ -135,7 +143,11 @@ fn tls13_and_tls12_resume() {
         );
     }
     let s = server.total_stats();
-    assert_eq!((s.tls_handshakes_full, s.tls_handshakes_resumed), (2, 2), "{s:?}");
+    assert_eq!(
+        (s.tls_handshakes_full, s.tls_handshakes_resumed),
+        (2, 2),
+        "{s:?}"
+    );
 }
 
 #[test]
@@ -161,10 +173,17 @@ fn reload_serves_the_new_certificate_and_keeps_old_clients_and_refuses_a_bad_fil
     echo(&mut old_client, "old client keeps talking");
 
     // A broken file is refused; the pair in use stays.
-    std::fs::write(pki.cert_path(), "-----BEGIN CERTIFICATE-----\nnot base64!\n").unwrap();
+    std::fs::write(
+        pki.cert_path(),
+        "-----BEGIN CERTIFICATE-----\nnot base64!\n",
+    )
+    .unwrap();
     let (status, body) = http(admin, "POST", "/reload-tls", "");
     assert_eq!(status, 422, "{body}");
-    assert!(body.contains("cert.pem"), "the error names the file: {body}");
+    assert!(
+        body.contains("cert.pem"),
+        "the error names the file: {body}"
+    );
     assert_eq!(server.reload_tls().map(|r| r.is_err()), Some(true));
     let mut after = connect(server.local_addr(), &pki.client_config(&[&TLS13]));
     assert_eq!(leaf_of(&after), new.der);
@@ -172,8 +191,14 @@ fn reload_serves_the_new_certificate_and_keeps_old_clients_and_refuses_a_bad_fil
     echo(&mut old_client, "old client still talking");
 
     let (_, metrics) = http(admin, "GET", "/metrics", "");
-    assert!(metrics.contains("wsgate_tls_reloads_total{result=\"ok\"} 1"), "{metrics}");
-    assert!(metrics.contains("wsgate_tls_reloads_total{result=\"failed\"} 2"), "{metrics}");
+    assert!(
+        metrics.contains("wsgate_tls_reloads_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wsgate_tls_reloads_total{result=\"failed\"} 2"),
+        "{metrics}"
+    );
 }
 
 #[test]
@@ -185,7 +210,9 @@ fn garbage_and_truncated_client_hellos_are_closed_and_counted() {
     });
     // Plain HTTP to a TLS port: not a TLS record; closed at once.
     let mut plain = TcpStream::connect(server.local_addr()).unwrap();
-    plain.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     plain
         .write_all(common::upgrade_request("/ws", common::SAMPLE_KEY).as_bytes())
         .unwrap();
@@ -199,7 +226,11 @@ fn garbage_and_truncated_client_hellos_are_closed_and_counted() {
             Ok(n) => got.extend_from_slice(&buf[..n]),
         }
     }
-    assert!(t0.elapsed() < Duration::from_millis(500), "garbage took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_millis(500),
+        "garbage took {:?}",
+        t0.elapsed()
+    );
     assert!(!got.starts_with(b"HTTP"), "answered in plaintext: {got:?}");
     eventually(Duration::from_secs(3), "garbage counted", || {
         server.total_stats().tls_failed_handshake >= 1
@@ -226,20 +257,32 @@ fn garbage_and_truncated_client_hellos_are_closed_and_counted() {
         slow.set_nonblocking(true).unwrap();
         let r = slow.read(&mut buf);
         slow.set_nonblocking(false).unwrap();
-        if matches!(r, Ok(0)) || matches!(&r, Err(e) if e.kind() != std::io::ErrorKind::WouldBlock) {
+        if matches!(r, Ok(0)) || matches!(&r, Err(e) if e.kind() != std::io::ErrorKind::WouldBlock)
+        {
             slow_closed = Some(t0.elapsed());
             break;
         }
     }
     let closed_in = slow_closed.expect("slowloris handshake never closed");
-    assert!(closed_in < Duration::from_millis(2500), "closed after {closed_in:?}");
-    truncated.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
-    assert!(matches!(truncated.read(&mut buf), Ok(0) | Err(_)), "truncated hello kept open");
+    assert!(
+        closed_in < Duration::from_millis(2500),
+        "closed after {closed_in:?}"
+    );
+    truncated
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    assert!(
+        matches!(truncated.read(&mut buf), Ok(0) | Err(_)),
+        "truncated hello kept open"
+    );
     eventually(Duration::from_secs(3), "timeouts counted", || {
         server.total_stats().handshake_timeouts >= 2
     });
     common::assert_workers_alive(&server);
-    echo(&mut connect(server.local_addr(), &pki.client_config(&[&TLS13])), "still serving");
+    echo(
+        &mut connect(server.local_addr(), &pki.client_config(&[&TLS13])),
+        "still serving",
+    );
 }
 
 /// A real ClientHello, as the rustls client sends it first.
@@ -293,10 +336,14 @@ fn pubsub_fan_out_reaches_tls_subscribers() {
     issue(&pki);
     let server = start(&pki, AppKind::PubSub, false, |_| {});
     let config = pki.client_config(&[&TLS13]);
-    let mut subs: Vec<TlsWs> = (0..4).map(|_| connect(server.local_addr(), &config)).collect();
+    let mut subs: Vec<TlsWs> = (0..4)
+        .map(|_| connect(server.local_addr(), &config))
+        .collect();
     for s in &mut subs {
-        s.send(Message::text(r#"{"type":"subscribe","topic":"t"}"#)).unwrap();
-        let ack: serde_json::Value = serde_json::from_str(s.read().unwrap().to_text().unwrap()).unwrap();
+        s.send(Message::text(r#"{"type":"subscribe","topic":"t"}"#))
+            .unwrap();
+        let ack: serde_json::Value =
+            serde_json::from_str(s.read().unwrap().to_text().unwrap()).unwrap();
         assert_eq!(ack["type"], "subscribed");
     }
     let mut publisher = connect(server.local_addr(), &config);
@@ -307,7 +354,8 @@ fn pubsub_fan_out_reaches_tls_subscribers() {
     }
     for s in &mut subs {
         for i in 0..n {
-            let m: serde_json::Value = serde_json::from_str(s.read().unwrap().to_text().unwrap()).unwrap();
+            let m: serde_json::Value =
+                serde_json::from_str(s.read().unwrap().to_text().unwrap()).unwrap();
             assert_eq!(m["type"], "message", "{m}");
             assert_eq!(m["payload"]["i"], i, "out of order: {m}");
         }
@@ -328,8 +376,11 @@ fn start_refuses_a_bad_certificate_naming_the_flag() {
     assert!(text.starts_with("--tls-cert/--tls-key:"), "{text}");
     assert!(text.contains("key.pem"), "{text}");
     // Each flag needs the other.
-    let e = wsgate::Config::from_args(["wsgate", "--tls-cert", "c.pem"]).unwrap_err();
-    assert!(e.to_string().contains("--tls-key"), "{e}");
+    let mut half = wsgate::Config::for_tests();
+    half.admin_listen = None;
+    half.tls_cert = Some(pki.cert_path());
+    let e = wsgate::start(half).err().expect("refused");
+    assert_eq!(e.to_string(), "--tls-cert needs --tls-key too");
 }
 
 /// Runs a client program and asserts it printed "ok".

@@ -130,8 +130,21 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
 /// The TLS context when `--tls-cert`/`--tls-key` are set: the files are
 /// read now, so a bad one stops the start with the flag named.
 fn tls_context(config: &Config) -> Result<Option<crate::tls::TlsContext>, StartError> {
-    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
-        return Ok(None);
+    let (cert, key) = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(StartError::TlsHalf {
+                given: "--tls-cert",
+                missing: "--tls-key",
+            })
+        }
+        (None, Some(_)) => {
+            return Err(StartError::TlsHalf {
+                given: "--tls-key",
+                missing: "--tls-cert",
+            })
+        }
     };
     let mut settings = crate::tls::TlsSettings::new(cert, key);
     settings.session_cache_entries = config.tls_session_cache;

@@ -100,6 +100,9 @@ mod tests {
         let release = (size - std::mem::size_of::<TcpStream>()
             + std::mem::size_of::<std::os::fd::RawFd>())
         .next_multiple_of(8);
-        assert!(release <= 192, "Conn grew to {release} bytes ({size} in this build)");
+        assert!(
+            release <= 192,
+            "Conn grew to {release} bytes ({size} in this build)"
+        );
     }
 }

@@ -247,9 +247,12 @@ impl Worker {
                         return;
                     }
                 },
-                _ => (&conn.stream).read(&mut self.scratch).inspect(|&n| {
-                    self.stats.bytes_in.add(n as u64);
-                }).map(|n| (n, false, false)),
+                _ => (&conn.stream)
+                    .read(&mut self.scratch)
+                    .inspect(|&n| {
+                        self.stats.bytes_in.add(n as u64);
+                    })
+                    .map(|n| (n, false, false)),
             };
             match read {
                 Ok((0, _, _)) => {

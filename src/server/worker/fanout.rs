@@ -90,12 +90,7 @@ impl Connections for Slots<'_> {
             return;
         };
         let (session, mut sink) = conn.split();
-        let written = session.write_to(
-            self.out,
-            &mut sink,
-            self.config,
-            self.stats,
-        );
+        let written = session.write_to(self.out, &mut sink, self.config, self.stats);
         match written {
             Ok(AfterWrite::Keep) => {}
             Ok(AfterWrite::ResumeReading) => self.read_again.push(key),

@@ -31,7 +31,10 @@ pub(super) enum TlsReadResult {
     /// `raw` ciphertext bytes were read; the plaintext (maybe none) is in
     /// [`TlsWorker::plain`]. `peer_closed`: close_notify came (EOF after
     /// the plaintext).
-    Bytes { raw: usize, peer_closed: bool },
+    Bytes {
+        raw: usize,
+        peer_closed: bool,
+    },
     Eof,
     WouldBlock,
     Interrupted,
