@@ -435,3 +435,77 @@ fn node_ws_over_tls() {
     );
     assert!(server.total_stats().tls_handshakes_full >= 2);
 }
+
+#[test]
+fn sighup_reloads_the_certificate_without_a_shutdown_and_refuses_a_bad_file() {
+    let pki = Pki::new();
+    let old = issue(&pki);
+    let dir = common::temp_dir("tls-hup");
+    let log_path = dir.path().join("wsgate.log");
+    let port = common::free_port();
+    let admin_port = common::free_port();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
+    cmd.args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+        .args(["--app", "echo", "--workers", "2", "--log-level", "info"])
+        .env("WSGATE_TLS_CERT", pki.cert_path())
+        .env("WSGATE_TLS_KEY", pki.key_path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    let mut proc = common::Proc(cmd.spawn().expect("spawn wsgate"));
+    common::wait_for_port(port, Duration::from_secs(10));
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let leaf_of = |ws: &TlsWs| tls_of(ws).peer_certificates().unwrap()[0].clone();
+    let fresh = || pki.client_config(&[&TLS13]);
+
+    let mut old_client = connect(addr, &fresh());
+    assert_eq!(leaf_of(&old_client), old.der);
+    let new = issue(&pki);
+    proc.signal(libc::SIGHUP);
+    eventually(Duration::from_secs(5), "new certificate served", || {
+        leaf_of(&connect(addr, &fresh())) == new.der
+    });
+    echo(&mut old_client, "kept across the reload");
+
+    // A bad file: refused, logged, the new pair stays, nothing shuts down.
+    std::fs::write(
+        pki.key_path(),
+        "-----BEGIN PRIVATE KEY-----\n\u{1b}[31mnot a key\n",
+    )
+    .unwrap();
+    proc.signal(libc::SIGHUP);
+    eventually(Duration::from_secs(5), "refusal logged", || {
+        std::fs::read_to_string(&log_path)
+            .unwrap()
+            .contains("TLS certificate reload refused")
+    });
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        !log.contains('\u{1b}'),
+        "unescaped control bytes in the log: {log}"
+    );
+    assert!(
+        proc.0.try_wait().unwrap().is_none(),
+        "SIGHUP stopped the server"
+    );
+    assert_eq!(
+        http(admin, "GET", "/readyz", "").0,
+        200,
+        "SIGHUP started a drain"
+    );
+    let mut after = connect(addr, &fresh());
+    assert_eq!(leaf_of(&after), new.der);
+    echo(&mut after, "after a refused reload");
+    echo(&mut old_client, "old client still talking");
+    let (_, metrics) = http(admin, "GET", "/metrics", "");
+    assert!(
+        metrics.contains("wsgate_tls_reloads_total{result=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("wsgate_tls_reloads_total{result=\"failed\"} 1"),
+        "{metrics}"
+    );
+    assert!(log.contains("wss://"), "start-up line names wss://: {log}");
+}
