@@ -509,3 +509,79 @@ fn sighup_reloads_the_certificate_without_a_shutdown_and_refuses_a_bad_file() {
     );
     assert!(log.contains("wss://"), "start-up line names wss://: {log}");
 }
+
+#[test]
+fn headless_chromium_exchanges_messages_over_wss() {
+    use std::os::unix::process::CommandExt;
+    let pki = Pki::new();
+    issue(&pki);
+    let server = start(&pki, AppKind::PubSub, false, |_| {});
+    let port = server.local_addr().port();
+    // The test's own subscriber hears what the page publishes.
+    let mut watcher = connect(server.local_addr(), &pki.client_config(&[&TLS13]));
+    watcher
+        .send(Message::text(r#"{"type":"subscribe","topic":"browser"}"#))
+        .unwrap();
+    assert!(watcher
+        .read()
+        .unwrap()
+        .to_text()
+        .unwrap()
+        .contains("subscribed"));
+    watcher
+        .get_mut()
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+
+    let dir = common::temp_dir("tls-chromium");
+    let page = dir.path().join("page.html");
+    std::fs::write(
+        &page,
+        format!(
+            r#"<!doctype html><script>
+const ws = new WebSocket("wss://localhost:{port}/ws");
+ws.onopen = () => ws.send(JSON.stringify({{type: "echo", payload: {{from: "chromium"}}}}));
+ws.onmessage = (e) => {{
+  const m = JSON.parse(e.data);
+  if (m.payload && m.payload.from === "chromium")
+    ws.send(JSON.stringify({{type: "publish", topic: "browser", payload: {{echoed: m.payload}}}}));
+}};
+</script>"#
+        ),
+    )
+    .unwrap();
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let profile = dir.path().join("profile");
+    let mut cmd = Command::new(&chromium);
+    cmd.args([
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        // The page trusts the test certificate this way; the server side
+        // is the same as with a real one.
+        "--ignore-certificate-errors",
+        &format!("--user-data-dir={}", profile.display()),
+        &format!("file://{}", page.display()),
+    ])
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .process_group(0);
+    let _browser = common::Proc(cmd.spawn().unwrap_or_else(|e| {
+        panic!("cannot run {chromium}: {e} (apt-get install chromium; tests/run-all.sh does)")
+    }));
+    let got: serde_json::Value = serde_json::from_str(
+        watcher
+            .read()
+            .expect("the page published")
+            .to_text()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(got["type"], "message", "{got}");
+    assert_eq!(got["payload"]["echoed"]["from"], "chromium", "{got}");
+    assert!(server.total_stats().tls_handshakes_full >= 2);
+}
