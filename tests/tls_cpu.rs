@@ -1,0 +1,203 @@
+//! Server CPU per echo and per broadcast delivery, TLS vs plain, side by
+//! side in one run against the same `wsgate` binary. A measurement, not a
+//! check: ignored by default; run against a release build with
+//!
+//! ```sh
+//! cargo build --release --bin wsgate
+//! WSGATE_BIN=target/release/wsgate cargo test --test tls_cpu -- --ignored --nocapture
+//! ```
+//!
+//! Server CPU is the process's utime + stime from `/proc/PID/stat` across
+//! the measured phase, so the (slower, debug-built) clients do not count.
+
+mod common;
+#[path = "support/tls.rs"]
+mod tls;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use rustls::version::TLS13;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
+use tls::Pki;
+use tungstenite::{Message, WebSocket};
+
+/// A client stream, plain or TLS.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<StreamOwned<ClientConnection, TcpStream>>),
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.read(buf),
+            Stream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Stream::Plain(s) => s.write(buf),
+            Stream::Tls(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Stream::Plain(s) => s.flush(),
+            Stream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+fn connect(addr: SocketAddr, tls: Option<&Arc<ClientConfig>>) -> WebSocket<Stream> {
+    let tcp = TcpStream::connect(addr).unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let (stream, scheme) = match tls {
+        Some(config) => {
+            let name = ServerName::try_from("localhost").unwrap();
+            let conn = ClientConnection::new(config.clone(), name).unwrap();
+            (Stream::Tls(Box::new(StreamOwned::new(conn, tcp))), "wss")
+        }
+        None => (Stream::Plain(tcp), "ws"),
+    };
+    let url = format!("{scheme}://localhost:{}/ws", addr.port());
+    tungstenite::client::client(url, stream).unwrap().0
+}
+
+/// utime + stime of `pid`, in clock ticks (100 per second).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+}
+
+fn server(pki: &Pki, tls: bool) -> (common::Proc, SocketAddr) {
+    let bin = std::env::var("WSGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_wsgate").into());
+    let port = common::free_port();
+    let mut cmd = Command::new(bin);
+    cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", "off"])
+        .args(["--workers", "1", "--log-level", "warn", "--max-messages-per-sec", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if tls {
+        cmd.arg("--tls-cert").arg(pki.cert_path());
+        cmd.arg("--tls-key").arg(pki.key_path());
+    }
+    let p = common::Proc(cmd.spawn().unwrap());
+    common::wait_for_port(port, Duration::from_secs(10));
+    (p, format!("127.0.0.1:{port}").parse().unwrap())
+}
+
+/// µs of server CPU per echo: `conns` clients each echo `n` messages.
+fn echo_cpu(pki: &Pki, tls: bool, conns: usize, n: usize) -> f64 {
+    let (proc, addr) = server(pki, tls);
+    let config = pki.client_config(&[&TLS13]);
+    let clients: Vec<_> = (0..conns).map(|_| connect(addr, tls.then_some(&config))).collect();
+    let body = format!(r#"{{"type":"echo","payload":"{}"}}"#, "e".repeat(100));
+    let before = cpu_ticks(proc.0.id());
+    let t0 = Instant::now();
+    let threads: Vec<_> = clients
+        .into_iter()
+        .map(|mut ws| {
+            let body = body.clone();
+            std::thread::spawn(move || {
+                for _ in 0..n {
+                    ws.send(Message::text(body.clone())).unwrap();
+                    ws.read().unwrap();
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let ticks = cpu_ticks(proc.0.id()) - before;
+    let echoes = (conns * n) as f64;
+    eprintln!(
+        "echo {}: {echoes} echoes in {:?}, server CPU {} ms",
+        if tls { "TLS" } else { "plain" },
+        t0.elapsed(),
+        ticks * 10
+    );
+    ticks as f64 * 10_000.0 / echoes
+}
+
+/// µs of server CPU per delivery: `subs` subscribers, `n` publishes.
+fn broadcast_cpu(pki: &Pki, tls: bool, subs: usize, n: usize) -> f64 {
+    let (proc, addr) = server(pki, tls);
+    let config = pki.client_config(&[&TLS13]);
+    let mut readers = Vec::new();
+    for _ in 0..subs {
+        let mut ws = connect(addr, tls.then_some(&config));
+        ws.send(Message::text(r#"{"type":"subscribe","topic":"b"}"#)).unwrap();
+        ws.read().unwrap();
+        readers.push(ws);
+    }
+    let mut publisher = connect(addr, tls.then_some(&config));
+    let before = cpu_ticks(proc.0.id());
+    let t0 = Instant::now();
+    let threads: Vec<_> = readers
+        .into_iter()
+        .map(|mut ws| {
+            std::thread::spawn(move || {
+                for _ in 0..n {
+                    ws.read().unwrap();
+                }
+            })
+        })
+        .collect();
+    let body = format!(
+        r#"{{"type":"publish","topic":"b","payload":"{}"}}"#,
+        "p".repeat(200)
+    );
+    for i in 0..n {
+        publisher.send(Message::text(body.clone())).unwrap();
+        if i % 50 == 49 {
+            // Keep the subscribers within the slow-consumer limit.
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    for t in threads {
+        t.join().unwrap();
+    }
+    let ticks = cpu_ticks(proc.0.id()) - before;
+    let deliveries = (subs * n) as f64;
+    eprintln!(
+        "broadcast {}: {deliveries} deliveries in {:?}, server CPU {} ms",
+        if tls { "TLS" } else { "plain" },
+        t0.elapsed(),
+        ticks * 10
+    );
+    ticks as f64 * 10_000.0 / deliveries
+}
+
+#[test]
+#[ignore = "a measurement: run with --ignored against a release build"]
+fn server_cpu_per_echo_and_per_delivery_tls_vs_plain() {
+    let pki = Pki::new();
+    let leaf = pki.leaf();
+    pki.install(&leaf);
+    let echo_plain = echo_cpu(&pki, false, 20, 2000);
+    let echo_tls = echo_cpu(&pki, true, 20, 2000);
+    let bc_plain = broadcast_cpu(&pki, false, 200, 500);
+    let bc_tls = broadcast_cpu(&pki, true, 200, 500);
+    println!("| measure | plain | TLS 1.3 (AES-128-GCM) | TLS / plain |");
+    println!("|---|---|---|---|");
+    println!(
+        "| server CPU per echo (100 B payload) | {echo_plain:.2} µs | {echo_tls:.2} µs | {:.2}× |",
+        echo_tls / echo_plain
+    );
+    println!(
+        "| server CPU per broadcast delivery (200 B payload) | {bc_plain:.3} µs | {bc_tls:.3} µs | {:.2}× |",
+        bc_tls / bc_plain
+    );
+}
