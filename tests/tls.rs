@@ -585,3 +585,74 @@ ws.onmessage = (e) => {{
     assert_eq!(got["payload"]["echoed"]["from"], "chromium", "{got}");
     assert!(server.total_stats().tls_handshakes_full >= 2);
 }
+
+/// A stream that reads at most 4 KiB at a time, 1 ms apart: a slow reader
+/// that keeps the server's socket full.
+struct Slow<S>(S);
+
+impl<S: Read> Read for Slow<S> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        std::thread::sleep(Duration::from_millis(1));
+        let n = buf.len().min(4096);
+        self.0.read(&mut buf[..n])
+    }
+}
+
+impl<S: Write> Write for Slow<S> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+#[test]
+fn a_slow_reader_gets_everything_before_the_close_even_at_the_last_batch() {
+    // The client sends a big message and its close frame at once, then
+    // reads slowly: the echo, the server's close frame and close_notify all
+    // wait behind a full socket. The connection is done (both close frames)
+    // only once the last encrypted batch has left, not when the session's
+    // own queue is empty.
+    let pki = Pki::new();
+    issue(&pki);
+    let server = start(&pki, AppKind::Echo, false, |_| {});
+    let config = pki.client_config(&[&TLS13]);
+    for round in 0..3 {
+        let tcp = TcpStream::connect(server.local_addr()).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let sock = tcp.try_clone().unwrap();
+        // A small receive buffer keeps the server's socket full.
+        socket2::SockRef::from(&sock)
+            .set_recv_buffer_size(16 * 1024)
+            .unwrap();
+        let conn =
+            ClientConnection::new(config.clone(), ServerName::try_from("localhost").unwrap())
+                .unwrap();
+        let stream = Slow(StreamOwned::new(conn, tcp));
+        let url = format!("wss://localhost:{}/ws", server.local_addr().port());
+        let (mut ws, _) = tungstenite::client::client(url, stream).unwrap();
+        let big = common::pseudo_random(round, 3 << 20);
+        ws.send(Message::binary(big.clone())).unwrap();
+        ws.close(None).unwrap();
+        let mut echoed = None;
+        let mut close = None;
+        loop {
+            match ws.read() {
+                Ok(Message::Binary(b)) => echoed = Some(b),
+                Ok(Message::Close(c)) => close = Some(c),
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed) => break,
+                Err(e) => panic!(
+                    "round {round}: {e} (echo {}, close {close:?})",
+                    echoed.is_some()
+                ),
+            }
+        }
+        assert!(
+            echoed.is_some_and(|b| b[..] == big[..]),
+            "round {round}: echo lost"
+        );
+        drop(sock);
+    }
+}

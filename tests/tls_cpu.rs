@@ -84,10 +84,22 @@ fn server(pki: &Pki, tls: bool) -> (common::Proc, SocketAddr) {
     let bin = std::env::var("WSGATE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_wsgate").into());
     let port = common::free_port();
     let mut cmd = Command::new(bin);
-    cmd.args(["--listen", &format!("127.0.0.1:{port}"), "--admin-listen", "off"])
-        .args(["--workers", "1", "--log-level", "warn", "--max-messages-per-sec", "0"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--admin-listen",
+        "off",
+    ])
+    .args([
+        "--workers",
+        "1",
+        "--log-level",
+        "warn",
+        "--max-messages-per-sec",
+        "0",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     if tls {
         cmd.arg("--tls-cert").arg(pki.cert_path());
         cmd.arg("--tls-key").arg(pki.key_path());
@@ -101,7 +113,9 @@ fn server(pki: &Pki, tls: bool) -> (common::Proc, SocketAddr) {
 fn echo_cpu(pki: &Pki, tls: bool, conns: usize, n: usize) -> f64 {
     let (proc, addr) = server(pki, tls);
     let config = pki.client_config(&[&TLS13]);
-    let clients: Vec<_> = (0..conns).map(|_| connect(addr, tls.then_some(&config))).collect();
+    let clients: Vec<_> = (0..conns)
+        .map(|_| connect(addr, tls.then_some(&config)))
+        .collect();
     let body = format!(r#"{{"type":"echo","payload":"{}"}}"#, "e".repeat(100));
     let before = cpu_ticks(proc.0.id());
     let t0 = Instant::now();
@@ -138,7 +152,8 @@ fn broadcast_cpu(pki: &Pki, tls: bool, subs: usize, n: usize) -> f64 {
     let mut readers = Vec::new();
     for _ in 0..subs {
         let mut ws = connect(addr, tls.then_some(&config));
-        ws.send(Message::text(r#"{"type":"subscribe","topic":"b"}"#)).unwrap();
+        ws.send(Message::text(r#"{"type":"subscribe","topic":"b"}"#))
+            .unwrap();
         ws.read().unwrap();
         readers.push(ws);
     }

@@ -39,6 +39,21 @@ impl Conn {
         (&mut self.session, sink)
     }
 
+    /// The session is done: ends a TLS stream with close_notify behind
+    /// whatever is still encrypted and waiting. True when everything is out
+    /// and the socket can be dropped; false when the socket is full, so the
+    /// caller keeps the connection until it is writable again (the
+    /// session's close timer still bounds that).
+    pub fn finish_tls(&mut self) -> bool {
+        let Some(tls) = self.tls.as_deref_mut() else {
+            return true;
+        };
+        if !tls.close_notify() {
+            return true;
+        }
+        !matches!(tls.flush(&self.stream), Ok(false))
+    }
+
     /// Writes the TLS records waiting for the socket, if any. `Ok(true)`
     /// when none are left (always, for a plain connection).
     pub fn flush_tls(&mut self) -> io::Result<bool> {

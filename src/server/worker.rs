@@ -390,11 +390,9 @@ impl Worker {
                 true
             }
             Ok(AfterWrite::Close) => {
-                if let Some(tls) = conn.tls.as_deref_mut() {
-                    // Best effort: tell a TLS peer the stream ends cleanly.
-                    if tls.close_notify() {
-                        let _ = tls.flush(&conn.stream);
-                    }
+                if !conn.finish_tls() {
+                    // The last encrypted batch waits for the socket.
+                    return true;
                 }
                 self.close_now(key);
                 false

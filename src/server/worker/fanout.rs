@@ -94,6 +94,9 @@ impl Connections for Slots<'_> {
         match written {
             Ok(AfterWrite::Keep) => {}
             Ok(AfterWrite::ResumeReading) => self.read_again.push(key),
+            // A TLS connection's last encrypted batch may still wait for
+            // the socket: it closes once that is out.
+            Ok(AfterWrite::Close) if !conn.finish_tls() => {}
             Ok(AfterWrite::Close) | Err(_) => self.doomed.push(key),
         }
     }
