@@ -656,3 +656,42 @@ fn a_slow_reader_gets_everything_before_the_close_even_at_the_last_batch() {
         drop(sock);
     }
 }
+
+#[test]
+fn a_drain_closes_tls_clients_with_1001() {
+    let pki = Pki::new();
+    issue(&pki);
+    let server = start(&pki, AppKind::PubSub, false, |c| {
+        c.drain_timeout = Duration::from_secs(3);
+    });
+    let config = pki.client_config(&[&TLS13, &TLS12]);
+    let mut clients: Vec<TlsWs> = (0..3)
+        .map(|_| connect(server.local_addr(), &config))
+        .collect();
+    for c in &mut clients {
+        c.send(Message::text(r#"{"type":"subscribe","topic":"d"}"#))
+            .unwrap();
+        c.read().unwrap();
+    }
+    server.shutdown();
+    for c in &mut clients {
+        let code = loop {
+            match c.read() {
+                Ok(Message::Close(Some(f))) => break u16::from(f.code),
+                Ok(Message::Close(None)) => panic!("close without a code"),
+                Ok(_) => {}
+                Err(e) => panic!("no close frame: {e}"),
+            }
+        };
+        assert_eq!(code, 1001);
+        // Our answer completes the close handshake.
+        loop {
+            match c.read() {
+                Ok(_) => {}
+                Err(tungstenite::Error::ConnectionClosed) => break,
+                Err(e) => panic!("unclean end: {e}"),
+            }
+        }
+    }
+    server.join();
+}
