@@ -695,3 +695,40 @@ fn a_drain_closes_tls_clients_with_1001() {
     }
     server.join();
 }
+
+#[test]
+fn handshaking_caps_apply_from_accept_on_a_tls_listener() {
+    let pki = Pki::new();
+    issue(&pki);
+    let server = start(&pki, AppKind::Echo, false, |c| {
+        c.max_handshaking_per_ip = 2;
+        c.handshake_timeout = Duration::from_secs(5);
+    });
+    // Two connections that never finish (or start) their TLS handshake
+    // hold this address's allowance...
+    let _a = TcpStream::connect(server.local_addr()).unwrap();
+    let _b = TcpStream::connect(server.local_addr()).unwrap();
+    eventually(Duration::from_secs(3), "both accepted", || {
+        server.total_stats().accepted >= 2
+    });
+    // ...so a third is closed at once, with no plaintext answer.
+    let mut c = TcpStream::connect(server.local_addr()).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    assert!(
+        got.is_empty(),
+        "answered {:?}",
+        String::from_utf8_lossy(&got)
+    );
+    assert!(server.total_stats().rejected_unavailable >= 1);
+    drop((_a, _b));
+    // With them gone, TLS clients get in again.
+    eventually(Duration::from_secs(3), "both released", || {
+        server.total_stats().closed >= 2
+    });
+    echo(
+        &mut connect(server.local_addr(), &pki.client_config(&[&TLS13])),
+        "in",
+    );
+}

@@ -221,6 +221,10 @@ impl Worker {
     /// the answer is read), answers 503, and drops it.
     fn refuse_at_accept(&mut self, stream: &TcpStream, reason: &str, retry_after: &str) {
         let _ = (&*stream).read(&mut self.scratch);
+        if self.tls.is_some() {
+            // A TLS client cannot read a plaintext answer: it sees the close.
+            return;
+        }
         let resp = error_response(
             503,
             "Service Unavailable",
