@@ -216,3 +216,51 @@ fn server_cpu_per_echo_and_per_delivery_tls_vs_plain() {
         bc_tls / bc_plain
     );
 }
+
+/// Resident memory of `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Bytes of server RSS per idle upgraded connection, `n` of them.
+fn idle_bytes(pki: &Pki, tls: bool, n: usize) -> f64 {
+    let (proc, addr) = server(pki, tls);
+    let config = pki.client_config(&[&TLS13]);
+    // Warm the worker's buffers first, so they are not counted per connection.
+    let warm: Vec<_> = (0..10)
+        .map(|_| connect(addr, tls.then_some(&config)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = rss_kib(proc.0.id());
+    let held: Vec<_> = (0..n)
+        .map(|_| connect(addr, tls.then_some(&config)))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let after = rss_kib(proc.0.id());
+    let per = (after - before) as f64 * 1024.0 / n as f64;
+    eprintln!(
+        "idle {}: {n} connections, RSS {before} KiB -> {after} KiB",
+        if tls { "TLS" } else { "plain" }
+    );
+    drop((warm, held));
+    per
+}
+
+#[test]
+#[ignore = "a measurement: run with --ignored against a release build"]
+fn server_memory_per_idle_connection_tls_vs_plain() {
+    let n: usize = std::env::var("IDLE_CONNECTIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000);
+    let pki = Pki::new();
+    let leaf = pki.leaf();
+    pki.install(&leaf);
+    let plain = idle_bytes(&pki, false, n);
+    let tls = idle_bytes(&pki, true, n);
+    println!("| idle upgraded connections ({n}) | plain | TLS 1.3 |");
+    println!("|---|---|---|");
+    println!("| server RSS per connection | {plain:.0} B | {tls:.0} B |");
+}
