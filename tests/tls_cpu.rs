@@ -201,10 +201,10 @@ fn server_cpu_per_echo_and_per_delivery_tls_vs_plain() {
     let pki = Pki::new();
     let leaf = pki.leaf();
     pki.install(&leaf);
-    let echo_plain = echo_cpu(&pki, false, 20, 2000);
-    let echo_tls = echo_cpu(&pki, true, 20, 2000);
-    let bc_plain = broadcast_cpu(&pki, false, 200, 500);
-    let bc_tls = broadcast_cpu(&pki, true, 200, 500);
+    let echo_plain = echo_cpu(&pki, false, 20, 5000);
+    let echo_tls = echo_cpu(&pki, true, 20, 5000);
+    let bc_plain = broadcast_cpu(&pki, false, 200, 3000);
+    let bc_tls = broadcast_cpu(&pki, true, 200, 3000);
     println!("| measure | plain | TLS 1.3 (AES-128-GCM) | TLS / plain |");
     println!("|---|---|---|---|");
     println!(
@@ -263,4 +263,48 @@ fn server_memory_per_idle_connection_tls_vs_plain() {
     println!("| idle upgraded connections ({n}) | plain | TLS 1.3 |");
     println!("|---|---|---|");
     println!("| server RSS per connection | {plain:.0} B | {tls:.0} B |");
+}
+
+/// Server CPU per wss:// connection (TLS handshake, upgrade, close), `n`
+/// connections one after another; `resume`: the client keeps its session
+/// store, so all but the first resume.
+fn connect_cpu(pki: &Pki, resume: bool, n: usize) -> (f64, f64) {
+    let (proc, addr) = server(pki, true);
+    let shared = pki.client_config(&[&TLS13]);
+    let before = cpu_ticks(proc.0.id());
+    let t0 = Instant::now();
+    for _ in 0..n {
+        let config = if resume {
+            shared.clone()
+        } else {
+            pki.client_config(&[&TLS13])
+        };
+        let mut ws = connect(addr, Some(&config));
+        // One round trip: TLS 1.3 tickets arrive after the handshake.
+        ws.send(Message::text(r#"{"type":"echo","payload":1}"#))
+            .unwrap();
+        ws.read().unwrap();
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let ticks = cpu_ticks(proc.0.id()) - before;
+    (ticks as f64 * 10_000.0 / n as f64, n as f64 / secs)
+}
+
+#[test]
+#[ignore = "a measurement: run with --ignored against a release build"]
+fn server_cpu_per_full_and_resumed_handshake() {
+    let pki = Pki::new();
+    let leaf = pki.leaf();
+    pki.install(&leaf);
+    let (full, full_rate) = connect_cpu(&pki, false, 2000);
+    let (resumed, resumed_rate) = connect_cpu(&pki, true, 2000);
+    println!("| wss:// connection (TLS 1.3, ECDSA P-256 leaf) | full handshake | resumed |");
+    println!("|---|---|---|");
+    println!("| server CPU per connection (handshake + upgrade + one echo) | {full:.0} µs | {resumed:.0} µs |");
+    println!(
+        "| server-side ceiling, one core (1 s / CPU per connection) | {:.0}/s | {:.0}/s |",
+        1e6 / full,
+        1e6 / resumed
+    );
+    println!("| achieved here, one debug-built client in series | {full_rate:.0}/s | {resumed_rate:.0}/s |");
 }
