@@ -44,6 +44,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         });
     }
     let security = Arc::new(security::from_config(&config)?);
+    let tls = tls_context(&config)?;
     let cluster_plan = cluster::plan(&config)?;
     let (bound, links) = server::bind(&config).map_err(|source| StartError::Listen {
         addr: config.listen,
@@ -90,6 +91,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         admin: Arc::default(),
         cluster: cluster_stats.clone(),
         cluster_history,
+        tls: tls.clone(),
     };
     let (drain_tx, drain_rx) = crossbeam_channel::bounded(1);
     let admin = match config.admin_listen {
@@ -108,6 +110,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         admission: admission.clone(),
         security,
         reassembly,
+        tls: tls.clone(),
     };
     let workers = server::spawn(bound, shared, &stats).map_err(StartError::Workers)?;
     Ok(ServerHandle {
@@ -120,7 +123,34 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         workers,
         drain_rx,
         _drain_tx: drain_tx,
+        tls,
     })
+}
+
+/// The TLS context when `--tls-cert`/`--tls-key` are set: the files are
+/// read now, so a bad one stops the start with the flag named.
+fn tls_context(config: &Config) -> Result<Option<crate::tls::TlsContext>, StartError> {
+    let (cert, key) = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(StartError::TlsHalf {
+                given: "--tls-cert",
+                missing: "--tls-key",
+            })
+        }
+        (None, Some(_)) => {
+            return Err(StartError::TlsHalf {
+                given: "--tls-key",
+                missing: "--tls-cert",
+            })
+        }
+    };
+    let mut settings = crate::tls::TlsSettings::new(cert, key);
+    settings.session_cache_entries = config.tls_session_cache;
+    crate::tls::TlsContext::new(settings)
+        .map(Some)
+        .map_err(StartError::Tls)
 }
 
 /// A node id unlikely to collide with another process's: std's randomly

@@ -11,6 +11,7 @@ mod conn;
 pub(crate) mod listener;
 mod no_sigpipe;
 mod panic_guard;
+mod tls_io;
 mod worker;
 
 use std::io;
@@ -83,6 +84,8 @@ pub(crate) struct WorkerShared {
     pub security: Arc<Security>,
     /// `--max-reassembly-bytes`, shared by every worker's pool.
     pub reassembly: Arc<ReassemblyBudget>,
+    /// With `--tls-cert`: the TLS context every new connection starts from.
+    pub tls: Option<crate::tls::TlsContext>,
 }
 
 struct WorkerHandle {
@@ -113,6 +116,7 @@ pub(crate) fn spawn(
         admission: shared.admission,
         security: shared.security,
         reassembly: shared.reassembly,
+        tls: shared.tls,
     };
     panic_guard::install_hook();
     let mut handles = Vec::with_capacity(bound.workers.len());

@@ -26,6 +26,7 @@ mod fanout;
 mod setup;
 mod shutdown;
 mod timers;
+mod tls;
 mod trouble;
 
 use std::io::{self, Read};
@@ -51,13 +52,13 @@ use crate::timer_wheel::TimerWheel;
 
 use super::admission::Admission;
 use super::conn::Conn;
-use super::no_sigpipe::NoSigPipe;
 use super::panic_guard::guarded;
 use crate::stats::WorkerStats;
 use accept::{AcceptState, HandshakeBucket};
 use fanout::Slots;
 use shutdown::Drain;
 use timers::Clock;
+use tls::{TlsReadResult, TlsWorker};
 use trouble::Trouble;
 
 pub(crate) const LISTENER: Token = Token(usize::MAX);
@@ -82,6 +83,7 @@ pub(crate) struct Shared {
     pub security: Arc<Security>,
     /// `--max-reassembly-bytes`, shared by every worker's pool.
     pub reassembly: Arc<ReassemblyBudget>,
+    pub tls: Option<crate::tls::TlsContext>,
 }
 
 pub(crate) struct Worker {
@@ -123,6 +125,9 @@ pub(crate) struct Worker {
     trouble: Trouble,
     /// Debug builds with `Config::debug_panic_trigger`: see `Ctx::debug_panic`.
     debug_panic: bool,
+    /// With `--tls-cert`: the buffers every TLS connection of this worker
+    /// shares.
+    tls: Option<TlsWorker>,
 }
 
 impl Worker {
@@ -231,13 +236,30 @@ impl Worker {
             if !conn.session.wants_read() {
                 break;
             }
-            match (&conn.stream).read(&mut self.scratch) {
-                Ok(0) => {
+            let read = match self.tls.as_mut() {
+                Some(tw) if conn.tls.is_some() => match tw.read(conn, &self.stats) {
+                    TlsReadResult::Bytes { raw, peer_closed } => Ok((raw, true, peer_closed)),
+                    TlsReadResult::Eof => Ok((0, true, false)),
+                    TlsReadResult::WouldBlock => Err(io::ErrorKind::WouldBlock.into()),
+                    TlsReadResult::Interrupted => Err(io::ErrorKind::Interrupted.into()),
+                    TlsReadResult::Failed => {
+                        self.close_now(key);
+                        return;
+                    }
+                },
+                _ => (&conn.stream)
+                    .read(&mut self.scratch)
+                    .inspect(|&n| {
+                        self.stats.bytes_in.add(n as u64);
+                    })
+                    .map(|n| (n, false, false)),
+            };
+            match read {
+                Ok((0, _, _)) => {
                     self.on_eof(key, t);
                     return;
                 }
-                Ok(n) => {
-                    self.stats.bytes_in.add(n as u64);
+                Ok((n, from_tls, peer_closed)) => {
                     let mut cx = Ctx {
                         out: &mut self.out,
                         pool: &mut self.pool,
@@ -266,11 +288,17 @@ impl Worker {
                         debug_panic: self.debug_panic,
                     };
                     let phase = conn.session.phase();
-                    let data = &mut self.scratch[..n];
+                    let data = match &mut self.tls {
+                        Some(tw) if from_tls => &mut tw.plain[..],
+                        _ => &mut self.scratch[..n],
+                    };
                     let session = &mut conn.session;
-                    if let Err(message) = guarded(|| session.on_bytes(key, data, t, &mut cx)) {
-                        self.on_panic(key, phase, &message, now, t);
-                        return;
+                    // A TLS read may carry only handshake records.
+                    if !data.is_empty() {
+                        if let Err(message) = guarded(|| session.on_bytes(key, data, t, &mut cx)) {
+                            self.on_panic(key, phase, &message, now, t);
+                            return;
+                        }
                     }
                     conn.sync_timer(&mut self.wheel, key);
                     if !self.fanout.broadcasts.is_empty() {
@@ -284,6 +312,13 @@ impl Worker {
                         }
                     }
                     if self.out.len() >= FLUSH_AT && !self.flush(key) {
+                        return;
+                    }
+                    if peer_closed {
+                        // close_notify: the TLS stream's EOF.
+                        if self.flush(key) {
+                            self.on_eof(key, t);
+                        }
                         return;
                     }
                     // A short read drained the socket. Under edge triggering
@@ -311,7 +346,12 @@ impl Worker {
     }
 
     fn on_writable(&mut self, key: usize) {
-        if self.conns.get(key).is_some_and(|c| c.session.wants_write()) {
+        let pending = |c: &Conn| c.tls.as_ref().is_some_and(|t| t.has_pending());
+        if self
+            .conns
+            .get(key)
+            .is_some_and(|c| c.session.wants_write() || pending(c))
+        {
             self.flush(key);
         }
     }
@@ -336,19 +376,28 @@ impl Worker {
             self.out.clear();
             return false;
         };
-        let written = conn.session.write_to(
-            &mut self.out,
-            &mut NoSigPipe(&conn.stream),
-            &self.session_config,
-            &self.stats,
-        );
+        if conn.flush_tls().is_err() {
+            self.out.clear();
+            self.close_now(key);
+            return false;
+        }
+        let (session, mut sink) = conn.split();
+        let written = session.write_to(&mut self.out, &mut sink, &self.session_config, &self.stats);
         match written {
             Ok(AfterWrite::Keep) => true,
             Ok(AfterWrite::ResumeReading) => {
                 self.read_again.push(key);
                 true
             }
-            Ok(AfterWrite::Close) | Err(_) => {
+            Ok(AfterWrite::Close) => {
+                if !conn.finish_tls() {
+                    // The last encrypted batch waits for the socket.
+                    return true;
+                }
+                self.close_now(key);
+                false
+            }
+            Err(_) => {
                 self.close_now(key);
                 false
             }

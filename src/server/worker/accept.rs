@@ -229,6 +229,10 @@ impl Worker {
     /// the answer is read), answers 503, and drops it.
     fn refuse_at_accept(&mut self, stream: &TcpStream, reason: &str, retry_after: &str) {
         let _ = (&*stream).read(&mut self.scratch);
+        if self.tls.is_some() {
+            // A TLS client cannot read a plaintext answer: it sees the close.
+            return;
+        }
         let resp = error_response(
             503,
             "Service Unavailable",
@@ -275,12 +279,25 @@ impl Worker {
             self.admission.closed(ip);
             return;
         }
+        // With TLS the handshake timeout and caps above run from here, so
+        // they bound the TLS handshake too.
+        let tls = match self.tls.as_ref().map(|tw| tw.new_conn()) {
+            None => None,
+            Some(Ok(tls)) => Some(tls),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "TLS connection setup failed");
+                self.admission.end_handshake(ip);
+                self.admission.closed(ip);
+                return;
+            }
+        };
         let serial = self.next_serial;
         self.next_serial = self.next_serial.wrapping_add(1);
         let mut conn = Conn {
             stream,
             timer: None,
             session: Session::new(serial, t, &self.session_config),
+            tls,
         };
         conn.sync_timer(&mut self.wheel, key);
         entry.insert(conn);

@@ -10,7 +10,6 @@ use crate::timer_wheel::TimerWheel;
 use slab::Slab;
 
 use super::super::conn::Conn;
-use super::super::no_sigpipe::NoSigPipe;
 use crate::stats::WorkerStats;
 
 /// The worker's fields fan-out needs, borrowed for one call.
@@ -64,9 +63,10 @@ impl Connections for Slots<'_> {
         let count = frames.clone().count() as u64;
         self.stats.messages_out.add(count);
         self.stats.deliveries.add(count);
-        let delivered = conn.session.deliver(
+        let (session, mut sink) = conn.split();
+        let delivered = session.deliver(
             frames,
-            &mut NoSigPipe(&conn.stream),
+            &mut sink,
             self.out,
             self.now,
             self.config,
@@ -89,15 +89,14 @@ impl Connections for Slots<'_> {
             self.out.clear();
             return;
         };
-        let written = conn.session.write_to(
-            self.out,
-            &mut NoSigPipe(&conn.stream),
-            self.config,
-            self.stats,
-        );
+        let (session, mut sink) = conn.split();
+        let written = session.write_to(self.out, &mut sink, self.config, self.stats);
         match written {
             Ok(AfterWrite::Keep) => {}
             Ok(AfterWrite::ResumeReading) => self.read_again.push(key),
+            // A TLS connection's last encrypted batch may still wait for
+            // the socket: it closes once that is out.
+            Ok(AfterWrite::Close) if !conn.finish_tls() => {}
             Ok(AfterWrite::Close) | Err(_) => self.doomed.push(key),
         }
     }

@@ -116,6 +116,12 @@ impl Worker {
             doomed: Vec::new(),
             trouble: Trouble::new(now),
             debug_panic: cfg!(debug_assertions) && config.debug_panic_trigger,
+            tls: shared.tls.clone().map(|ctx| {
+                let limits = crate::tls::TlsLimits {
+                    max_handshake_buffer: config.tls_handshake_buffer,
+                };
+                super::TlsWorker::new(ctx, limits)
+            }),
             config,
         })
     }
