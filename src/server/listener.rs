@@ -11,8 +11,6 @@ use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-use crate::config::Config;
-
 /// The accept backlog we ask for; the kernel caps it at `net.core.somaxconn`.
 const BACKLOG: i32 = 65_535;
 
@@ -29,10 +27,13 @@ pub struct ListenOptions {
 
 impl ListenOptions {
     /// What `--listen` sockets get.
-    pub fn for_clients(config: &Config) -> ListenOptions {
+    /// What client connections get: `TCP_NODELAY`, and `TCP_USER_TIMEOUT`
+    /// at the connection idle timeout. (The listener is a leaf module: the
+    /// caller passes the setting in.)
+    pub fn for_clients(idle_timeout: Duration) -> ListenOptions {
         ListenOptions {
             nodelay: true,
-            user_timeout: Some(config.idle_timeout),
+            user_timeout: Some(idle_timeout),
         }
     }
 }
@@ -103,9 +104,7 @@ mod tests {
     /// retransmissions to a dead peer.
     #[test]
     fn accepted_sockets_inherit_nodelay_and_the_idle_timeout() {
-        let mut config = Config::for_tests();
-        config.idle_timeout = Duration::from_secs(77);
-        let options = ListenOptions::for_clients(&config);
+        let options = ListenOptions::for_clients(Duration::from_secs(77));
         let ls = bind_all("127.0.0.1:0".parse().unwrap(), 2, &options).unwrap();
         for l in &ls {
             // SO_REUSEPORT spreads connections; connect until this one

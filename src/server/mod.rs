@@ -52,7 +52,7 @@ pub(crate) type Links = Vec<(Sender<WorkerMsg>, Arc<Waker>)>;
 /// worker's poll, waker and inbox.
 pub(crate) fn bind(config: &Config) -> io::Result<(Bound, Links)> {
     let n = config.worker_count();
-    let options = listener::ListenOptions::for_clients(config);
+    let options = listener::ListenOptions::for_clients(config.idle_timeout);
     let listeners = listener::bind_all(config.listen, n, &options)?;
     let local_addr = listeners[0].local_addr()?;
     let mut workers = Vec::with_capacity(n);

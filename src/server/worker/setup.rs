@@ -109,7 +109,11 @@ impl Worker {
             clock: Clock::new(now),
             wheel: TimerWheel::new(timers::WHEEL_SLOTS, 0),
             expired: Vec::new(),
-            accept: AcceptState::new(listener, listen_addr, ListenOptions::for_clients(&config)),
+            accept: AcceptState::new(
+                listener,
+                listen_addr,
+                ListenOptions::for_clients(config.idle_timeout),
+            ),
             handshake_bucket: HandshakeBucket::new(config.max_handshakes_per_sec, now),
             drain: Drain::default(),
             read_again: Vec::new(),
