@@ -16,6 +16,10 @@
 #   --listeners N          receivers for the broadcast scenario (default 5000)
 #   --out DIR              where the per-run JSON and the table go
 #                          (default target/bench/compare)
+#   --port N               the port every server listens on (default 18611);
+#                          give another one when a second comparison may run
+#                          on the machine: servers bound with SO_REUSEPORT
+#                          would silently share one port and split the load
 #
 # Scenarios, each against a freshly started server:
 #   connect    N idle connections: server bytes per connection, server CPU
@@ -43,6 +47,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 rounds=3
+port=18611
 connections=10000
 listeners=5000
 out=target/bench/compare
@@ -60,6 +65,7 @@ while [ $# -gt 0 ]; do
     --rounds) [ $# -ge 2 ] || die "--rounds needs a value"; number --rounds "$2"; rounds=$2; shift 2 ;;
     --connections) [ $# -ge 2 ] || die "--connections needs a value"; number --connections "$2"; connections=$2; shift 2 ;;
     --listeners) [ $# -ge 2 ] || die "--listeners needs a value"; number --listeners "$2"; listeners=$2; shift 2 ;;
+    --port) [ $# -ge 2 ] || die "--port needs a value"; number --port "$2"; port=$2; shift 2 ;;
     --out) [ $# -ge 2 ] && [ -n "$2" ] || die "--out needs a value"; out=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown argument $1" ;;
@@ -69,7 +75,6 @@ done
 mkdir -p "$out"
 cargo build --release --bin wsbench
 wsbench=target/release/wsbench
-port=18611
 log() { echo "compare.sh: $*" >&2; }
 
 server=
@@ -85,6 +90,10 @@ stop_server() {
 trap stop_server EXIT
 start_server() {
   local cmd=${1//\{port\}/$port}
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    log "something already listens on port $port (another comparison?); try --port"
+    exit 1
+  fi
   bash -c "exec $cmd" >"$out/server.log" 2>&1 &
   server=$!
   for _ in $(seq 1 100); do

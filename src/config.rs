@@ -346,6 +346,28 @@ pub struct Config {
     #[arg(long, env = "WSGATE_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
+    /// PEM certificate chain (leaf first) for the client listener: with it
+    /// (and --tls-key) clients connect with wss:// only. Re-read on SIGHUP
+    /// and admin POST /reload-tls.
+    /// Needs --tls-key (checked at start, wherever each comes from).
+    #[arg(long, env = "WSGATE_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of --tls-cert's leaf.
+    #[arg(long, env = "WSGATE_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// With TLS: bytes one connection may buffer while its TLS handshake
+    /// runs (a ClientHello split across reads); past it the connection is
+    /// closed and counted under wsgate_tls_handshake_failures_total.
+    #[arg(long, env = "WSGATE_TLS_HANDSHAKE_BUFFER", default_value_t = crate::tls::DEFAULT_MAX_HANDSHAKE_BUFFER)]
+    pub tls_handshake_buffer: usize,
+
+    /// With TLS: entries of the server-side session cache (TLS 1.2
+    /// session-ID resumption; TLS 1.3 resumes with stateless tickets).
+    #[arg(long, env = "WSGATE_TLS_SESSION_CACHE", default_value_t = crate::tls::config::DEFAULT_SESSION_CACHE_ENTRIES)]
+    pub tls_session_cache: usize,
+
     /// Log filter (error, warn, info, debug, trace, or a RUST_LOG-style directive).
     #[arg(long, env = "WSGATE_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,

@@ -6,7 +6,7 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 use tracing_subscriber::EnvFilter;
 
@@ -79,7 +79,7 @@ fn main() -> ExitCode {
         }
     };
     let workers = config.worker_count();
-    let mut signals = match Signals::new([SIGTERM, SIGINT]) {
+    let mut signals = match Signals::new([SIGTERM, SIGINT, SIGHUP]) {
         Ok(s) => s,
         Err(e) => {
             tracing::error!(error = %e, "cannot install signal handlers");
@@ -112,16 +112,28 @@ fn main() -> ExitCode {
         workers,
         open_files_limit = nofile,
         connection_capacity = capacity,
-        "wsgate listening on ws://{}{}",
+        "wsgate listening on {}://{}{}",
+        if config.tls_cert.is_some() { "wss" } else { "ws" },
         server.local_addr(),
         config.path,
     );
 
     // The first signal starts the drain; a second one exits at once.
+    // SIGHUP re-reads the TLS certificate instead (never a shutdown).
     let (first_tx, first_rx) = crossbeam_channel::bounded::<()>(1);
+    let reloader = Arc::downgrade(&server);
     std::thread::spawn(move || {
         let mut seen = 0;
         for sig in signals.forever() {
+            if sig == SIGHUP {
+                match reloader.upgrade().and_then(|s| s.reload_tls()) {
+                    // The outcome (and a refused file's error) is logged by
+                    // the reload itself.
+                    Some(_) => {}
+                    None => tracing::info!("SIGHUP: no TLS certificate to reload"),
+                }
+                continue;
+            }
             seen += 1;
             if seen == 1 {
                 tracing::info!(signal = sig, "shutting down: closing connections with 1001");

@@ -34,6 +34,8 @@ pub struct MetricsSource {
     pub cluster: Option<Arc<ClusterStats>>,
     /// The cluster side of topic history, when the cluster holds it.
     pub cluster_history: Option<Arc<ClusterHistory>>,
+    /// The TLS context (reload counts), when the client listener speaks TLS.
+    pub tls: Option<crate::tls::TlsContext>,
 }
 
 impl MetricsSource {
@@ -340,6 +342,47 @@ impl Collector for MetricsSource {
                     ("429", |s| s.rejected_rate),
                 ],
             ),
+        )?;
+        family(
+            &mut enc,
+            "wsgate_tls_handshakes",
+            "TLS handshakes completed, by kind (full key exchange or resumed)",
+            Counter,
+            &per_worker_by(
+                s,
+                "kind",
+                &[
+                    ("full", |s| s.tls_handshakes_full),
+                    ("resumed", |s| s.tls_handshakes_resumed),
+                ],
+            ),
+        )?;
+        family(
+            &mut enc,
+            "wsgate_tls_handshake_failures",
+            "TLS connections closed by a TLS error, by reason",
+            Counter,
+            &per_worker_by(
+                s,
+                "reason",
+                &[
+                    ("tls_handshake_failed", |s| s.tls_failed_handshake),
+                    ("tls_handshake_too_large", |s| s.tls_failed_too_large),
+                    ("tls_bad_record", |s| s.tls_failed_bad_record),
+                    ("tls_server_close", |s| s.tls_failed_server_close),
+                ],
+            ),
+        )?;
+        let (reload_ok, reload_failed) = self.tls.as_ref().map_or((0, 0), |t| t.reload_counts());
+        family(
+            &mut enc,
+            "wsgate_tls_reloads",
+            "Certificate reloads (SIGHUP, admin POST /reload-tls), by result",
+            Counter,
+            &[
+                (vec![("result", "ok".to_string())], reload_ok),
+                (vec![("result", "failed".to_string())], reload_failed),
+            ],
         )?;
         family(
             &mut enc,

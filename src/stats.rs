@@ -205,4 +205,17 @@ worker_stats! {
     /// Times a worker wrote its fan-out batch early because it grew past
     /// its size bound within one loop turn.
     outbox_early_flushes,
+    /// TLS handshakes completed with a full key exchange.
+    tls_handshakes_full,
+    /// TLS handshakes completed by resumption (ticket or session cache).
+    tls_handshakes_resumed,
+    /// TLS connections closed: the handshake failed (garbage, no common
+    /// version or suite, bad message).
+    tls_failed_handshake,
+    /// ... the handshake buffered past `--tls-handshake-buffer`.
+    tls_failed_too_large,
+    /// ... a record after the handshake was bad (MAC failure, ...).
+    tls_failed_bad_record,
+    /// ... the server could not encrypt (keys exhausted, misuse).
+    tls_failed_server_close,
 }

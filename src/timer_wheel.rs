@@ -12,8 +12,20 @@ use slab::Slab;
 const NONE: u32 = u32::MAX;
 
 /// Identifies a scheduled timer (valid until it fires or is cancelled).
+/// Stored as entry index + 1, so `Option<TimerId>` is 4 bytes (it sits in
+/// every connection's slab entry).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TimerId(u32);
+pub struct TimerId(std::num::NonZeroU32);
+
+impl TimerId {
+    fn new(index: u32) -> TimerId {
+        TimerId(std::num::NonZeroU32::MIN.saturating_add(index))
+    }
+
+    fn index(self) -> usize {
+        (self.0.get() - 1) as usize
+    }
+}
 
 #[derive(Debug)]
 struct Entry {
@@ -69,13 +81,13 @@ impl TimerWheel {
             self.entries[head as usize].prev = id;
         }
         self.slots[slot] = id;
-        TimerId(id)
+        TimerId::new(id)
     }
 
     /// Cancels a timer. Cancelling an id that already fired is a bug the
     /// caller avoids by clearing its id when the timer fires.
     pub fn cancel(&mut self, id: TimerId) {
-        let Some(e) = self.entries.try_remove(id.0 as usize) else {
+        let Some(e) = self.entries.try_remove(id.index()) else {
             return;
         };
         if e.prev != NONE {
@@ -91,7 +103,7 @@ impl TimerWheel {
 
     /// The tick timer `id` fires at (`None` once it fired or was cancelled).
     pub fn deadline(&self, id: TimerId) -> Option<u64> {
-        self.entries.get(id.0 as usize).map(|e| e.deadline)
+        self.entries.get(id.index()).map(|e| e.deadline)
     }
 
     /// Cancels `id` and schedules anew.
@@ -118,7 +130,7 @@ impl TimerWheel {
                     (e.deadline, e.key, e.next)
                 };
                 if deadline <= now {
-                    self.cancel(TimerId(id));
+                    self.cancel(TimerId::new(id));
                     expired.push(key);
                 }
                 id = next;

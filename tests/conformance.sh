@@ -15,6 +15,9 @@
 #   --cases LIST     comma-separated case ids or globs (default '*')
 #   --exclude LIST   cases to skip (default '12.*,13.*', the
 #                    permessage-deflate cases, unless --deflate)
+#   --tls            run the server with a throwaway self-signed certificate
+#                    (made with openssl in a temporary folder) and test it
+#                    over wss://
 #   --deflate        run the server with --permessage-deflate and include
 #                    12.* and 13.* (RFC 7692); an explicit --exclude wins
 #   --out DIR        reports: index.html, index.json, one file per case
@@ -40,7 +43,7 @@ usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' 
 die() { echo "conformance: $*" >&2; echo "try: tests/conformance.sh --help" >&2; exit 2; }
 say() { echo "conformance: $*" >&2; }
 
-bin="" url="" cases='*' exclude='12.*,13.*' exclude_set="" deflate="" out=target/autobahn budget=900
+bin="" url="" cases='*' exclude='12.*,13.*' exclude_set="" deflate="" tls="" out=target/autobahn budget=900
 while [ $# -gt 0 ]; do
   case "$1" in
     --bin|--url|--cases|--exclude|--out|--timeout) [ $# -ge 2 ] || die "$1 needs a value" ;;&
@@ -49,6 +52,7 @@ while [ $# -gt 0 ]; do
     --cases) cases=$2; shift 2 ;;
     --exclude) exclude=$2; exclude_set=1; shift 2 ;;
     --deflate) deflate=1; shift ;;
+    --tls) tls=1; shift ;;
     --out) out=$2; shift 2 ;;
     --timeout) budget=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
@@ -57,7 +61,7 @@ while [ $# -gt 0 ]; do
 done
 case "$budget" in ''|*[!0-9]*|0) die "--timeout must be whole seconds above 0" ;; esac
 [ -n "$deflate" ] && [ -z "$exclude_set" ] && exclude=''
-case "$url" in ''|ws://?*) ;; *) die "--url must be ws://HOST:PORT/PATH" ;; esac
+case "$url" in ''|ws://?*|wss://?*) ;; *) die "--url must be ws://HOST:PORT/PATH or wss://..." ;; esac
 
 # --- the suite: Python 2.7 from Debian 11 packages, then pinned PyPI packages --
 SUITE=autobahntestsuite==25.10.1
@@ -189,15 +193,27 @@ if [ -z "$url" ]; then
   # The suite opens one connection per case from one address, sends up to
   # 16 MiB messages in up to 65,536 fragments, and pauses a few seconds in
   # some cases: the defaults allow all of that.
+  tls_args=() scheme=ws
+  if [ -n "$tls" ]; then
+    # The suite does not verify certificates: a throwaway one will do.
+    certs=$(mktemp -d)
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+      -subj /CN=localhost -keyout "$certs/key.pem" -out "$certs/cert.pem" 2>/dev/null ||
+      die "--tls needs openssl"
+    tls_args=(--tls-cert "$certs/cert.pem" --tls-key "$certs/key.pem")
+    scheme=wss
+  fi
   "$bin" --listen "127.0.0.1:$port" --path / --app echo --admin-listen off --log-level warn \
-    ${deflate:+--permessage-deflate} &
+    ${deflate:+--permessage-deflate} "${tls_args[@]}" &
   server=$!
   for _ in $(seq 1 100); do
     (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
     kill -0 "$server" 2>/dev/null || die "$bin exited at start"
     sleep 0.1
   done
-  url=ws://127.0.0.1:$port/
+  # Read at start: not needed once it listens.
+  if [ -n "$tls" ]; then rm -rf "$certs"; fi
+  url=$scheme://127.0.0.1:$port/
 fi
 
 # --- the run ------------------------------------------------------------------

@@ -171,15 +171,19 @@ impl PlainStream for MaybeTlsStream<TcpStream> {
 #[test]
 fn a_client_that_only_receives_traffic_is_not_pinged() {
     let server = start(AppKind::PubSub, |c| {
-        c.ping_interval = Duration::from_millis(150);
-        c.idle_timeout = Duration::from_millis(400);
+        // Traffic every ~40 ms against a 300 ms interval: a margin wide
+        // enough that a loaded machine's scheduling gaps (seen past 150 ms
+        // with 8 runnable threads per core) are not mistaken for silence,
+        // while 2 s still spans six intervals that traffic must postpone.
+        c.ping_interval = Duration::from_millis(300);
+        c.idle_timeout = Duration::from_millis(800);
     });
     let mut sub = connect(server.local_addr());
     sub.send(Message::text(r#"{"type":"subscribe","topic":"tick"}"#))
         .unwrap();
     assert!(matches!(sub.read().unwrap(), Message::Text(_)));
     let mut publisher = connect(server.local_addr());
-    let until = Instant::now() + Duration::from_millis(1500);
+    let until = Instant::now() + Duration::from_millis(2000);
     let mut n = 0;
     while Instant::now() < until {
         publisher

@@ -943,3 +943,48 @@ fn bench_docs_run_wsbench_by_path_and_keep_published_results() {
         );
     }
 }
+
+/// `flake-hunt.sh --since REV` reruns test targets (files directly in
+/// tests/); a change to a helper module in tests/support/ or tests/common/
+/// names no target and must not stop the hunt (it once failed CI with "no
+/// integration test tests/tls.rs" for tests/support/tls.rs).
+#[test]
+fn flake_hunt_since_skips_helper_modules() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::create_dir_all(root.join("tests/support")).unwrap();
+    std::fs::create_dir_all(root.join("tests/common")).unwrap();
+    std::fs::copy(
+        repo("tests/flake-hunt.sh"),
+        root.join("tests/flake-hunt.sh"),
+    )
+    .unwrap();
+    let git = |args: &[&str]| {
+        let out = Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-C"])
+            .arg(root)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+    };
+    git(&["init", "-q"]);
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "start"]);
+    std::fs::write(root.join("tests/support/tls.rs"), "// helper\n").unwrap();
+    std::fs::write(root.join("tests/common/mod.rs"), "// helper\n").unwrap();
+    git(&["add", "-A"]);
+    git(&["commit", "-qm", "helpers"]);
+    let out = Command::new("bash")
+        .arg(root.join("tests/flake-hunt.sh"))
+        .args(["--since", "HEAD~1"])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("no test files to rerun"), "{text}");
+}

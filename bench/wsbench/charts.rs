@@ -523,6 +523,8 @@ mod tests {
             unexpected_drops: 0,
             churn_per_sec: None,
             server_cpu_us_per_reconnect: None,
+            client_cpu_us_per_reconnect: None,
+            tls: None,
         });
         assert_eq!(ramp(&churn), None);
         let flat = Ramp {
@@ -645,6 +647,7 @@ mod tests {
             },
             server_cpu_us_per_round_trip: None,
             client_cpu_us_per_round_trip: None,
+            tls: None,
         });
         let written = render(&doc, "unit", &dir).unwrap();
         assert_eq!(

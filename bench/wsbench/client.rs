@@ -6,19 +6,32 @@
 //! key check), masked client frames, answering pings, and turning server
 //! text frames into small events the scenarios consume. Scenarios decide
 //! what to send and when; they never touch sockets.
+//!
+//! wss://: each connection then carries a buffered rustls `ClientConnection`
+//! (boxed, so a plain connection pays one pointer for it). The upgrade
+//! request is queued as plaintext as soon as TCP connects and goes out when
+//! the TLS handshake completes; everything above the TLS layer is the same
+//! as for ws://. An idle TLS connection keeps rustls' session state and its
+//! 4 KiB receive buffer (rustls shrinks it back when empty).
 
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use mio::net::TcpStream;
 use mio::{Events, Interest, Poll, Token};
+use rustls::{ClientConfig, ClientConnection, HandshakeKind};
+use rustls_pki_types::ServerName;
 use slab::Slab;
 use wsgate::protocol::deflate::Inflater;
 use wsgate::protocol::frame::{write_client_frame, FrameHeader, OpCode, Role};
 use wsgate::protocol::handshake::accept_key;
+
+use crate::results::TlsHandshakes;
+use crate::tls;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -34,8 +47,11 @@ struct Conn {
     key_seed: u32,
     /// Bytes of an incomplete response head or frame.
     rx: Option<Vec<u8>>,
-    /// Bytes the socket did not take.
+    /// Bytes the socket did not take (ws:// only: rustls keeps what the
+    /// socket did not take of a TLS connection).
     tx: Option<Vec<u8>>,
+    /// The TLS session of a wss:// connection, from TCP connect on.
+    tls: Option<Box<ClientConnection>>,
     started: Instant,
 }
 
@@ -186,6 +202,15 @@ pub struct Target {
     pub path: String,
     /// Offer permessage-deflate and inflate compressed (RSV1) messages.
     pub deflate: bool,
+    /// wss://: the client configuration and the name the certificate must have.
+    pub tls: Option<TlsTarget>,
+}
+
+/// The TLS side of a wss:// target.
+#[derive(Debug, Clone)]
+pub struct TlsTarget {
+    pub config: Arc<ClientConfig>,
+    pub name: ServerName<'static>,
 }
 
 pub struct Engine {
@@ -208,6 +233,11 @@ pub struct Engine {
     pub bytes_in: u64,
     /// Messages that arrived compressed.
     pub compressed_in: u64,
+    /// wss:// connections opened with a full TLS handshake.
+    pub tls_full: u64,
+    /// wss:// connections opened with a resumed TLS handshake (a ticket
+    /// or session from an earlier connection).
+    pub tls_resumed: u64,
     /// One decompressor for all connections (the server negotiates no
     /// context takeover, so each message inflates on its own).
     inflater: Option<Box<Inflater>>,
@@ -241,6 +271,8 @@ impl Engine {
             positions: false,
             bytes_in: 0,
             compressed_in: 0,
+            tls_full: 0,
+            tls_resumed: 0,
             inflater: None,
             seen_compressed: HashMap::new(),
         })
@@ -305,6 +337,7 @@ impl Engine {
             key_seed: key as u32,
             rx: None,
             tx: None,
+            tls: None,
             started: Instant::now(),
         });
         self.connecting += 1;
@@ -344,6 +377,10 @@ impl Engine {
         let Some(c) = self.conns.get_mut(key) else {
             return false;
         };
+        if let Some(tls) = c.tls.as_mut() {
+            // Buffered by rustls (as plaintext until the handshake is done).
+            return tls.writer().write_all(bytes).is_ok() && flush_tls(&mut c.stream, tls).is_ok();
+        }
         if let Some(q) = c.tx.as_mut() {
             q.extend_from_slice(bytes);
             return true;
@@ -363,6 +400,14 @@ impl Engine {
         true
     }
 
+    /// The TLS handshake counts of a wss:// engine (`None` for ws://).
+    pub fn tls_handshakes(&self) -> Option<TlsHandshakes> {
+        self.target.tls.as_ref().map(|_| TlsHandshakes {
+            tls_full: self.tls_full,
+            tls_resumed: self.tls_resumed,
+        })
+    }
+
     /// Closes every connection with a close frame (1000) and drops them.
     pub fn close_all(&mut self) {
         let keys: Vec<usize> = self.conns.iter().map(|(k, _)| k).collect();
@@ -378,7 +423,11 @@ impl Engine {
             if self.conns[k].state == State::Open {
                 self.write(k, &f);
             }
-            let c = self.conns.remove(k);
+            let mut c = self.conns.remove(k);
+            if let Some(tls) = c.tls.as_mut() {
+                tls.send_close_notify();
+                let _ = flush_tls(&mut c.stream, tls);
+            }
             let _ = c.stream.shutdown(std::net::Shutdown::Write);
         }
         self.open = 0;
@@ -467,6 +516,17 @@ impl Engine {
                 return; // not connected yet
             }
             c.state = State::Handshaking;
+            if let Some(t) = &self.target.tls {
+                match ClientConnection::new(t.config.clone(), t.name.clone()) {
+                    Ok(mut tls) => {
+                        // As unbounded as the ws:// send queue: the
+                        // scenarios bound what they send.
+                        tls.set_buffer_limit(None);
+                        c.tls = Some(Box::new(tls));
+                    }
+                    Err(e) => return self.kill(key, Some(tls::failure_reason(&e)), None, out),
+                }
+            }
             let offer = if self.target.deflate {
                 "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
             } else {
@@ -479,6 +539,12 @@ impl Engine {
                 Self::ws_key(c.key_seed)
             );
             if !self.write(key, req.as_bytes()) {
+                self.kill(key, Some("reset"), None, out);
+            }
+            return;
+        }
+        if let Some(tls) = c.tls.as_mut() {
+            if flush_tls(&mut c.stream, tls).is_err() {
                 self.kill(key, Some("reset"), None, out);
             }
             return;
@@ -515,12 +581,26 @@ impl Engine {
                 Err(e) => return self.kill(key, Some(io_reason(&e)), None, out),
             };
             self.bytes_in += n as u64;
-            let mut buf = match c.rx.take() {
-                Some(mut b) => {
-                    b.extend_from_slice(&self.scratch[..n]);
-                    b
+            let mut buf = if let Some(tls) = c.tls.as_mut() {
+                let mut plain = c.rx.take().unwrap_or_default();
+                let got = tls_input(tls, &self.scratch[..n], &mut plain);
+                // Handshake messages, alerts, key updates it made in reply.
+                let flushed = flush_tls(&mut c.stream, tls);
+                if let Err(reason) = got {
+                    return self.kill(key, Some(reason), None, out);
                 }
-                None => self.scratch[..n].to_vec(),
+                if flushed.is_err() {
+                    return self.kill(key, Some("reset"), None, out);
+                }
+                plain
+            } else {
+                match c.rx.take() {
+                    Some(mut b) => {
+                        b.extend_from_slice(&self.scratch[..n]);
+                        b
+                    }
+                    None => self.scratch[..n].to_vec(),
+                }
             };
             let used = self.consume(key, &buf, out);
             let Some(c) = self.conns.get_mut(key) else {
@@ -568,6 +648,11 @@ impl Engine {
                 return buf.len();
             }
             let c = &mut self.conns[key];
+            match c.tls.as_ref().and_then(|t| t.handshake_kind()) {
+                Some(HandshakeKind::Resumed) => self.tls_resumed += 1,
+                Some(_) => self.tls_full += 1,
+                None => {}
+            }
             c.state = State::Open;
             self.connecting -= 1;
             self.open += 1;
@@ -646,6 +731,53 @@ impl Engine {
     }
 }
 
+/// Writes what rustls has for the socket until it is written or the socket
+/// would block (the rest goes on the next writable event).
+fn flush_tls(stream: &mut TcpStream, tls: &mut ClientConnection) -> io::Result<()> {
+    while tls.wants_write() {
+        match tls.write_tls(stream) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Feeds ciphertext read from the socket to rustls and appends the
+/// plaintext it yields to `plain`; a TLS failure comes back as its reason.
+fn tls_input(
+    tls: &mut ClientConnection,
+    mut cipher: &[u8],
+    plain: &mut Vec<u8>,
+) -> Result<(), &'static str> {
+    // rustls takes at most a record's worth per read_tls, and nothing once
+    // the server's close_notify came (what follows it is ignored).
+    while !cipher.is_empty() {
+        if tls
+            .read_tls(&mut cipher)
+            .map_err(|_| "tls: record too large")?
+            == 0
+        {
+            break;
+        }
+        let state = tls
+            .process_new_packets()
+            .map_err(|e| tls::failure_reason(&e))?;
+        let want = state.plaintext_bytes_to_read();
+        if want > 0 {
+            let at = plain.len();
+            plain.resize(at + want, 0);
+            tls.reader()
+                .read_exact(&mut plain[at..])
+                .map_err(|_| "tls: read error")?;
+        }
+    }
+    Ok(())
+}
+
 fn io_reason(e: &io::Error) -> &'static str {
     match e.raw_os_error() {
         Some(libc::ECONNREFUSED) => "refused",
@@ -706,6 +838,107 @@ pub fn parse_src_ips(s: &str) -> Result<Vec<IpAddr>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A TLS server (rustls, on a thread) that answers the upgrade with 101,
+    /// then close_notify and more bytes in the same write: rustls takes
+    /// nothing after a close_notify, and the engine must not keep offering
+    /// it the rest (it would spin forever on one connection).
+    #[test]
+    fn bytes_after_a_close_notify_do_not_stall_the_engine() {
+        use rcgen::{CertificateParams, KeyPair};
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let server_config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+            )
+            .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (sock, _) = listener.accept().unwrap();
+            let conn = rustls::ServerConnection::new(Arc::new(server_config)).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, sock);
+            let mut head = Vec::new();
+            let mut b = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = tls.read(&mut b).unwrap();
+                assert!(n > 0, "client closed before its request");
+                head.extend_from_slice(&b[..n]);
+            }
+            let head = String::from_utf8_lossy(&head).to_string();
+            let ws_key = head
+                .lines()
+                .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                .unwrap()
+                .trim();
+            let accept = String::from_utf8(accept_key(ws_key.as_bytes()).to_vec()).unwrap();
+            let reply = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+                 Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+            );
+            tls.conn.writer().write_all(reply.as_bytes()).unwrap();
+            tls.conn.send_close_notify();
+            let mut wire = Vec::new();
+            while tls.conn.wants_write() {
+                tls.conn.write_tls(&mut wire).unwrap();
+            }
+            // More than rustls takes in one read_tls: the start of a record.
+            wire.extend_from_slice(&[0x17, 0x03, 0x03, 0x10, 0x00]);
+            wire.extend_from_slice(&[0u8; 8000]);
+            tls.sock.write_all(&wire).unwrap();
+            std::thread::sleep(Duration::from_millis(500));
+        });
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let options = tls::TlsOptions {
+                insecure: true,
+                ..tls::TlsOptions::default()
+            };
+            let target = Target {
+                addr,
+                host: addr.to_string(),
+                path: "/ws".into(),
+                deflate: false,
+                tls: Some(TlsTarget {
+                    config: tls::client_config(&options).unwrap(),
+                    name: tls::server_name("127.0.0.1").unwrap(),
+                }),
+            };
+            let mut engine = Engine::new(target, vec![]).unwrap();
+            let mut out = Vec::new();
+            engine.connect(&mut out);
+            let until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < until
+                && !out
+                    .iter()
+                    .any(|e| matches!(e, Ev::Closed { .. } | Ev::Failed { .. }))
+            {
+                engine.poll(Duration::from_millis(10), &mut out).unwrap();
+            }
+            let _ = tx.send(out);
+        });
+        let events = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the engine returns (it spun on the bytes after close_notify)");
+        server.join().unwrap();
+        assert!(
+            matches!(events.first(), Some(Ev::Opened { .. })),
+            "{events:?}"
+        );
+        assert!(
+            matches!(events.last(), Some(Ev::Closed { .. })),
+            "{events:?}"
+        );
+    }
 
     #[test]
     fn source_ranges() {

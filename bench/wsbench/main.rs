@@ -14,6 +14,7 @@ mod report;
 mod restart;
 mod results;
 mod scenarios;
+mod tls;
 
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
@@ -53,9 +54,22 @@ enum Cmd {
 /// Options every scenario takes.
 #[derive(Args, Clone, Debug)]
 pub struct Common {
-    /// Server URL (ws://HOST:PORT/PATH). Loopback only.
+    /// Server URL (ws://HOST:PORT/PATH or wss://HOST:PORT/PATH). Loopback only.
     #[arg(long, default_value = "ws://127.0.0.1:8080/ws")]
     pub url: String,
+    /// wss://: trust the CA certificate(s) in this PEM file instead of the
+    /// Mozilla roots built into wsbench.
+    #[arg(long, value_name = "PEM")]
+    pub ca_file: Option<String>,
+    /// wss://: INSECURE — accept ANY server certificate, for any name, without
+    /// checking who issued it. Only for a self-signed test server you started
+    /// yourself; a man in the middle would go unnoticed.
+    #[arg(long)]
+    pub insecure: bool,
+    /// wss://: keep TLS session tickets so reconnects resume (abbreviated
+    /// handshakes); `--tls-resume false` makes every handshake a full one.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, value_name = "BOOL")]
+    pub tls_resume: bool,
     /// Source addresses to spread connections over, e.g. 127.0.0.2-127.0.0.40.
     #[arg(long, default_value = "")]
     pub src_ips: String,
@@ -76,10 +90,13 @@ pub struct Common {
 
 impl Common {
     pub fn target(&self) -> Result<client::Target, String> {
-        let rest = self
-            .url
-            .strip_prefix("ws://")
-            .ok_or("only ws:// URLs are supported")?;
+        let (tls, rest) = if let Some(rest) = self.url.strip_prefix("wss://") {
+            (true, rest)
+        } else if let Some(rest) = self.url.strip_prefix("ws://") {
+            (false, rest)
+        } else {
+            return Err("only ws:// and wss:// URLs are supported".into());
+        };
         let (hostport, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -94,12 +111,54 @@ impl Common {
                 "{addr} is not loopback: benchmarks stay on 127.0.0.0/8"
             ));
         }
+        if !tls && (self.ca_file.is_some() || self.insecure) {
+            return Err("--ca-file and --insecure apply to wss:// URLs only".into());
+        }
+        if tls && self.insecure {
+            eprintln!(
+                "wsbench: WARNING: --insecure: the server's certificate is NOT verified \
+                 (any certificate, any name, any issuer is accepted)"
+            );
+        }
+        let tls = if tls {
+            let host = match hostport.rsplit_once(':') {
+                Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+                _ => hostport,
+            };
+            Some(client::TlsTarget {
+                config: tls::client_config(&self.tls_options())?,
+                name: tls::server_name(host)?,
+            })
+        } else {
+            None
+        };
         Ok(client::Target {
             addr,
             host: hostport.to_string(),
             path: path.to_string(),
             deflate: self.deflate,
+            tls,
         })
+    }
+
+    pub fn tls_options(&self) -> tls::TlsOptions {
+        tls::TlsOptions {
+            ca_file: self.ca_file.clone(),
+            insecure: self.insecure,
+            resume: self.tls_resume,
+        }
+    }
+
+    /// The TLS options as arguments, for child processes.
+    pub fn tls_args(&self) -> Vec<String> {
+        let mut v = vec!["--tls-resume".to_string(), self.tls_resume.to_string()];
+        if let Some(ca) = &self.ca_file {
+            v.extend(["--ca-file".to_string(), ca.clone()]);
+        }
+        if self.insecure {
+            v.push("--insecure".to_string());
+        }
+        v
     }
 
     pub fn src_ips(&self) -> Result<Vec<IpAddr>, String> {
@@ -126,5 +185,50 @@ fn main() -> ExitCode {
             eprintln!("wsbench: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn common(args: &[&str]) -> Common {
+        let mut argv = vec!["wsbench", "echo"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).expect("parses").cmd {
+            Cmd::Echo(a) => a.common,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn urls_pick_plain_or_tls() {
+        let plain = common(&["--url", "ws://127.0.0.1:9/ws"]).target().unwrap();
+        assert!(plain.tls.is_none());
+        assert_eq!(
+            (plain.host.as_str(), plain.path.as_str()),
+            ("127.0.0.1:9", "/ws")
+        );
+        let c = common(&["--url", "wss://127.0.0.1:9/x", "--insecure"]);
+        assert!(c.tls_resume, "resumption is on by default");
+        let t = c.target().unwrap().tls.expect("wss:// speaks TLS");
+        assert!(matches!(t.name, rustls_pki_types::ServerName::IpAddress(_)));
+        let t = common(&["--url", "wss://localhost:9", "--tls-resume", "false"]);
+        assert!(!t.tls_resume);
+        assert_eq!(
+            t.tls_args(),
+            ["--tls-resume", "false"].map(String::from).to_vec()
+        );
+        let e = common(&["--url", "ws://127.0.0.1:9/", "--insecure"]).target();
+        assert!(e.unwrap_err().contains("wss:// URLs only"));
+        let e = common(&["--url", "https://127.0.0.1:9/"]).target();
+        assert!(e.unwrap_err().contains("ws:// and wss://"));
+        let e = common(&[
+            "--url",
+            "wss://127.0.0.1:9/",
+            "--ca-file",
+            "/nonexistent.pem",
+        ]);
+        assert!(e.target().is_err(), "a missing CA file is an error");
     }
 }

@@ -58,6 +58,7 @@ mod tests {
             latency: Latency::of(&h),
             server_cpu_us_per_round_trip: Some(2.5),
             client_cpu_us_per_round_trip: None,
+            tls: None,
         });
         let md = markdown("t", &doc);
         assert!(md.contains("| scenario | \"echo\" |"), "{md}");

@@ -99,6 +99,9 @@ pub struct Restart {
     #[serde(default)]
     pub timeseries: Vec<Sample>,
     pub publishes_per_sec: Option<f64>,
+    /// wss:// only: the clients' handshakes (probes not counted).
+    #[serde(flatten)]
+    pub tls: Option<crate::results::TlsHandshakes>,
 }
 
 struct Client {
@@ -487,6 +490,7 @@ pub fn restart(a: RestartArgs) -> Result<(), String> {
         unaffected_handshake_storm: Latency::of(&probe_storm),
         timeseries,
         publishes_per_sec: per(published as f64, window.min(a.duration as f64)),
+        tls: engine.tls_handshakes(),
     });
     crate::scenarios::finish("wsbench restart", &a.common, result)
 }

@@ -209,9 +209,34 @@ pub struct Connect {
     /// Over several load-generator processes.
     #[serde(flatten)]
     pub multi: Option<MultiFigures>,
+    /// wss:// only.
+    #[serde(flatten)]
+    pub tls: Option<TlsHandshakes>,
     /// A child's raw arrivals, for its parent to merge.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub broadcast_arrivals: Vec<Arrival>,
+}
+
+/// wss:// runs: how the connections that opened did their TLS handshake.
+/// Absent for ws:// (and in results written before wss://).
+#[derive(Serialize, Deserialize, Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TlsHandshakes {
+    /// Full handshakes (certificate, key exchange, signature).
+    pub tls_full: u64,
+    /// Resumed handshakes (a ticket or session from an earlier connection).
+    pub tls_resumed: u64,
+}
+
+impl TlsHandshakes {
+    fn add(a: Option<TlsHandshakes>, b: Option<TlsHandshakes>) -> Option<TlsHandshakes> {
+        match (a, b) {
+            (Some(a), Some(b)) => Some(TlsHandshakes {
+                tls_full: a.tls_full + b.tls_full,
+                tls_resumed: a.tls_resumed + b.tls_resumed,
+            }),
+            (a, b) => a.or(b),
+        }
+    }
 }
 
 /// Server and kernel memory per connection and CPU per handshake.
@@ -297,6 +322,9 @@ pub struct Broadcast {
     /// Deliveries that arrived compressed.
     #[serde(default)]
     pub compressed_deliveries: u64,
+    /// wss:// only.
+    #[serde(flatten)]
+    pub tls: Option<TlsHandshakes>,
 }
 
 /// `echo`: closed-loop round trips.
@@ -311,6 +339,9 @@ pub struct Echo {
     pub latency: Latency,
     pub server_cpu_us_per_round_trip: Option<f64>,
     pub client_cpu_us_per_round_trip: Option<f64>,
+    /// wss:// only.
+    #[serde(flatten)]
+    pub tls: Option<TlsHandshakes>,
 }
 
 /// `churn`: connections replaced per second while holding N.
@@ -325,12 +356,22 @@ pub struct Churn {
     pub unexpected_drops: u64,
     pub churn_per_sec: Option<f64>,
     pub server_cpu_us_per_reconnect: Option<f64>,
+    /// The load generator's own CPU per reconnect (with wss://, what a
+    /// client pays per TLS handshake, full or resumed, plus the upgrade).
+    #[serde(default)]
+    pub client_cpu_us_per_reconnect: Option<f64>,
+    /// wss:// only: the ramp's handshakes and the reconnects'.
+    #[serde(flatten)]
+    pub tls: Option<TlsHandshakes>,
 }
 
 /// Sums the additive figures of child results (connect scenario); the
 /// parent fills in what it measured itself.
 pub fn aggregate_children(children: &[Connect]) -> Connect {
     let mut failures = Failures::new();
+    let tls = children
+        .iter()
+        .fold(None, |sum, c| TlsHandshakes::add(sum, c.tls));
     for c in children {
         for (reason, n) in &c.failures {
             *failures.entry(reason.clone()).or_default() += n;
@@ -347,6 +388,7 @@ pub fn aggregate_children(children: &[Connect]) -> Connect {
             processes: children.len() as u64,
             ..MultiFigures::default()
         }),
+        tls,
         ..Connect::default()
     }
 }
@@ -393,7 +435,19 @@ mod tests {
             ..Connect::default()
         };
         let a = child(10, 1, 0, &[("refused", 1)], 2.0, 0.5);
-        let b = child(20, 2, 1, &[("refused", 1), ("reset", 1)], 3.5, 0.25);
+        let mut b = child(20, 2, 1, &[("refused", 1), ("reset", 1)], 3.5, 0.25);
+        assert_eq!(aggregate_children(&[a.clone(), b.clone()]).tls, None);
+        b.tls = Some(TlsHandshakes {
+            tls_full: 3,
+            tls_resumed: 17,
+        });
+        let mut a2 = a.clone();
+        a2.tls = Some(TlsHandshakes {
+            tls_full: 10,
+            tls_resumed: 0,
+        });
+        let t = aggregate_children(&[a2, b.clone()]).tls.unwrap();
+        assert_eq!((t.tls_full, t.tls_resumed), (13, 17));
         let t = aggregate_children(&[a, b]);
         assert_eq!((t.opened, t.failed, t.drops_during_hold), (30, 3, 1));
         assert_eq!(t.failures["refused"], 2);
@@ -447,7 +501,20 @@ mod tests {
             c.broadcast = Some(BroadcastFigures::default());
             c.multi = Some(MultiFigures::default());
             c.handshake_latency = Some(Latency::default());
+            c.tls = Some(TlsHandshakes {
+                tls_full: 1,
+                tls_resumed: 4,
+            });
         }
+        // wss:// figures are top-level fields, absent for ws://.
+        let text = serde_json::to_string(&Results::Connect(Box::new(c))).unwrap();
+        assert!(text.contains(r#""tls_full":1,"tls_resumed":4"#), "{text}");
+        let old = r#"{"scenario":"churn","held":1,"replaced":0,"reconnected":0,"failed":0,
+            "unexpected_drops":0,"churn_per_sec":null,"server_cpu_us_per_reconnect":null}"#;
+        let Results::Churn(ch) = serde_json::from_str(old).unwrap() else {
+            panic!("a churn document")
+        };
+        assert_eq!(ch.tls, None);
         let empty = serde_json::to_value(Latency::default()).unwrap();
         assert_eq!(empty, serde_json::json!({"count": 0}));
         let rate = serde_json::to_value(Rate::Paced(Paced::OneInFlight)).unwrap();

@@ -401,6 +401,7 @@ pub fn connect(a: ConnectArgs) -> Result<(), String> {
         hold_secs: Some(a.hold),
         client_cpu_secs: client_cpu.as_secs_f64(),
         timeseries: series,
+        tls: engine.tls_handshakes(),
         ..Connect::default()
     };
     if !pids.is_empty() && !a.child {
@@ -577,6 +578,7 @@ fn connect_multi(a: ConnectArgs, procs: u64, cap: u64) -> Result<(), String> {
             .args(["--timeout", &a.common.timeout.to_string()])
             .args(["--src-ips", &mine.join(",")])
             .args(a.common.deflate.then_some("--deflate"))
+            .args(a.common.tls_args())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
@@ -945,6 +947,7 @@ pub fn broadcast(a: BroadcastArgs) -> Result<(), String> {
         deflate: a.common.deflate,
         wire_bytes_per_delivery: per(wire_bytes as f64, deliveries as f64),
         compressed_deliveries: compressed,
+        tls: engine.tls_handshakes(),
     });
     finish("wsbench broadcast", &a.common, result)
 }
@@ -1057,6 +1060,7 @@ pub fn echo(a: EchoArgs) -> Result<(), String> {
         latency: Latency::of(&lat),
         server_cpu_us_per_round_trip: cpu_per_trip(after.cpu.saturating_sub(before.cpu)),
         client_cpu_us_per_round_trip: cpu_per_trip(after.self_cpu.saturating_sub(before.self_cpu)),
+        tls: engine.tls_handshakes(),
     });
     finish("wsbench echo", &a.common, result)
 }
@@ -1119,6 +1123,7 @@ pub fn churn(a: ChurnArgs) -> Result<(), String> {
     let after = Probe::take(&pids);
     engine.close_all();
     let server_cpu = after.cpu.saturating_sub(before.cpu).as_secs_f64();
+    let client_cpu = after.self_cpu.saturating_sub(before.self_cpu).as_secs_f64();
     let result = Results::Churn(Churn {
         held: a.connections,
         replaced,
@@ -1128,6 +1133,8 @@ pub fn churn(a: ChurnArgs) -> Result<(), String> {
         unexpected_drops: drops,
         churn_per_sec: per(replaced as f64, window),
         server_cpu_us_per_reconnect: per(server_cpu * 1e6, opened as f64),
+        client_cpu_us_per_reconnect: per(client_cpu * 1e6, opened as f64),
+        tls: engine.tls_handshakes(),
     });
     finish("wsbench churn", &a.common, result)
 }

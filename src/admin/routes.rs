@@ -107,11 +107,20 @@ pub fn route(shared: &Shared, head: &Head, body: &[u8]) -> Outcome {
             let _ = shared.drain_requested.try_send(());
             Response::json(202, r#"{"status":"draining"}"#)
         }
+        // Re-reads the TLS certificate and key: new handshakes use them,
+        // open connections are untouched; a bad file keeps the old pair.
+        ("POST", "/reload-tls") => match &shared.metrics.tls {
+            None => Response::error(404, "TLS is off (no --tls-cert)"),
+            Some(tls) => match tls.reload() {
+                Ok(()) => Response::json(200, r#"{"status":"reloaded"}"#),
+                Err(e) => Response::error(422, &e.to_string()),
+            },
+        },
         ("POST", "/broadcast") => match json_payload(body) {
             Ok(payload) => return publish(shared, None, payload),
             Err(resp) => resp,
         },
-        (_, "/publish" | "/broadcast" | "/drain") => Response::error(405, "use POST"),
+        (_, "/publish" | "/broadcast" | "/drain" | "/reload-tls") => Response::error(405, "use POST"),
         (_, "/healthz" | "/readyz" | "/metrics" | "/presence") => Response::error(405, "use GET"),
         _ => Response::error(
             404,

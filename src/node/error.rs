@@ -49,6 +49,17 @@ pub enum StartError {
     ReservedNodeId,
     #[error("--io-backend io-uring: {0} (use --io-backend epoll on this kernel)")]
     IoUring(#[source] wsgate_uring::Error),
+    #[error("{given} needs {missing} too")]
+    TlsHalf {
+        given: &'static str,
+        missing: &'static str,
+    },
+    #[error("--tls-cert/--tls-key: {0}")]
+    Tls(#[source] crate::tls::TlsConfigError),
+    /// TLS runs on the epoll (mio) event loop only, for now: the io_uring
+    /// backend returns this when `--tls-cert` is set too.
+    #[error("--tls-cert/--tls-key need the epoll I/O backend; TLS is not available with --io-backend {backend} yet")]
+    TlsNeedsEpoll { backend: String },
     #[error("cannot start the workers: {0}")]
     Workers(#[source] io::Error),
 }

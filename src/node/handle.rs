@@ -24,12 +24,21 @@ pub struct ServerHandle {
     /// Held so `drain_rx` never reads as disconnected (without an admin
     /// listener nobody else holds a sender).
     pub(super) _drain_tx: crossbeam_channel::Sender<()>,
+    /// The TLS context, when the client listener speaks TLS.
+    pub(super) tls: Option<crate::tls::TlsContext>,
 }
 
 impl ServerHandle {
     /// The address the listeners are bound to (with the real port).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Re-reads the TLS certificate and key (SIGHUP): new handshakes use
+    /// them, open connections carry on; a bad file keeps the old pair.
+    /// `None` when TLS is off.
+    pub fn reload_tls(&self) -> Option<Result<(), crate::tls::CertError>> {
+        self.tls.as_ref().map(|t| t.reload())
     }
 
     /// The admin HTTP listener's address, if it runs.

@@ -43,10 +43,23 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             max: MAX_WORKERS,
         });
     }
+    if config.io_backend != IoBackend::Epoll
+        && (config.tls_cert.is_some() || config.tls_key.is_some())
+    {
+        // The TLS layer sits in the epoll loop's read and write paths; the
+        // io_uring loop has none, and serving plaintext on a port meant for
+        // wss:// would break every client, so refuse before binding.
+        let backend = clap::ValueEnum::to_possible_value(&config.io_backend).map_or_else(
+            || format!("{:?}", config.io_backend),
+            |v| v.get_name().to_owned(),
+        );
+        return Err(StartError::TlsNeedsEpoll { backend });
+    }
     if config.io_backend == IoBackend::IoUring {
         server::probe_io_uring().map_err(StartError::IoUring)?;
     }
     let security = Arc::new(security::from_config(&config)?);
+    let tls = tls_context(&config)?;
     let cluster_plan = cluster::plan(&config)?;
     let (bound, links) = server::bind(&config).map_err(|source| StartError::Listen {
         addr: config.listen,
@@ -93,6 +106,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         admin: Arc::default(),
         cluster: cluster_stats.clone(),
         cluster_history,
+        tls: tls.clone(),
     };
     let (drain_tx, drain_rx) = crossbeam_channel::bounded(1);
     let admin = match config.admin_listen {
@@ -111,6 +125,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         admission: admission.clone(),
         security,
         reassembly,
+        tls: tls.clone(),
     };
     let workers = server::spawn(bound, shared, &stats).map_err(StartError::Workers)?;
     Ok(ServerHandle {
@@ -123,7 +138,34 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         workers,
         drain_rx,
         _drain_tx: drain_tx,
+        tls,
     })
+}
+
+/// The TLS context when `--tls-cert`/`--tls-key` are set: the files are
+/// read now, so a bad one stops the start with the flag named.
+fn tls_context(config: &Config) -> Result<Option<crate::tls::TlsContext>, StartError> {
+    let (cert, key) = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) => return Ok(None),
+        (Some(_), None) => {
+            return Err(StartError::TlsHalf {
+                given: "--tls-cert",
+                missing: "--tls-key",
+            })
+        }
+        (None, Some(_)) => {
+            return Err(StartError::TlsHalf {
+                given: "--tls-key",
+                missing: "--tls-cert",
+            })
+        }
+    };
+    let mut settings = crate::tls::TlsSettings::new(cert, key);
+    settings.session_cache_entries = config.tls_session_cache;
+    crate::tls::TlsContext::new(settings)
+        .map(Some)
+        .map_err(StartError::Tls)
 }
 
 /// A node id unlikely to collide with another process's: std's randomly

@@ -21,6 +21,23 @@ pub(crate) trait Io {
     /// The sink of the connection behind `h`.
     fn sink<'a>(&'a mut self, h: &'a mut Self::Handle) -> Self::Sink<'a>;
 
+    /// Writes what the loop holds for the connection outside the session's
+    /// queue (the epoll loop's encrypted TLS records) ahead of new output.
+    /// `Ok(true)` when nothing is left; an error means the connection is
+    /// broken. The io_uring loop holds nothing of the kind.
+    fn flush_held(&mut self, _h: &mut Self::Handle) -> std::io::Result<bool> {
+        Ok(true)
+    }
+
+    /// The session is done and its output written: ends the stream (a TLS
+    /// close_notify behind what is still encrypted and waiting). True when
+    /// the connection can be closed now; false when its last bytes wait for
+    /// the socket, in which case the connection stays until it is writable
+    /// again (the session's close timer still bounds that).
+    fn finish(&mut self, _h: &mut Self::Handle) -> bool {
+        true
+    }
+
     /// False once [`Io::close`] was called but the slot is still held (the
     /// io_uring loop keeps it until the kernel confirms the close): such a
     /// connection takes no output and no fan-out.

@@ -12,6 +12,7 @@ pub(crate) mod listener;
 mod loop_io;
 mod no_sigpipe;
 mod panic_guard;
+mod tls_io;
 mod uring;
 mod worker;
 
@@ -63,7 +64,8 @@ pub(crate) type Links = Vec<(Sender<WorkerMsg>, Arc<dyn Wake>)>;
 /// worker's poll, waker and inbox.
 pub(crate) fn bind(config: &Config) -> io::Result<(Bound, Links)> {
     let n = config.worker_count();
-    let listeners = listener::bind_all(config.listen, n)?;
+    let options = listener::ListenOptions::for_clients(config.idle_timeout);
+    let listeners = listener::bind_all(config.listen, n, &options)?;
     let local_addr = listeners[0].local_addr()?;
     let mut workers = Vec::with_capacity(n);
     let mut links: Links = Vec::with_capacity(n);
@@ -103,6 +105,8 @@ pub(crate) struct WorkerShared {
     pub security: Arc<Security>,
     /// `--max-reassembly-bytes`, shared by every worker's pool.
     pub reassembly: Arc<ReassemblyBudget>,
+    /// With `--tls-cert`: the TLS context every new connection starts from.
+    pub tls: Option<crate::tls::TlsContext>,
 }
 
 struct WorkerHandle {
@@ -133,6 +137,7 @@ pub(crate) fn spawn(
         admission: shared.admission,
         security: shared.security,
         reassembly: shared.reassembly,
+        tls: shared.tls,
     };
     panic_guard::install_hook();
     let mut handles = Vec::with_capacity(bound.workers.len());
@@ -179,11 +184,13 @@ fn worker_main(
 ) -> io::Result<Box<dyn FnOnce() -> bool + Send>> {
     match seed {
         LoopSeed::Epoll(poll) => {
-            let worker = Worker::new(id, Epoll::new(poll, listener)?, inbox, stats, &shared);
+            let epoll = Epoll::new(poll, listener, &shared)?;
+            let worker = Worker::new(id, epoll, inbox, stats, &shared);
             Ok(Box::new(move || worker.run()))
         }
         LoopSeed::IoUring(wake_rx) => Ok(Box::new(move || {
-            match uring::Uring::new(listener, wake_rx) {
+            let options = listener::ListenOptions::for_clients(shared.config.idle_timeout);
+            match uring::Uring::new(listener, options, wake_rx) {
                 Ok(io) => Worker::new(id, io, inbox, stats, &shared).run(),
                 Err(e) => {
                     tracing::error!(worker = id, error = %e, "cannot set up the worker's io_uring; worker stops");

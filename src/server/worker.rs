@@ -30,6 +30,7 @@ mod fanout;
 mod setup;
 mod shutdown;
 pub(super) mod timers;
+mod tls;
 mod trouble;
 
 use std::net::IpAddr;
@@ -61,6 +62,7 @@ use accept::HandshakeBucket;
 use fanout::Slots;
 use shutdown::Drain;
 use timers::Clock;
+use tls::TlsWorker;
 use trouble::Trouble;
 
 pub(crate) const LISTENER: Token = Token(usize::MAX);
@@ -85,6 +87,9 @@ pub(crate) struct Shared {
     pub security: Arc<Security>,
     /// `--max-reassembly-bytes`, shared by every worker's pool.
     pub reassembly: Arc<ReassemblyBudget>,
+    /// With `--tls-cert`: the TLS context every new connection starts from
+    /// (the epoll loop only; the io_uring backend refuses to start with it).
+    pub tls: Option<crate::tls::TlsContext>,
 }
 
 pub(crate) struct Worker<I: Io> {
@@ -176,10 +181,22 @@ impl<I: Io> Worker<I> {
     /// the local broadcasts they produced. Replies stay in `out` (the
     /// caller flushes them). Returns false if the connection is gone.
     pub(super) fn on_input(&mut self, key: usize, data: &mut [u8], now: Instant, t: Now) -> bool {
+        self.stats.bytes_in.add(data.len() as u64);
+        self.on_plaintext(key, data, now, t)
+    }
+
+    /// [`Worker::on_input`] for bytes already counted in (decrypted TLS
+    /// input: `wsgate_bytes_in_total` counts what the socket gave).
+    pub(super) fn on_plaintext(
+        &mut self,
+        key: usize,
+        data: &mut [u8],
+        now: Instant,
+        t: Now,
+    ) -> bool {
         let Some(conn) = self.conns.get_mut(key) else {
             return false;
         };
-        self.stats.bytes_in.add(data.len() as u64);
         let mut cx = Ctx {
             out: &mut self.out,
             pool: &mut self.pool,
@@ -247,6 +264,13 @@ impl<I: Io> Worker<I> {
             self.out.clear();
             return false;
         };
+        // What the loop still holds from earlier writes (TLS records) goes
+        // first: the session's bytes must not overtake it.
+        if self.io.flush_held(&mut conn.stream).is_err() {
+            self.out.clear();
+            self.close_now(key);
+            return false;
+        }
         let written = conn.session.write_to(
             &mut self.out,
             &mut self.io.sink(&mut conn.stream),
@@ -259,7 +283,15 @@ impl<I: Io> Worker<I> {
                 self.read_again.push(key);
                 true
             }
-            Ok(AfterWrite::Close) | Err(_) => {
+            Ok(AfterWrite::Close) => {
+                if !self.io.finish(&mut conn.stream) {
+                    // The last encrypted batch waits for the socket.
+                    return true;
+                }
+                self.close_now(key);
+                false
+            }
+            Err(_) => {
                 self.close_now(key);
                 false
             }

@@ -8,6 +8,7 @@
 //! survives a reload and clients resume across it.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
@@ -61,6 +62,14 @@ pub struct TlsContext {
     resolver: Arc<ReloadableResolver>,
     settings: TlsSettings,
     provider: Arc<CryptoProvider>,
+    reloads: Arc<ReloadCounts>,
+}
+
+/// Reloads done and refused since start (`wsgate_tls_reloads_total`).
+#[derive(Debug, Default)]
+pub struct ReloadCounts {
+    pub ok: AtomicU64,
+    pub failed: AtomicU64,
 }
 
 /// Why the TLS configuration could not be built.
@@ -115,6 +124,7 @@ impl TlsContext {
             resolver,
             settings,
             provider,
+            reloads: Arc::default(),
         })
     }
 
@@ -126,6 +136,19 @@ impl TlsContext {
     /// The certificate resolver (for tests and the admin status page).
     pub fn resolver(&self) -> &Arc<ReloadableResolver> {
         &self.resolver
+    }
+
+    /// Reloads done and refused so far.
+    pub fn reload_counts(&self) -> (u64, u64) {
+        (
+            self.reloads.ok.load(Relaxed),
+            self.reloads.failed.load(Relaxed),
+        )
+    }
+
+    /// The settings this context was built from.
+    pub fn settings(&self) -> &TlsSettings {
+        &self.settings
     }
 
     /// Re-reads the certificate and key files (SIGHUP, admin
@@ -142,6 +165,7 @@ impl TlsContext {
         match loaded {
             Ok(next) => {
                 self.resolver.replace(next);
+                self.reloads.ok.fetch_add(1, Relaxed);
                 tracing::info!(
                     cert = %self.settings.cert_path.display(),
                     "TLS certificate reloaded; new handshakes use it"
@@ -149,6 +173,7 @@ impl TlsContext {
                 Ok(())
             }
             Err(e) => {
+                self.reloads.failed.fetch_add(1, Relaxed);
                 // Paths come from the operator, but the error may quote file
                 // contents' parse failures: escape it like any other text.
                 tracing::warn!(

@@ -56,6 +56,14 @@ impl Pki {
         }
     }
 
+    /// The CA certificate, PEM, written next to the server's files (for
+    /// clients outside this process: Python, Node, a browser).
+    pub fn ca_path(&self) -> PathBuf {
+        let path = self.dir.path().join("ca.pem");
+        std::fs::write(&path, self.ca.pem()).unwrap();
+        path
+    }
+
     pub fn cert_path(&self) -> PathBuf {
         self.dir.path().join("cert.pem")
     }

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use socket2::SockRef;
 use wsgate_uring::{Completion, EndReason, RecvBuf};
 
-use super::super::listener::bind_reuseport;
-use super::super::worker::accept::{is_descriptor_exhaustion_errno, refuse, set_user_timeout};
+use super::super::listener::bind_reuseport_with;
+use super::super::worker::accept::{is_descriptor_exhaustion_errno, refuse};
 use super::super::worker::Worker;
 use super::sink::{shutdown_write, SEND_WINDOW};
 use super::{
@@ -144,10 +144,8 @@ impl Worker<Uring> {
             }
             return;
         }
-        if let Err(e) = SockRef::from(&fd).set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY failed");
-        }
-        set_user_timeout(&fd, self.config.idle_timeout);
+        // TCP_NODELAY and TCP_USER_TIMEOUT come from the listener (see
+        // `ListenOptions`): no setsockopt per connection.
         let key = self.conns.vacant_key();
         let h = self.io.ring.adopt(key as u64, fd);
         let mut handle = Handle {
@@ -354,7 +352,7 @@ impl Worker<Uring> {
             return;
         }
         self.io.rejoin_at = Some(now + REJOIN_RETRY);
-        let Ok(l) = bind_reuseport(addr) else {
+        let Ok(l) = bind_reuseport_with(addr, &self.io.listen_options) else {
             return;
         };
         let fd = self.io.ring.adopt(LISTENER, l.into());

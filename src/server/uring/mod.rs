@@ -29,6 +29,7 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHashMap;
 use wsgate_uring::{Fd, Ring, RingConfig};
 
+use super::listener::ListenOptions;
 use super::loop_io::Io;
 pub(crate) use sink::RingSink;
 
@@ -100,6 +101,9 @@ pub(crate) struct Uring {
     /// fresh listener into the port's group after leaving it for want of
     /// descriptors.
     listen_addr: Option<std::net::SocketAddr>,
+    /// What a rejoining listener is bound with (accepted sockets inherit
+    /// TCP_NODELAY and TCP_USER_TIMEOUT from it).
+    listen_options: ListenOptions,
     rejoin_at: Option<Instant>,
     /// Read end of the wake-up socket (see `waker`), and its handle in the
     /// ring (a duplicate descriptor of it).
@@ -147,6 +151,7 @@ impl Uring {
     /// the listener with a multishot accept and watches the wake-up socket.
     pub(crate) fn new(
         listener: TcpListener,
+        listen_options: ListenOptions,
         wake_rx: UnixStream,
     ) -> Result<Uring, wsgate_uring::Error> {
         let listen_addr = listener.local_addr().ok();
@@ -166,6 +171,7 @@ impl Uring {
             listener: Some(lfd),
             accept_rearm: None,
             listen_addr,
+            listen_options,
             rejoin_at: None,
             wake_rx,
             wake_fd: Some(wfd),

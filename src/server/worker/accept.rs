@@ -14,9 +14,9 @@ use crate::protocol::handshake::error_response;
 use crate::session::{Now, Session};
 
 use super::super::conn::Conn;
-use super::super::listener;
+use super::super::listener::{self, ListenOptions};
 use super::super::loop_io::Io;
-use super::epoll::Epoll;
+use super::epoll::{Epoll, EpollConn};
 use super::{Worker, LISTENER};
 
 /// Connections accepted per loop turn before serving the others.
@@ -38,10 +38,17 @@ pub(crate) struct AcceptState {
     /// Set while this worker is out of the port's SO_REUSEPORT group
     /// because the process ran out of descriptors.
     pub left_group: Option<LeftGroup>,
+    /// What a rejoining listener is bound with (its accepted sockets
+    /// inherit these).
+    listen_options: ListenOptions,
 }
 
 impl AcceptState {
-    pub fn new(listener: TcpListener, listen_addr: Option<SocketAddr>) -> AcceptState {
+    pub fn new(
+        listener: TcpListener,
+        listen_addr: Option<SocketAddr>,
+        listen_options: ListenOptions,
+    ) -> AcceptState {
         AcceptState {
             listener: Some(listener),
             // Connections may have queued before the first poll.
@@ -50,6 +57,7 @@ impl AcceptState {
             last_backoff_log: None,
             listen_addr,
             left_group: None,
+            listen_options,
         }
     }
 
@@ -203,7 +211,8 @@ impl Worker<Epoll> {
         let Some(addr) = self.io.accept.listen_addr else {
             return;
         };
-        let mut listener = match listener::bind_reuseport(addr) {
+        let mut listener = match listener::bind_reuseport_with(addr, &self.io.accept.listen_options)
+        {
             Ok(l) => TcpListener::from_std(l),
             Err(e) => {
                 tracing::debug!(worker = self.id, error = %e, "rejoin failed; still full");
@@ -314,12 +323,18 @@ impl<I: Io> Worker<I> {
 impl Worker<Epoll> {
     fn add_conn(&mut self, mut stream: TcpStream, ip: IpAddr, now: Instant, t: Now) {
         if let Err(r) = self.admit(ip, now) {
-            refuse(&stream, &mut self.scratch, &r);
+            if self.io.tls.is_some() {
+                // A TLS client cannot read a plaintext answer: it sees the
+                // close. (What already arrived is read first, so the close
+                // is a FIN, not a reset.)
+                let _ = (&stream).read(&mut self.scratch);
+            } else {
+                refuse(&stream, &mut self.scratch, &r);
+            }
             return;
         }
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(error = %e, "TCP_NODELAY failed");
-        }
+        // TCP_NODELAY and TCP_USER_TIMEOUT come from the listener (see
+        // `ListenOptions`): no setsockopt per connection.
         let key = self.conns.vacant_key();
         // Edge-triggered, both directions, registered once: no epoll_ctl per
         // write; a WRITABLE edge only arrives after the socket was full.
@@ -332,16 +347,17 @@ impl Worker<Epoll> {
             self.unadmit(ip);
             return;
         }
-        set_user_timeout(&stream, self.config.idle_timeout);
-        self.insert_conn(key, stream, ip, t);
-    }
-}
-
-/// A peer that stops acknowledging what we send is dead: let the kernel
-/// give up on it after the idle timeout instead of ~15 min of
-/// retransmissions (covers receive-only clients, which are not pinged).
-pub(in crate::server) fn set_user_timeout(stream: impl std::os::fd::AsFd, idle: Duration) {
-    if let Err(e) = socket2::SockRef::from(&stream).set_tcp_user_timeout(Some(idle)) {
-        tracing::debug!(error = %e, "TCP_USER_TIMEOUT failed");
+        // With TLS the handshake timeout and caps above run from here, so
+        // they bound the TLS handshake too.
+        let tls = match self.io.tls.as_ref().map(|tw| tw.new_conn()) {
+            None => None,
+            Some(Ok(tls)) => Some(tls),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "TLS connection setup failed");
+                self.unadmit(ip);
+                return;
+            }
+        };
+        self.insert_conn(key, EpollConn { stream, tls }, ip, t);
     }
 }

@@ -1,7 +1,8 @@
 //! The epoll event loop (mio): wait for readiness, read sockets until
 //! WouldBlock into their sessions, write what the sessions produced with
-//! `send`/`sendmsg`, accept in batches. What it shares with the io_uring
-//! loop is in the parent module.
+//! `send`/`sendmsg`, accept in batches; with `--tls-cert`, through the TLS
+//! layer (`tls_io`, `worker::tls`), which only this loop has. What it
+//! shares with the io_uring loop is in the parent module.
 
 use std::io::{self, Read};
 use std::time::Instant;
@@ -11,29 +12,71 @@ use mio::{Events, Poll, Token};
 
 use super::super::loop_io::Io;
 use super::super::no_sigpipe::NoSigPipe;
+use super::super::tls_io::{ConnSink, TlsState};
 use super::accept::AcceptState;
+use super::tls::{TlsReadResult, TlsWorker};
 use super::{Worker, FLUSH_AT, LISTENER, READ_BUDGET, WAKER};
 use crate::session::Now;
 
-/// The epoll loop's side of a worker: its poll and its listener.
+/// The epoll loop's side of a worker: its poll, its listener, and with
+/// `--tls-cert` the TLS buffers its connections share.
 pub(crate) struct Epoll {
     pub poll: Poll,
     pub accept: AcceptState,
+    pub tls: Option<TlsWorker>,
+}
+
+/// What the epoll loop keeps per connection: the socket and, with TLS, the
+/// TLS layer between it and the session (boxed, so that a plain connection
+/// grows by one pointer).
+pub(crate) struct EpollConn {
+    pub stream: TcpStream,
+    pub tls: Option<Box<TlsState>>,
+}
+
+impl EpollConn {
+    /// Ciphertext waiting for the socket.
+    fn tls_pending(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.has_pending())
+    }
 }
 
 impl Io for Epoll {
-    type Handle = TcpStream;
-    type Sink<'a> = NoSigPipe<'a>;
+    type Handle = EpollConn;
+    type Sink<'a> = ConnSink<'a>;
 
-    fn sink<'a>(&'a mut self, h: &'a mut TcpStream) -> NoSigPipe<'a> {
-        NoSigPipe(h)
+    fn sink<'a>(&'a mut self, h: &'a mut EpollConn) -> ConnSink<'a> {
+        match h.tls.as_deref_mut() {
+            Some(tls) => ConnSink::Tls {
+                stream: &h.stream,
+                tls,
+            },
+            None => ConnSink::Plain(NoSigPipe(&h.stream)),
+        }
     }
 
-    fn is_live(_: &TcpStream) -> bool {
+    fn flush_held(&mut self, h: &mut EpollConn) -> io::Result<bool> {
+        match h.tls.as_deref_mut() {
+            Some(tls) => tls.flush(&h.stream),
+            None => Ok(true),
+        }
+    }
+
+    fn finish(&mut self, h: &mut EpollConn) -> bool {
+        let Some(tls) = h.tls.as_deref_mut() else {
+            return true;
+        };
+        if !tls.close_notify() {
+            return true;
+        }
+        !matches!(tls.flush(&h.stream), Ok(false))
+    }
+
+    fn is_live(_: &EpollConn) -> bool {
         true
     }
 
-    fn close(&mut self, _: &mut TcpStream) -> bool {
+    fn close(&mut self, _: &mut EpollConn) -> bool {
         // Dropping the stream with its slot closes the descriptor, which
         // also removes it from the epoll set.
         true
@@ -127,7 +170,8 @@ impl Worker<Epoll> {
     }
 
     /// Reads until the socket is drained (or reading is paused), handing
-    /// each chunk to the session as it arrives, then writes the replies.
+    /// each chunk to the session as it arrives (decrypted first on a TLS
+    /// connection), then writes the replies.
     fn on_readable(&mut self, key: usize, read_closed: bool, now: Instant, t: Now) {
         let mut reads = 0;
         loop {
@@ -137,19 +181,56 @@ impl Worker<Epoll> {
             if !conn.session.wants_read() {
                 break;
             }
-            match (&conn.stream).read(&mut self.scratch) {
-                Ok(0) => {
+            let read = match self.io.tls.as_mut() {
+                Some(tw) if conn.stream.tls.is_some() => {
+                    match tw.read(&mut conn.stream, &self.stats) {
+                        TlsReadResult::Bytes { raw, peer_closed } => Ok((raw, true, peer_closed)),
+                        TlsReadResult::Eof => Ok((0, true, false)),
+                        TlsReadResult::WouldBlock => Err(io::ErrorKind::WouldBlock.into()),
+                        TlsReadResult::Interrupted => Err(io::ErrorKind::Interrupted.into()),
+                        TlsReadResult::Failed => {
+                            self.close_now(key);
+                            return;
+                        }
+                    }
+                }
+                _ => (&conn.stream.stream)
+                    .read(&mut self.scratch)
+                    .map(|n| (n, false, false)),
+            };
+            match read {
+                Ok((0, _, _)) => {
                     self.on_eof(key, t);
                     return;
                 }
-                Ok(n) => {
-                    let mut scratch = std::mem::take(&mut self.scratch);
-                    let alive = self.on_input(key, &mut scratch[..n], now, t);
-                    self.scratch = scratch;
+                Ok((n, from_tls, peer_closed)) => {
+                    // `on_input` counts the bytes in; a TLS read counted
+                    // the ciphertext already.
+                    let alive = if let Some(tw) = self.io.tls.as_mut().filter(|_| from_tls) {
+                        let mut plain = std::mem::take(&mut tw.plain);
+                        // A TLS read may carry only handshake records.
+                        let alive = plain.is_empty() || self.on_plaintext(key, &mut plain, now, t);
+                        if let Some(tw) = self.io.tls.as_mut() {
+                            tw.plain = plain;
+                        }
+                        alive
+                    } else {
+                        let mut scratch = std::mem::take(&mut self.scratch);
+                        let alive = self.on_input(key, &mut scratch[..n], now, t);
+                        self.scratch = scratch;
+                        alive
+                    };
                     if !alive {
                         return;
                     }
                     if self.out.len() >= FLUSH_AT && !self.flush(key) {
+                        return;
+                    }
+                    if peer_closed {
+                        // close_notify: the TLS stream's EOF.
+                        if self.flush(key) {
+                            self.on_eof(key, t);
+                        }
                         return;
                     }
                     // A short read drained the socket. Under edge triggering
@@ -177,7 +258,11 @@ impl Worker<Epoll> {
     }
 
     fn on_writable(&mut self, key: usize) {
-        if self.conns.get(key).is_some_and(|c| c.session.wants_write()) {
+        if self
+            .conns
+            .get(key)
+            .is_some_and(|c| c.session.wants_write() || c.stream.tls_pending())
+        {
             self.flush(key);
         }
     }

@@ -101,6 +101,9 @@ impl<I: Io> Connections for Slots<'_, I> {
         match written {
             Ok(AfterWrite::Keep) => {}
             Ok(AfterWrite::ResumeReading) => self.read_again.push(key),
+            // A TLS connection's last encrypted batch may still wait for
+            // the socket: it closes once that is out.
+            Ok(AfterWrite::Close) if !self.io.finish(&mut conn.stream) => {}
             Ok(AfterWrite::Close) | Err(_) => self.doomed.push(key),
         }
     }

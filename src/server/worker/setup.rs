@@ -23,6 +23,7 @@ use crate::pubsub::WorkerMsg;
 use crate::session::{RateLimit, SessionConfig};
 use crate::timer_wheel::TimerWheel;
 
+use super::super::listener::ListenOptions;
 use super::super::loop_io::Io;
 use super::accept::{AcceptState, HandshakeBucket};
 use super::epoll::Epoll;
@@ -33,15 +34,31 @@ use super::{Shared, Worker, FLUSH_AT, LISTENER, SCRATCH_BYTES};
 use crate::stats::WorkerStats;
 
 impl Epoll {
-    /// The epoll side of a worker: `listener` registered with `poll`.
-    pub(crate) fn new(poll: Poll, listener: std::net::TcpListener) -> io::Result<Epoll> {
+    /// The epoll side of a worker: `listener` registered with `poll`, and
+    /// with `--tls-cert` the TLS buffers its connections share.
+    pub(crate) fn new(
+        poll: Poll,
+        listener: std::net::TcpListener,
+        shared: &Shared,
+    ) -> io::Result<Epoll> {
         let listen_addr: Option<SocketAddr> = listener.local_addr().ok();
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let config = &shared.config;
         Ok(Epoll {
             poll,
-            accept: AcceptState::new(listener, listen_addr),
+            accept: AcceptState::new(
+                listener,
+                listen_addr,
+                ListenOptions::for_clients(config.idle_timeout),
+            ),
+            tls: shared.tls.clone().map(|ctx| {
+                let limits = crate::tls::TlsLimits {
+                    max_handshake_buffer: config.tls_handshake_buffer,
+                };
+                super::TlsWorker::new(ctx, limits)
+            }),
         })
     }
 }
