@@ -21,6 +21,13 @@ use super::{Delivery, Hub, Notify, OutFrame, Ticket, WorkerMsg};
 
 /// Inbox messages handled per call before serving sockets again.
 const INBOX_BATCH: usize = 4096;
+/// Longest one inbox drain runs before serving sockets again: a batch of
+/// broadcasts to a large local crowd is millions of deliveries, and an
+/// event loop that sends only between turns (io_uring) must not hold them
+/// all back until the batch is done. Checked every [`INBOX_CHECK_EVERY`]
+/// messages.
+const INBOX_TURN_BUDGET: Duration = Duration::from_millis(20);
+const INBOX_CHECK_EVERY: usize = 16;
 /// How often unfinished broadcast results are re-checked (covers a
 /// completion notice lost to a full inbox).
 const PENDING_CHECK: Duration = Duration::from_millis(50);
@@ -142,7 +149,13 @@ impl LocalFanout {
         // is seen below or wakes us again.
         self.hub.clear_wake(self.worker);
         self.inbox_more = false;
-        for _ in 0..INBOX_BATCH {
+        let started = Instant::now();
+        for i in 0..INBOX_BATCH {
+            if i % INBOX_CHECK_EVERY == INBOX_CHECK_EVERY - 1
+                && started.elapsed() >= INBOX_TURN_BUDGET
+            {
+                break;
+            }
             let Ok(msg) = self.inbox.try_recv() else {
                 return InboxControl::None;
             };
@@ -183,7 +196,7 @@ impl LocalFanout {
                 WorkerMsg::DebugPanic => panic!("debug: worker {} dies", self.worker),
             }
         }
-        // Batch used up: come back after serving sockets.
+        // Batch (or its time) used up: come back after serving sockets.
         self.inbox_more = true;
         InboxControl::None
     }

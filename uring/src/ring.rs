@@ -16,6 +16,10 @@ use crate::error::{Error, Feature};
 use crate::send::SendData;
 use crate::sys::{self, BufPool, OpKind, Ops, Sqe, Target, UNTRACKED_UD};
 
+/// Most bytes owned sends queued behind an fd's send in the kernel are
+/// merged into (one send, one completion, one loop turn).
+const MERGE_MAX: usize = 256 << 10;
+
 /// Sizes of a [`Ring`].
 #[derive(Debug, Clone)]
 pub struct RingConfig {
@@ -617,6 +621,14 @@ impl Ring {
         }
         if e.sending {
             e.queued_bytes += data.len();
+            // Small copies queued behind the send in the kernel become one
+            // send: sends on an fd go in one at a time (one per completion),
+            // so a queue of small ones would trickle out.
+            if let Some(back) = e.queue.back_mut() {
+                if back.try_append(&data, MERGE_MAX) {
+                    return Ok(());
+                }
+            }
             e.queue.push_back(data);
             return Ok(());
         }

@@ -81,6 +81,28 @@ impl SendData {
         self.offset == self.end
     }
 
+    /// Appends `other` to this owned, not yet started buffer when both are
+    /// owned and the result stays within `max` bytes; false (nothing done)
+    /// otherwise. Shared frames are never copied here: they stay shared.
+    pub(crate) fn try_append(&mut self, other: &SendData, max: usize) -> bool {
+        let len = self.len();
+        let Bytes::Owned(b) = &mut self.bytes else {
+            return false;
+        };
+        if self.offset != 0
+            || self.end != b.len()
+            || !matches!(other.bytes, Bytes::Owned(_))
+            || len + other.len() > max
+        {
+            return false;
+        }
+        let mut v = std::mem::take(b).into_vec();
+        v.extend_from_slice(other.remaining());
+        *b = v.into_boxed_slice();
+        self.end = b.len();
+        true
+    }
+
     /// `n` more bytes went out.
     pub(crate) fn advance(&mut self, n: usize) {
         self.offset = (self.offset + n).min(self.end);
@@ -124,5 +146,23 @@ mod tests {
         let mut o = SendData::from(vec![1, 2, 3]);
         o.advance(2);
         assert_eq!(o.remaining(), &[3]);
+    }
+
+    #[test]
+    fn owned_buffers_merge_up_to_the_cap_and_shared_frames_never() {
+        let mut a = SendData::from(vec![1, 2]);
+        assert!(a.try_append(&SendData::from(vec![3]), 4));
+        assert_eq!(a.remaining(), &[1, 2, 3]);
+        assert!(
+            !a.try_append(&SendData::from(vec![4, 5]), 4),
+            "over the cap"
+        );
+        let frame: Arc<[u8]> = vec![9u8; 2].into();
+        assert!(!a.try_append(&SendData::shared(Arc::clone(&frame)), 64));
+        assert!(!SendData::shared(frame).try_append(&SendData::from(vec![1]), 64));
+        // A buffer the kernel started on is left alone.
+        a.advance(1);
+        assert!(!a.try_append(&SendData::from(vec![4]), 64));
+        assert_eq!(a.remaining(), &[2, 3]);
     }
 }

@@ -19,6 +19,13 @@ use crate::session::Now;
 
 /// Completions handled between two clock readings.
 const CLOCK_EVERY: usize = 64;
+/// Longest a turn hands completions to the sessions before the ring gets
+/// the sends they produced: sends reach the kernel only between turns, so a
+/// turn that feeds a fast sender's whole burst of broadcasts (thousands of
+/// recv buffers, millions of deliveries) would hold every subscriber's
+/// output back for seconds. The completions left wait, in order, for the
+/// next turn, which then does not sleep.
+const TURN_BUDGET: Duration = Duration::from_millis(20);
 /// How often a worker out of the port's group tries to rejoin it.
 const REJOIN_RETRY: Duration = Duration::from_secs(1);
 /// How long accepting pauses after the multishot accept ended on an error.
@@ -30,19 +37,26 @@ impl Worker<Uring> {
     pub(crate) fn run(mut self) -> bool {
         let mut drained = false;
         let mut completions = Vec::with_capacity(1024);
+        let mut batch = Vec::with_capacity(1024);
         loop {
-            let timeout = if self.read_again.is_empty() && self.io.rearm.is_empty() {
-                self.poll_timeout(Instant::now())
-            } else {
-                Some(Duration::ZERO)
-            };
+            let timeout =
+                if self.read_again.is_empty() && self.io.rearm.is_empty() && completions.is_empty()
+                {
+                    self.poll_timeout(Instant::now())
+                } else {
+                    Some(Duration::ZERO)
+                };
             if let Err(e) = self.io.ring.wait(1, timeout, &mut completions) {
                 tracing::error!(worker = self.id, error = %e, "io_uring wait failed; worker stops");
                 break;
             }
-            let mut now = Instant::now();
+            let started = Instant::now();
+            let mut now = started;
             let mut t = self.clock.now(now);
-            for (i, c) in completions.drain(..).enumerate() {
+            // Completions left from the last turn come first (in order).
+            std::mem::swap(&mut batch, &mut completions);
+            let mut pending = batch.drain(..);
+            for (i, c) in pending.by_ref().enumerate() {
                 if i > 0 && i % CLOCK_EVERY == 0 {
                     // One wait can return thousands of completions (a
                     // fast sender's whole receive queue): deadlines set
@@ -51,7 +65,11 @@ impl Worker<Uring> {
                     t = self.clock.now(now);
                 }
                 self.on_completion(c, now, t);
+                if started.elapsed() >= TURN_BUDGET {
+                    break;
+                }
             }
+            completions.extend(pending);
             if self.fanout.inbox_more() {
                 self.drain_inbox(now, t);
             }
