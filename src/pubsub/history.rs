@@ -216,6 +216,40 @@ struct Log {
     dead: bool,
 }
 
+impl Log {
+    /// Where the log stands, and for a resume from `since` (the client's
+    /// last offset and epoch) whether everything after it is still here —
+    /// then the replay is those messages, in order.
+    fn snapshot(&self, since: Option<(u64, &str)>) -> Snapshot {
+        let last = Seq {
+            gen: self.gen,
+            offset: self.last,
+        };
+        let mut replay = Vec::new();
+        let recovered = since.map(|(offset, epoch)| {
+            // Everything after `offset` must still be here: the oldest
+            // entry kept is at most offset + 1 (or nothing came since).
+            let oldest = self.entries.front().map_or(self.last + 1, |e| e.offset);
+            let ok = epoch == &*self.epoch && offset <= self.last && oldest <= offset + 1;
+            if ok {
+                replay.extend(
+                    self.entries
+                        .iter()
+                        .filter(|e| e.offset > offset)
+                        .map(|e| e.frame.clone()),
+                );
+            }
+            ok
+        });
+        Snapshot {
+            epoch: self.epoch.clone(),
+            last,
+            recovered,
+            replay,
+        }
+    }
+}
+
 type Shared = Arc<Mutex<Log>>;
 
 /// Every topic's history (one per process).
@@ -419,33 +453,11 @@ impl History {
     ) -> Snapshot {
         let snap = self.with_log(topic, |log| {
             self.trim(log, Instant::now());
-            let last = Seq {
+            join(Seq {
                 gen: log.gen,
                 offset: log.last,
-            };
-            join(last);
-            let mut replay = Vec::new();
-            let recovered = since.map(|(offset, epoch)| {
-                // Everything after `offset` must still be here: the oldest
-                // entry kept is at most offset + 1 (or nothing came since).
-                let oldest = log.entries.front().map_or(log.last + 1, |e| e.offset);
-                let ok = epoch == &*log.epoch && offset <= log.last && oldest <= offset + 1;
-                if ok {
-                    replay.extend(
-                        log.entries
-                            .iter()
-                            .filter(|e| e.offset > offset)
-                            .map(|e| e.frame.clone()),
-                    );
-                }
-                ok
             });
-            Snapshot {
-                epoch: log.epoch.clone(),
-                last,
-                recovered,
-                replay,
-            }
+            log.snapshot(since)
         });
         match snap.recovered {
             Some(true) => self.resumed.fetch_add(1, Ordering::Relaxed),
@@ -555,30 +567,7 @@ impl History {
                 self.backfill(log, &fetched, now);
             }
             self.trim(log, now);
-            let last = Seq {
-                gen: log.gen,
-                offset: log.last,
-            };
-            let mut replay = Vec::new();
-            let recovered = since.map(|(offset, epoch)| {
-                let oldest = log.entries.front().map_or(log.last + 1, |e| e.offset);
-                let ok = epoch == &*log.epoch && offset <= log.last && oldest <= offset + 1;
-                if ok {
-                    replay.extend(
-                        log.entries
-                            .iter()
-                            .filter(|e| e.offset > offset)
-                            .map(|e| e.frame.clone()),
-                    );
-                }
-                ok
-            });
-            let snap = Snapshot {
-                epoch: log.epoch.clone(),
-                last,
-                recovered,
-                replay,
-            };
+            let snap = log.snapshot(since);
             let out = then(&snap);
             (snap, out)
         });

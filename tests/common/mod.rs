@@ -74,10 +74,19 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// Waits until something accepts TCP connections on `port`.
+/// Waits until something accepts TCP connections on `port`. A connect to a
+/// port nobody listens on can still succeed on loopback: when the port is
+/// in the ephemeral range the kernel may pick it as the client's own port
+/// and connect the socket to itself (TCP simultaneous open). Such a
+/// self-connection is not a listener, so it does not count.
 pub fn wait_for_port(port: u16, within: Duration) {
     let deadline = Instant::now() + within;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    loop {
+        if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
+            if s.local_addr().ok() != s.peer_addr().ok() {
+                return;
+            }
+        }
         assert!(Instant::now() < deadline, "nothing listens on {port}");
         std::thread::sleep(Duration::from_millis(10));
     }

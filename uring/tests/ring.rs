@@ -54,6 +54,18 @@ fn pattern(seed: usize, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// A ring with `buffers` receive buffers of `buffer_size` bytes, with or
+/// without a fixed-file table (`fixed` slots; 0: plain descriptors).
+fn small_ring(buffers: u16, buffer_size: u32, fixed: u32) -> Ring {
+    Ring::new(RingConfig {
+        buffers,
+        buffer_size,
+        fixed_files: fixed,
+        ..RingConfig::default()
+    })
+    .unwrap()
+}
+
 #[test]
 fn config_errors_are_typed() {
     let bad = RingConfig {
@@ -169,13 +181,7 @@ fn accept_clients(ring: &mut Ring, addr: SocketAddr, n: usize) -> (Vec<TcpStream
 #[test]
 fn multishot_recv_through_the_buffer_ring_from_several_clients() {
     for fixed in FIXED_FILES {
-        let mut ring = Ring::new(RingConfig {
-            buffers: 64,
-            buffer_size: 1024,
-            fixed_files: fixed,
-            ..RingConfig::default()
-        })
-        .unwrap();
+        let mut ring = small_ring(64, 1024, fixed);
         let (_l, addr) = listen(&mut ring);
         let (clients, fds) = accept_clients(&mut ring, addr, 16);
         for &fd in &fds {
@@ -239,13 +245,7 @@ fn multishot_recv_through_the_buffer_ring_from_several_clients() {
 #[test]
 fn empty_buffer_ring_ends_recv_with_enobufs_and_recovers_after_buffers_return() {
     for fixed in FIXED_FILES {
-        let mut ring = Ring::new(RingConfig {
-            buffers: 4,
-            buffer_size: 256,
-            fixed_files: fixed,
-            ..RingConfig::default()
-        })
-        .unwrap();
+        let mut ring = small_ring(4, 256, fixed);
         let (_l, addr) = listen(&mut ring);
         let (mut clients, fds) = accept_clients(&mut ring, addr, 1);
         ring.recv_multi(fds[0]).unwrap();
@@ -425,13 +425,7 @@ fn short_send_to_a_peer_that_does_not_read_resumes_in_order_when_it_does() {
 #[test]
 fn close_with_recv_and_blocked_send_in_flight_frees_everything_and_ring_keeps_working() {
     for fixed in FIXED_FILES {
-        let mut ring = Ring::new(RingConfig {
-            buffers: 8,
-            buffer_size: 512,
-            fixed_files: fixed,
-            ..RingConfig::default()
-        })
-        .unwrap();
+        let mut ring = small_ring(8, 512, fixed);
         let (_l, addr) = listen(&mut ring);
         let (mut clients, fds) = accept_clients(&mut ring, addr, 2);
         socket2::SockRef::from(&clients[0])
@@ -611,13 +605,7 @@ fn cq_overflow_is_seen_and_no_completion_is_lost() {
 #[test]
 fn dropping_the_ring_with_ops_in_flight_cancels_them_and_closes_its_fds() {
     for fixed in FIXED_FILES {
-        let mut ring = Ring::new(RingConfig {
-            buffers: 8,
-            buffer_size: 512,
-            fixed_files: fixed,
-            ..RingConfig::default()
-        })
-        .unwrap();
+        let mut ring = small_ring(8, 512, fixed);
         let (_l, addr) = listen(&mut ring);
         let (mut clients, fds) = accept_clients(&mut ring, addr, 1);
         socket2::SockRef::from(&clients[0])
