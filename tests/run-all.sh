@@ -88,12 +88,7 @@ uring_tests=(close echo pubsub handshake lifecycle attacker_budgets attacker_iso
 # connection per loop turn, where epoll's socket writes drain them at once)
 # and the process's RSS stays ~400 MB above the baseline after they leave,
 # against the test's 8 MB.
-# Also left out, cause not yet found: attacker_budgets::
-# readers_of_max_size_messages_are_not_slow_consumers fails on io_uring
-# (readers of 4 MiB messages see their connection closed) in every run
-# since the merge of TLS from main, though it passed once in between;
-# reverting any one of the io_uring burst changes alone does not fix it.
-uring_skip=(broadcast_amplification_memory_comes_back readers_of_max_size_messages_are_not_slow_consumers)
+uring_skip=(broadcast_amplification_memory_comes_back)
 kernel_major=$(uname -r | cut -d. -f1)
 if [ "$(cat /proc/sys/kernel/io_uring_disabled 2>/dev/null || echo 0)" = 0 ] && [ "$kernel_major" -ge 6 ]; then
   WSGATE_IO_BACKEND=io-uring cargo test --locked --no-fail-fast \

@@ -2,6 +2,7 @@
 //! queued operation and waits for completions (or the next timer); each
 //! completion is handed to the worker code both loops share.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use socket2::SockRef;
@@ -36,27 +37,41 @@ impl Worker<Uring> {
     /// until the ring fails (returns false: the worker is lost).
     pub(crate) fn run(mut self) -> bool {
         let mut drained = false;
-        let mut completions = Vec::with_capacity(1024);
-        let mut batch = Vec::with_capacity(1024);
+        // Completions not handled yet, in the order the kernel posted them
+        // (a turn ends after `TURN_BUDGET`; the rest wait here).
+        let mut backlog: VecDeque<Completion> = VecDeque::with_capacity(1024);
+        let mut fresh = Vec::with_capacity(1024);
         loop {
             let timeout =
-                if self.read_again.is_empty() && self.io.rearm.is_empty() && completions.is_empty()
-                {
+                if self.read_again.is_empty() && self.io.rearm.is_empty() && backlog.is_empty() {
                     self.poll_timeout(Instant::now())
                 } else {
                     Some(Duration::ZERO)
                 };
-            if let Err(e) = self.io.ring.wait(1, timeout, &mut completions) {
+            if let Err(e) = self.io.ring.wait(1, timeout, &mut fresh) {
                 tracing::error!(worker = self.id, error = %e, "io_uring wait failed; worker stops");
                 break;
             }
             let started = Instant::now();
             let mut now = started;
             let mut t = self.clock.now(now);
-            // Completions left from the last turn come first (in order).
-            std::mem::swap(&mut batch, &mut completions);
-            let mut pending = batch.drain(..);
-            for (i, c) in pending.by_ref().enumerate() {
+            // Sends finished by the kernel are handled at once, ahead of the
+            // backlog: a subscriber's bytes still counted in the ring after
+            // the kernel took them hold its next frames in its session queue,
+            // and a fast sender's backlog of received data (seconds of it in
+            // a debug build) would make every subscriber that keeps up look
+            // like a slow consumer. Moving a send's completion earlier is
+            // safe: it precedes its connection's `Closed` in the kernel, and
+            // a slot is reused only after `Closed` is handled.
+            for c in fresh.drain(..) {
+                match c {
+                    Completion::Sent { token, n, .. } => self.on_sent(token as usize, n),
+                    Completion::SendFailed { token, .. } => self.on_send_failed(token as usize),
+                    c => backlog.push_back(c),
+                }
+            }
+            let mut i = 0;
+            while let Some(c) = backlog.pop_front() {
                 if i > 0 && i % CLOCK_EVERY == 0 {
                     // One wait can return thousands of completions (a
                     // fast sender's whole receive queue): deadlines set
@@ -65,11 +80,11 @@ impl Worker<Uring> {
                     t = self.clock.now(now);
                 }
                 self.on_completion(c, now, t);
+                i += 1;
                 if started.elapsed() >= TURN_BUDGET {
                     break;
                 }
             }
-            completions.extend(pending);
             if self.fanout.inbox_more() {
                 self.drain_inbox(now, t);
             }
@@ -122,14 +137,7 @@ impl Worker<Uring> {
             }
             Completion::Readable { .. } | Completion::PollEnded { .. } => {}
             Completion::Sent { token, n, .. } => self.on_sent(token as usize, n),
-            Completion::SendFailed { token, .. } => {
-                let key = token as usize;
-                if let Some(conn) = self.conns.get_mut(key) {
-                    conn.stream.in_ring = 0;
-                    self.io.end_linger(&mut conn.stream);
-                }
-                self.close_now(key);
-            }
+            Completion::SendFailed { token, .. } => self.on_send_failed(token as usize),
             Completion::Closed { token, .. } => {
                 if token != LISTENER && token != WAKER {
                     self.io.held.remove(&(token as usize));
@@ -270,6 +278,14 @@ impl Worker<Uring> {
             return false;
         }
         true
+    }
+
+    fn on_send_failed(&mut self, key: usize) {
+        if let Some(conn) = self.conns.get_mut(key) {
+            conn.stream.in_ring = 0;
+            self.io.end_linger(&mut conn.stream);
+        }
+        self.close_now(key);
     }
 
     fn on_sent(&mut self, key: usize, n: usize) {
