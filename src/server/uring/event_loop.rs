@@ -319,6 +319,12 @@ impl Worker<Uring> {
     /// Re-arms the multishot recvs that ended for want of buffers, by the
     /// kernel, or by a backpressure pause that has eased.
     fn rearm_reads(&mut self, now: Instant, t: Now) {
+        if self.io.ring.buffers_lent() >= u32::from(self.io.ring.buffers_total()) {
+            // Every buffer is in the backlog: a recv armed now would end
+            // with ENOBUFS at once. The backlog is worked off next turn
+            // (which does not sleep while connections wait here).
+            return;
+        }
         let mut keys = std::mem::take(&mut self.io.rearm);
         keys.append(&mut self.read_again);
         for key in keys.drain(..) {

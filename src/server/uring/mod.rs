@@ -38,9 +38,26 @@ const LISTENER: u64 = u64::MAX;
 /// Token of the wake-up socket.
 const WAKER: u64 = u64::MAX - 1;
 
+/// Receive buffers in a worker's provided-buffer ring, and their size:
+/// 256 KiB per worker in all, whatever the connection count. A buffer is
+/// lent only from a recv completion until its bytes are handed to the
+/// session (or the turn's backlog of completions is worked off), so the
+/// ring needs about one turn's receives, not one buffer per connection; the
+/// kernel cycles through all of them, so each one ends up touched (resident)
+/// and a larger ring is pure memory. When a turn's receives outrun it, a
+/// connection's recv ends with `-ENOBUFS` (`wsgate_uring_enobufs_total`) and
+/// is re-armed once buffers are back: its bytes wait in the kernel's socket
+/// buffer meanwhile, as TCP intends.
+const RECV_BUFFERS: u16 = 128;
+const RECV_BUFFER_SIZE: u32 = 2048;
+
 /// The ring settings of a worker.
 pub(crate) fn ring_config() -> RingConfig {
-    RingConfig::default()
+    RingConfig {
+        buffers: RECV_BUFFERS,
+        buffer_size: RECV_BUFFER_SIZE,
+        ..RingConfig::default()
+    }
 }
 
 /// One connection's IO state in the ring (in the worker's slab entry).
