@@ -6,7 +6,7 @@
 //! io_uring loop in [`super::uring`]. Nothing above this trait knows which
 //! one runs a connection.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::session::Sink;
 
@@ -57,4 +57,10 @@ pub(crate) trait Io {
     /// The next moment the listener side needs the loop awake (a backoff or
     /// a rejoin attempt ending).
     fn accept_wake(&self) -> Option<Instant>;
+
+    /// Longest one inbox drain may run, if shorter than pub/sub's default
+    /// (see `Connections::inbox_budget`).
+    fn inbox_budget() -> Option<Duration> {
+        None
+    }
 }

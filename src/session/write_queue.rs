@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::protocol::frame::{FrameHeader, Role};
 
 /// Most slices handed to one `writev` (Linux's IOV_MAX is 1024).
-const MAX_IOV: usize = 64;
+const MAX_IOV: usize = 1024;
 
 /// Queued output: whole units (server frames, or an HTTP response).
 #[derive(Debug)]

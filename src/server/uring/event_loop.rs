@@ -27,6 +27,8 @@ const CLOCK_EVERY: usize = 64;
 /// output back for seconds. The completions left wait, in order, for the
 /// next turn, which then does not sleep.
 const TURN_BUDGET: Duration = Duration::from_millis(20);
+/// How long a turn works through its backlog between two submits.
+const SUBMIT_EVERY: Duration = Duration::from_millis(1);
 /// How often a worker out of the port's group tries to rejoin it.
 const REJOIN_RETRY: Duration = Duration::from_secs(1);
 /// How long accepting pauses after the multishot accept ended on an error.
@@ -55,22 +57,9 @@ impl Worker<Uring> {
             let started = Instant::now();
             let mut now = started;
             let mut t = self.clock.now(now);
-            // Sends finished by the kernel are handled at once, ahead of the
-            // backlog: a subscriber's bytes still counted in the ring after
-            // the kernel took them hold its next frames in its session queue,
-            // and a fast sender's backlog of received data (seconds of it in
-            // a debug build) would make every subscriber that keeps up look
-            // like a slow consumer. Moving a send's completion earlier is
-            // safe: it precedes its connection's `Closed` in the kernel, and
-            // a slot is reused only after `Closed` is handled.
-            for c in fresh.drain(..) {
-                match c {
-                    Completion::Sent { token, n, .. } => self.on_sent(token as usize, n),
-                    Completion::SendFailed { token, .. } => self.on_send_failed(token as usize),
-                    c => backlog.push_back(c),
-                }
-            }
+            self.take_sends_first(&mut fresh, &mut backlog);
             let mut i = 0;
+            let mut submitted = started;
             while let Some(c) = backlog.pop_front() {
                 if i > 0 && i % CLOCK_EVERY == 0 {
                     // One wait can return thousands of completions (a
@@ -83,6 +72,28 @@ impl Worker<Uring> {
                 i += 1;
                 if started.elapsed() >= TURN_BUDGET {
                     break;
+                }
+                if submitted.elapsed() >= SUBMIT_EVERY {
+                    // A long turn (a fast sender's burst, each message
+                    // fanned out to many subscribers) hands its fan-out and
+                    // sends to the kernel as it goes, and takes the sends
+                    // the kernel finished: otherwise every subscriber's
+                    // share of the whole turn waits in user memory (its
+                    // session queue) until the turn ends, where the epoll
+                    // loop's writes put it in the socket buffers at once;
+                    // memory freed after such a peak stays with the
+                    // allocator.
+                    self.flush_fanout(t);
+                    // A refused submit (the kernel busy) is retried by the
+                    // turn's wait.
+                    let _ = self.io.ring.submit();
+                    if let Err(e) = self.io.ring.reap(&mut fresh) {
+                        tracing::error!(worker = self.id, error = %e, "io_uring reap failed; worker stops");
+                        self.close_all();
+                        return false;
+                    }
+                    self.take_sends_first(&mut fresh, &mut backlog);
+                    submitted = Instant::now();
                 }
             }
             if self.fanout.inbox_more() {
@@ -101,6 +112,29 @@ impl Worker<Uring> {
         self.close_all();
         tracing::debug!(worker = self.id, "worker stopped");
         drained
+    }
+
+    /// Handles the finished sends among `fresh` completions at once and
+    /// queues the rest behind `backlog`, in order. Sends go first: a
+    /// subscriber's bytes still counted in the ring after the kernel took
+    /// them hold its next frames in its session queue, and a fast sender's
+    /// backlog of received data (seconds of it in a debug build) would make
+    /// every subscriber that keeps up look like a slow consumer. Moving a
+    /// send's completion earlier is safe: it precedes its connection's
+    /// `Closed` in the kernel, and a slot is reused only after `Closed` is
+    /// handled.
+    fn take_sends_first(
+        &mut self,
+        fresh: &mut Vec<Completion>,
+        backlog: &mut VecDeque<Completion>,
+    ) {
+        for c in fresh.drain(..) {
+            match c {
+                Completion::Sent { token, n, .. } => self.on_sent(token as usize, n),
+                Completion::SendFailed { token, .. } => self.on_send_failed(token as usize),
+                c => backlog.push_back(c),
+            }
+        }
     }
 
     fn on_completion(&mut self, c: Completion, now: Instant, t: Now) {

@@ -51,6 +51,10 @@ const WAKER: u64 = u64::MAX - 1;
 const RECV_BUFFERS: u16 = 128;
 const RECV_BUFFER_SIZE: u32 = 2048;
 
+/// Longest one inbox drain runs before the turn hands its sends to the
+/// kernel (the rest of the inbox is drained next turn, without sleeping).
+const INBOX_BUDGET: Duration = Duration::from_millis(2);
+
 /// The ring settings of a worker.
 pub(crate) fn ring_config() -> RingConfig {
     RingConfig {
@@ -240,6 +244,13 @@ impl Io for Uring {
 
     fn accept_ready(&self) -> bool {
         false
+    }
+
+    fn inbox_budget() -> Option<Duration> {
+        // Sends reach the kernel between turns: a 20 ms drain of broadcasts
+        // to a large local crowd would hold every subscriber's share in its
+        // session queue meanwhile (and the allocator keeps such a peak).
+        Some(INBOX_BUDGET)
     }
 
     fn accept_wake(&self) -> Option<Instant> {

@@ -111,4 +111,8 @@ impl<I: Io> Connections for Slots<'_, I> {
     fn probed(&mut self) {
         self.stats.watchdog.inc();
     }
+
+    fn inbox_budget(&self) -> Option<std::time::Duration> {
+        I::inbox_budget()
+    }
 }
