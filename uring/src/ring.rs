@@ -182,6 +182,14 @@ pub enum Completion {
     Closed { token: u64, result: Result<(), i32> },
 }
 
+/// Sends of one fd waiting behind the one in the kernel.
+#[derive(Default)]
+struct SendQueue {
+    sends: VecDeque<SendData>,
+    /// Their bytes in all.
+    bytes: usize,
+}
+
 struct FdEntry {
     /// `None` only between handing the fd to a close SQE and its removal.
     fd: Option<OwnedFd>,
@@ -196,8 +204,9 @@ struct FdEntry {
     /// A send is in the kernel: later sends wait in `queue`, so bytes of two
     /// sends never interleave on the stream.
     sending: bool,
-    queue: VecDeque<SendData>,
-    queued_bytes: usize,
+    /// Sends waiting behind the one in the kernel; boxed, and only while
+    /// there are any, so an idle connection's entry stays small.
+    queue: Option<Box<SendQueue>>,
     /// Installed in the fixed file table at slot = its key.
     fixed: bool,
     /// `cancel`/`close` asked to stop sending: the in-flight send's rest and
@@ -460,8 +469,7 @@ impl Ring {
             accept: None,
             poll: None,
             sending: false,
-            queue: VecDeque::new(),
-            queued_bytes: 0,
+            queue: None,
             fixed: false,
             stop_sending: false,
             closing: false,
@@ -518,7 +526,7 @@ impl Ring {
         self.fds
             .get(fd.key as usize)
             .filter(|e| e.gen == fd.gen)
-            .map_or(0, |e| e.queued_bytes)
+            .map_or(0, |e| e.queue.as_ref().map_or(0, |q| q.bytes))
     }
 
     fn entry(&mut self, fd: Fd) -> Result<&mut FdEntry, Error> {
@@ -620,16 +628,17 @@ impl Ring {
             return Ok(());
         }
         if e.sending {
-            e.queued_bytes += data.len();
+            let q = e.queue.get_or_insert_with(Box::default);
+            q.bytes += data.len();
             // Small copies queued behind the send in the kernel become one
             // send: sends on an fd go in one at a time (one per completion),
             // so a queue of small ones would trickle out.
-            if let Some(back) = e.queue.back_mut() {
+            if let Some(back) = q.sends.back_mut() {
                 if back.try_append(&data, MERGE_MAX) {
                     return Ok(());
                 }
             }
-            e.queue.push_back(data);
+            q.sends.push_back(data);
             return Ok(());
         }
         self.push_send(fd.key as usize, data)
@@ -895,9 +904,7 @@ impl Ring {
                     _ => 0,
                 };
                 if errno != 0 {
-                    let dropped = data.len() + e.queued_bytes;
-                    e.queue.clear();
-                    e.queued_bytes = 0;
+                    let dropped = data.len() + e.queue.take().map_or(0, |q| q.bytes);
                     e.stop_sending = false;
                     if dropped > 0 {
                         out.push(Completion::SendFailed {
@@ -909,8 +916,7 @@ impl Ring {
                 } else if !data.is_empty() {
                     self.stats.short_sends += 1;
                     self.push_send(fd, data)?;
-                } else if let Some(next) = e.queue.pop_front() {
-                    e.queued_bytes -= next.len();
+                } else if let Some(next) = take_next(&mut e.queue) {
                     self.push_send(fd, next)?;
                 }
                 self.maybe_close(fd)?;
@@ -927,6 +933,19 @@ impl Ring {
         }
         Ok(())
     }
+}
+
+/// The next queued send of an fd; the queue goes once it is empty.
+fn take_next(queue: &mut Option<Box<SendQueue>>) -> Option<SendData> {
+    let q = queue.as_mut()?;
+    let next = q.sends.pop_front();
+    if let Some(n) = &next {
+        q.bytes -= n.len();
+    }
+    if q.sends.is_empty() {
+        *queue = None;
+    }
+    next
 }
 
 fn end_reason(res: i32, stats: &mut Stats) -> EndReason {
@@ -987,7 +1006,7 @@ mod tests {
         let op = std::mem::size_of::<(u32, OpKind)>() + 8;
         eprintln!("fd entry {fd_entry} B, op entry {op} B");
         assert!(
-            fd_entry + op <= 192,
+            fd_entry + op <= 128,
             "fd entry {fd_entry} B + op entry {op} B"
         );
     }
