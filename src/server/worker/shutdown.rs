@@ -1,5 +1,6 @@
 //! Shutdown: stop accepting and say goodbye (1001) to every connection, all
-//! at once or spread over `--drain-spread`; the loop exits when all are
+//! at once or spread over `--drain-spread` (a handshake in progress is
+//! finished first, then said goodbye to); the loop exits when all are
 //! closed or the spread plus `--drain-timeout` has passed.
 
 use std::collections::VecDeque;
@@ -19,6 +20,15 @@ pub(crate) struct Drain {
     /// Open connections still to close during a spread drain: (when, key,
     /// serial), in time order.
     queue: VecDeque<(Instant, usize, u32)>,
+    /// Connections accepted before the drain whose handshake was still in
+    /// progress: (key, serial). Closing them would leave their clients
+    /// with a connection that ends before any response, where a client
+    /// whose connect came a moment later reaches the next process; the
+    /// io_uring loop's multishot accept takes connections off the queue as
+    /// they arrive, so it has one or two of these at most drains. Each gets
+    /// its 101 and then the goodbye (its handshake timeout and the drain's
+    /// end still bound it).
+    handshaking: Vec<(usize, u32)>,
 }
 
 impl Drain {
@@ -61,7 +71,7 @@ impl<I: Io> Worker<I> {
                 continue;
             };
             match conn.session.phase() {
-                Phase::Handshake => self.close_now(key),
+                Phase::Handshake => self.drain.handshaking.push((key, conn.session.serial)),
                 Phase::Open => open.push((key, conn.session.serial)),
                 Phase::Closing { .. } => {
                     conn.session.on_drain(t, &self.session_config);
@@ -91,8 +101,31 @@ impl<I: Io> Worker<I> {
         self.close_due(now, t);
     }
 
-    /// Closes the connections whose moment in the drain spread has come.
+    /// Closes the connections whose moment in the drain spread has come,
+    /// and says goodbye to those whose handshake finished since the drain
+    /// began.
     pub(in crate::server) fn close_due(&mut self, now: Instant, t: Now) {
+        if !self.drain.handshaking.is_empty() {
+            let mut waiting = std::mem::take(&mut self.drain.handshaking);
+            waiting.retain(|&(key, serial)| {
+                let Some(conn) = self
+                    .conns
+                    .get(key)
+                    .filter(|c| I::is_live(&c.stream) && c.session.serial == serial)
+                else {
+                    return false;
+                };
+                match conn.session.phase() {
+                    Phase::Handshake => true,
+                    Phase::Open => {
+                        self.say_goodbye(key, t);
+                        false
+                    }
+                    Phase::Closing { .. } => false,
+                }
+            });
+            self.drain.handshaking = waiting;
+        }
         while let Some(&(at, key, serial)) = self.drain.queue.front() {
             if at > now {
                 return;
