@@ -484,8 +484,8 @@ fn post_drain_stops_the_binary_like_sigterm() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut p = Proc(cmd.spawn().expect("spawn wsgate"));
-    wait_for_port(port, Duration::from_secs(10));
-    wait_for_port(admin_port, Duration::from_secs(10));
+    p.wait_listening(port, Duration::from_secs(10));
+    p.wait_listening(admin_port, Duration::from_secs(10));
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let mut c = RawClient::upgraded(addr);

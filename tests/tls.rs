@@ -453,7 +453,7 @@ fn sighup_reloads_the_certificate_without_a_shutdown_and_refuses_a_bad_file() {
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap());
     let mut proc = common::Proc(cmd.spawn().expect("spawn wsgate"));
-    common::wait_for_port(port, Duration::from_secs(10));
+    proc.wait_listening(port, Duration::from_secs(10));
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let leaf_of = |ws: &TlsWs| tls_of(ws).peer_certificates().unwrap()[0].clone();
