@@ -352,6 +352,17 @@ pub struct Config {
     #[arg(long, env = "WSGATE_TLS_SESSION_CACHE", default_value_t = crate::tls::config::DEFAULT_SESSION_CACHE_ENTRIES)]
     pub tls_session_cache: usize,
 
+    /// PEM certificate chain (leaf first) for the admin listener: with it
+    /// (and --admin-tls-key) the admin API answers HTTPS only. Re-read with
+    /// --tls-cert on SIGHUP and POST /reload-tls. May name the same files
+    /// as --tls-cert.
+    #[arg(long, env = "WSGATE_ADMIN_TLS_CERT")]
+    pub admin_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --admin-tls-cert's leaf.
+    #[arg(long, env = "WSGATE_ADMIN_TLS_KEY")]
+    pub admin_tls_key: Option<PathBuf>,
+
     /// Log filter (error, warn, info, debug, trace, or a RUST_LOG-style directive).
     #[arg(long, env = "WSGATE_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,

@@ -54,6 +54,10 @@ pub enum StartError {
     },
     #[error("--tls-cert/--tls-key: {0}")]
     Tls(#[source] crate::tls::TlsConfigError),
+    #[error("--admin-tls-cert/--admin-tls-key: {0}")]
+    AdminTls(#[source] crate::tls::TlsConfigError),
+    #[error("--admin-tls-cert is set but the admin listener is off (--admin-listen off)")]
+    AdminTlsWithoutAdmin,
     /// TLS runs on the epoll (mio) event loop only, for now: the io_uring
     /// backend returns this when `--tls-cert` is set too.
     #[error("--tls-cert/--tls-key need the epoll I/O backend; TLS is not available with --io-backend {backend} yet")]
