@@ -197,6 +197,7 @@ pub struct Config {
 
     /// Shortest time between two token refreshes one connection may ask for;
     /// earlier ones are refused (error 429) without checking the token.
+    /// 0 turns the limit off.
     #[arg(long, env = "WSGATE_MIN_REFRESH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub min_refresh_interval: Duration,
 

@@ -626,6 +626,25 @@ fn refresh_spam_costs_one_check_per_interval() {
     assert!(server.total_stats().refreshes_refused > 1000);
 }
 
+/// The limit holds from the worker's first tick: a client that connects
+/// the moment the server starts gets its second refresh refused too (it
+/// was checked, signature and all, when both fell in the first 50 ms).
+#[test]
+fn a_second_refresh_right_after_start_is_rate_limited() {
+    let server = start(|c| c.jwt_secret = Some(SECRET.into()));
+    let mut ws = connect_with(server.local_addr(), &hs256(json!({"exp": in_a_minute()})));
+    let fresh = hs256(json!({"exp": in_a_minute() + 60}));
+    send_json(&mut ws, json!({"type": "refresh", "token": fresh}));
+    assert_eq!(
+        reply_of(&mut ws, &["refreshed", "error"])["type"],
+        "refreshed"
+    );
+    send_json(&mut ws, json!({"type": "refresh", "token": "not.a.token"}));
+    assert_eq!(reply_of(&mut ws, &["refreshed", "error"])["code"], 429);
+    let s = server.total_stats();
+    assert_eq!((s.refresh_checks, s.refreshes_refused), (1, 1));
+}
+
 #[test]
 fn a_repeated_refused_token_is_refused_unchecked() {
     let server = start(|c| {

@@ -83,7 +83,13 @@ impl Worker {
             client_broadcast: config.client_broadcast,
             broadcasts_per_tick: broadcasts_per_sec * TICK.as_secs_f32(),
             broadcast_burst: 2.0 * broadcasts_per_sec,
-            refresh_ticks: ticks(config.min_refresh_interval),
+            // 0 turns the limit off (a tick count of at least 1 would still
+            // refuse a second refresh within the same 50 ms tick).
+            refresh_ticks: if config.min_refresh_interval.is_zero() {
+                0
+            } else {
+                ticks(config.min_refresh_interval)
+            },
         };
         let now = Instant::now();
         Ok(Worker {
