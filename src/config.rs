@@ -1066,7 +1066,11 @@ mod tests {
             assert!(e.contains("auto"), "{e}");
         }
         // What --print-config writes reads back as the same setting.
-        for v in [HandshakeLimit::Auto, HandshakeLimit::PerSec(7), HandshakeLimit::Off] {
+        for v in [
+            HandshakeLimit::Auto,
+            HandshakeLimit::PerSec(7),
+            HandshakeLimit::Off,
+        ] {
             assert_eq!(parse_handshake_limit(&v.to_string()), Ok(v));
         }
     }
