@@ -130,10 +130,10 @@ impl HandshakeBucket {
         true
     }
 
-    /// `auto`: `busy` of handshake work finished `completed` handshakes.
+    /// `auto`: `busy` of handshake work, and `started` handshakes let in.
     /// Returns the new rate when the estimate moved.
-    fn record(&mut self, busy: Duration, completed: u32, now: Instant) -> Option<f64> {
-        let rate = self.auto.as_mut()?.record(busy, completed, now)?;
+    fn record(&mut self, busy: Duration, started: u32, now: Instant) -> Option<f64> {
+        let rate = self.auto.as_mut()?.record(busy, started, now)?;
         if self.rate.is_none() {
             // The first measurement: a full bucket, as a fixed limit
             // starts with.
@@ -190,7 +190,7 @@ impl Worker {
                     if self.add_conn(stream, peer.ip(), now, t) {
                         if let Some(start) = start {
                             let end = Instant::now();
-                            self.handshake_work(end - start, 0, end);
+                            self.handshake_work(end - start, 1, end);
                         }
                     }
                 }
@@ -316,8 +316,10 @@ impl Worker {
 
     /// Reads connection `key` ([`Worker::on_readable`]); while it is in its
     /// handshake and the limit is `auto`, the time it takes counts as
-    /// handshake work, and the handshake as done once its request was
-    /// answered or the connection went.
+    /// handshake work. (The handshake itself was counted when it was let
+    /// in: one that never finishes, such as a client trickling its request
+    /// until the handshake timeout, still counts once, and the time its
+    /// reads took is part of what handshakes cost.)
     pub(super) fn read_measured(&mut self, key: usize, read_closed: bool, now: Instant, t: Now) {
         let handshaking = self.measuring_handshakes()
             && self.conns.get(key).is_some_and(|c| c.session.handshaking);
@@ -328,16 +330,15 @@ impl Worker {
         let start = Instant::now();
         self.on_readable(key, read_closed, now, t);
         let end = Instant::now();
-        let done = self.conns.get(key).is_none_or(|c| !c.session.handshaking);
-        self.handshake_work(end - start, u32::from(done), end);
+        self.handshake_work(end - start, 0, end);
     }
 
     /// Feeds `auto`'s estimate; publishes the limit when it moves.
-    fn handshake_work(&mut self, busy: Duration, completed: u32, now: Instant) {
+    fn handshake_work(&mut self, busy: Duration, started: u32, now: Instant) {
         let Some(bucket) = self.handshake_bucket.as_mut() else {
             return;
         };
-        if let Some(rate) = bucket.record(busy, completed, now) {
+        if let Some(rate) = bucket.record(busy, started, now) {
             self.stats.handshake_rate_limit.set(rate as u64);
             let cost = bucket.cost().unwrap_or_default();
             self.stats

@@ -9,9 +9,13 @@
 //! work: accepting a connection that is let in (the `accept` call, epoll
 //! registration, the slot), and every read of a connection still in its
 //! handshake, through parsing the request (and the TLS handshake, when
-//! there is one), checking its token, and writing the 101 or the error. A
-//! handshake is counted once its request head is answered or the
-//! connection goes. Wall time rather than CPU time: a `clock_gettime`
+//! there is one), checking its token, and writing the 101 or the error.
+//! Handshakes are counted when they are let in, each once, so one that
+//! never finishes (a client trickling its request until the handshake
+//! timeout) is still one handshake, and what its reads cost is spread over
+//! all of them rather than over only those that finished. Counting at
+//! accept runs a little ahead of the reads it pays for: the estimate errs
+//! low, on the side of shedding less. Wall time rather than CPU time: a `clock_gettime`
 //! through the vDSO costs nanoseconds, a thread CPU clock is a system call;
 //! and when the machine is short of CPU the worker really does serve fewer
 //! handshakes a second, which wall time sees and CPU time does not. What
@@ -87,13 +91,12 @@ impl HandshakeRate {
         }
     }
 
-    /// Adds `busy` of handshake work, during which `completed` handshakes
-    /// finished, at `now`. Returns the new limit when the estimate changed
-    /// (a window closed).
-    pub fn record(&mut self, busy: Duration, completed: u32, now: Instant) -> Option<f64> {
+    /// Adds `busy` of handshake work and `started` handshakes, at `now`.
+    /// Returns the new limit when the estimate changed (a window closed).
+    pub fn record(&mut self, busy: Duration, started: u32, now: Instant) -> Option<f64> {
         let start = *self.window_start.get_or_insert(now);
         self.window_busy += busy;
-        self.window_count = self.window_count.saturating_add(completed);
+        self.window_count = self.window_count.saturating_add(started);
         let needed = if self.cost.is_none() { MIN_SAMPLES } else { 1 };
         let full = self.window_count >= WINDOW_SAMPLES
             || (self.window_count >= needed && now.saturating_duration_since(start) >= WINDOW);
@@ -267,7 +270,7 @@ mod tests {
         // window left open closes with what it holds, at the same cost.
         r.record(Duration::ZERO, 0, t);
         assert!(close(r.limit().unwrap(), before));
-        // A read that finished no handshake adds time, not a sample.
+        // A read of a handshake already counted adds time, not a sample.
         t += Duration::from_secs(3600);
         assert_eq!(r.record(10 * US, 0, t), None);
         assert!(close(r.limit().unwrap(), before));
