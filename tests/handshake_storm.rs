@@ -14,6 +14,14 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// The storm takes every core it can get: the other tests of this file wait
+/// for it rather than measure a machine it saturates.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Sums the samples of one metric family on /metrics.
 fn metric(server: &wsgate::ServerHandle, name: &str) -> f64 {
     let (_, body) = http(server.admin_addr().unwrap(), "GET", "/metrics", "");
@@ -119,6 +127,7 @@ fn ping_rtt(ws: &mut Ws) -> Duration {
 
 #[test]
 fn by_default_a_handshake_storm_is_shed_with_503_and_open_connections_are_served() {
+    let _serial = serial();
     let mut cfg = wsgate::Config::for_tests();
     // One worker takes the whole storm. The limit is left at its default.
     cfg.workers = Some(1);
@@ -203,6 +212,7 @@ fn by_default_a_handshake_storm_is_shed_with_503_and_open_connections_are_served
 
 #[test]
 fn by_default_a_modest_rate_of_handshakes_is_never_shed() {
+    let _serial = serial();
     let mut cfg = wsgate::Config::for_tests();
     cfg.workers = Some(1);
     let server = wsgate::start(cfg).unwrap();
@@ -231,6 +241,7 @@ fn by_default_a_modest_rate_of_handshakes_is_never_shed() {
 
 #[test]
 fn a_fixed_limit_shows_from_the_start_and_off_shows_zero() {
+    let _serial = serial();
     for (setting, shown) in [
         (wsgate::config::HandshakeLimit::PerSec(123), 123.0),
         (wsgate::config::HandshakeLimit::Off, 0.0),
