@@ -1,7 +1,9 @@
 //! Accepting: a batch per turn, admission before a connection costs a slot
 //! (the per-IP and total limits, `--max-handshakes-per-sec`), and leaving /
 //! rejoining the port's SO_REUSEPORT group when the process is out of
-//! descriptors.
+//! descriptors. With `--max-handshakes-per-sec auto` it also times the
+//! worker's handshake work (accepting, and reads of connections still in
+//! their handshake) for the estimate in `handshake_rate`.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
