@@ -418,7 +418,7 @@ fn try_upgrade(addr: SocketAddr) -> Option<(u16, Option<String>)> {
 fn a_handshake_storm_gets_fast_503s_with_retry_after_and_open_clients_carry_on() {
     let mut cfg = wsgate::Config::for_tests();
     cfg.workers = Some(1);
-    cfg.max_handshakes_per_sec = 10;
+    cfg.max_handshakes_per_sec = wsgate::config::HandshakeLimit::PerSec(10);
     let server = wsgate::start(cfg).unwrap();
     let addr = server.local_addr();
     let mut established = connect(addr);

@@ -11,6 +11,8 @@
 //! - `setup`: building a worker from the configuration;
 //! - `accept`: accepting, admission before a slot is spent, and leaving /
 //!   rejoining the port's SO_REUSEPORT group when out of descriptors;
+//! - `handshake_rate`: what a handshake costs this worker, and the
+//!   `--max-handshakes-per-sec auto` limit that follows;
 //! - `timers`: ticks, the timer wheel, and when to wake up;
 //! - `fanout`: the worker's side of [`LocalFanout`] (delivering a turn's
 //!   fan-out frames to sessions);
@@ -23,6 +25,7 @@
 
 mod accept;
 mod fanout;
+mod handshake_rate;
 mod setup;
 mod shutdown;
 mod timers;
@@ -167,7 +170,7 @@ impl Worker {
                             self.on_writable(key);
                         }
                         if readable {
-                            self.on_readable(key, ev.is_read_closed() || ev.is_error(), now, t);
+                            self.read_measured(key, ev.is_read_closed() || ev.is_error(), now, t);
                         }
                     }
                 }
@@ -178,7 +181,7 @@ impl Worker {
             for key in carried {
                 // Anything may have arrived: read until WouldBlock (or the
                 // budget again).
-                self.on_readable(key, true, now, t);
+                self.read_measured(key, true, now, t);
             }
             if self.accept.pending {
                 self.accept_batch(now, t);

@@ -92,6 +92,11 @@ impl Worker {
             },
         };
         let now = Instant::now();
+        // A fixed limit shows from the start; `auto` once measured.
+        let handshake_bucket = HandshakeBucket::new(config.max_handshakes_per_sec, now);
+        if let Some(rate) = handshake_bucket.as_ref().and_then(HandshakeBucket::rate) {
+            stats.handshake_rate_limit.set(rate as u64);
+        }
         Ok(Worker {
             id,
             poll,
@@ -120,7 +125,7 @@ impl Worker {
                 listen_addr,
                 ListenOptions::for_clients(config.idle_timeout),
             ),
-            handshake_bucket: HandshakeBucket::new(config.max_handshakes_per_sec, now),
+            handshake_bucket,
             drain: Drain::default(),
             read_again: Vec::new(),
             doomed: Vec::new(),
