@@ -36,7 +36,74 @@ const SLOTS: usize = 4096;
 static SLOT_PTR: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 static SLOT_SIZE: [AtomicUsize; SLOTS] = [const { AtomicUsize::new(0) }; SLOTS];
 
+/// With `WSGATE_TLS_ALLOC_TRACE=1`: the tracked connection's server-side
+/// allocations also record where they were made (a backtrace, trimmed to
+/// the rustls / aws-lc-rs / wsgate frames), so the breakdown in
+/// bench/results/tls-idle-memory.md names each allocation's owner.
+static TRACE_SITES: AtomicBool = AtomicBool::new(false);
+/// Set while a server-layer call runs (see [`counted`]).
+static IN_SERVER: AtomicBool = AtomicBool::new(false);
+static SITES: std::sync::Mutex<Vec<(usize, usize, String)>> = std::sync::Mutex::new(Vec::new());
+
+thread_local! {
+    /// Set while the allocator records a site, so its own allocations are
+    /// not recorded (and the lock is not taken twice).
+    static IN_HOOK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The frames of a backtrace that say who allocated: the first few
+/// rustls, aws-lc-rs and wsgate functions.
+fn owner_frames(bt: &std::backtrace::Backtrace) -> String {
+    let text = bt.to_string();
+    let frames: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.trim().split_once(": ").map(|(_, f)| f))
+        .filter(|f| {
+            (f.starts_with("rustls::")
+                || f.starts_with("aws_lc_rs::")
+                || f.starts_with("ring::")
+                || f.starts_with("<rustls")
+                || f.starts_with("<aws_lc_rs")
+                || f.starts_with("wsgate::"))
+                && !f.contains("alloc::")
+        })
+        .take(4)
+        .collect();
+    frames.join(" <- ")
+}
+
+fn record_site(ptr: *mut u8, size: usize) {
+    if !(TRACE_SITES.load(Relaxed) && TRACK.load(Relaxed) && IN_SERVER.load(Relaxed)) {
+        return;
+    }
+    IN_HOOK.with(|h| {
+        if h.get() {
+            return;
+        }
+        h.set(true);
+        let bt = std::backtrace::Backtrace::force_capture();
+        let owner = owner_frames(&bt);
+        SITES.lock().unwrap().push((ptr as usize, size, owner));
+        h.set(false);
+    });
+}
+
+fn forget_site(ptr: *mut u8) {
+    if !TRACE_SITES.load(Relaxed) {
+        return;
+    }
+    IN_HOOK.with(|h| {
+        if h.get() {
+            return;
+        }
+        h.set(true);
+        SITES.lock().unwrap().retain(|s| s.0 != ptr as usize);
+        h.set(false);
+    });
+}
+
 fn track_alloc(ptr: *mut u8, size: usize) {
+    record_site(ptr, size);
     if TRACK.load(Relaxed) {
         if let Some(i) = (0..SLOTS).find(|&i| SLOT_PTR[i].load(Relaxed) == 0) {
             SLOT_PTR[i].store(ptr as usize, Relaxed);
@@ -46,6 +113,7 @@ fn track_alloc(ptr: *mut u8, size: usize) {
 }
 
 fn track_free(ptr: *mut u8) {
+    forget_site(ptr);
     if TRACK.load(Relaxed) {
         if let Some(i) = (0..SLOTS).find(|&i| SLOT_PTR[i].load(Relaxed) == ptr as usize) {
             SLOT_PTR[i].store(0, Relaxed);
@@ -114,7 +182,9 @@ fn counted<T>(total: &mut (isize, isize, isize), f: impl FnOnce() -> T) -> T {
         LIVE_ALLOCS.load(Relaxed),
         malloc_in_use(),
     );
+    IN_SERVER.store(true, Relaxed);
     let out = f();
+    IN_SERVER.store(false, Relaxed);
     total.0 += LIVE_BYTES.load(Relaxed) - b0;
     total.1 += LIVE_ALLOCS.load(Relaxed) - a0;
     total.2 += malloc_in_use() - m0;
@@ -246,6 +316,13 @@ fn measure_with(
          (sum {}; the client's are in this list too: only the server figure above is attributed)",
         sizes.iter().sum::<usize>()
     );
+    if TRACE_SITES.load(Relaxed) {
+        let sites = std::mem::take(&mut *SITES.lock().unwrap());
+        println!("{label}: the idle server connection's allocations, by owner:");
+        for (_, size, owner) in &sites {
+            println!("  {size:>5} B  {owner}");
+        }
+    }
     drop(conn);
     drop(conns);
     malloc_per_conn.max(per_conn) + inline as f64
@@ -307,13 +384,25 @@ fn idle_tls_connection_heap_at_10k() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(10_000);
-    // The server's provider first, then ring for the comparison.
+    TRACE_SITES.store(
+        std::env::var_os("WSGATE_TLS_ALLOC_TRACE").is_some(),
+        Relaxed,
+    );
+    // The server's provider first (aws-lc-rs with compact TLS 1.3 record
+    // keys, as `TlsContext::new` builds it), then stock aws-lc-rs and ring
+    // for the comparison.
     let mut figures = suites(
-        "aws-lc-rs",
-        rustls::crypto::aws_lc_rs::default_provider(),
+        "aws-lc-rs compact",
+        wsgate::tls::compact_aead::compact_provider(rustls::crypto::aws_lc_rs::default_provider()),
         rustls::crypto::aws_lc_rs::Ticketer::new().unwrap(),
         n,
     );
+    figures.extend(suites(
+        "aws-lc-rs stock",
+        rustls::crypto::aws_lc_rs::default_provider(),
+        rustls::crypto::aws_lc_rs::Ticketer::new().unwrap(),
+        n / 10,
+    ));
     figures.extend(suites(
         "ring",
         rustls::crypto::ring::default_provider(),

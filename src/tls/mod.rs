@@ -8,6 +8,8 @@
 //! keeps only rustls' session state (keys, sequence numbers).
 //!
 //! - [`certs`]: PEM certificate chain and private key loading.
+//! - [`compact_aead`]: TLS 1.3 record keys kept raw (not expanded) per
+//!   connection, so an idle connection holds ~64 bytes of keys, not ~1.3 KiB.
 //! - [`resolver`]: the certificate in use, swappable at run time (reload).
 //! - [`config`]: the rustls server configuration (versions, ALPN,
 //!   resumption) and the reload entry point ([`TlsContext`]).
@@ -15,6 +17,7 @@
 //! - [`error`]: what can go wrong, typed, with the close reason each maps to.
 
 pub mod certs;
+pub mod compact_aead;
 pub mod config;
 pub mod error;
 pub mod resolver;

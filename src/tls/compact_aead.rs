@@ -1,0 +1,223 @@
+//! TLS 1.3 record protection that keeps only the raw traffic key per
+//! connection and direction, not the expanded cipher state.
+//!
+//! aws-lc-rs' AEAD key (`EVP_AEAD_CTX`) is a ~600-byte C allocation per
+//! direction (an AES key schedule and GHASH table, in a union sized for the
+//! largest AEAD, so ChaCha20 pays the same); rustls keeps two per connection
+//! for its whole life. Here a connection keeps the 16–32-byte key and the
+//! 12-byte IV, and the AEAD context is built for each record and dropped
+//! (aws-lc wipes it on free). That costs one key setup per record (measured
+//! in bench/results/tls-idle-memory.md) and saves ≈ 1.2 KiB per idle
+//! connection.
+//!
+//! The record format is rustls' own TLS 1.3 one (the same nonce, AAD, inner
+//! content type and padding handling as `rustls::crypto::aws_lc_rs`); only
+//! where the key lives changes. Key derivation, hashing, key updates and
+//! QUIC stay the provider's. TLS 1.2 suites are left as they are.
+
+use std::sync::Mutex;
+
+use aws_lc_rs::aead;
+use rustls::crypto::cipher::{
+    make_tls13_aad, AeadKey, InboundOpaqueMessage, InboundPlainMessage, Iv, MessageDecrypter,
+    MessageEncrypter, Nonce, OutboundOpaqueMessage, OutboundPlainMessage, PrefixedPayload,
+    Tls13AeadAlgorithm, UnsupportedOperationError,
+};
+use rustls::crypto::CryptoProvider;
+use rustls::{
+    CipherSuite, ConnectionTrafficSecrets, ContentType, Error, ProtocolVersion,
+    SupportedCipherSuite, Tls13CipherSuite,
+};
+
+/// Which AEAD a compact key is for (also names the secrets for
+/// `extract_keys`).
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Aes128Gcm,
+    Aes256Gcm,
+    Chacha20Poly1305,
+}
+
+impl Kind {
+    fn algorithm(self) -> &'static aead::Algorithm {
+        match self {
+            Kind::Aes128Gcm => &aead::AES_128_GCM,
+            Kind::Aes256Gcm => &aead::AES_256_GCM,
+            Kind::Chacha20Poly1305 => &aead::CHACHA20_POLY1305,
+        }
+    }
+}
+
+/// A [`Tls13AeadAlgorithm`] whose encrypters and decrypters hold raw keys.
+struct CompactAead(Kind);
+
+static AES_128_GCM: CompactAead = CompactAead(Kind::Aes128Gcm);
+static AES_256_GCM: CompactAead = CompactAead(Kind::Aes256Gcm);
+static CHACHA20_POLY1305: CompactAead = CompactAead(Kind::Chacha20Poly1305);
+
+impl Tls13AeadAlgorithm for CompactAead {
+    fn encrypter(&self, key: AeadKey, iv: Iv) -> Box<dyn MessageEncrypter> {
+        Box::new(CompactKey {
+            kind: self.0,
+            key,
+            iv,
+        })
+    }
+
+    fn decrypter(&self, key: AeadKey, iv: Iv) -> Box<dyn MessageDecrypter> {
+        Box::new(CompactKey {
+            kind: self.0,
+            key,
+            iv,
+        })
+    }
+
+    fn key_len(&self) -> usize {
+        self.0.algorithm().key_len()
+    }
+
+    fn extract_keys(
+        &self,
+        key: AeadKey,
+        iv: Iv,
+    ) -> Result<ConnectionTrafficSecrets, UnsupportedOperationError> {
+        Ok(match self.0 {
+            Kind::Aes128Gcm => ConnectionTrafficSecrets::Aes128Gcm { key, iv },
+            Kind::Aes256Gcm => ConnectionTrafficSecrets::Aes256Gcm { key, iv },
+            Kind::Chacha20Poly1305 => ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv },
+        })
+    }
+
+    fn fips(&self) -> bool {
+        false
+    }
+}
+
+/// One direction's traffic key: the raw key (zeroed on drop by
+/// [`AeadKey`]) and IV, ~64 bytes instead of the expanded context.
+struct CompactKey {
+    kind: Kind,
+    key: AeadKey,
+    iv: Iv,
+}
+
+impl CompactKey {
+    /// The expanded key for one record. Dropping it frees and wipes the C
+    /// context.
+    fn expand(&self) -> Result<aead::LessSafeKey, ()> {
+        aead::UnboundKey::new(self.kind.algorithm(), self.key.as_ref())
+            .map(aead::LessSafeKey::new)
+            .map_err(|_| ())
+    }
+
+    fn tag_len(&self) -> usize {
+        self.kind.algorithm().tag_len()
+    }
+}
+
+impl MessageEncrypter for CompactKey {
+    fn encrypt(
+        &mut self,
+        msg: OutboundPlainMessage<'_>,
+        seq: u64,
+    ) -> Result<OutboundOpaqueMessage, Error> {
+        let total_len = self.encrypted_payload_len(msg.payload.len());
+        let mut payload = PrefixedPayload::with_capacity(total_len);
+        let nonce = aead::Nonce::assume_unique_for_key(Nonce::new(&self.iv, seq).0);
+        let aad = aead::Aad::from(make_tls13_aad(total_len));
+        payload.extend_from_chunks(&msg.payload);
+        payload.extend_from_slice(&msg.typ.to_array());
+        self.expand()
+            .map_err(|_| Error::EncryptError)?
+            .seal_in_place_append_tag(nonce, aad, &mut payload)
+            .map_err(|_| Error::EncryptError)?;
+        Ok(OutboundOpaqueMessage::new(
+            ContentType::ApplicationData,
+            // TLS 1.3 records carry the legacy 1.2 version (RFC 8446 5.1).
+            ProtocolVersion::TLSv1_2,
+            payload,
+        ))
+    }
+
+    fn encrypted_payload_len(&self, payload_len: usize) -> usize {
+        // The inner content type byte, then the tag.
+        payload_len + 1 + self.tag_len()
+    }
+}
+
+impl MessageDecrypter for CompactKey {
+    fn decrypt<'a>(
+        &mut self,
+        mut msg: InboundOpaqueMessage<'a>,
+        seq: u64,
+    ) -> Result<InboundPlainMessage<'a>, Error> {
+        let payload = &mut msg.payload;
+        if payload.len() < self.tag_len() {
+            return Err(Error::DecryptError);
+        }
+        let nonce = aead::Nonce::assume_unique_for_key(Nonce::new(&self.iv, seq).0);
+        let aad = aead::Aad::from(make_tls13_aad(payload.len()));
+        let plain_len = self
+            .expand()
+            .map_err(|_| Error::DecryptError)?
+            .open_in_place(nonce, aad, payload)
+            .map_err(|_| Error::DecryptError)?
+            .len();
+        payload.truncate(plain_len);
+        msg.into_tls13_unpadded_message()
+    }
+}
+
+/// The compact AEAD for a TLS 1.3 suite, if there is one.
+fn compact_for(suite: CipherSuite) -> Option<&'static CompactAead> {
+    match suite {
+        CipherSuite::TLS13_AES_128_GCM_SHA256 => Some(&AES_128_GCM),
+        CipherSuite::TLS13_AES_256_GCM_SHA384 => Some(&AES_256_GCM),
+        CipherSuite::TLS13_CHACHA20_POLY1305_SHA256 => Some(&CHACHA20_POLY1305),
+        _ => None,
+    }
+}
+
+/// `provider` with its TLS 1.3 suites' record protection replaced by the
+/// compact one (same suites, same order; the key schedule, hash and QUIC
+/// parts are the provider's). Meant for the aws-lc-rs provider, whose AEAD
+/// this module uses.
+pub fn compact_provider(mut provider: CryptoProvider) -> CryptoProvider {
+    for suite in &mut provider.cipher_suites {
+        let SupportedCipherSuite::Tls13(base) = *suite else {
+            continue;
+        };
+        let Some(aead_alg) = compact_for(base.common.suite) else {
+            continue;
+        };
+        *suite = SupportedCipherSuite::Tls13(compact_suite(base, aead_alg));
+    }
+    provider
+}
+
+/// The compact variant of `base`. A suite must be `'static`, so each is
+/// made once per process (a few dozen bytes each) and reused by every
+/// later TLS context (tests build many).
+fn compact_suite(
+    base: &'static Tls13CipherSuite,
+    aead_alg: &'static CompactAead,
+) -> &'static Tls13CipherSuite {
+    static MADE: Mutex<Vec<(usize, &'static Tls13CipherSuite)>> = Mutex::new(Vec::new());
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    let id = base as *const Tls13CipherSuite as usize;
+    if let Some((_, suite)) = made.iter().find(|(b, _)| *b == id) {
+        return suite;
+    }
+    let suite: &'static Tls13CipherSuite = Box::leak(Box::new(Tls13CipherSuite {
+        common: rustls::crypto::CipherSuiteCommon {
+            suite: base.common.suite,
+            hash_provider: base.common.hash_provider,
+            confidentiality_limit: base.common.confidentiality_limit,
+        },
+        hkdf_provider: base.hkdf_provider,
+        aead_alg,
+        quic: base.quic,
+    }));
+    made.push((id, suite));
+    suite
+}
