@@ -221,3 +221,117 @@ fn compact_suite(
     made.push((id, suite));
     suite
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::crypto::cipher::OutboundChunks;
+
+    /// The stock aws-lc-rs TLS 1.3 AEAD of `suite`.
+    fn stock(suite: SupportedCipherSuite) -> &'static dyn Tls13AeadAlgorithm {
+        match suite {
+            SupportedCipherSuite::Tls13(s) => s.aead_alg,
+            _ => unreachable!("a TLS 1.3 suite"),
+        }
+    }
+
+    fn key() -> AeadKey {
+        AeadKey::from([7u8; 32])
+    }
+
+    fn iv() -> Iv {
+        Iv::new([9u8; 12])
+    }
+
+    /// Encrypts `text` as record number `seq`; returns the record payload.
+    fn seal(enc: &mut dyn MessageEncrypter, text: &[u8], seq: u64) -> Vec<u8> {
+        let msg = OutboundPlainMessage {
+            typ: ContentType::ApplicationData,
+            version: ProtocolVersion::TLSv1_2,
+            payload: OutboundChunks::Single(text),
+        };
+        enc.encrypt(msg, seq).unwrap().encode()[5..].to_vec()
+    }
+
+    fn open(
+        dec: &mut dyn MessageDecrypter,
+        mut record: Vec<u8>,
+        seq: u64,
+    ) -> Result<Vec<u8>, Error> {
+        let msg = InboundOpaqueMessage::new(
+            ContentType::ApplicationData,
+            ProtocolVersion::TLSv1_2,
+            &mut record,
+        );
+        dec.decrypt(msg, seq).map(|m| {
+            assert_eq!(m.typ, ContentType::ApplicationData);
+            m.payload.to_vec()
+        })
+    }
+
+    /// Same key, IV and sequence number: the compact AEAD writes the very
+    /// records the stock one writes, and each opens the other's; a flipped
+    /// bit or a wrong sequence number is refused.
+    #[test]
+    fn records_match_the_stock_provider() {
+        use rustls::crypto::aws_lc_rs::cipher_suite as cs;
+        for (suite, compact) in [
+            (cs::TLS13_AES_256_GCM_SHA384, &AES_256_GCM),
+            (cs::TLS13_CHACHA20_POLY1305_SHA256, &CHACHA20_POLY1305),
+        ] {
+            let stock = stock(suite);
+            let mut c_enc = compact.encrypter(key(), iv());
+            let mut s_enc = stock.encrypter(key(), iv());
+            let mut c_dec = compact.decrypter(key(), iv());
+            let mut s_dec = stock.decrypter(key(), iv());
+            for seq in [0u64, 1, 2, 1 << 40] {
+                let text = format!("record {seq}");
+                let ours = seal(c_enc.as_mut(), text.as_bytes(), seq);
+                let theirs = seal(s_enc.as_mut(), text.as_bytes(), seq);
+                assert_eq!(ours, theirs, "{suite:?} seq {seq}");
+                assert_eq!(
+                    open(s_dec.as_mut(), ours.clone(), seq).unwrap(),
+                    text.as_bytes()
+                );
+                assert_eq!(open(c_dec.as_mut(), theirs, seq).unwrap(), text.as_bytes());
+                let mut flipped = ours.clone();
+                flipped[0] ^= 1;
+                assert!(open(c_dec.as_mut(), flipped, seq).is_err());
+                assert!(open(c_dec.as_mut(), ours, seq + 1).is_err());
+            }
+            assert!(
+                open(c_dec.as_mut(), vec![0; 3], 0).is_err(),
+                "shorter than a tag"
+            );
+        }
+    }
+
+    /// The server's provider gets compact TLS 1.3 suites in the same order,
+    /// and keeps its TLS 1.2 suites.
+    #[test]
+    fn provider_swaps_only_tls13_record_protection() {
+        let base = rustls::crypto::aws_lc_rs::default_provider();
+        let compact = compact_provider(base.clone());
+        assert_eq!(base.cipher_suites.len(), compact.cipher_suites.len());
+        for (b, c) in base.cipher_suites.iter().zip(&compact.cipher_suites) {
+            assert_eq!(b.suite(), c.suite());
+            match (b, c) {
+                (SupportedCipherSuite::Tls13(b), SupportedCipherSuite::Tls13(c)) => {
+                    assert!(!std::ptr::eq(*b, *c), "{:?} replaced", b.common.suite);
+                    assert_eq!(b.aead_alg.key_len(), c.aead_alg.key_len());
+                }
+                (SupportedCipherSuite::Tls12(b), SupportedCipherSuite::Tls12(c)) => {
+                    assert!(std::ptr::eq(*b, *c));
+                }
+                _ => panic!("suite kinds differ"),
+            }
+        }
+        // Made once per process: a second context reuses the same suites.
+        let again = compact_provider(base);
+        for (a, c) in again.cipher_suites.iter().zip(&compact.cipher_suites) {
+            if let (SupportedCipherSuite::Tls13(a), SupportedCipherSuite::Tls13(c)) = (a, c) {
+                assert!(std::ptr::eq(*a, *c));
+            }
+        }
+    }
+}
