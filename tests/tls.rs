@@ -105,6 +105,38 @@ fn echo_over_tls13_and_tls12() {
     assert_eq!(s.tls_handshakes_full, 2, "{s:?}");
 }
 
+/// `wsgate_bytes_in`/`_out` count WebSocket bytes on a TLS connection as
+/// on a plain one: a 100-byte text echo is a 106-byte masked frame in and a
+/// 102-byte frame out, not the 22 bytes more of its TLS 1.3 record.
+#[test]
+fn byte_counters_count_websocket_bytes_not_records() {
+    let pki = Pki::new();
+    issue(&pki);
+    let server = start(&pki, AppKind::Echo, false, |_| {});
+    let config = pki.client_config(&[&TLS13]);
+    let mut ws = connect(server.local_addr(), &config);
+    // The worker counts a write after it returns, which may be after the
+    // client has read the reply: read the counters once they are still.
+    let settled = || {
+        let mut last = server.total_stats();
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = server.total_stats();
+            if (now.bytes_in, now.bytes_out) == (last.bytes_in, last.bytes_out) {
+                return now;
+            }
+            last = now;
+        }
+    };
+    echo(&mut ws, "warm-up");
+    let before = settled();
+    let text = "x".repeat(100);
+    echo(&mut ws, &text);
+    let after = settled();
+    assert_eq!(after.bytes_in - before.bytes_in, 2 + 4 + 100, "{after:?}");
+    assert_eq!(after.bytes_out - before.bytes_out, 2 + 100, "{after:?}");
+}
+
 #[test]
 fn large_messages_both_ways_through_batched_records() {
     // 4 MiB each way: many 16 KiB records, the socket fills, ciphertext
