@@ -764,3 +764,53 @@ fn handshaking_caps_apply_from_accept_on_a_tls_listener() {
         "in",
     );
 }
+
+/// Two servers sharing a `--tls-ticket-keys` file (two nodes behind an L4
+/// balancer, or a restart): a ticket from one resumes on the other. Without
+/// the file each has its own keys and the second handshake is full.
+#[test]
+fn a_shared_ticket_key_file_resumes_across_servers() {
+    let pki = Pki::new();
+    issue(&pki);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("ticket.keys");
+    std::fs::write(
+        &keys,
+        "# rotate: new key first\n\
+         6f1d0c2b3a495867768594a3b2c1d0e0f1e2d3c4b5a697887766554433221100\n",
+    )
+    .unwrap();
+    for (shared, want) in [(true, HandshakeKind::Resumed), (false, HandshakeKind::Full)] {
+        let with_keys = |c: &mut wsgate::Config| {
+            if shared {
+                c.tls_ticket_keys = Some(keys.clone());
+            }
+        };
+        let a = start(&pki, AppKind::Echo, false, with_keys);
+        let b = start(&pki, AppKind::Echo, false, with_keys);
+        let config = pki.client_config(&[&TLS13]);
+        let mut first = connect(a.local_addr(), &config);
+        echo(&mut first, "on a");
+        assert_eq!(tls_of(&first).handshake_kind(), Some(HandshakeKind::Full));
+        let mut moved = connect(b.local_addr(), &config);
+        echo(&mut moved, "on b");
+        assert_eq!(
+            tls_of(&moved).handshake_kind(),
+            Some(want),
+            "shared key file: {shared}"
+        );
+        assert_eq!(b.total_stats().tls_handshakes_resumed, u64::from(shared));
+    }
+    // A malformed file stops the start, naming the flag and the line.
+    std::fs::write(&keys, "not a key\n").unwrap();
+    let mut cfg = wsgate::Config::for_tests();
+    cfg.admin_listen = None;
+    cfg.tls_cert = Some(pki.cert_path());
+    cfg.tls_key = Some(pki.key_path());
+    cfg.tls_ticket_keys = Some(keys.clone());
+    let text = wsgate::start(cfg).err().expect("refused").to_string();
+    assert!(
+        text.starts_with("--tls-ticket-keys:") && text.contains("line 1"),
+        "{text}"
+    );
+}

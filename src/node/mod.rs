@@ -148,9 +148,13 @@ fn tls_context(config: &Config) -> Result<Option<crate::tls::TlsContext>, StartE
     };
     let mut settings = crate::tls::TlsSettings::new(cert, key);
     settings.session_cache_entries = config.tls_session_cache;
+    settings.ticket_keys = config.tls_ticket_keys.clone();
     crate::tls::TlsContext::new(settings)
         .map(Some)
-        .map_err(StartError::Tls)
+        .map_err(|e| match e {
+            crate::tls::TlsConfigError::TicketKeys(e) => StartError::TlsTicketKeys(e),
+            e => StartError::Tls(e),
+        })
 }
 
 /// A node id unlikely to collide with another process's: std's randomly

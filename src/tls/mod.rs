@@ -14,6 +14,8 @@
 //! - [`config`]: the rustls server configuration (versions, ALPN,
 //!   resumption) and the reload entry point ([`TlsContext`]).
 //! - [`session`]: one connection's TLS state machine ([`TlsConn`]).
+//! - [`ticket_keys`]: session-ticket keys shared through a file
+//!   (`--tls-ticket-keys`), for resumption across restarts and nodes.
 //! - [`error`]: what can go wrong, typed, with the close reason each maps to.
 
 pub mod certs;
@@ -22,6 +24,7 @@ pub mod config;
 pub mod error;
 pub mod resolver;
 pub mod session;
+pub mod ticket_keys;
 
 pub use certs::{load_certified_key, CertError};
 pub use config::{TlsConfigError, TlsContext, TlsSettings};
