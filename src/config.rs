@@ -367,6 +367,14 @@ pub struct Config {
     #[arg(long, env = "WSGATE_ADMIN_TLS_KEY")]
     pub admin_tls_key: Option<PathBuf>,
 
+    /// With TLS: file of session-ticket keys (one 64-hex-digit secret per
+    /// line, the first encrypts, all decrypt), so tickets resume across
+    /// restarts and across nodes sharing the file. Re-read on SIGHUP and
+    /// admin POST /reload-tls. Default: random keys per process, rotated
+    /// every 6 hours.
+    #[arg(long, env = "WSGATE_TLS_TICKET_KEYS")]
+    pub tls_ticket_keys: Option<PathBuf>,
+
     /// Log filter (error, warn, info, debug, trace, or a RUST_LOG-style directive).
     #[arg(long, env = "WSGATE_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
     pub log_level: String,

@@ -49,12 +49,15 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         (&config.tls_cert, "--tls-cert"),
         (&config.tls_key, "--tls-key"),
         config.tls_session_cache,
+        config.tls_ticket_keys.as_ref(),
     )
     .map_err(|e| e.for_client())?;
     let admin_tls = tls_context(
         (&config.admin_tls_cert, "--admin-tls-cert"),
         (&config.admin_tls_key, "--admin-tls-key"),
         config.tls_session_cache,
+        // Admin clients are few: per-process ticket keys are enough.
+        None,
     )
     .map_err(|e| e.for_admin())?;
     if admin_tls.is_some() && config.admin_listen.is_none() {
@@ -151,6 +154,7 @@ enum ContextError {
         missing: &'static str,
     },
     Files(crate::tls::TlsConfigError),
+    TicketKeys(crate::tls::ticket_keys::TicketKeyError),
 }
 
 impl ContextError {
@@ -158,6 +162,7 @@ impl ContextError {
         match self {
             ContextError::Half { given, missing } => StartError::TlsHalf { given, missing },
             ContextError::Files(e) => StartError::Tls(e),
+            ContextError::TicketKeys(e) => StartError::TlsTicketKeys(e),
         }
     }
 
@@ -165,6 +170,7 @@ impl ContextError {
         match self {
             ContextError::Half { given, missing } => StartError::TlsHalf { given, missing },
             ContextError::Files(e) => StartError::AdminTls(e),
+            ContextError::TicketKeys(e) => StartError::TlsTicketKeys(e),
         }
     }
 }
@@ -176,6 +182,7 @@ fn tls_context(
     (cert, cert_flag): (&Option<PathBuf>, &'static str),
     (key, key_flag): (&Option<PathBuf>, &'static str),
     session_cache: usize,
+    ticket_keys: Option<&PathBuf>,
 ) -> Result<Option<crate::tls::TlsContext>, ContextError> {
     let (cert, key) = match (cert, key) {
         (Some(cert), Some(key)) => (cert, key),
@@ -195,9 +202,13 @@ fn tls_context(
     };
     let mut settings = crate::tls::TlsSettings::new(cert, key);
     settings.session_cache_entries = session_cache;
+    settings.ticket_keys = ticket_keys.cloned();
     crate::tls::TlsContext::new(settings)
         .map(Some)
-        .map_err(ContextError::Files)
+        .map_err(|e| match e {
+            crate::tls::TlsConfigError::TicketKeys(e) => ContextError::TicketKeys(e),
+            e => ContextError::Files(e),
+        })
 }
 
 /// A node id unlikely to collide with another process's: std's randomly
