@@ -28,7 +28,7 @@ mkdir -p "$out"
 cargo build --release --bin wsgate --bin wsbench
 bin=target/release
 "$bin/wsgate" --listen 127.0.0.77:7781 --admin-listen 127.0.0.77:7782 --log-level warn \
-  --ping-interval 600s --idle-timeout 900s --permessage-deflate &
+  --ping-interval 600s --idle-timeout 900s --max-handshakes-per-sec 0 --permessage-deflate &
 srv=$!
 trap 'kill -TERM $srv 2>/dev/null || true; wait $srv 2>/dev/null || true' EXIT
 for _ in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.77/7781) 2>/dev/null && break; sleep 0.1; done

@@ -162,7 +162,7 @@ for i in $(seq 0 $((procs - 1))); do
   "$bin/wsgate" --listen "127.0.0.1:$port" --workers "$workers" \
     --admin-listen "127.0.0.1:$((9100 + i))" "${redis_args[@]}" \
     --ping-interval 600s --idle-timeout 900s --handshake-timeout 60s \
-    --max-messages-per-sec 0 --log-level warn $inbox_args &
+    --max-messages-per-sec 0 --max-handshakes-per-sec 0 --log-level warn $inbox_args &
   pids+=($!)
   server_pid_args+=(--server-pid $!)
 done

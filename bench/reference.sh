@@ -55,10 +55,13 @@ stop_server() {
   fi
 }
 trap stop_server EXIT
+# The load generator connects as fast as it can: these runs measure how fast
+# a node takes connections, so storm shedding (--max-handshakes-per-sec auto,
+# the default) is off; it would answer part of the ramp with 503.
 start_server() {
   server_args="$*"
   "$bin/wsgate" --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9090 --log-level warn \
-    --ping-interval 600s --idle-timeout 900s "$@" &
+    --ping-interval 600s --idle-timeout 900s --max-handshakes-per-sec 0 "$@" &
   server=$!
   for _ in $(seq 1 100); do
     (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null && return 0
@@ -77,7 +80,7 @@ run() {
   {
     echo
     echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), RLIMIT_NOFILE $(ulimit -n)"
-    echo "server: wsgate --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9090 --ping-interval 600s --idle-timeout 900s $server_args"
+    echo "server: wsgate --listen 127.0.0.1:8080 --admin-listen 127.0.0.1:9090 --ping-interval 600s --idle-timeout 900s --max-handshakes-per-sec 0 $server_args"
     echo "command: wsbench $* --url ws://127.0.0.1:8080/ws --server-pid PID (bench/reference.sh)"
   } >>"$out/$name.md"
   "$bin/wsbench" report "$out/$name.json" --out "$out" || log "$name: no charts"

@@ -18,6 +18,10 @@
 //!   close their connections (spread over `--drain-spread`) and the process
 //!   exits as on SIGTERM
 //!
+//! With `--admin-tls-cert`/`--admin-tls-key` every path is served over HTTPS
+//! only (see [`stream`]); the request deadline runs from accept, so it bounds
+//! the TLS handshake too.
+//!
 //! Why one event loop rather than a thread per connection: a client that
 //! announces a body and never sends it, or simply holds connections open,
 //! must not take threads (or the health checks) with it. Every connection
@@ -27,6 +31,7 @@
 
 mod http;
 mod routes;
+mod stream;
 
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
@@ -36,7 +41,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, TryRecvError};
-use mio::net::{TcpListener, TcpStream};
+use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use slab::Slab;
 
@@ -45,6 +50,7 @@ use crate::metrics::MetricsSource;
 use crate::pubsub::Hub;
 use http::{parse_head, Head, Response};
 use routes::Outcome;
+use stream::AdminStream;
 
 /// Admin connections held at once; past it the oldest one still sending its
 /// request is closed to make room (health checks always get in).
@@ -102,6 +108,8 @@ pub(crate) struct Shared {
     drain_requested: crossbeam_channel::Sender<()>,
     /// `--admin-token-file`'s token.
     token: Option<String>,
+    /// `--admin-tls-cert`: the admin API speaks HTTPS only.
+    tls: Option<crate::tls::TlsContext>,
 }
 
 enum State {
@@ -118,7 +126,7 @@ enum State {
 }
 
 struct Conn {
-    stream: TcpStream,
+    stream: AdminStream,
     buf: Vec<u8>,
     head: Option<Head>,
     state: State,
@@ -133,6 +141,7 @@ impl AdminServer {
         config: Arc<Config>,
         metrics: MetricsSource,
         drain_requested: crossbeam_channel::Sender<()>,
+        tls: Option<crate::tls::TlsContext>,
     ) -> Result<AdminServer, AdminStartError> {
         let token = match &config.admin_token_file {
             Some(path) => Some(read_token(path)?),
@@ -159,6 +168,7 @@ impl AdminServer {
             draining: draining.clone(),
             drain_requested,
             token,
+            tls,
         };
         let mut admin = Loop {
             poll,
@@ -271,7 +281,7 @@ impl Loop {
 
     fn accept(&mut self) {
         loop {
-            let (mut stream, _) = match self.listener.accept() {
+            let (tcp, _) = match self.listener.accept() {
                 Ok(s) => s,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -289,10 +299,18 @@ impl Loop {
                     .fetch_add(1, Ordering::Relaxed);
                 continue;
             }
+            let tls = self.shared.tls.as_ref().map(|t| t.server_config());
+            let mut stream = match AdminStream::new(tcp, tls) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(error = %e, "admin TLS set-up failed");
+                    continue;
+                }
+            };
             let entry = self.conns.vacant_entry();
             let key = entry.key();
             if let Err(e) = self.poll.registry().register(
-                &mut stream,
+                stream.tcp(),
                 Token(key),
                 Interest::READABLE | Interest::WRITABLE,
             ) {
@@ -484,9 +502,18 @@ impl Loop {
                 }
             }
         }
+        // Over TLS the last records may still wait for room in the socket.
+        match conn.stream.flush() {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(_) => {
+                self.conns.remove(key);
+                return;
+            }
+        }
         // All out: FIN, then drop whatever else the client sends until its
         // EOF (or the linger time).
-        let _ = conn.stream.shutdown(std::net::Shutdown::Write);
+        conn.stream.shutdown_write();
         conn.state = State::Lingering;
         conn.deadline = Instant::now() + LINGER;
         self.read(key);

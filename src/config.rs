@@ -213,6 +213,7 @@ pub struct Config {
 
     /// Shortest time between two token refreshes one connection may ask for;
     /// earlier ones are refused (error 429) without checking the token.
+    /// 0 turns the limit off.
     #[arg(long, env = "WSGATE_MIN_REFRESH_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub min_refresh_interval: Duration,
 
@@ -333,9 +334,12 @@ pub struct Config {
 
     /// WebSocket upgrades one worker accepts per second, with bursts of
     /// twice that; past it new connections get a fast 503 with a jittered
-    /// Retry-After (0 = no limit).
-    #[arg(long, env = "WSGATE_MAX_HANDSHAKES_PER_SEC", default_value_t = 0)]
-    pub max_handshakes_per_sec: u32,
+    /// Retry-After. `auto`: the rate at which handshakes would take half of
+    /// the worker's time, measured as it runs (no limit until measured); a
+    /// number: that fixed rate; 0 or `off`: no limit.
+    #[arg(long, env = "WSGATE_MAX_HANDSHAKES_PER_SEC", default_value = "auto",
+          value_parser = parse_handshake_limit)]
+    pub max_handshakes_per_sec: HandshakeLimit,
 
     /// Largest HTTP upgrade request head, in bytes (larger gets 431).
     #[arg(long, env = "WSGATE_MAX_REQUEST_HEAD", default_value_t = 8 * 1024)]
@@ -367,6 +371,25 @@ pub struct Config {
     /// session-ID resumption; TLS 1.3 resumes with stateless tickets).
     #[arg(long, env = "WSGATE_TLS_SESSION_CACHE", default_value_t = crate::tls::config::DEFAULT_SESSION_CACHE_ENTRIES)]
     pub tls_session_cache: usize,
+
+    /// PEM certificate chain (leaf first) for the admin listener: with it
+    /// (and --admin-tls-key) the admin API answers HTTPS only. Re-read with
+    /// --tls-cert on SIGHUP and POST /reload-tls. May name the same files
+    /// as --tls-cert.
+    #[arg(long, env = "WSGATE_ADMIN_TLS_CERT")]
+    pub admin_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --admin-tls-cert's leaf.
+    #[arg(long, env = "WSGATE_ADMIN_TLS_KEY")]
+    pub admin_tls_key: Option<PathBuf>,
+
+    /// With TLS: file of session-ticket keys (one 64-hex-digit secret per
+    /// line, the first encrypts, all decrypt), so tickets resume across
+    /// restarts and across nodes sharing the file. Re-read on SIGHUP and
+    /// admin POST /reload-tls. Default: random keys per process, rotated
+    /// every 6 hours.
+    #[arg(long, env = "WSGATE_TLS_TICKET_KEYS")]
+    pub tls_ticket_keys: Option<PathBuf>,
 
     /// Log filter (error, warn, info, debug, trace, or a RUST_LOG-style directive).
     #[arg(long, env = "WSGATE_LOG_LEVEL", default_value = "info", value_parser = parse_log_level)]
@@ -921,6 +944,43 @@ pub fn history_rules(
     Ok(rules)
 }
 
+/// `--max-handshakes-per-sec`: how fast one worker takes new upgrades.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeLimit {
+    /// Measured: the rate at which handshakes take half of the worker's
+    /// time (see `server::worker::handshake_rate`).
+    Auto,
+    /// A fixed number of upgrades per second per worker.
+    PerSec(u32),
+    /// No limit.
+    Off,
+}
+
+impl std::fmt::Display for HandshakeLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HandshakeLimit::Auto => f.write_str("auto"),
+            HandshakeLimit::PerSec(n) => write!(f, "{n}"),
+            HandshakeLimit::Off => f.write_str("0"),
+        }
+    }
+}
+
+/// `auto`, a whole number of upgrades per second per worker, or 0 / `off`.
+pub fn parse_handshake_limit(s: &str) -> Result<HandshakeLimit, String> {
+    match s.trim() {
+        "auto" => Ok(HandshakeLimit::Auto),
+        "off" | "0" => Ok(HandshakeLimit::Off),
+        n => match n.parse::<u32>() {
+            Ok(n) => Ok(HandshakeLimit::PerSec(n)),
+            Err(_) => Err(format!(
+                "{s:?} is not a handshake rate: use auto (measured), a whole number of \
+                 upgrades per second per worker, or 0 (no limit)"
+            )),
+        },
+    }
+}
+
 /// Worker count: at least 1 (0 used to become 1 silently).
 fn parse_workers(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {
@@ -1022,6 +1082,33 @@ mod tests {
         assert_eq!(c.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
         let off = Config::from_args(["wsgate", "--admin-listen", "off"]).unwrap();
         assert_eq!(off.admin_listen, None);
+    }
+
+    #[test]
+    fn handshake_limit_is_auto_a_number_or_off() {
+        let limit = |v: &str| {
+            Config::from_args(["wsgate", "--max-handshakes-per-sec", v])
+                .map(|c| c.max_handshakes_per_sec)
+        };
+        let default = Config::from_args(["wsgate"]).unwrap();
+        assert_eq!(default.max_handshakes_per_sec, HandshakeLimit::Auto);
+        assert_eq!(limit("auto").unwrap(), HandshakeLimit::Auto);
+        assert_eq!(limit("500").unwrap(), HandshakeLimit::PerSec(500));
+        assert_eq!(limit("0").unwrap(), HandshakeLimit::Off);
+        assert_eq!(limit("off").unwrap(), HandshakeLimit::Off);
+        for bad in ["fast", "-1", "1.5", "", "4294967296"] {
+            let e = limit(bad).unwrap_err().to_string();
+            assert!(e.contains("not a handshake rate"), "{bad:?}: {e}");
+            assert!(e.contains("auto"), "{e}");
+        }
+        // What --print-config writes reads back as the same setting.
+        for v in [
+            HandshakeLimit::Auto,
+            HandshakeLimit::PerSec(7),
+            HandshakeLimit::Off,
+        ] {
+            assert_eq!(parse_handshake_limit(&v.to_string()), Ok(v));
+        }
     }
 
     #[test]

@@ -393,6 +393,20 @@ impl Collector for MetricsSource {
         )?;
         family(
             &mut enc,
+            "wsgate_handshake_rate_limit",
+            "Upgrades per second the worker takes before shedding (--max-handshakes-per-sec, fixed or measured by auto); 0 while no limit applies",
+            Gauge,
+            &per_worker(s, |s| s.handshake_rate_limit),
+        )?;
+        family(
+            &mut enc,
+            "wsgate_handshake_cost_nanoseconds",
+            "Measured wall time one handshake costs the worker, smoothed (--max-handshakes-per-sec auto); 0 until measured",
+            Gauge,
+            &per_worker(s, |s| s.handshake_cost_ns),
+        )?;
+        family(
+            &mut enc,
             "wsgate_panics",
             "Panics caught while handling one connection (that connection was closed)",
             Counter,

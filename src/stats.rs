@@ -121,6 +121,12 @@ worker_stats! {
     /// New connections answered 503 at once because the worker was over
     /// `--max-handshakes-per-sec` (not counted as handshake failures).
     handshakes_shed,
+    /// Gauge: the worker's `--max-handshakes-per-sec` now (fixed, or what
+    /// `auto` measured); 0 while no limit applies.
+    handshake_rate_limit,
+    /// Gauge: with `auto`, the measured (smoothed) cost of one handshake
+    /// on this worker, in nanoseconds; 0 until measured.
+    handshake_cost_ns,
     /// Upgrades that presented a valid token.
     authenticated,
     /// Connections closed (1008) when their token expired.

@@ -183,7 +183,7 @@ fn a_worker_that_dies_turns_readyz_and_healthz_503() {
 /// Runs the wsgate binary with at most `nofile` descriptors.
 fn wsgate_with_nofile(nofile: u32, port: u16, admin: u16, extra: &[&str]) -> Proc {
     let bin = env!("CARGO_BIN_EXE_wsgate");
-    let p = Proc(
+    let mut p = Proc(
         Command::new("bash")
             .arg("-c")
             .arg(format!("ulimit -n {nofile} && exec \"$0\" \"$@\""))
@@ -197,8 +197,8 @@ fn wsgate_with_nofile(nofile: u32, port: u16, admin: u16, extra: &[&str]) -> Pro
             .spawn()
             .expect("spawn wsgate under bash"),
     );
-    wait_for_port(port, Duration::from_secs(10));
-    wait_for_port(admin, Duration::from_secs(10));
+    p.wait_listening(port, Duration::from_secs(10));
+    p.wait_listening(admin, Duration::from_secs(10));
     p
 }
 
@@ -288,7 +288,7 @@ fn client_text_in_the_log_is_escaped() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn wsgate");
-    wait_for_port(port, Duration::from_secs(10));
+    common::wait_child_listening(&mut child, port, Duration::from_secs(10), None);
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let header = b64.encode(
         br#"{"alg":"HS256\n2030-01-01T00:00:00Z  INFO wsgate: FORGED\u001b[2J","typ":"JWT"}"#,

@@ -70,3 +70,37 @@ fn serves_echo_then_sigterm_sends_1001_and_exits_0() {
     // And the port is no longer served.
     assert!(std::net::TcpStream::connect(addr).is_err());
 }
+
+/// Test ports come from the kernel's free ports, and until wsgate binds its
+/// port another process may take it: wsgate's SO_REUSEPORT listeners then
+/// share it with that process. Waiting for "something accepts on the port"
+/// was then satisfied by the other listener, and a connection made after it
+/// closed was refused (the flake this start-up wait fixes). Waiting for the
+/// child's own listener is not fooled.
+#[test]
+fn the_start_up_wait_is_not_fooled_by_another_listener_on_the_port() {
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let other = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    other.set_reuse_address(true).unwrap();
+    other.set_reuse_port(true).unwrap();
+    other.bind(&addr.into()).unwrap();
+    other.listen(16).unwrap();
+    // A slow start, as a loaded machine gives one.
+    let mut proc = Proc(
+        Command::new("bash")
+            .args(["-c", "sleep 0.5 && exec \"$@\"", "wsgate"])
+            .arg(env!("CARGO_BIN_EXE_wsgate"))
+            .args(["--listen", &addr.to_string(), "--admin-listen", "off"])
+            .args(["--app", "echo", "--workers", "2", "--log-level", "error"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn wsgate"),
+    );
+    proc.wait_listening(port, Duration::from_secs(10));
+    drop(other);
+    let mut ws = connect(addr);
+    ws.send(Message::text("mine")).unwrap();
+    assert_eq!(ws.read().unwrap(), Message::text("mine"));
+}

@@ -203,7 +203,7 @@ fn nginx_conf(listen: u16, upstreams: &[u16]) -> String {
 /// Runs nginx in the foreground with `conf`, its files under `dir`, and
 /// waits until it accepts on `port`.
 fn nginx(dir: &std::path::Path, conf: &std::path::Path, port: u16) -> Proc {
-    let p = Proc(
+    let mut p = Proc(
         std::process::Command::new("nginx")
             // Its own process group, so stopping it stops its workers too.
             .process_group(0)
@@ -220,7 +220,7 @@ fn nginx(dir: &std::path::Path, conf: &std::path::Path, port: u16) -> Proc {
             .spawn()
             .expect("nginx from apt (apt-get install nginx)"),
     );
-    wait_for_port(port, Duration::from_secs(10));
+    p.wait_listening(port, Duration::from_secs(10));
     p
 }
 

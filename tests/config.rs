@@ -237,7 +237,7 @@ fn json_logs_are_one_object_per_line() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut p = Proc(cmd.spawn().unwrap());
-    wait_for_port(port, Duration::from_secs(10));
+    p.wait_listening(port, Duration::from_secs(10));
     p.signal(libc::SIGTERM);
     assert!(p.wait_exit(Duration::from_secs(5)).success());
     let mut err = String::new();
@@ -454,7 +454,7 @@ fn logs_of_a_short_run(extra: &[&str], env: &[(&str, &str)]) -> String {
         cmd.env(k, v);
     }
     let mut p = Proc(cmd.spawn().unwrap());
-    wait_for_port(port, Duration::from_secs(10));
+    p.wait_listening(port, Duration::from_secs(10));
     p.signal(libc::SIGTERM);
     assert!(p.wait_exit(Duration::from_secs(5)).success());
     let mut err = String::new();

@@ -418,7 +418,7 @@ fn try_upgrade(addr: SocketAddr) -> Option<(u16, Option<String>)> {
 fn a_handshake_storm_gets_fast_503s_with_retry_after_and_open_clients_carry_on() {
     let mut cfg = wsgate::Config::for_tests();
     cfg.workers = Some(1);
-    cfg.max_handshakes_per_sec = 10;
+    cfg.max_handshakes_per_sec = wsgate::config::HandshakeLimit::PerSec(10);
     let server = wsgate::start(cfg).unwrap();
     let addr = server.local_addr();
     let mut established = connect(addr);
@@ -484,8 +484,8 @@ fn post_drain_stops_the_binary_like_sigterm() {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     let mut p = Proc(cmd.spawn().expect("spawn wsgate"));
-    wait_for_port(port, Duration::from_secs(10));
-    wait_for_port(admin_port, Duration::from_secs(10));
+    p.wait_listening(port, Duration::from_secs(10));
+    p.wait_listening(admin_port, Duration::from_secs(10));
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let mut c = RawClient::upgraded(addr);

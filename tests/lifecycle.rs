@@ -451,7 +451,7 @@ fn a_process_out_of_descriptors_hands_new_connections_to_the_others() {
     let admin_port = free_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     // `ulimit -n` caps both soft and hard limits for the exec'd server.
-    let small = Proc(
+    let mut small = Proc(
         std::process::Command::new("bash")
             .args(["-c", "ulimit -n 150 && exec \"$@\"", "wsgate"])
             .arg(env!("CARGO_BIN_EXE_wsgate"))
@@ -470,7 +470,7 @@ fn a_process_out_of_descriptors_hands_new_connections_to_the_others() {
             .spawn()
             .expect("spawn wsgate"),
     );
-    wait_for_port(port, Duration::from_secs(10));
+    small.wait_listening(port, Duration::from_secs(10));
     let _big = Proc::wsgate(port, &["--workers", "1", "--app", "echo"], &[]);
     let mut clients = Vec::new();
     for i in 0..400 {

@@ -105,6 +105,38 @@ fn echo_over_tls13_and_tls12() {
     assert_eq!(s.tls_handshakes_full, 2, "{s:?}");
 }
 
+/// `wsgate_bytes_in`/`_out` count WebSocket bytes on a TLS connection as
+/// on a plain one: a 100-byte text echo is a 106-byte masked frame in and a
+/// 102-byte frame out, not the 22 bytes more of its TLS 1.3 record.
+#[test]
+fn byte_counters_count_websocket_bytes_not_records() {
+    let pki = Pki::new();
+    issue(&pki);
+    let server = start(&pki, AppKind::Echo, false, |_| {});
+    let config = pki.client_config(&[&TLS13]);
+    let mut ws = connect(server.local_addr(), &config);
+    // The worker counts a write after it returns, which may be after the
+    // client has read the reply: read the counters once they are still.
+    let settled = || {
+        let mut last = server.total_stats();
+        loop {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = server.total_stats();
+            if (now.bytes_in, now.bytes_out) == (last.bytes_in, last.bytes_out) {
+                return now;
+            }
+            last = now;
+        }
+    };
+    echo(&mut ws, "warm-up");
+    let before = settled();
+    let text = "x".repeat(100);
+    echo(&mut ws, &text);
+    let after = settled();
+    assert_eq!(after.bytes_in - before.bytes_in, 2 + 4 + 100, "{after:?}");
+    assert_eq!(after.bytes_out - before.bytes_out, 2 + 100, "{after:?}");
+}
+
 #[test]
 fn large_messages_both_ways_through_batched_records() {
     // 4 MiB each way: many 16 KiB records, the socket fills, ciphertext
@@ -479,7 +511,7 @@ fn sighup_reloads_the_certificate_without_a_shutdown_and_refuses_a_bad_file() {
         .stdout(std::process::Stdio::null())
         .stderr(std::fs::File::create(&log_path).unwrap());
     let mut proc = common::Proc(cmd.spawn().expect("spawn wsgate"));
-    common::wait_for_port(port, Duration::from_secs(10));
+    proc.wait_listening(port, Duration::from_secs(10));
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let admin: SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
     let leaf_of = |ws: &TlsWs| tls_of(ws).peer_certificates().unwrap()[0].clone();
@@ -756,5 +788,55 @@ fn handshaking_caps_apply_from_accept_on_a_tls_listener() {
     echo(
         &mut connect(server.local_addr(), &pki.client_config(&[&TLS13])),
         "in",
+    );
+}
+
+/// Two servers sharing a `--tls-ticket-keys` file (two nodes behind an L4
+/// balancer, or a restart): a ticket from one resumes on the other. Without
+/// the file each has its own keys and the second handshake is full.
+#[test]
+fn a_shared_ticket_key_file_resumes_across_servers() {
+    let pki = Pki::new();
+    issue(&pki);
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("ticket.keys");
+    std::fs::write(
+        &keys,
+        "# rotate: new key first\n\
+         6f1d0c2b3a495867768594a3b2c1d0e0f1e2d3c4b5a697887766554433221100\n",
+    )
+    .unwrap();
+    for (shared, want) in [(true, HandshakeKind::Resumed), (false, HandshakeKind::Full)] {
+        let with_keys = |c: &mut wsgate::Config| {
+            if shared {
+                c.tls_ticket_keys = Some(keys.clone());
+            }
+        };
+        let a = start(&pki, AppKind::Echo, false, with_keys);
+        let b = start(&pki, AppKind::Echo, false, with_keys);
+        let config = pki.client_config(&[&TLS13]);
+        let mut first = connect(a.local_addr(), &config);
+        echo(&mut first, "on a");
+        assert_eq!(tls_of(&first).handshake_kind(), Some(HandshakeKind::Full));
+        let mut moved = connect(b.local_addr(), &config);
+        echo(&mut moved, "on b");
+        assert_eq!(
+            tls_of(&moved).handshake_kind(),
+            Some(want),
+            "shared key file: {shared}"
+        );
+        assert_eq!(b.total_stats().tls_handshakes_resumed, u64::from(shared));
+    }
+    // A malformed file stops the start, naming the flag and the line.
+    std::fs::write(&keys, "not a key\n").unwrap();
+    let mut cfg = wsgate::Config::for_tests();
+    cfg.admin_listen = None;
+    cfg.tls_cert = Some(pki.cert_path());
+    cfg.tls_key = Some(pki.key_path());
+    cfg.tls_ticket_keys = Some(keys.clone());
+    let text = wsgate::start(cfg).err().expect("refused").to_string();
+    assert!(
+        text.starts_with("--tls-ticket-keys:") && text.contains("line 1"),
+        "{text}"
     );
 }

@@ -104,8 +104,8 @@ fn server(pki: &Pki, tls: bool) -> (common::Proc, SocketAddr) {
         cmd.arg("--tls-cert").arg(pki.cert_path());
         cmd.arg("--tls-key").arg(pki.key_path());
     }
-    let p = common::Proc(cmd.spawn().unwrap());
-    common::wait_for_port(port, Duration::from_secs(10));
+    let mut p = common::Proc(cmd.spawn().unwrap());
+    p.wait_listening(port, Duration::from_secs(10));
     (p, format!("127.0.0.1:{port}").parse().unwrap())
 }
 

@@ -822,6 +822,9 @@ fn scripts_print_their_usage_and_bench_scripts_change_nothing_unasked() {
         "tests/conformance.sh",
         "bench/million.sh",
         "bench/reference.sh",
+        "bench/compare.sh",
+        "bench/deflate.sh",
+        "bench/storm.sh",
     ] {
         // Run as the docs do: directly, so the run bit must be set.
         let mode = std::os::unix::fs::PermissionsExt::mode(
@@ -931,7 +934,13 @@ fn bench_docs_run_wsbench_by_path_and_keep_published_results() {
             }
         }
     }
-    for script in ["bench/million.sh", "bench/reference.sh"] {
+    for script in [
+        "bench/million.sh",
+        "bench/reference.sh",
+        "bench/compare.sh",
+        "bench/deflate.sh",
+        "bench/storm.sh",
+    ] {
         let text = std::fs::read_to_string(repo(script)).unwrap();
         let default = text
             .lines()

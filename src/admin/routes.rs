@@ -109,13 +109,18 @@ pub fn route(shared: &Shared, head: &Head, body: &[u8]) -> Outcome {
         }
         // Re-reads the TLS certificate and key: new handshakes use them,
         // open connections are untouched; a bad file keeps the old pair.
-        ("POST", "/reload-tls") => match &shared.metrics.tls {
-            None => Response::error(404, "TLS is off (no --tls-cert)"),
-            Some(tls) => match tls.reload() {
-                Ok(()) => Response::json(200, r#"{"status":"reloaded"}"#),
-                Err(e) => Response::error(422, &e.to_string()),
-            },
-        },
+        ("POST", "/reload-tls") => {
+            let contexts = [shared.metrics.tls.as_ref(), shared.tls.as_ref()];
+            let mut reloaded = contexts.into_iter().flatten().map(|tls| tls.reload());
+            match reloaded.next() {
+                None => Response::error(404, "TLS is off (no --tls-cert or --admin-tls-cert)"),
+                // Every context is re-read even when the first file is bad.
+                Some(first) => match reloaded.fold(first, Result::and) {
+                    Ok(()) => Response::json(200, r#"{"status":"reloaded"}"#),
+                    Err(e) => Response::error(422, &e.to_string()),
+                },
+            }
+        }
         ("POST", "/broadcast") => match json_payload(body) {
             Ok(payload) => return publish(shared, None, payload),
             Err(resp) => resp,

@@ -49,11 +49,30 @@ pub struct Allowances {
     /// Broadcast token bucket and the tick it was last refilled at.
     pub broadcast_tokens: f32,
     pub broadcast_tick: u32,
-    /// Tick of the last refresh checked (0: none yet).
-    pub refresh_tick: u32,
+    /// Tick of the last refresh checked (fits the padding before
+    /// `refused_token`: the struct stays 24 bytes).
+    pub refresh_tick: Option<u32>,
     /// Hash of the last token refused, so sending it again costs a hash,
     /// not a signature check.
     pub refused_token: u64,
+}
+
+impl Allowances {
+    /// Takes this connection's one refresh per `every` ticks: false when
+    /// the last one checked was less than `every` ticks ago.
+    pub fn take_refresh(&mut self, now_tick: u32, every: u32) -> bool {
+        // An Option, not 0 for "none yet": tick 0 is a real tick (a
+        // refresh in the worker's first tick used to leave no trace, so the
+        // next one was never limited).
+        if self
+            .refresh_tick
+            .is_some_and(|last| now_tick.wrapping_sub(last) < every)
+        {
+            return false;
+        }
+        self.refresh_tick = Some(now_tick);
+        true
+    }
 }
 
 /// One worker's pub/sub state, borrowed by connections while they run
@@ -526,14 +545,13 @@ fn refresh(token: &str, caller: &mut Caller<'_>, cx: &mut PubSubCx<'_>, out: &mu
         let e = CommandError::Unauthorized("this token was already refused".into());
         return reply(out, &commands::error_text(&e));
     }
-    if a.refresh_tick != 0 && cx.now_tick.wrapping_sub(a.refresh_tick) < cx.limits.refresh_ticks {
+    if !a.take_refresh(cx.now_tick, cx.limits.refresh_ticks) {
         cx.stats.refreshes_refused.inc();
         return reply(
             out,
             &commands::error_text(&CommandError::RateLimited("refreshes")),
         );
     }
-    a.refresh_tick = cx.now_tick.max(1);
     cx.stats.refresh_checks.inc();
     let grant = match auth.verify(token, crate::security::unix_now()) {
         Ok(g) => g,
@@ -578,4 +596,37 @@ fn refresh(token: &str, caller: &mut Caller<'_>, cx: &mut PubSubCx<'_>, out: &mu
 fn token_hash(token: &str) -> u64 {
     use std::hash::{BuildHasher, BuildHasherDefault};
     BuildHasherDefault::<rustc_hash::FxHasher>::default().hash_one(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Allowances;
+
+    /// One refresh per `every` ticks from the worker's very first tick on
+    /// (the first tick used to leave no trace, so a client connected then
+    /// could have its every refresh checked).
+    #[test]
+    fn one_refresh_per_interval_from_tick_zero() {
+        for start in [0, 1, 7, u32::MAX - 1, u32::MAX] {
+            let mut a = Allowances::default();
+            assert!(a.take_refresh(start, 20), "first at {start}");
+            assert!(!a.take_refresh(start, 20), "again at {start}");
+            assert!(
+                !a.take_refresh(start.wrapping_add(19), 20),
+                "19 later, from {start}"
+            );
+            assert!(
+                a.take_refresh(start.wrapping_add(20), 20),
+                "20 later, from {start}"
+            );
+            assert!(
+                !a.take_refresh(start.wrapping_add(21), 20),
+                "then 1 later, from {start}"
+            );
+        }
+        // 0: no limit (--min-refresh-interval 0).
+        let mut a = Allowances::default();
+        assert!((0..3).all(|_| a.take_refresh(5, 0)));
+        assert_eq!(std::mem::size_of::<Allowances>(), 24);
+    }
 }

@@ -56,6 +56,12 @@ pub enum StartError {
     },
     #[error("--tls-cert/--tls-key: {0}")]
     Tls(#[source] crate::tls::TlsConfigError),
+    #[error("--admin-tls-cert/--admin-tls-key: {0}")]
+    AdminTls(#[source] crate::tls::TlsConfigError),
+    #[error("--admin-tls-cert is set but the admin listener is off (--admin-listen off)")]
+    AdminTlsWithoutAdmin,
+    #[error("--tls-ticket-keys: {0}")]
+    TlsTicketKeys(#[source] crate::tls::ticket_keys::TicketKeyError),
     /// TLS runs on the epoll (mio) event loop only, for now: the io_uring
     /// backend returns this when `--tls-cert` is set too.
     #[error("--tls-cert/--tls-key need the epoll I/O backend; TLS is not available with --io-backend {backend} yet")]

@@ -26,6 +26,8 @@ pub struct ServerHandle {
     pub(super) _drain_tx: crossbeam_channel::Sender<()>,
     /// The TLS context, when the client listener speaks TLS.
     pub(super) tls: Option<crate::tls::TlsContext>,
+    /// The admin listener's TLS context (`--admin-tls-cert`).
+    pub(super) admin_tls: Option<crate::tls::TlsContext>,
 }
 
 impl ServerHandle {
@@ -34,11 +36,18 @@ impl ServerHandle {
         self.local_addr
     }
 
-    /// Re-reads the TLS certificate and key (SIGHUP): new handshakes use
+    /// Re-reads the TLS certificates and keys of the client and admin
+    /// listeners (SIGHUP): new handshakes use
     /// them, open connections carry on; a bad file keeps the old pair.
     /// `None` when TLS is off.
     pub fn reload_tls(&self) -> Option<Result<(), crate::tls::CertError>> {
-        self.tls.as_ref().map(|t| t.reload())
+        let mut reloaded = [self.tls.as_ref(), self.admin_tls.as_ref()]
+            .into_iter()
+            .flatten()
+            .map(|t| t.reload());
+        // Every context is re-read even when the first file is bad.
+        let first = reloaded.next()?;
+        Some(reloaded.fold(first, Result::and))
     }
 
     /// The admin HTTP listener's address, if it runs.

@@ -16,6 +16,7 @@ pub mod error;
 pub mod handle;
 pub mod security;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::admin::AdminServer;
@@ -59,7 +60,24 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         server::probe_io_uring().map_err(StartError::IoUring)?;
     }
     let security = Arc::new(security::from_config(&config)?);
-    let tls = tls_context(&config)?;
+    let tls = tls_context(
+        (&config.tls_cert, "--tls-cert"),
+        (&config.tls_key, "--tls-key"),
+        config.tls_session_cache,
+        config.tls_ticket_keys.as_ref(),
+    )
+    .map_err(|e| e.for_client())?;
+    let admin_tls = tls_context(
+        (&config.admin_tls_cert, "--admin-tls-cert"),
+        (&config.admin_tls_key, "--admin-tls-key"),
+        config.tls_session_cache,
+        // Admin clients are few: per-process ticket keys are enough.
+        None,
+    )
+    .map_err(|e| e.for_admin())?;
+    if admin_tls.is_some() && config.admin_listen.is_none() {
+        return Err(StartError::AdminTlsWithoutAdmin);
+    }
     let cluster_plan = cluster::plan(&config)?;
     let (bound, links) = server::bind(&config).map_err(|source| StartError::Listen {
         addr: config.listen,
@@ -116,6 +134,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             config.clone(),
             metrics,
             drain_tx.clone(),
+            admin_tls.clone(),
         )?),
         None => None,
     };
@@ -139,33 +158,72 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         drain_rx,
         _drain_tx: drain_tx,
         tls,
+        admin_tls,
     })
 }
 
-/// The TLS context when `--tls-cert`/`--tls-key` are set: the files are
-/// read now, so a bad one stops the start with the flag named.
-fn tls_context(config: &Config) -> Result<Option<crate::tls::TlsContext>, StartError> {
-    let (cert, key) = match (&config.tls_cert, &config.tls_key) {
+/// Why a TLS context could not be made, before we know which listener's.
+enum ContextError {
+    Half {
+        given: &'static str,
+        missing: &'static str,
+    },
+    Files(crate::tls::TlsConfigError),
+    TicketKeys(crate::tls::ticket_keys::TicketKeyError),
+}
+
+impl ContextError {
+    fn for_client(self) -> StartError {
+        match self {
+            ContextError::Half { given, missing } => StartError::TlsHalf { given, missing },
+            ContextError::Files(e) => StartError::Tls(e),
+            ContextError::TicketKeys(e) => StartError::TlsTicketKeys(e),
+        }
+    }
+
+    fn for_admin(self) -> StartError {
+        match self {
+            ContextError::Half { given, missing } => StartError::TlsHalf { given, missing },
+            ContextError::Files(e) => StartError::AdminTls(e),
+            ContextError::TicketKeys(e) => StartError::TlsTicketKeys(e),
+        }
+    }
+}
+
+/// A listener's TLS context when both its certificate and key flags are
+/// set: the files are read now, so a bad one stops the start with the flag
+/// named.
+fn tls_context(
+    (cert, cert_flag): (&Option<PathBuf>, &'static str),
+    (key, key_flag): (&Option<PathBuf>, &'static str),
+    session_cache: usize,
+    ticket_keys: Option<&PathBuf>,
+) -> Result<Option<crate::tls::TlsContext>, ContextError> {
+    let (cert, key) = match (cert, key) {
         (Some(cert), Some(key)) => (cert, key),
         (None, None) => return Ok(None),
         (Some(_), None) => {
-            return Err(StartError::TlsHalf {
-                given: "--tls-cert",
-                missing: "--tls-key",
+            return Err(ContextError::Half {
+                given: cert_flag,
+                missing: key_flag,
             })
         }
         (None, Some(_)) => {
-            return Err(StartError::TlsHalf {
-                given: "--tls-key",
-                missing: "--tls-cert",
+            return Err(ContextError::Half {
+                given: key_flag,
+                missing: cert_flag,
             })
         }
     };
     let mut settings = crate::tls::TlsSettings::new(cert, key);
-    settings.session_cache_entries = config.tls_session_cache;
+    settings.session_cache_entries = session_cache;
+    settings.ticket_keys = ticket_keys.cloned();
     crate::tls::TlsContext::new(settings)
         .map(Some)
-        .map_err(StartError::Tls)
+        .map_err(|e| match e {
+            crate::tls::TlsConfigError::TicketKeys(e) => ContextError::TicketKeys(e),
+            e => ContextError::Files(e),
+        })
 }
 
 /// A node id unlikely to collide with another process's: std's randomly

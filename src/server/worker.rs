@@ -14,6 +14,8 @@
 //! - `accept`: admission before a connection costs a slot (both loops), the
 //!   epoll loop's accept batch, and leaving / rejoining the port's
 //!   SO_REUSEPORT group when out of descriptors;
+//! - `handshake_rate`: what a handshake costs this worker, and the
+//!   `--max-handshakes-per-sec auto` limit that follows;
 //! - `timers`: ticks, the timer wheel, and when to wake up;
 //! - `fanout`: the worker's side of [`LocalFanout`] (delivering a turn's
 //!   fan-out frames to sessions);
@@ -27,6 +29,7 @@
 pub(super) mod accept;
 pub(super) mod epoll;
 mod fanout;
+mod handshake_rate;
 mod setup;
 mod shutdown;
 pub(super) mod timers;

@@ -17,6 +17,7 @@ use rustls::ServerConfig;
 
 use super::certs::{load_certified_key, CertError};
 use super::resolver::ReloadableResolver;
+use super::ticket_keys::{FileTicketer, TicketKeyError};
 use crate::escape::Esc;
 
 /// What the operator configures.
@@ -34,6 +35,10 @@ pub struct TlsSettings {
     /// TLS 1.3 tickets sent after each full handshake. A client uses one per
     /// resumption, so 2 lets it reconnect twice without a new full handshake.
     pub tls13_tickets: usize,
+    /// `--tls-ticket-keys`: ticket keys shared through a file (resumption
+    /// across restarts and nodes). None: random keys of this process,
+    /// rotated every 6 hours.
+    pub ticket_keys: Option<PathBuf>,
 }
 
 impl TlsSettings {
@@ -44,6 +49,7 @@ impl TlsSettings {
             key_path: key_path.into(),
             session_cache_entries: DEFAULT_SESSION_CACHE_ENTRIES,
             tls13_tickets: 2,
+            ticket_keys: None,
         }
     }
 }
@@ -63,6 +69,8 @@ pub struct TlsContext {
     settings: TlsSettings,
     provider: Arc<CryptoProvider>,
     reloads: Arc<ReloadCounts>,
+    /// With `--tls-ticket-keys`: the file's ticketer, re-read on reload.
+    ticket_file: Option<Arc<FileTicketer>>,
 }
 
 /// Reloads done and refused since start (`wsgate_tls_reloads_total`).
@@ -79,19 +87,34 @@ pub enum TlsConfigError {
     Cert(#[from] CertError),
     #[error("TLS configuration rejected: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("--tls-ticket-keys {0}")]
+    TicketKeys(#[from] TicketKeyError),
 }
 
 impl TlsContext {
     /// Loads the certificate and builds the configuration with the
     /// aws-lc-rs crypto provider (chosen by benchmark,
-    /// bench/results/tls-provider.md) and its rotating ticket keys.
+    /// bench/results/tls-provider.md) and its rotating ticket keys. Its
+    /// TLS 1.3 record keys are kept raw per connection and expanded per
+    /// record ([`compact_aead`](super::compact_aead)): ≈ 1.2 KiB less per
+    /// idle connection.
     pub fn new(settings: TlsSettings) -> Result<Self, TlsConfigError> {
-        let ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
-        Self::with_provider(
+        let (ticketer, ticket_file): (Arc<dyn ProducesTickets>, _) = match &settings.ticket_keys {
+            Some(path) => {
+                let file = FileTicketer::open(path)?;
+                (file.clone(), Some(file))
+            }
+            None => (rustls::crypto::aws_lc_rs::Ticketer::new()?, None),
+        };
+        let mut ctx = Self::with_provider(
             settings,
-            Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            Arc::new(super::compact_aead::compact_provider(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            )),
             ticketer,
-        )
+        )?;
+        ctx.ticket_file = ticket_file;
+        Ok(ctx)
     }
 
     /// Builds the configuration with an explicit provider and ticketer
@@ -125,6 +148,7 @@ impl TlsContext {
             settings,
             provider,
             reloads: Arc::default(),
+            ticket_file: None,
         })
     }
 
@@ -157,6 +181,18 @@ impl TlsContext {
     /// the old pair stays in use, and both the log line and the error say
     /// which file is wrong.
     pub fn reload(&self) -> Result<(), CertError> {
+        // Ticket keys (with --tls-ticket-keys) are re-read too; a bad file
+        // keeps the keys in use and is logged, the certificate reload goes
+        // on regardless.
+        if let Some(file) = &self.ticket_file {
+            match file.reload() {
+                Ok(()) => tracing::info!(file = %file.path().display(), "TLS ticket keys reloaded"),
+                Err(e) => tracing::warn!(
+                    error = %Esc::str(&e.to_string()),
+                    "TLS ticket keys reload refused; the current keys stay in use"
+                ),
+            }
+        }
         let loaded = load_certified_key(
             &self.settings.cert_path,
             &self.settings.key_path,

@@ -8,17 +8,23 @@
 //! keeps only rustls' session state (keys, sequence numbers).
 //!
 //! - [`certs`]: PEM certificate chain and private key loading.
+//! - [`compact_aead`]: TLS 1.3 record keys kept raw (not expanded) per
+//!   connection, so an idle connection holds ~64 bytes of keys, not ~1.3 KiB.
 //! - [`resolver`]: the certificate in use, swappable at run time (reload).
 //! - [`config`]: the rustls server configuration (versions, ALPN,
 //!   resumption) and the reload entry point ([`TlsContext`]).
 //! - [`session`]: one connection's TLS state machine ([`TlsConn`]).
+//! - [`ticket_keys`]: session-ticket keys shared through a file
+//!   (`--tls-ticket-keys`), for resumption across restarts and nodes.
 //! - [`error`]: what can go wrong, typed, with the close reason each maps to.
 
 pub mod certs;
+pub mod compact_aead;
 pub mod config;
 pub mod error;
 pub mod resolver;
 pub mod session;
+pub mod ticket_keys;
 
 pub use certs::{load_certified_key, CertError};
 pub use config::{TlsConfigError, TlsContext, TlsSettings};

@@ -79,6 +79,10 @@ pub fn free_port() -> u16 {
 /// in the ephemeral range the kernel may pick it as the client's own port
 /// and connect the socket to itself (TCP simultaneous open). Such a
 /// self-connection is not a listener, so it does not count.
+///
+/// Use [`Proc::wait_listening`] for a child process this test started: a
+/// connection accepted on `port` may come from another process's listener
+/// (see there).
 pub fn wait_for_port(port: u16, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
@@ -90,6 +94,50 @@ pub fn wait_for_port(port: u16, within: Duration) {
         assert!(Instant::now() < deadline, "nothing listens on {port}");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// Socket inodes of the TCP listeners on `port` in this network namespace
+/// (any address, IPv4 or IPv6), from /proc/net/tcp{,6}.
+fn listener_inodes(port: u16) -> Vec<u64> {
+    const LISTEN: &str = "0A";
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (cols.get(1), cols.get(3), cols.get(9))
+            else {
+                continue;
+            };
+            let local_port = local
+                .rsplit(':')
+                .next()
+                .and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            if local_port == Some(port) && *state == LISTEN {
+                inodes.extend(inode.parse::<u64>().ok());
+            }
+        }
+    }
+    inodes
+}
+
+/// Whether process `pid` holds one of `inodes` as an open descriptor.
+fn holds_any_socket(pid: u32, inodes: &[u64]) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .ok()
+            .and_then(|target| {
+                let t = target.to_str()?;
+                t.strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .is_some_and(|inode| inodes.contains(&inode))
+    })
 }
 
 /// Minimal HTTP/1.1 request: returns (status, body).
@@ -247,21 +295,41 @@ impl Proc {
     /// Logs go to the test's stderr when WSGATE_TEST_LOG is set (e.g. `debug`).
     pub fn wsgate(port: u16, extra: &[&str], env: &[(&str, &str)]) -> Proc {
         let level = std::env::var("WSGATE_TEST_LOG").ok();
+        // Without WSGATE_TEST_LOG the output goes to an unlinked file, read
+        // back only to explain a start-up failure.
+        let log = level.is_none().then(unlinked_log);
         let mut cmd = wsgate_command(port);
         cmd.args(["--log-level", level.as_deref().unwrap_or("warn")])
             .args(extra)
             .stdout(Stdio::null())
-            .stderr(if level.is_some() {
-                Stdio::inherit()
-            } else {
-                Stdio::null()
+            .stderr(match &log {
+                Some(f) => Stdio::from(f.try_clone().expect("dup the log file")),
+                None => Stdio::inherit(),
             });
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let p = Proc(cmd.spawn().expect("spawn wsgate"));
-        wait_for_port(port, Duration::from_secs(10));
+        let mut p = Proc(cmd.spawn().expect("spawn wsgate"));
+        p.wait_listening_or_explain(port, Duration::from_secs(10), log.as_ref());
         p
+    }
+
+    /// Waits until this child itself listens on `port`. Probing the port
+    /// is not enough: the tests' ports come from the kernel's free ports,
+    /// and until the child binds, another process may take the same port
+    /// (wsgate's SO_REUSEPORT listeners then share it), so a probe can be
+    /// accepted by a listener that is gone a moment later.
+    pub fn wait_listening(&mut self, port: u16, within: Duration) {
+        self.wait_listening_or_explain(port, within, None);
+    }
+
+    fn wait_listening_or_explain(
+        &mut self,
+        port: u16,
+        within: Duration,
+        log: Option<&std::fs::File>,
+    ) {
+        wait_child_listening(&mut self.0, port, within, log);
     }
 
     /// Runs a throwaway redis-server on `port` (no persistence).
@@ -275,9 +343,61 @@ impl Proc {
                 .spawn()
                 .expect("redis-server from apt (apt-get install redis-server)"),
         );
-        wait_for_port(port, Duration::from_secs(10));
+        let mut p = p;
+        p.wait_listening(port, Duration::from_secs(10));
         p
     }
+}
+
+/// Waits until `child` itself listens on `port` (see
+/// [`Proc::wait_listening`]); a child that exits first, or does not listen
+/// within `within`, fails the test with the end of `log`.
+pub fn wait_child_listening(
+    child: &mut Child,
+    port: u16,
+    within: Duration,
+    log: Option<&std::fs::File>,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "the child exited ({status}) before listening on port {port}{}",
+                log_tail(log)
+            );
+        }
+        if holds_any_socket(child.id(), &listener_inodes(port)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the child did not listen on port {port} within {within:?}{}",
+            log_tail(log)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A temporary file already unlinked: a child writes to a duplicate of it
+/// and nothing is left behind.
+fn unlinked_log() -> std::fs::File {
+    tempfile::tempfile().expect("create a temporary log file")
+}
+
+/// The last few KiB of a child's log, for a failure message.
+fn log_tail(log: Option<&std::fs::File>) -> String {
+    use std::os::unix::fs::FileExt;
+    let Some(f) = log else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(4096);
+    let mut buf = vec![0; (len - start) as usize];
+    let n = f.read_at(&mut buf, start).unwrap_or(0);
+    format!(
+        "; its log ends with:\n{}",
+        String::from_utf8_lossy(&buf[..n])
+    )
 }
 
 /// Kills (SIGKILL, as a crash would) and reaps a process now.

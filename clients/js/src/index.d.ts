@@ -173,6 +173,10 @@ export class WsgateClient {
   broadcast(payload: unknown): boolean;
   /** Resolves with the round-trip time in ms. */
   ping(): Promise<number>;
+  /**
+   * Replaces the connection's token. Rejects with WsgateServerError: 401
+   * (refused token) or 429 (sooner than the server's minimum interval).
+   */
   refresh(token: string): Promise<{ exp: number }>;
 }
 

@@ -365,7 +365,8 @@ export class WsgateClient {
 
   /**
    * Replaces the connection's token (JWT auth) before it expires.
-   * Resolves with the new expiry; rejects with a WsgateServerError (401).
+   * Resolves with the new expiry; rejects with a WsgateServerError: 401
+   * (refused token) or 429 (sooner than the server's minimum interval).
    * @param {string} token
    * @returns {Promise<{exp: number}>}
    */
@@ -729,7 +730,8 @@ export class WsgateClient {
 
   /**
    * Attaches an error reply to the request it answers where that is
-   * unambiguous (refresh: 401; subscribe: 429, or 403 naming the topic);
+   * unambiguous (refresh: 401, or 429 "too many refreshes"; subscribe: 429,
+   * or 403 naming the topic);
    * every error is also emitted as an `error` event.
    * @private
    * @param {any} msg
@@ -740,7 +742,8 @@ export class WsgateClient {
     const err = new WsgateServerError(code, text);
     /** @type {string | undefined} */
     let topic;
-    if (code === 401) {
+    if (code === 401 || (code === 429 && text.startsWith('too many refreshes'))) {
+      // Refreshes are answered in order, so the oldest one waiting is it.
       this._refreshes.shift()?.reject(err);
     } else if (code === 429 && this._inflightSubs.length > 0) {
       topic = this._inflightSubs.shift();

@@ -184,6 +184,20 @@ impl Worker<Uring> {
     }
 
     fn on_accepted(&mut self, fd: std::os::fd::OwnedFd, now: Instant, t: Now) {
+        // `auto` counts setting up a connection it lets in as handshake
+        // work (see `handshake_rate`), as the epoll loop counts its accept.
+        let start = self.measuring_handshakes().then(Instant::now);
+        if self.set_up_accepted(fd, now, t) {
+            if let Some(start) = start {
+                let end = Instant::now();
+                self.handshake_work(end - start, 1, end);
+            }
+        }
+    }
+
+    /// Admits and arms a connection just accepted; false if it was turned
+    /// away or could not be set up.
+    fn set_up_accepted(&mut self, fd: std::os::fd::OwnedFd, now: Instant, t: Now) -> bool {
         let Some(ip) = SockRef::from(&fd)
             .peer_addr()
             .ok()
@@ -195,14 +209,14 @@ impl Worker<Uring> {
             // as accepted and closed, as the epoll loop counts it.
             self.stats.accepted.inc();
             self.stats.closed.inc();
-            return;
+            return false;
         };
         if let Err(r) = self.admit(ip, now) {
             let stream = std::net::TcpStream::from(fd);
             if stream.set_nonblocking(true).is_ok() {
                 refuse(&stream, &mut self.scratch, &r);
             }
-            return;
+            return false;
         }
         // TCP_NODELAY and TCP_USER_TIMEOUT come from the listener (see
         // `ListenOptions`): no setsockopt per connection.
@@ -219,13 +233,29 @@ impl Worker<Uring> {
                 tracing::warn!(error = %e, "arming recv failed");
                 let _ = self.io.ring.close(h);
                 self.unadmit(ip);
-                return;
+                return false;
             }
         }
         self.insert_conn(key, handle, ip, t);
+        true
     }
 
+    /// Input for connection `key`; while it is in its handshake and the
+    /// limit is `auto`, the time it takes counts as handshake work (as the
+    /// epoll loop's `read_measured`).
     fn on_received(&mut self, key: usize, buf: RecvBuf, now: Instant, t: Now) {
+        let handshaking = self.measuring_handshakes()
+            && self.conns.get(key).is_some_and(|c| c.session.handshaking);
+        if !handshaking {
+            return self.take_received(key, buf, now, t);
+        }
+        let start = Instant::now();
+        self.take_received(key, buf, now, t);
+        let end = Instant::now();
+        self.handshake_work(end - start, 0, end);
+    }
+
+    fn take_received(&mut self, key: usize, buf: RecvBuf, now: Instant, t: Now) {
         let Some(conn) = self.conns.get(key).filter(|c| !c.stream.has(CLOSING)) else {
             return;
         };

@@ -1,7 +1,9 @@
 //! Accepting: a batch per turn, admission before a connection costs a slot
 //! (the per-IP and total limits, `--max-handshakes-per-sec`), and leaving /
 //! rejoining the port's SO_REUSEPORT group when the process is out of
-//! descriptors.
+//! descriptors. With `--max-handshakes-per-sec auto` it also times the
+//! worker's handshake work (accepting, and reads of connections still in
+//! their handshake) for the estimate in `handshake_rate`.
 
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -10,6 +12,7 @@ use std::time::{Duration, Instant};
 use mio::net::{TcpListener, TcpStream};
 use mio::{Interest, Token};
 
+use crate::config::HandshakeLimit;
 use crate::protocol::handshake::error_response;
 use crate::session::{Now, Session};
 
@@ -17,6 +20,7 @@ use super::super::conn::Conn;
 use super::super::listener::{self, ListenOptions};
 use super::super::loop_io::Io;
 use super::epoll::{Epoll, EpollConn};
+use super::handshake_rate::HandshakeRate;
 use super::{Worker, LISTENER};
 
 /// Connections accepted per loop turn before serving the others.
@@ -80,32 +84,85 @@ pub(crate) struct LeftGroup {
 }
 
 /// `--max-handshakes-per-sec` token bucket of one worker (bursts of twice
-/// the rate).
+/// the rate). With `auto` the rate follows the measured cost of a
+/// handshake ([`HandshakeRate`]) and nothing is refused before the first
+/// measurement.
 pub(crate) struct HandshakeBucket {
-    rate: f64,
+    /// Upgrades a second; None while `auto` has not measured yet.
+    rate: Option<f64>,
     tokens: f64,
     last: Instant,
+    /// Set with `auto`.
+    auto: Option<HandshakeRate>,
 }
 
 impl HandshakeBucket {
-    pub fn new(per_sec: u32, now: Instant) -> Option<HandshakeBucket> {
-        (per_sec > 0).then(|| HandshakeBucket {
-            rate: f64::from(per_sec),
-            tokens: 2.0 * f64::from(per_sec),
+    pub fn new(limit: HandshakeLimit, now: Instant) -> Option<HandshakeBucket> {
+        let (rate, auto) = match limit {
+            HandshakeLimit::Off | HandshakeLimit::PerSec(0) => return None,
+            HandshakeLimit::PerSec(n) => (Some(f64::from(n)), None),
+            HandshakeLimit::Auto => (None, Some(HandshakeRate::new())),
+        };
+        Some(HandshakeBucket {
+            rate,
+            tokens: rate.map_or(0.0, |r| 2.0 * r),
             last: now,
+            auto,
         })
+    }
+
+    /// The rate now (None: not limiting yet).
+    pub fn rate(&self) -> Option<f64> {
+        self.rate
+    }
+
+    /// Whether handshake work is timed (only `auto` needs it).
+    pub fn measures(&self) -> bool {
+        self.auto.is_some()
     }
 
     /// Takes one upgrade from the bucket.
     fn take(&mut self, now: Instant) -> bool {
-        let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + refill).min(2.0 * self.rate);
-        self.last = now;
+        if self.rate.is_none() {
+            return true;
+        }
+        self.refill(now);
         if self.tokens < 1.0 {
             return false;
         }
         self.tokens -= 1.0;
         true
+    }
+
+    /// `auto`: `busy` of handshake work, and `started` handshakes let in.
+    /// Returns the new rate when the estimate moved.
+    fn record(&mut self, busy: Duration, started: u32, now: Instant) -> Option<f64> {
+        let rate = self.auto.as_mut()?.record(busy, started, now)?;
+        if self.rate.is_none() {
+            // The first measurement: a full bucket, as a fixed limit
+            // starts with.
+            self.tokens = 2.0 * rate;
+            self.last = now;
+        } else {
+            // Refill at the old rate up to now, then cap at the new burst.
+            self.refill(now);
+            self.tokens = self.tokens.min(2.0 * rate);
+        }
+        self.rate = Some(rate);
+        Some(rate)
+    }
+
+    fn refill(&mut self, now: Instant) {
+        if let Some(rate) = self.rate {
+            let refill = now.saturating_duration_since(self.last).as_secs_f64() * rate;
+            self.tokens = (self.tokens + refill).min(2.0 * rate);
+            self.last = now;
+        }
+    }
+
+    /// The measured cost of a handshake (`auto` only, once measured).
+    fn cost(&self) -> Option<Duration> {
+        self.auto.as_ref()?.cost()
     }
 }
 
@@ -134,8 +191,18 @@ impl Worker<Epoll> {
                 self.io.accept.pending = false;
                 return;
             };
+            // `auto` counts accepting a connection it lets in as handshake
+            // work (see `handshake_rate`).
+            let start = self.measuring_handshakes().then(Instant::now);
             match listener.accept() {
-                Ok((stream, peer)) => self.add_conn(stream, peer.ip(), now, t),
+                Ok((stream, peer)) => {
+                    if self.add_conn(stream, peer.ip(), now, t) {
+                        if let Some(start) = start {
+                            let end = Instant::now();
+                            self.handshake_work(end - start, 1, end);
+                        }
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     self.io.accept.pending = false;
                     return;
@@ -257,6 +324,28 @@ pub(in crate::server) fn refuse<S: Read + Write>(mut stream: S, scratch: &mut [u
 }
 
 impl<I: Io> Worker<I> {
+    /// Whether handshake work is being timed (`auto`).
+    pub(in crate::server) fn measuring_handshakes(&self) -> bool {
+        self.handshake_bucket
+            .as_ref()
+            .is_some_and(HandshakeBucket::measures)
+    }
+
+    /// Feeds `auto`'s estimate with `busy` of handshake work and `started`
+    /// handshakes let in; publishes the limit when it moves.
+    pub(in crate::server) fn handshake_work(&mut self, busy: Duration, started: u32, now: Instant) {
+        let Some(bucket) = self.handshake_bucket.as_mut() else {
+            return;
+        };
+        if let Some(rate) = bucket.record(busy, started, now) {
+            self.stats.handshake_rate_limit.set(rate as u64);
+            let cost = bucket.cost().unwrap_or_default();
+            self.stats
+                .handshake_cost_ns
+                .set(u64::try_from(cost.as_nanos()).unwrap_or(u64::MAX));
+        }
+    }
+
     /// Admission of a connection just accepted from `ip`, before it costs a
     /// slot: `--max-handshakes-per-sec`, then the total, per-IP and
     /// handshaking caps. On success it is counted as handshaking.
@@ -321,7 +410,8 @@ impl<I: Io> Worker<I> {
 }
 
 impl Worker<Epoll> {
-    fn add_conn(&mut self, mut stream: TcpStream, ip: IpAddr, now: Instant, t: Now) {
+    /// Lets a new connection in (true), or refuses it at once (false).
+    fn add_conn(&mut self, mut stream: TcpStream, ip: IpAddr, now: Instant, t: Now) -> bool {
         if let Err(r) = self.admit(ip, now) {
             if self.io.tls.is_some() {
                 // A TLS client cannot read a plaintext answer: it sees the
@@ -331,7 +421,7 @@ impl Worker<Epoll> {
             } else {
                 refuse(&stream, &mut self.scratch, &r);
             }
-            return;
+            return false;
         }
         // TCP_NODELAY and TCP_USER_TIMEOUT come from the listener (see
         // `ListenOptions`): no setsockopt per connection.
@@ -345,7 +435,7 @@ impl Worker<Epoll> {
         ) {
             tracing::warn!(error = %e, "register failed");
             self.unadmit(ip);
-            return;
+            return false;
         }
         // With TLS the handshake timeout and caps above run from here, so
         // they bound the TLS handshake too.
@@ -355,9 +445,29 @@ impl Worker<Epoll> {
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "TLS connection setup failed");
                 self.unadmit(ip);
-                return;
+                return false;
             }
         };
         self.insert_conn(key, EpollConn { stream, tls }, ip, t);
+        true
+    }
+
+    /// Reads connection `key` ([`Worker::on_readable`]); while it is in its
+    /// handshake and the limit is `auto`, the time it takes counts as
+    /// handshake work. (The handshake itself was counted when it was let
+    /// in: one that never finishes, such as a client trickling its request
+    /// until the handshake timeout, still counts once, and the time its
+    /// reads took is part of what handshakes cost.)
+    pub(super) fn read_measured(&mut self, key: usize, read_closed: bool, now: Instant, t: Now) {
+        let handshaking = self.measuring_handshakes()
+            && self.conns.get(key).is_some_and(|c| c.session.handshaking);
+        if !handshaking {
+            self.on_readable(key, read_closed, now, t);
+            return;
+        }
+        let start = Instant::now();
+        self.on_readable(key, read_closed, now, t);
+        let end = Instant::now();
+        self.handshake_work(end - start, 0, end);
     }
 }

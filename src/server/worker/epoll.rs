@@ -142,7 +142,7 @@ impl Worker<Epoll> {
                             self.on_writable(key);
                         }
                         if readable {
-                            self.on_readable(key, ev.is_read_closed() || ev.is_error(), now, t);
+                            self.read_measured(key, ev.is_read_closed() || ev.is_error(), now, t);
                         }
                     }
                 }
@@ -153,7 +153,7 @@ impl Worker<Epoll> {
             for key in carried {
                 // Anything may have arrived: read until WouldBlock (or the
                 // budget again).
-                self.on_readable(key, true, now, t);
+                self.read_measured(key, true, now, t);
             }
             if self.io.accept.pending {
                 self.accept_batch(now, t);
@@ -172,7 +172,7 @@ impl Worker<Epoll> {
     /// Reads until the socket is drained (or reading is paused), handing
     /// each chunk to the session as it arrives (decrypted first on a TLS
     /// connection), then writes the replies.
-    fn on_readable(&mut self, key: usize, read_closed: bool, now: Instant, t: Now) {
+    pub(super) fn on_readable(&mut self, key: usize, read_closed: bool, now: Instant, t: Now) {
         let mut reads = 0;
         loop {
             let Some(conn) = self.conns.get_mut(key) else {

@@ -110,9 +110,20 @@ impl<I: Io> Worker<I> {
             client_broadcast: config.client_broadcast,
             broadcasts_per_tick: broadcasts_per_sec * TICK.as_secs_f32(),
             broadcast_burst: 2.0 * broadcasts_per_sec,
-            refresh_ticks: ticks(config.min_refresh_interval),
+            // 0 turns the limit off (a tick count of at least 1 would still
+            // refuse a second refresh within the same 50 ms tick).
+            refresh_ticks: if config.min_refresh_interval.is_zero() {
+                0
+            } else {
+                ticks(config.min_refresh_interval)
+            },
         };
         let now = Instant::now();
+        // A fixed limit shows from the start; `auto` once measured.
+        let handshake_bucket = HandshakeBucket::new(config.max_handshakes_per_sec, now);
+        if let Some(rate) = handshake_bucket.as_ref().and_then(HandshakeBucket::rate) {
+            stats.handshake_rate_limit.set(rate as u64);
+        }
         Worker {
             id,
             io,
@@ -136,7 +147,7 @@ impl<I: Io> Worker<I> {
             clock: Clock::new(now),
             wheel: TimerWheel::new(timers::WHEEL_SLOTS, 0),
             expired: Vec::new(),
-            handshake_bucket: HandshakeBucket::new(config.max_handshakes_per_sec, now),
+            handshake_bucket,
             drain: Drain::default(),
             read_again: Vec::new(),
             doomed: Vec::new(),

@@ -74,13 +74,15 @@ impl TlsWorker {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => return TlsReadResult::Interrupted,
             Err(_) => return TlsReadResult::Eof,
         };
-        stats.bytes_in.add(n as u64);
         self.plain.clear();
         self.out.clear();
         let result = read.finish(n, &mut self.plain, &mut self.out);
         tls.queue(&self.out);
         match result {
             Ok(outcome) => {
+                // WebSocket bytes, as on a plain connection: the plaintext,
+                // not the records and handshake carrying it.
+                stats.bytes_in.add(outcome.plaintext as u64);
                 if outcome.handshake_completed {
                     match tls.conn.handshake_kind() {
                         Some(HandshakeKind::Resumed) => stats.tls_handshakes_resumed.inc(),

@@ -20,7 +20,8 @@ function jwt(claims) {
 
 let server;
 before(async () => {
-  server = await Wsgate.start({ args: ['--jwt-secret', SECRET] });
+  // No minimum interval between refreshes: the tests refresh back to back.
+  server = await Wsgate.start({ args: ['--jwt-secret', SECRET, '--min-refresh-interval', '0s'] });
 });
 after(() => server.stop());
 
@@ -89,5 +90,27 @@ test('a subscribe the token does not allow rejects with 403 and names the topic'
     assert.equal(errors[1].topic, undefined);
   } finally {
     c.close();
+  }
+});
+
+test('a refresh sooner than the minimum interval rejects with 429 instead of waiting forever', async () => {
+  const strict = await Wsgate.start({ args: ['--jwt-secret', SECRET, '--min-refresh-interval', '60s'] });
+  const c = new WsgateClient(`${strict.url}?token=${jwt({})}`, { WebSocket, baseDelayMs: 20, maxDelayMs: 20 });
+  try {
+    await eventually(() => c.state === 'open', { what: 'open' });
+    assert.ok((await c.refresh(jwt({}))).exp > Date.now() / 1000);
+    // Settles (either way) well before the connection would end; a reply
+    // nobody attached would leave it pending until the token expires.
+    const outcome = await Promise.race([
+      c.refresh(jwt({})).then(
+        () => 'resolved',
+        (e) => e,
+      ),
+      new Promise((resolve) => setTimeout(() => resolve('still pending after 5 s'), 5000)),
+    ]);
+    assert.ok(outcome instanceof WsgateServerError && outcome.code === 429, String(outcome));
+  } finally {
+    c.close();
+    await strict.stop();
   }
 });
