@@ -121,6 +121,18 @@ fn a_plaintext_request_to_the_https_admin_port_gets_no_http_answer() {
     assert!(answer.len() < 64, "only an alert, if anything: {answer:?}");
 }
 
+/// `POST /reload-tls` over HTTPS: (status line, whole answer).
+fn reload(admin: SocketAddr, pki: &Pki) -> (String, String) {
+    let (status, _, answer) = https(
+        admin,
+        &pki.client_config(&[&TLS13]),
+        "POST",
+        "/reload-tls",
+        "",
+    );
+    (status, answer)
+}
+
 #[test]
 fn reload_by_the_admin_api_serves_the_new_admin_certificate() {
     let pki = Pki::new();
@@ -133,13 +145,7 @@ fn reload_by_the_admin_api_serves_the_new_admin_certificate() {
 
     let new = pki.leaf();
     pki.install(&new);
-    let (status, _, answer) = https(
-        admin,
-        &pki.client_config(&[&TLS13]),
-        "POST",
-        "/reload-tls",
-        "",
-    );
+    let (status, answer) = reload(admin, &pki);
     assert!(status.starts_with("HTTP/1.1 200"), "{answer}");
     // A fresh client config: no ticket, so a full handshake shows the leaf.
     let (_, got, _) = https(admin, &pki.client_config(&[&TLS13]), "GET", "/healthz", "");
@@ -151,13 +157,7 @@ fn reload_by_the_admin_api_serves_the_new_admin_certificate() {
         "-----BEGIN CERTIFICATE-----\nnot base64!\n",
     )
     .unwrap();
-    let (status, _, answer) = https(
-        admin,
-        &pki.client_config(&[&TLS13]),
-        "POST",
-        "/reload-tls",
-        "",
-    );
+    let (status, answer) = reload(admin, &pki);
     assert!(status.starts_with("HTTP/1.1 422"), "{answer}");
     assert!(answer.contains("cert.pem"), "{answer}");
     let (_, got, _) = https(admin, &pki.client_config(&[&TLS13]), "GET", "/healthz", "");
