@@ -545,9 +545,12 @@ fn ping_rtts(ws: &mut Ws, n: usize) -> Vec<Duration> {
 
 /// Refresh spam with forged RS256 tokens: one signature check per
 /// connection per --min-refresh-interval, a repeated token refused by its
-/// hash, and a neighbour's ping round trip on the same worker no worse than
-/// under a spam of pings at the same pace (the control, in the same run: on
-/// a loaded machine the spamming threads alone slow the neighbour down).
+/// hash, and a neighbour's ping round trip on the same worker stays put.
+/// The spam is paced at ~4,000 refreshes a second, under the per-connection
+/// message limit: checking each one would take the worker far more than a
+/// second per second, while parsing and refusing them costs little. (An
+/// unpaced flood would measure how fast a debug build parses, on a machine
+/// whose cores the spamming threads share, not what a refresh costs.)
 #[test]
 fn refresh_spam_costs_one_check_per_interval() {
     let keys = rsa_keys();
@@ -567,9 +570,9 @@ fn refresh_spam_costs_one_check_per_interval() {
     let mut victim = connect_with(addr, &sign(json!({"exp": in_a_minute()})));
     let quiet = median(ping_rtts(&mut victim, 40));
 
-    // Spams `text(i)` from one connection while the victim pings; returns
-    // the victim's median round trip, what was sent, the time it took and
-    // the signature checks made meanwhile.
+    // Spams `text(i)` from one connection, 20 frames every 5 ms, while the
+    // victim pings; returns the victim's median round trip, what was sent,
+    // the time it took and the signature checks made meanwhile.
     let mut spam_while_pinging = |text: &dyn Fn(usize) -> String| {
         let attacker = raw_with_token(addr, &sign(json!({"exp": in_a_minute()})));
         let stop = Arc::new(AtomicBool::new(false));
@@ -600,12 +603,13 @@ fn refresh_spam_costs_one_check_per_interval() {
                         break;
                     }
                     sent.fetch_add(20, Relaxed);
+                    std::thread::sleep(Duration::from_millis(5));
                 }
                 let _ = w.shutdown(std::net::Shutdown::Both);
                 let _ = sink.join();
             })
         };
-        std::thread::sleep(Duration::from_millis(300));
+        std::thread::sleep(Duration::from_millis(400));
         let checks_before = server.total_stats().refresh_checks;
         let started = Instant::now();
         let busy = median(ping_rtts(&mut victim, 40));
@@ -615,14 +619,10 @@ fn refresh_spam_costs_one_check_per_interval() {
         spam.join().unwrap();
         (busy, sent.load(Relaxed), elapsed, checks)
     };
-    // The control sends as many bytes in as many frames, and its frames
-    // parse the same way: only what a refresh costs differs.
-    let (control, _, _, _) =
-        spam_while_pinging(&|i| json!({"type": "ping", "token": forged_rs256(i)}).to_string());
     let (busy, sent, elapsed, checks) =
         spam_while_pinging(&|i| json!({"type": "refresh", "token": forged_rs256(i)}).to_string());
     eprintln!(
-        "ping median quiet {quiet:?}, during ping spam {control:?}, during refresh spam {busy:?}; \
+        "ping median quiet {quiet:?}, during refresh spam {busy:?}; \
          {sent} refreshes sent, {checks} checked in {elapsed:?}"
     );
     assert!(sent > 1000, "the spam did not get going");
@@ -631,8 +631,8 @@ fn refresh_spam_costs_one_check_per_interval() {
         "{checks} signatures checked in {elapsed:?}"
     );
     assert!(
-        busy <= control * 2 + Duration::from_millis(2),
-        "ping round trip {busy:?} under refresh spam, {control:?} under ping spam (quiet: {quiet:?})"
+        busy <= quiet * 2 + Duration::from_millis(5),
+        "ping round trip went from {quiet:?} to {busy:?}"
     );
     assert!(server.total_stats().refreshes_refused > 1000);
 }
