@@ -71,6 +71,15 @@ fn echo(ws: &mut TlsWs, text: &str) {
     }
 }
 
+/// `wsgate_tls_reloads_total` by result, as /metrics shows it.
+fn assert_reload_counts(admin: SocketAddr, ok: u32, failed: u32) {
+    let (_, metrics) = http(admin, "GET", "/metrics", "");
+    for (result, n) in [("ok", ok), ("failed", failed)] {
+        let line = format!("wsgate_tls_reloads_total{{result=\"{result}\"}} {n}");
+        assert!(metrics.contains(&line), "no `{line}` in {metrics}");
+    }
+}
+
 fn tls_of(ws: &TlsWs) -> &ClientConnection {
     &ws.get_ref().conn
 }
@@ -222,15 +231,7 @@ fn reload_serves_the_new_certificate_and_keeps_old_clients_and_refuses_a_bad_fil
     echo(&mut after, "after a refused reload");
     echo(&mut old_client, "old client still talking");
 
-    let (_, metrics) = http(admin, "GET", "/metrics", "");
-    assert!(
-        metrics.contains("wsgate_tls_reloads_total{result=\"ok\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("wsgate_tls_reloads_total{result=\"failed\"} 2"),
-        "{metrics}"
-    );
+    assert_reload_counts(admin, 1, 2);
 }
 
 #[test]
@@ -556,15 +557,7 @@ fn sighup_reloads_the_certificate_without_a_shutdown_and_refuses_a_bad_file() {
     assert_eq!(leaf_of(&after), new.der);
     echo(&mut after, "after a refused reload");
     echo(&mut old_client, "old client still talking");
-    let (_, metrics) = http(admin, "GET", "/metrics", "");
-    assert!(
-        metrics.contains("wsgate_tls_reloads_total{result=\"ok\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("wsgate_tls_reloads_total{result=\"failed\"} 1"),
-        "{metrics}"
-    );
+    assert_reload_counts(admin, 1, 1);
     assert!(log.contains("wss://"), "start-up line names wss://: {log}");
 }
 

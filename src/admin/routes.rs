@@ -111,14 +111,10 @@ pub fn route(shared: &Shared, head: &Head, body: &[u8]) -> Outcome {
         // open connections are untouched; a bad file keeps the old pair.
         ("POST", "/reload-tls") => {
             let contexts = [shared.metrics.tls.as_ref(), shared.tls.as_ref()];
-            let mut reloaded = contexts.into_iter().flatten().map(|tls| tls.reload());
-            match reloaded.next() {
+            match crate::tls::TlsContext::reload_all(contexts.into_iter().flatten()) {
                 None => Response::error(404, "TLS is off (no --tls-cert or --admin-tls-cert)"),
-                // Every context is re-read even when the first file is bad.
-                Some(first) => match reloaded.fold(first, Result::and) {
-                    Ok(()) => Response::json(200, r#"{"status":"reloaded"}"#),
-                    Err(e) => Response::error(422, &e.to_string()),
-                },
+                Some(Ok(())) => Response::json(200, r#"{"status":"reloaded"}"#),
+                Some(Err(e)) => Response::error(422, &e.to_string()),
             }
         }
         ("POST", "/broadcast") => match json_payload(body) {

@@ -41,13 +41,11 @@ impl ServerHandle {
     /// them, open connections carry on; a bad file keeps the old pair.
     /// `None` when TLS is off.
     pub fn reload_tls(&self) -> Option<Result<(), crate::tls::CertError>> {
-        let mut reloaded = [self.tls.as_ref(), self.admin_tls.as_ref()]
-            .into_iter()
-            .flatten()
-            .map(|t| t.reload());
-        // Every context is re-read even when the first file is bad.
-        let first = reloaded.next()?;
-        Some(reloaded.fold(first, Result::and))
+        crate::tls::TlsContext::reload_all(
+            [self.tls.as_ref(), self.admin_tls.as_ref()]
+                .into_iter()
+                .flatten(),
+        )
     }
 
     /// The admin HTTP listener's address, if it runs.

@@ -175,6 +175,17 @@ impl TlsContext {
         &self.settings
     }
 
+    /// Re-reads every context in `contexts` (the client and the admin
+    /// listener's), each even when an earlier one's file is bad: the first
+    /// error, `None` when there is none to reload.
+    pub fn reload_all<'a>(
+        contexts: impl IntoIterator<Item = &'a TlsContext>,
+    ) -> Option<Result<(), CertError>> {
+        let mut reloaded = contexts.into_iter().map(TlsContext::reload);
+        let first = reloaded.next()?;
+        Some(reloaded.fold(first, Result::and))
+    }
+
     /// Re-reads the certificate and key files (SIGHUP, admin
     /// `POST /reload-tls`). On success new handshakes use the new pair;
     /// established connections are not affected. On failure nothing changes:
