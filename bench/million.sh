@@ -3,6 +3,7 @@
 #
 #   bench/million.sh [--target N] [--hold SECS] [--broadcasts M] [--bin DIR]
 #                    [--out DIR] [--workers W] [--port P]
+#                    [--io-backend epoll|io-uring]
 #                    [--apply-sysctl | --show-sysctl]
 #
 #   --target N      connections to open (default 1000000)
@@ -15,7 +16,9 @@
 #                   published figures and is only written when asked)
 #   --workers W     workers per wsgate process (default: cores / processes)
 #   --port P        the WebSocket port on 127.0.0.1 (default 8080); admin
-#                   listeners use 9100, 9101, ... and redis-server 6391
+#                   listeners use 127.0.1.1:9100, :9101, ... and
+#                   redis-server 6391
+#   --io-backend B  the servers' event loop (default epoll)
 #   --apply-sysctl  apply sysctl.conf to this machine first (root; changes
 #                   kernel settings machine-wide until reboot)
 #   --show-sysctl   print what --apply-sysctl would change, and exit
@@ -40,6 +43,7 @@ bin=target/release
 out=target/bench
 workers=0
 port=8080
+io_backend=epoll
 sysctl_mode=show
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
 die() { echo "million.sh: $*" >&2; echo "try: bench/million.sh --help" >&2; exit 2; }
@@ -54,6 +58,8 @@ while [ $# -gt 0 ]; do
     --out) value "$@"; out=$2; shift 2 ;;
     --workers) value "$@"; number "$1" "$2"; workers=$2; shift 2 ;;
     --port) value "$@"; number "$1" "$2"; port=$2; shift 2 ;;
+    --io-backend) value "$@"; case "$2" in epoll|io-uring) io_backend=$2 ;;
+      *) die "--io-backend must be epoll or io-uring, not '$2'" ;; esac; shift 2 ;;
     --apply-sysctl) sysctl_mode=apply; shift ;;
     --show-sysctl) sysctl_mode=only-show; shift ;;
     -h|--help) usage; exit 0 ;;
@@ -158,9 +164,14 @@ server_pid_args=()
 # the default depth); a few thousand queued publishes are plenty here.
 inbox_args=""
 [ "$procs" -gt 1 ] && inbox_args="--inbox-depth 4096"
+# Admin listeners go on 127.0.1.1, an address no connection here starts
+# from: on 127.0.0.1 a server's port could already be the local end of an
+# earlier server's Redis connection (this machine's automatic ports may span
+# 1024-65535), and that server would fail to start.
+admin_ip=127.0.1.1
 for i in $(seq 0 $((procs - 1))); do
-  "$bin/wsgate" --listen "127.0.0.1:$port" --workers "$workers" \
-    --admin-listen "127.0.0.1:$((9100 + i))" "${redis_args[@]}" \
+  "$bin/wsgate" --listen "127.0.0.1:$port" --workers "$workers" --io-backend "$io_backend" \
+    --admin-listen "$admin_ip:$((9100 + i))" "${redis_args[@]}" \
     --ping-interval 600s --idle-timeout 900s --handshake-timeout 60s \
     --max-messages-per-sec 0 --max-handshakes-per-sec 0 --log-level warn $inbox_args &
   pids+=($!)
@@ -168,11 +179,16 @@ for i in $(seq 0 $((procs - 1))); do
 done
 for i in $(seq 0 $((procs - 1))); do
   for _ in $(seq 1 100); do
-    (exec 3<>/dev/tcp/127.0.0.1/$((9100 + i))) 2>/dev/null && break
+    (exec 3<>/dev/tcp/$admin_ip/$((9100 + i))) 2>/dev/null && break
     sleep 0.1
   done
 done
 sleep 1
+for pid in "${pids[@]}"; do
+  # A server that could not start would leave the run short of capacity
+  # and its figures wrong: stop here, with its error above.
+  kill -0 "$pid" 2>/dev/null || die "a wsgate process (pid $pid) exited at start-up; see its error above"
+done
 log "servers up"
 
 # --- 3. load -----------------------------------------------------------------------
@@ -184,13 +200,13 @@ last_ip=$(( 2 + ips ))
 started=$(date +%s)
 "$bin/wsbench" connect --url "ws://127.0.0.1:$port/ws" --connections "$target" \
   --src-ips "127.0.0.2-127.0.0.$last_ip" --concurrency 256 --hold "$hold" \
-  --broadcasts "$broadcasts" --broadcast-admin 127.0.0.1:9100 \
+  --broadcasts "$broadcasts" --broadcast-admin "$admin_ip:9100" \
   "${server_pid_args[@]}" --timeout 420 --out "$out/million.json" | tee "$out/million.md"
 log "done in $(( $(date +%s) - started )) s; results in $out/million.json and $out/million.md"
 {
   echo
   echo "machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r), RLIMIT_NOFILE $nofile"
-  echo "servers: $procs wsgate process(es) × $workers worker(s) on one port$( [ "$procs" -gt 1 ] && echo ', linked by redis-server')"
-  echo "command: bench/million.sh --target $target --hold $hold --broadcasts $broadcasts"
+  echo "servers: $procs wsgate process(es) × $workers worker(s) on one port, $io_backend loop$( [ "$procs" -gt 1 ] && echo ', linked by redis-server')"
+  echo "command: bench/million.sh --target $target --hold $hold --broadcasts $broadcasts --io-backend $io_backend"
 } | tee -a "$out/million.md"
 "$bin/wsbench" report "$out/million.json" --out "$out" || log "no charts drawn"

@@ -852,9 +852,21 @@ fn scripts_print_their_usage_and_bench_scripts_change_nothing_unasked() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&help.stdout);
-    for flag in ["--port", "--apply-sysctl", "--show-sysctl", "--out"] {
+    for flag in [
+        "--port",
+        "--apply-sysctl",
+        "--show-sysctl",
+        "--out",
+        "--io-backend",
+    ] {
         assert!(help.contains(flag), "million.sh --help lacks {flag}");
     }
+    let bad = Command::new(repo("bench/million.sh"))
+        .args(["--io-backend", "kqueue"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "million.sh --io-backend kqueue");
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("epoll or io-uring"));
     // Without --apply-sysctl the machine's settings are only read and shown.
     let out = Command::new(repo("bench/million.sh"))
         .arg("--show-sysctl")

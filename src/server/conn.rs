@@ -78,6 +78,10 @@ mod tests {
         let release = (size - std::mem::size_of::<mio::net::TcpStream>()
             + std::mem::size_of::<std::os::fd::RawFd>())
         .next_multiple_of(8);
+        eprintln!(
+            "Conn<EpollConn>: {release} B in a release build, session {} B",
+            std::mem::size_of::<Session>()
+        );
         assert!(
             release <= 192,
             "Conn grew to {release} bytes ({size} in this build)"

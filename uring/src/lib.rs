@@ -10,6 +10,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod multishot;
 mod ring;
 mod send;
 mod sys;

@@ -16,12 +16,16 @@
 //!   its SQE points into (a send's bytes, a files update's fd array; owned by
 //!   the entry), are removed only by [`Ops::finish`], which the ring calls
 //!   only for a CQE without `IORING_CQE_F_MORE`, i.e. the kernel's last word
-//!   on that SQE. Until then the kernel may read that memory.
+//!   on that SQE. Until then the kernel may read that memory. Multishot
+//!   accepts, recvs and polls point into no memory but the pool's and have
+//!   no entry: their `user_data` names their descriptor (`multishot`).
 //! * The SQE pushes themselves ([`push`]): the only way an SQE reaches the
 //!   submission queue.
 //!
 //! `Ring`'s `Drop` upholds the end of both lifetimes: it cancels everything
-//! and waits for every op's final CQE before the pool's memory can be freed;
+//! and waits for the final CQE of every op and every armed multishot (a
+//! recv may write into the pool until its last CQE) before the pool's
+//! memory can be freed;
 //! if that wait fails it leaks the pool (safe) rather than free memory the
 //! kernel may still write.
 #![allow(unsafe_code)]
@@ -239,16 +243,9 @@ impl Drop for BufPool {
 }
 
 /// What an in-flight operation is, and what it owns until its last CQE.
+/// Multishot accepts, recvs and polls own nothing and have no entry (see
+/// `multishot`).
 pub(crate) enum OpKind {
-    Accept {
-        fd: usize,
-    },
-    Recv {
-        fd: usize,
-    },
-    Poll {
-        fd: usize,
-    },
     /// The one-fd array an `IORING_OP_FILES_UPDATE` SQE points into (O1).
     FilesUpdate {
         fds: Box<[RawFd; 1]>,
@@ -266,7 +263,8 @@ pub(crate) enum OpKind {
 /// In-flight operations (O1). The SQE's `user_data` is the slab key in the
 /// low 32 bits and a generation in the high 32, so a cancel aimed at an op
 /// that finished before the cancel was submitted cannot hit a later op that
-/// reused the slot.
+/// reused the slot. Generations stay below 2^31: bit 63 of an op's
+/// `user_data` is clear, which tells it from a multishot's.
 #[derive(Default)]
 pub(crate) struct Ops {
     slab: Slab<(u32, OpKind)>,
@@ -274,8 +272,8 @@ pub(crate) struct Ops {
 }
 
 /// `user_data` of cancel requests and fixed-slot closes: their CQEs carry
-/// nothing we own. No op
-/// has it (generations stop short of `u32::MAX` in the high half).
+/// nothing we own. No op has it (bit 63 is clear in theirs) and no
+/// multishot either (its kind bits are never `11`).
 pub(crate) const UNTRACKED_UD: u64 = u64::MAX;
 
 impl Ops {
@@ -284,7 +282,7 @@ impl Ops {
     }
 
     fn insert(&mut self, op: OpKind) -> u64 {
-        self.gen = if self.gen >= u32::MAX - 1 {
+        self.gen = if self.gen >= (1 << 31) - 1 {
             0
         } else {
             self.gen + 1
@@ -375,19 +373,31 @@ pub(crate) enum Sqe {
     },
 }
 
-/// Records `op` in the table and pushes its SQE, submitting first if the
-/// queue is full. Returns the op's `user_data` and how many `io_uring_enter`
-/// calls that took (0 or 1).
+/// Who hears about an SQE's completions.
+pub(crate) enum Owner {
+    /// An op-table entry, which owns what the SQE points into (O1).
+    Op(OpKind),
+    /// A multishot, named by its `user_data` (see `multishot`); it points
+    /// into nothing but the buffer pool.
+    Multishot(u64),
+    /// Nobody: cancels and fixed-slot closes.
+    Untracked,
+}
+
+/// Records the op (if any) in the table and pushes its SQE, submitting
+/// first if the queue is full. Returns the SQE's `user_data` and how many
+/// `io_uring_enter` calls that took (0 or 1).
 /// On error the op is removed again and returned to the caller's drop.
 pub(crate) fn push(
     uring: &mut IoUring,
     ops: &mut Ops,
-    op: Option<OpKind>,
+    owner: Owner,
     sqe: Sqe,
 ) -> std::io::Result<(u64, u32)> {
-    let ud = match op {
-        Some(op) => ops.insert(op),
-        None => UNTRACKED_UD,
+    let (ud, tracked) = match owner {
+        Owner::Op(op) => (ops.insert(op), true),
+        Owner::Multishot(ud) => (ud, false),
+        Owner::Untracked => (UNTRACKED_UD, false),
     };
     let entry = match sqe {
         Sqe::AcceptMulti { fd } => with_target!(fd, |f| io_uring::opcode::AcceptMulti::new(f)
@@ -454,7 +464,7 @@ pub(crate) fn push(
             return Ok((ud, enters));
         }
         if let Err(e) = uring.submit() {
-            if ud != UNTRACKED_UD {
+            if tracked {
                 ops.finish(ud);
             }
             return Err(e);

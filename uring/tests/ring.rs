@@ -322,6 +322,81 @@ fn empty_buffer_ring_ends_recv_with_enobufs_and_recovers_after_buffers_return() 
     }
 }
 
+/// Backpressure pauses reading with `cancel_recv` and resumes with a new
+/// `recv_multi`. A cancel that finds its recv already ended (here by an
+/// empty buffer ring, reaped after the cancel was queued) must not end the
+/// recv armed after it: each arming has its own `user_data`.
+#[test]
+fn cancel_recv_pauses_reading_and_never_cancels_a_later_arming() {
+    for fixed in FIXED_FILES {
+        let mut ring = small_ring(1, 256, fixed);
+        let (_l, addr) = listen(&mut ring);
+        let (mut clients, fds) = accept_clients(&mut ring, addr, 1);
+        let fd = fds[0];
+
+        // Paused: the cancel ends the recv; bytes sent meanwhile wait in
+        // the socket and arrive, in order, once reading resumes.
+        ring.recv_multi(fd).unwrap();
+        ring.cancel_recv(fd).unwrap();
+        let mut ended = None;
+        pump!(ring, 10, c => match c {
+            Completion::RecvEnded { reason, .. } => ended = Some(reason),
+            other => panic!("unexpected {other:?}"),
+        }, until ended.is_some());
+        assert_eq!(ended, Some(EndReason::Canceled));
+        let data = pattern(5, 200);
+        clients[0].write_all(&data).unwrap();
+        let mut out = Vec::new();
+        ring.wait(0, Some(Duration::from_millis(100)), &mut out)
+            .unwrap();
+        assert!(out.is_empty(), "nothing is read while paused: {out:?}");
+
+        // Resumed: the one buffer is held, so the next bytes end the recv
+        // with ENOBUFS inside the kernel.
+        ring.recv_multi(fd).unwrap();
+        let mut held = None;
+        pump!(ring, 10, c => match c {
+            Completion::Received { buf, .. } => held = Some(buf),
+            other => panic!("unexpected {other:?}"),
+        }, until held.is_some());
+        let mut got = held.as_deref().unwrap().to_vec();
+        let more = pattern(6, 200);
+        clients[0].write_all(&more).unwrap();
+        // Let the kernel post the ENOBUFS end (it does so on this thread's
+        // next return from a syscall), then queue a cancel for the recv the
+        // ring still counts as armed.
+        std::thread::sleep(Duration::from_millis(50));
+        ring.cancel_recv(fd).unwrap();
+        // Reap without submitting: the end arrives, the cancel is still
+        // queued.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut reason = None;
+        while reason.is_none() {
+            assert!(Instant::now() < deadline, "the recv did not end");
+            ring.reap(&mut out).unwrap();
+            for c in out.drain(..) {
+                match c {
+                    Completion::RecvEnded { reason: r, .. } => reason = Some(r),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(reason, Some(EndReason::NoBuffers));
+        drop(held);
+        // Armed after the cancel was queued: the cancel must miss it.
+        ring.recv_multi(fd).unwrap();
+        pump!(ring, 10, c => match c {
+            Completion::Received { buf, .. } => got.extend_from_slice(&buf),
+            Completion::RecvEnded { reason, .. } => {
+                panic!("the recv armed after the cancel ended: {reason:?}")
+            }
+            other => panic!("unexpected {other:?}"),
+        }, until got.len() >= data.len() + more.len());
+        assert_eq!(got, [data, more].concat());
+    }
+}
+
 #[test]
 fn one_shared_frame_to_1000_sockets_in_one_submit() {
     for fixed in FIXED_FILES {
