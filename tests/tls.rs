@@ -71,6 +71,25 @@ fn echo(ws: &mut TlsWs, text: &str) {
     }
 }
 
+/// Closes `ws` and reads until the server ended the TLS stream cleanly
+/// (close_notify before its FIN: a bare FIN is an error here).
+fn close_cleanly(ws: &mut TlsWs) {
+    ws.close(None).unwrap();
+    read_to_clean_end(ws);
+}
+
+/// Reads until the close handshake is over and the TLS stream ended with
+/// close_notify.
+fn read_to_clean_end(ws: &mut TlsWs) {
+    loop {
+        match ws.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("unclean close: {e}"),
+        }
+    }
+}
+
 /// `wsgate_tls_reloads_total` by result, as /metrics shows it.
 fn assert_reload_counts(admin: SocketAddr, ok: u32, failed: u32) {
     let (_, metrics) = http(admin, "GET", "/metrics", "");
@@ -100,15 +119,7 @@ fn echo_over_tls13_and_tls12() {
         for n in 0..20 {
             echo(&mut ws, &format!("hello {n} over {want:?}"));
         }
-        ws.close(None).unwrap();
-        // The server answers the close and ends the TLS stream cleanly.
-        loop {
-            match ws.read() {
-                Ok(_) => {}
-                Err(tungstenite::Error::ConnectionClosed) => break,
-                Err(e) => panic!("unclean close: {e}"),
-            }
-        }
+        close_cleanly(&mut ws);
     }
     let s = server.total_stats();
     assert_eq!(s.tls_handshakes_full, 2, "{s:?}");
@@ -426,7 +437,6 @@ fn wss_echo_works_on_both_event_loops() {
     use wsgate::config::IoBackend;
     let pki = Pki::new();
     issue(&pki);
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/tls_client.py");
     for backend in [IoBackend::Epoll, IoBackend::IoUring] {
         let server = start(&pki, AppKind::Echo, false, |cfg| cfg.io_backend = backend);
         for version in [&TLS13, &TLS12] {
@@ -437,14 +447,7 @@ fn wss_echo_works_on_both_event_loops() {
             // Larger than a batch: several records, several ring sends.
             let big = "x".repeat(300_000);
             echo(&mut ws, &big);
-            ws.close(None).unwrap();
-            loop {
-                match ws.read() {
-                    Ok(_) => {}
-                    Err(tungstenite::Error::ConnectionClosed) => break,
-                    Err(e) => panic!("unclean close on {backend:?}: {e}"),
-                }
-            }
+            close_cleanly(&mut ws);
         }
         let s = server.total_stats();
         assert_eq!(s.tls_handshakes_full, 2, "{backend:?}: {s:?}");
@@ -460,8 +463,17 @@ fn wss_echo_works_on_both_event_loops() {
     let server = start(&pki, AppKind::PubSub, false, |cfg| {
         cfg.io_backend = IoBackend::IoUring
     });
+    python_clients(&pki, &server);
+    let s = server.total_stats();
+    assert!(s.uring_enters > 0, "{s:?}");
+}
+
+/// Python `websockets` over TLS 1.3 and 1.2 against `server`'s pub/sub app
+/// (tests/python/tls_client.py); the TLS 1.2 reconnect resumes.
+fn python_clients(pki: &Pki, server: &wsgate::ServerHandle) {
     let url = format!("wss://localhost:{}/ws", server.local_addr().port());
     let ca = pki.ca_path();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/tls_client.py");
     for version in ["1.3", "1.2"] {
         run_client(
             "python3",
@@ -471,7 +483,6 @@ fn wss_echo_works_on_both_event_loops() {
     }
     let s = server.total_stats();
     assert!(s.tls_handshakes_resumed >= 1, "{s:?}");
-    assert!(s.uring_enters > 0, "{s:?}");
 }
 
 /// Runs a client program and asserts it printed "ok".
@@ -493,18 +504,7 @@ fn python_websockets_over_tls13_and_tls12_with_session_reuse() {
     let pki = Pki::new();
     issue(&pki);
     let server = start(&pki, AppKind::PubSub, false, |_| {});
-    let url = format!("wss://localhost:{}/ws", server.local_addr().port());
-    let ca = pki.ca_path();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/tls_client.py");
-    for version in ["1.3", "1.2"] {
-        run_client(
-            "python3",
-            &[script, &url, ca.to_str().unwrap(), version],
-            "needs python3 -m pip install websockets (tests/run-all.sh does)",
-        );
-    }
-    let s = server.total_stats();
-    assert!(s.tls_handshakes_resumed >= 1, "{s:?}");
+    python_clients(&pki, &server);
 }
 
 #[test]
@@ -768,13 +768,7 @@ fn a_drain_closes_tls_clients_with_1001() {
         };
         assert_eq!(code, 1001);
         // Our answer completes the close handshake.
-        loop {
-            match c.read() {
-                Ok(_) => {}
-                Err(tungstenite::Error::ConnectionClosed) => break,
-                Err(e) => panic!("unclean end: {e}"),
-            }
-        }
+        read_to_clean_end(c);
     }
     server.join();
 }
