@@ -406,6 +406,52 @@ fn pubsub_fan_out_reaches_tls_subscribers() {
     }
 }
 
+/// A TLS subscriber that stops reading is cut with 1008 like a plain one
+/// (on either loop): what it does not take waits as plaintext in its
+/// session's queue, where `--max-outbound-bytes` and the slow-consumer
+/// rule see it, not as ciphertext piling up in the loop (the io_uring
+/// loop's ring takes one batch beyond what is in flight).
+#[test]
+fn a_tls_subscriber_that_stops_reading_is_cut_as_a_slow_consumer() {
+    let pki = Pki::new();
+    issue(&pki);
+    let server = start(&pki, AppKind::PubSub, false, |cfg| {
+        cfg.max_outbound_bytes = 256 << 10;
+    });
+    let config = pki.client_config(&[&TLS13]);
+    let mut slow = connect(server.local_addr(), &config);
+    slow.send(Message::text(r#"{"type":"subscribe","topic":"s"}"#))
+        .unwrap();
+    slow.read().unwrap();
+    let mut publisher = connect(server.local_addr(), &config);
+    let big = format!(
+        r#"{{"type":"publish","topic":"s","payload":"{}"}}"#,
+        "z".repeat(60 << 10)
+    );
+    eventually(Duration::from_secs(30), "slow consumer cut", || {
+        for _ in 0..16 {
+            publisher.send(Message::text(big.clone())).unwrap();
+        }
+        server.total_stats().slow_consumers > 0
+    });
+    // It reads now: what the kernel and the ring held, then 1008.
+    slow.get_mut()
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let code = loop {
+        match slow.read() {
+            Ok(Message::Close(Some(f))) => break u16::from(f.code),
+            Ok(Message::Text(t)) => assert!(t.len() > 60 << 10, "delivery altered"),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    assert_eq!(code, 1008);
+    let s = server.total_stats();
+    assert_eq!(s.slow_consumers, 1, "{s:?}");
+}
+
 #[test]
 fn start_refuses_a_bad_certificate_naming_the_flag() {
     let pki = Pki::new();
