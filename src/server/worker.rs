@@ -20,6 +20,8 @@
 //! - `fanout`: the worker's side of [`LocalFanout`] (delivering a turn's
 //!   fan-out frames to sessions);
 //! - `shutdown`: the drain (goodbyes spread over `--drain-spread`);
+//! - `tls`: with `--tls-cert`, the worker's TLS buffers and reading through
+//!   TLS (both loops);
 //! - `trouble`: rate-limited logs of misbehaving connections and of caught
 //!   panics.
 //!

@@ -287,7 +287,7 @@ impl Worker<Uring> {
             return;
         }
         let alive = if conn.stream.tls.is_some() {
-            self.tls_input(key, &buf, now, t)
+            self.tls_input(key, buf, now, t)
         } else {
             // The session unmasks in place; the ring's buffer goes back at
             // once.
@@ -319,7 +319,16 @@ impl Worker<Uring> {
     /// ring at once, ahead of any reply, and the plaintext handed to the
     /// session; close_notify is its EOF, a TLS error closes it (after the
     /// alert). Returns false if the connection is gone or closing.
-    fn tls_input(&mut self, key: usize, bytes: &[u8], now: Instant, t: Now) -> bool {
+    ///
+    /// `bytes` (a received buffer) is dropped, and so given back to the
+    /// ring, as soon as it is decrypted.
+    fn tls_input<B: std::ops::Deref<Target = [u8]>>(
+        &mut self,
+        key: usize,
+        bytes: B,
+        now: Instant,
+        t: Now,
+    ) -> bool {
         let (Some(tw), Some(conn)) = (self.tls.as_mut(), self.conns.get_mut(key)) else {
             return false;
         };
@@ -331,10 +340,11 @@ impl Worker<Uring> {
         }
         let mut records = Vec::new();
         let fill = |b: &mut [u8]| {
-            b.copy_from_slice(bytes);
+            b.copy_from_slice(&bytes);
             Ok(bytes.len())
         };
         let read = tw.read(tls, bytes.len(), fill, &mut records, &self.stats);
+        drop(bytes);
         let sent = self.io.sink(&mut conn.stream).send_records(records);
         match read {
             TlsReadResult::Bytes { peer_closed, .. } if sent.is_ok() => {

@@ -13,7 +13,9 @@
 //!
 //! - this file: the loop's side of a worker ([`Uring`]) and its per-
 //!   connection handle ([`Handle`]);
-//! - `sink`: a session's output as ring sends ([`sink::RingSink`]);
+//! - `sink`: a session's output as ring sends ([`sink::RingSink`]), with
+//!   `--tls-cert` encrypted first (the TLS layer shared with the epoll loop:
+//!   `tls_io`, `worker::tls`);
 //! - `waker`: the cross-thread wake-up, a socket the ring watches;
 //! - `event_loop`: the loop and what each completion does.
 
