@@ -75,12 +75,13 @@ cargo test --workspace --locked --all-targets --no-fail-fast || status=$?
 # servers (Config::for_tests) and the spawned wsgate binaries both read
 # WSGATE_IO_BACKEND. Only the test files that drive connections (the unit
 # tests, proptests and config checks do not depend on the loop); about 3-4
-# minutes more on a 2-core machine. Skipped (and said) where the kernel is
+# minutes more on a 2-core machine. The TLS files (tls, admin_tls) run here
+# too: wss:// is served by both loops. Skipped (and said) where the kernel is
 # older than 6.0 or has io_uring turned off; a sandbox that filters the
 # io_uring syscalls fails the pass with the server's start-up error, which
 # names the missing feature.
 uring_tests=(close echo pubsub handshake lifecycle attacker_budgets attacker_isolation hostile
-  hostile_soak sigpipe history cluster users deflate workers binary io_backend)
+  hostile_soak sigpipe history cluster users deflate workers binary io_backend tls admin_tls)
 # Tests known to fail on io_uring would be listed here (left out of this
 # pass, still run on epoll above); none are.
 uring_skip=()

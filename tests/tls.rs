@@ -71,6 +71,25 @@ fn echo(ws: &mut TlsWs, text: &str) {
     }
 }
 
+/// Closes `ws` and reads until the server ended the TLS stream cleanly
+/// (close_notify before its FIN: a bare FIN is an error here).
+fn close_cleanly(ws: &mut TlsWs) {
+    ws.close(None).unwrap();
+    read_to_clean_end(ws);
+}
+
+/// Reads until the close handshake is over and the TLS stream ended with
+/// close_notify.
+fn read_to_clean_end(ws: &mut TlsWs) {
+    loop {
+        match ws.read() {
+            Ok(_) => {}
+            Err(tungstenite::Error::ConnectionClosed) => break,
+            Err(e) => panic!("unclean close: {e}"),
+        }
+    }
+}
+
 /// `wsgate_tls_reloads_total` by result, as /metrics shows it.
 fn assert_reload_counts(admin: SocketAddr, ok: u32, failed: u32) {
     let (_, metrics) = http(admin, "GET", "/metrics", "");
@@ -100,15 +119,7 @@ fn echo_over_tls13_and_tls12() {
         for n in 0..20 {
             echo(&mut ws, &format!("hello {n} over {want:?}"));
         }
-        ws.close(None).unwrap();
-        // The server answers the close and ends the TLS stream cleanly.
-        loop {
-            match ws.read() {
-                Ok(_) => {}
-                Err(tungstenite::Error::ConnectionClosed) => break,
-                Err(e) => panic!("unclean close: {e}"),
-            }
-        }
+        close_cleanly(&mut ws);
     }
     let s = server.total_stats();
     assert_eq!(s.tls_handshakes_full, 2, "{s:?}");
@@ -395,6 +406,52 @@ fn pubsub_fan_out_reaches_tls_subscribers() {
     }
 }
 
+/// A TLS subscriber that stops reading is cut with 1008 like a plain one
+/// (on either loop): what it does not take waits as plaintext in its
+/// session's queue, where `--max-outbound-bytes` and the slow-consumer
+/// rule see it, not as ciphertext piling up in the loop (the io_uring
+/// loop's ring takes one batch beyond what is in flight).
+#[test]
+fn a_tls_subscriber_that_stops_reading_is_cut_as_a_slow_consumer() {
+    let pki = Pki::new();
+    issue(&pki);
+    let server = start(&pki, AppKind::PubSub, false, |cfg| {
+        cfg.max_outbound_bytes = 256 << 10;
+    });
+    let config = pki.client_config(&[&TLS13]);
+    let mut slow = connect(server.local_addr(), &config);
+    slow.send(Message::text(r#"{"type":"subscribe","topic":"s"}"#))
+        .unwrap();
+    slow.read().unwrap();
+    let mut publisher = connect(server.local_addr(), &config);
+    let big = format!(
+        r#"{{"type":"publish","topic":"s","payload":"{}"}}"#,
+        "z".repeat(60 << 10)
+    );
+    eventually(Duration::from_secs(30), "slow consumer cut", || {
+        for _ in 0..16 {
+            publisher.send(Message::text(big.clone())).unwrap();
+        }
+        server.total_stats().slow_consumers > 0
+    });
+    // It reads now: what the kernel and the ring held, then 1008.
+    slow.get_mut()
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let code = loop {
+        match slow.read() {
+            Ok(Message::Close(Some(f))) => break u16::from(f.code),
+            Ok(Message::Text(t)) => assert!(t.len() > 60 << 10, "delivery altered"),
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(e) => panic!("no close frame: {e}"),
+        }
+    };
+    assert_eq!(code, 1008);
+    let s = server.total_stats();
+    assert_eq!(s.slow_consumers, 1, "{s:?}");
+}
+
 #[test]
 fn start_refuses_a_bad_certificate_naming_the_flag() {
     let pki = Pki::new();
@@ -416,30 +473,62 @@ fn start_refuses_a_bad_certificate_naming_the_flag() {
     assert_eq!(e.to_string(), "--tls-cert needs --tls-key too");
 }
 
-/// The TLS layer is in the epoll loop only: asking for it on the io_uring
-/// loop stops the start with the reason, instead of serving plaintext on a
-/// port the clients reach with wss://.
+/// wss:// on both event loops, whatever `WSGATE_IO_BACKEND` says: a rustls
+/// client echoes small and large messages (TLS 1.3 and 1.2) and gets a
+/// clean close (close_notify before the FIN, or the read below fails), and
+/// Python `websockets` echoes too; the io_uring server really ran on its
+/// ring and counted its handshakes.
 #[test]
-fn start_refuses_tls_on_the_io_uring_backend() {
+fn wss_echo_works_on_both_event_loops() {
+    use wsgate::config::IoBackend;
     let pki = Pki::new();
     issue(&pki);
-    let mut cfg = wsgate::Config::for_tests();
-    cfg.admin_listen = None;
-    cfg.io_backend = wsgate::config::IoBackend::IoUring;
-    cfg.tls_cert = Some(pki.cert_path());
-    cfg.tls_key = Some(pki.key_path());
-    let err = wsgate::start(cfg).err().expect("refused");
-    assert!(
-        matches!(&err, wsgate::StartError::TlsNeedsEpoll { backend } if backend == "io-uring"),
-        "{err}"
-    );
-    assert!(err.to_string().contains("--io-backend io-uring"), "{err}");
-    // The same files on the epoll loop serve wss://.
-    let server = start(&pki, AppKind::Echo, false, |cfg| {
-        cfg.io_backend = wsgate::config::IoBackend::Epoll;
+    for backend in [IoBackend::Epoll, IoBackend::IoUring] {
+        let server = start(&pki, AppKind::Echo, false, |cfg| cfg.io_backend = backend);
+        for version in [&TLS13, &TLS12] {
+            let mut ws = connect(server.local_addr(), &pki.client_config(&[version]));
+            for n in 0..10 {
+                echo(&mut ws, &format!("hello {n} on {backend:?}"));
+            }
+            // Larger than a batch: several records, several ring sends.
+            let big = "x".repeat(300_000);
+            echo(&mut ws, &big);
+            close_cleanly(&mut ws);
+        }
+        let s = server.total_stats();
+        assert_eq!(s.tls_handshakes_full, 2, "{backend:?}: {s:?}");
+        assert_eq!(
+            s.uring_enters > 0,
+            backend == IoBackend::IoUring,
+            "{backend:?} ran on the wrong loop: {s:?}"
+        );
+    }
+    // A second real client, on the io_uring loop: Python `websockets`
+    // against the pub/sub app (fan-out through TLS), TLS 1.3 and 1.2 with
+    // session reuse.
+    let server = start(&pki, AppKind::PubSub, false, |cfg| {
+        cfg.io_backend = IoBackend::IoUring
     });
-    let mut ws = connect(server.local_addr(), &pki.client_config(&[&TLS13]));
-    echo(&mut ws, "over epoll");
+    python_clients(&pki, &server);
+    let s = server.total_stats();
+    assert!(s.uring_enters > 0, "{s:?}");
+}
+
+/// Python `websockets` over TLS 1.3 and 1.2 against `server`'s pub/sub app
+/// (tests/python/tls_client.py); the TLS 1.2 reconnect resumes.
+fn python_clients(pki: &Pki, server: &wsgate::ServerHandle) {
+    let url = format!("wss://localhost:{}/ws", server.local_addr().port());
+    let ca = pki.ca_path();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/tls_client.py");
+    for version in ["1.3", "1.2"] {
+        run_client(
+            "python3",
+            &[script, &url, ca.to_str().unwrap(), version],
+            "needs python3 -m pip install websockets (tests/run-all.sh does)",
+        );
+    }
+    let s = server.total_stats();
+    assert!(s.tls_handshakes_resumed >= 1, "{s:?}");
 }
 
 /// Runs a client program and asserts it printed "ok".
@@ -461,18 +550,7 @@ fn python_websockets_over_tls13_and_tls12_with_session_reuse() {
     let pki = Pki::new();
     issue(&pki);
     let server = start(&pki, AppKind::PubSub, false, |_| {});
-    let url = format!("wss://localhost:{}/ws", server.local_addr().port());
-    let ca = pki.ca_path();
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/python/tls_client.py");
-    for version in ["1.3", "1.2"] {
-        run_client(
-            "python3",
-            &[script, &url, ca.to_str().unwrap(), version],
-            "needs python3 -m pip install websockets (tests/run-all.sh does)",
-        );
-    }
-    let s = server.total_stats();
-    assert!(s.tls_handshakes_resumed >= 1, "{s:?}");
+    python_clients(&pki, &server);
 }
 
 #[test]
@@ -736,13 +814,7 @@ fn a_drain_closes_tls_clients_with_1001() {
         };
         assert_eq!(code, 1001);
         // Our answer completes the close handshake.
-        loop {
-            match c.read() {
-                Ok(_) => {}
-                Err(tungstenite::Error::ConnectionClosed) => break,
-                Err(e) => panic!("unclean end: {e}"),
-            }
-        }
+        read_to_clean_end(c);
     }
     server.join();
 }

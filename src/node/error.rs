@@ -62,10 +62,6 @@ pub enum StartError {
     AdminTlsWithoutAdmin,
     #[error("--tls-ticket-keys: {0}")]
     TlsTicketKeys(#[source] crate::tls::ticket_keys::TicketKeyError),
-    /// TLS runs on the epoll (mio) event loop only, for now: the io_uring
-    /// backend returns this when `--tls-cert` is set too.
-    #[error("--tls-cert/--tls-key need the epoll I/O backend; TLS is not available with --io-backend {backend} yet")]
-    TlsNeedsEpoll { backend: String },
     #[error("cannot start the workers: {0}")]
     Workers(#[source] io::Error),
 }

@@ -44,18 +44,6 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
             max: MAX_WORKERS,
         });
     }
-    if config.io_backend != IoBackend::Epoll
-        && (config.tls_cert.is_some() || config.tls_key.is_some())
-    {
-        // The TLS layer sits in the epoll loop's read and write paths; the
-        // io_uring loop has none, and serving plaintext on a port meant for
-        // wss:// would break every client, so refuse before binding.
-        let backend = clap::ValueEnum::to_possible_value(&config.io_backend).map_or_else(
-            || format!("{:?}", config.io_backend),
-            |v| v.get_name().to_owned(),
-        );
-        return Err(StartError::TlsNeedsEpoll { backend });
-    }
     if config.io_backend == IoBackend::IoUring {
         server::probe_io_uring().map_err(StartError::IoUring)?;
     }

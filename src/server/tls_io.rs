@@ -1,6 +1,8 @@
-//! TLS between a client socket and its session: the per-connection TLS
-//! state the slab keeps ([`TlsState`]) and the [`Sink`] a session writes
-//! through ([`ConnSink`]), which encrypts on the way to the socket.
+//! TLS between a client socket and its session: how a session's writes
+//! become records ([`encrypt_batch`], both event loops), and on the epoll
+//! loop the per-connection TLS state the slab keeps ([`TlsState`]) and the
+//! [`Sink`] a session writes through ([`ConnSink`]), which encrypts on the
+//! way to the socket. (The io_uring loop's sink is `uring::sink`.)
 //!
 //! The session stays plaintext-only. What it writes is encrypted in batches
 //! of up to [`BATCH`] plaintext bytes (one TLS record per 16 KiB), so a
@@ -46,15 +48,15 @@ impl TlsState {
         }
     }
 
+    /// The TLS state and the buffer its records go to (behind what is
+    /// pending), for a read through [`super::worker`]'s `TlsWorker`.
+    pub fn parts(&mut self) -> (&mut TlsConn, &mut Vec<u8>) {
+        (&mut self.conn, &mut self.pending)
+    }
+
     /// Ciphertext waiting for the socket.
     pub fn has_pending(&self) -> bool {
         self.sent < self.pending.len() || self.fin_after
-    }
-
-    /// Queues records produced outside a session write (handshake flights,
-    /// tickets, alerts, close_notify) behind what is pending.
-    pub fn queue(&mut self, records: &[u8]) {
-        self.pending.extend_from_slice(records);
     }
 
     /// Queues close_notify (once). False if it could not be produced.
@@ -93,36 +95,35 @@ pub(crate) enum ConnSink<'a> {
     },
 }
 
-impl ConnSink<'_> {
-    /// Encrypts up to [`BATCH`] bytes of `bufs` as one batch of records.
-    fn encrypt(tls: &mut TlsState, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        let tls_err = |e: crate::tls::TlsError| io::Error::other(e);
-        let first = bufs.iter().find(|b| !b.is_empty());
-        let Some(first) = first else {
-            return Ok(0);
-        };
-        if first.len() >= BATCH || bufs.iter().filter(|b| !b.is_empty()).count() == 1 {
-            let take = first.len().min(BATCH);
-            tls.conn
-                .write_plaintext(&first[..take], &mut tls.pending)
-                .map_err(tls_err)?;
-            return Ok(take);
-        }
-        GATHER.with_borrow_mut(|gather| {
-            gather.clear();
-            for b in bufs {
-                let room = BATCH - gather.len();
-                if room == 0 {
-                    break;
-                }
-                gather.extend_from_slice(&b[..b.len().min(room)]);
-            }
-            tls.conn
-                .write_plaintext(gather, &mut tls.pending)
-                .map_err(tls_err)?;
-            Ok(gather.len())
-        })
+/// Encrypts up to [`BATCH`] bytes of `bufs` as one batch of records
+/// appended to `out`; returns the plaintext bytes taken.
+pub(crate) fn encrypt_batch(
+    conn: &mut TlsConn,
+    bufs: &[IoSlice<'_>],
+    out: &mut Vec<u8>,
+) -> io::Result<usize> {
+    let tls_err = |e: crate::tls::TlsError| io::Error::other(e);
+    let first = bufs.iter().find(|b| !b.is_empty());
+    let Some(first) = first else {
+        return Ok(0);
+    };
+    if first.len() >= BATCH || bufs.iter().filter(|b| !b.is_empty()).count() == 1 {
+        let take = first.len().min(BATCH);
+        conn.write_plaintext(&first[..take], out).map_err(tls_err)?;
+        return Ok(take);
     }
+    GATHER.with_borrow_mut(|gather| {
+        gather.clear();
+        for b in bufs {
+            let room = BATCH - gather.len();
+            if room == 0 {
+                break;
+            }
+            gather.extend_from_slice(&b[..b.len().min(room)]);
+        }
+        conn.write_plaintext(gather, out).map_err(tls_err)?;
+        Ok(gather.len())
+    })
 }
 
 thread_local! {
@@ -147,7 +148,7 @@ impl Write for ConnSink<'_> {
                 if !tls.flush(stream)? || tls.fin_after {
                     return Err(io::ErrorKind::WouldBlock.into());
                 }
-                let n = Self::encrypt(tls, bufs)?;
+                let n = encrypt_batch(&mut tls.conn, bufs, &mut tls.pending)?;
                 tls.flush(stream)?;
                 Ok(n)
             }

@@ -20,6 +20,8 @@
 //! - `fanout`: the worker's side of [`LocalFanout`] (delivering a turn's
 //!   fan-out frames to sessions);
 //! - `shutdown`: the drain (goodbyes spread over `--drain-spread`);
+//! - `tls`: with `--tls-cert`, the worker's TLS buffers and reading through
+//!   TLS (both loops);
 //! - `trouble`: rate-limited logs of misbehaving connections and of caught
 //!   panics.
 //!
@@ -33,7 +35,7 @@ mod handshake_rate;
 mod setup;
 mod shutdown;
 pub(super) mod timers;
-mod tls;
+pub(super) mod tls;
 mod trouble;
 
 use std::net::IpAddr;
@@ -65,7 +67,7 @@ use accept::HandshakeBucket;
 use fanout::Slots;
 use shutdown::Drain;
 use timers::Clock;
-use tls::TlsWorker;
+pub(super) use tls::TlsWorker;
 use trouble::Trouble;
 
 pub(crate) const LISTENER: Token = Token(usize::MAX);
@@ -90,8 +92,7 @@ pub(crate) struct Shared {
     pub security: Arc<Security>,
     /// `--max-reassembly-bytes`, shared by every worker's pool.
     pub reassembly: Arc<ReassemblyBudget>,
-    /// With `--tls-cert`: the TLS context every new connection starts from
-    /// (the epoll loop only; the io_uring backend refuses to start with it).
+    /// With `--tls-cert`: the TLS context every new connection starts from.
     pub tls: Option<crate::tls::TlsContext>,
 }
 
@@ -132,6 +133,9 @@ pub(crate) struct Worker<I: Io> {
     /// Connections a fan-out write found gone, closed after it returns.
     pub(super) doomed: Vec<usize>,
     pub(super) trouble: Trouble,
+    /// With `--tls-cert`: the TLS buffers the worker's connections share
+    /// (either loop; each keeps its connections' `TlsConn` in its handle).
+    pub(super) tls: Option<TlsWorker>,
     /// Debug builds with `Config::debug_panic_trigger`: see `Ctx::debug_panic`.
     pub(super) debug_panic: bool,
 }

@@ -9,9 +9,11 @@ use socket2::SockRef;
 use wsgate_uring::{Completion, EndReason, RecvBuf};
 
 use super::super::listener::bind_reuseport_with;
+use super::super::loop_io::Io;
 use super::super::worker::accept::{is_descriptor_exhaustion_errno, refuse};
+use super::super::worker::tls::TlsReadResult;
 use super::super::worker::Worker;
-use super::sink::{shutdown_write, SEND_WINDOW};
+use super::sink::{shutdown_write, SEND_WINDOW, TLS_WINDOW};
 use super::{
     waker, Handle, Uring, CLOSING, FIN_PENDING, LISTENER, RECV_ARMED, RECV_CANCELING, STALLED,
     WAKER,
@@ -214,10 +216,21 @@ impl Worker<Uring> {
         if let Err(r) = self.admit(ip, now) {
             let stream = std::net::TcpStream::from(fd);
             if stream.set_nonblocking(true).is_ok() {
-                refuse(&stream, &mut self.scratch, &r);
+                refuse(&stream, &mut self.scratch, &r, self.tls.is_some());
             }
             return false;
         }
+        // With TLS the handshake timeout and caps above run from here, so
+        // they bound the TLS handshake too.
+        let tls = match self.tls.as_ref().map(|tw| tw.new_conn()) {
+            None => None,
+            Some(Ok(tls)) => Some(Box::new(tls)),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "TLS connection setup failed");
+                self.unadmit(ip);
+                return false;
+            }
+        };
         // TCP_NODELAY and TCP_USER_TIMEOUT come from the listener (see
         // `ListenOptions`): no setsockopt per connection.
         let key = self.conns.vacant_key();
@@ -226,6 +239,7 @@ impl Worker<Uring> {
             fd: h,
             in_ring: 0,
             flags: 0,
+            tls,
         };
         match self.io.ring.recv_multi(h) {
             Ok(()) => handle.flags |= RECV_ARMED,
@@ -272,13 +286,19 @@ impl Worker<Uring> {
             }
             return;
         }
-        // The session unmasks in place; the ring's buffer goes back at once.
-        let n = buf.len();
-        let mut scratch = std::mem::take(&mut self.scratch);
-        scratch[..n].copy_from_slice(&buf);
-        drop(buf);
-        let alive = self.on_input(key, &mut scratch[..n], now, t);
-        self.scratch = scratch;
+        let alive = if conn.stream.tls.is_some() {
+            self.tls_input(key, buf, now, t)
+        } else {
+            // The session unmasks in place; the ring's buffer goes back at
+            // once.
+            let n = buf.len();
+            let mut scratch = std::mem::take(&mut self.scratch);
+            scratch[..n].copy_from_slice(&buf);
+            drop(buf);
+            let alive = self.on_input(key, &mut scratch[..n], now, t);
+            self.scratch = scratch;
+            alive
+        };
         if !alive || !self.flush(key) {
             return;
         }
@@ -291,6 +311,57 @@ impl Worker<Uring> {
             // what is already on its way is still handed to the session.
             h.flags |= RECV_CANCELING;
             let _ = self.io.ring.cancel_recv(h.fd);
+        }
+    }
+
+    /// Ciphertext received on TLS connection `key`: decrypted, the records
+    /// that produced (handshake flights, tickets, an alert) handed to the
+    /// ring at once, ahead of any reply, and the plaintext handed to the
+    /// session; close_notify is its EOF, a TLS error closes it (after the
+    /// alert). Returns false if the connection is gone or closing.
+    ///
+    /// `bytes` (a received buffer) is dropped, and so given back to the
+    /// ring, as soon as it is decrypted.
+    fn tls_input<B: std::ops::Deref<Target = [u8]>>(
+        &mut self,
+        key: usize,
+        bytes: B,
+        now: Instant,
+        t: Now,
+    ) -> bool {
+        let (Some(tw), Some(conn)) = (self.tls.as_mut(), self.conns.get_mut(key)) else {
+            return false;
+        };
+        let Some(tls) = conn.stream.tls.as_deref_mut() else {
+            return false;
+        };
+        if bytes.is_empty() {
+            return true;
+        }
+        let mut records = Vec::new();
+        let fill = |b: &mut [u8]| {
+            b.copy_from_slice(&bytes);
+            Ok(bytes.len())
+        };
+        let read = tw.read(tls, bytes.len(), fill, &mut records, &self.stats);
+        drop(bytes);
+        let sent = self.io.sink(&mut conn.stream).send_records(records);
+        match read {
+            TlsReadResult::Bytes { peer_closed, .. } if sent.is_ok() => {
+                if !self.take_plaintext(key, now, t) {
+                    return false;
+                }
+                if peer_closed {
+                    self.on_close_notify(key, t);
+                }
+                self.conns.get(key).is_some_and(|c| !c.stream.has(CLOSING))
+            }
+            // A TLS error (its alert is on its way), or records the ring
+            // refused.
+            _ => {
+                self.close_now(key);
+                false
+            }
         }
     }
 
@@ -326,7 +397,11 @@ impl Worker<Uring> {
                 break;
             }
             let end = held.bytes.len().min(at + self.scratch.len());
-            let alive = self.on_input(key, &mut held.bytes[at..end], now, t);
+            let alive = if self.conns.get(key).is_some_and(|c| c.stream.tls.is_some()) {
+                self.tls_input(key, &held.bytes[at..end], now, t)
+            } else {
+                self.on_input(key, &mut held.bytes[at..end], now, t)
+            };
             at = end;
             if !alive || !self.flush(key) {
                 return false;
@@ -373,7 +448,12 @@ impl Worker<Uring> {
         // All sent, or room again: write the session's queue (like a
         // writable edge on the epoll loop). With nothing queued this still
         // lifts a backpressure pause that a fan-out write ended.
-        if (conn.session.wants_write() && h.in_ring < SEND_WINDOW / 2) || h.in_ring == 0 {
+        let room_below = if h.tls.is_some() {
+            TLS_WINDOW
+        } else {
+            SEND_WINDOW / 2
+        };
+        if (conn.session.wants_write() && h.in_ring < room_below) || h.in_ring == 0 {
             // Room again: the session's queue goes out (like a writable
             // edge on the epoll loop).
             self.flush(key);

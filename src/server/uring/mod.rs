@@ -13,7 +13,9 @@
 //!
 //! - this file: the loop's side of a worker ([`Uring`]) and its per-
 //!   connection handle ([`Handle`]);
-//! - `sink`: a session's output as ring sends ([`sink::RingSink`]);
+//! - `sink`: a session's output as ring sends ([`sink::RingSink`]), with
+//!   `--tls-cert` encrypted first (the TLS layer shared with the epoll loop:
+//!   `tls_io`, `worker::tls`);
 //! - `waker`: the cross-thread wake-up, a socket the ring watches;
 //! - `event_loop`: the loop and what each completion does.
 
@@ -31,6 +33,7 @@ use wsgate_uring::{Fd, Ring, RingConfig};
 
 use super::listener::ListenOptions;
 use super::loop_io::Io;
+use crate::tls::TlsConn;
 pub(crate) use sink::RingSink;
 
 /// Token of the worker's listener in the ring.
@@ -68,10 +71,15 @@ pub(crate) fn ring_config() -> RingConfig {
 pub(crate) struct Handle {
     fd: Fd,
     /// Bytes handed to the ring and not yet reported sent: the sink takes
-    /// more only below [`sink::SEND_WINDOW`], so the session's own queue
-    /// (and its backpressure and slow-consumer rules) sees the backlog.
+    /// more only below [`sink::SEND_WINDOW`] ([`sink::TLS_WINDOW`] with
+    /// TLS), so the session's own queue (and its backpressure and
+    /// slow-consumer rules) sees the backlog.
     in_ring: u32,
     flags: u8,
+    /// With `--tls-cert`: the connection's TLS state (boxed, so a plain
+    /// connection grows by one pointer). Its records go straight into the
+    /// ring; it keeps no ciphertext buffer of its own.
+    tls: Option<Box<TlsConn>>,
 }
 
 /// A multishot recv is armed (its `RecvEnded` has not arrived).
@@ -216,6 +224,18 @@ impl Io for Uring {
         }
     }
 
+    fn finish(&mut self, h: &mut Handle) -> bool {
+        if let Some(tls) = h.tls.as_deref_mut() {
+            // close_notify before the FIN (which closing the descriptor
+            // sends once the ring has sent everything: see `close`).
+            let mut records = Vec::new();
+            if tls.close_notify(&mut records).is_ok() {
+                let _ = self.sink(h).send_records(records);
+            }
+        }
+        true
+    }
+
     fn is_live(h: &Handle) -> bool {
         !h.has(CLOSING)
     }
@@ -273,10 +293,10 @@ mod tests {
     #[test]
     fn an_idle_connection_is_small_on_io_uring_too() {
         // The slab stores Conn inline: the handle (fd handle, bytes in the
-        // ring, flags) is all the loop adds per connection in the server;
-        // the ring's own bookkeeping (its 32-byte descriptor entry) is on
-        // top, in `wsgate-uring`.
-        assert!(std::mem::size_of::<Handle>() <= 16);
+        // ring, flags, the TLS state's pointer) is all the loop adds per
+        // connection in the server; the ring's own bookkeeping (its 32-byte
+        // descriptor entry) is on top, in `wsgate-uring`.
+        assert!(std::mem::size_of::<Handle>() <= 24);
         let size = std::mem::size_of::<Conn<Handle>>();
         eprintln!("Conn<Handle>: {size} B");
         assert!(size <= 200, "Conn<Handle> grew to {size} bytes");

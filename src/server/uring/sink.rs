@@ -10,12 +10,21 @@
 //! socket, so what the peer does not take piles up in the session's own
 //! write queue, where `--max-outbound-bytes` backpressure and the
 //! slow-consumer cut apply as on the epoll loop.
+//!
+//! With TLS the sink encrypts what the session writes, batched as on the
+//! epoll loop ([`encrypt_batch`]: up to 64 KiB of plaintext, one record per
+//! 16 KiB), into an owned send; frames are never shared (each subscriber's
+//! records are its own). It takes a batch only while the connection has
+//! less than [`TLS_WINDOW`] in the ring, so ciphertext waiting in user
+//! memory stays within about two batches and the rest waits as *plaintext*
+//! in the session's queue, where the same budgets apply as on epoll.
 
 use std::io::{self, IoSlice, Write};
 use std::sync::Arc;
 
 use wsgate_uring::{Ring, SendData};
 
+use super::super::tls_io::{encrypt_batch, BATCH};
 use super::{Handle, FIN_PENDING, STALLED};
 use crate::session::Sink;
 
@@ -50,6 +59,12 @@ pub(crate) const COPY_WINDOW: u32 = 64 << 10;
 /// and go out together, copied into one send of up to [`COPY_WINDOW`].
 pub(crate) const SHARE_BEHIND_MIN: usize = 16 << 10;
 
+/// Ciphertext one TLS connection may have in the ring before its sink
+/// reports full: one batch, so a batch encrypted now can follow the one
+/// still in flight (or the handshake records and tickets just sent) without
+/// waiting for a turn, and no more.
+pub(crate) const TLS_WINDOW: u32 = BATCH as u32;
+
 pub(crate) struct RingSink<'a> {
     pub(super) ring: &'a mut Ring,
     pub(super) h: &'a mut Handle,
@@ -71,6 +86,44 @@ impl RingSink<'_> {
         } else {
             COPY_WINDOW as usize
         }
+    }
+
+    /// Hands TLS records to the ring. They are sealed with sequence numbers
+    /// the peer expects in order, so unlike plaintext they cannot be taken
+    /// back and retried: if the ring refuses them (its submission queue
+    /// full while the kernel takes none, see [`RingSink::write_tls`]), the
+    /// stream is broken and the connection is closed.
+    pub(super) fn send_records(&mut self, records: Vec<u8>) -> io::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        match self.send(SendData::owned(records)) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "TLS records refused by the ring",
+            )),
+            r => r,
+        }
+    }
+
+    /// A session write on a TLS connection: one encrypted batch.
+    fn write_tls(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if self.h.in_ring >= TLS_WINDOW || *self.stalled {
+            // Once the ring refused a submission this turn, encrypt nothing
+            // more until it is retried (`STALLED`): records, once made,
+            // must go out.
+            if *self.stalled {
+                self.h.flags |= STALLED;
+            }
+            return Err(would_block());
+        }
+        let Some(tls) = self.h.tls.as_deref_mut() else {
+            return Err(io::ErrorKind::NotConnected.into());
+        };
+        let mut records = Vec::new();
+        let n = encrypt_batch(tls, bufs, &mut records)?;
+        self.send_records(records)?;
+        Ok(n)
     }
 
     fn send(&mut self, data: SendData) -> io::Result<()> {
@@ -101,6 +154,9 @@ fn would_block() -> io::Error {
 
 impl Write for RingSink<'_> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.h.tls.is_some() {
+            return self.write_tls(&[IoSlice::new(buf)]);
+        }
         if self.room() == 0 {
             return Err(would_block());
         }
@@ -110,6 +166,9 @@ impl Write for RingSink<'_> {
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        if self.h.tls.is_some() {
+            return self.write_tls(bufs);
+        }
         if self.room() == 0 {
             return Err(would_block());
         }
@@ -136,6 +195,12 @@ impl Write for RingSink<'_> {
 
 impl Sink for RingSink<'_> {
     fn shutdown_write(&mut self) -> io::Result<()> {
+        if let Some(tls) = self.h.tls.as_deref_mut() {
+            // close_notify, then the FIN behind it.
+            let mut records = Vec::new();
+            tls.close_notify(&mut records).map_err(io::Error::other)?;
+            self.send_records(records)?;
+        }
         if self.h.in_ring > 0 {
             // FIN after the last queued byte, not before it.
             self.h.flags |= FIN_PENDING;
@@ -145,6 +210,10 @@ impl Sink for RingSink<'_> {
     }
 
     fn write_shared(&mut self, frame: &Arc<[u8]>) -> Option<io::Result<bool>> {
+        if self.h.tls.is_some() {
+            // Encrypted per subscriber: bytes only.
+            return None;
+        }
         if self.full() || (self.h.in_ring > 0 && frame.len() < SHARE_BEHIND_MIN) {
             return Some(Ok(false));
         }

@@ -19,6 +19,7 @@ use crate::session::{Now, Session};
 use super::super::conn::Conn;
 use super::super::listener::{self, ListenOptions};
 use super::super::loop_io::Io;
+use super::super::tls_io::TlsState;
 use super::epoll::{Epoll, EpollConn};
 use super::handshake_rate::HandshakeRate;
 use super::{Worker, LISTENER};
@@ -310,10 +311,21 @@ pub(in crate::server) struct Refusal {
 
 /// Refuses a connection before it costs a slot: reads what already arrived
 /// (closing with unread bytes would reset the connection before the answer
-/// is read), answers 503, and leaves the drop to the caller. `stream` is
-/// non-blocking.
-pub(in crate::server) fn refuse<S: Read + Write>(mut stream: S, scratch: &mut [u8], r: &Refusal) {
+/// is read), answers 503 (on a plain listener; a TLS one's client just sees
+/// the close), and leaves the drop to the caller. `stream` is non-blocking.
+pub(in crate::server) fn refuse<S: Read + Write>(
+    mut stream: S,
+    scratch: &mut [u8],
+    r: &Refusal,
+    tls: bool,
+) {
+    // What already arrived is read first, so the close is a FIN, not a
+    // reset.
     let _ = stream.read(scratch);
+    if tls {
+        // A TLS client cannot read a plaintext answer: it sees the close.
+        return;
+    }
     let resp = error_response(
         503,
         "Service Unavailable",
@@ -413,14 +425,7 @@ impl Worker<Epoll> {
     /// Lets a new connection in (true), or refuses it at once (false).
     fn add_conn(&mut self, mut stream: TcpStream, ip: IpAddr, now: Instant, t: Now) -> bool {
         if let Err(r) = self.admit(ip, now) {
-            if self.io.tls.is_some() {
-                // A TLS client cannot read a plaintext answer: it sees the
-                // close. (What already arrived is read first, so the close
-                // is a FIN, not a reset.)
-                let _ = (&stream).read(&mut self.scratch);
-            } else {
-                refuse(&stream, &mut self.scratch, &r);
-            }
+            refuse(&stream, &mut self.scratch, &r, self.tls.is_some());
             return false;
         }
         // TCP_NODELAY and TCP_USER_TIMEOUT come from the listener (see
@@ -439,9 +444,9 @@ impl Worker<Epoll> {
         }
         // With TLS the handshake timeout and caps above run from here, so
         // they bound the TLS handshake too.
-        let tls = match self.io.tls.as_ref().map(|tw| tw.new_conn()) {
+        let tls = match self.tls.as_ref().map(|tw| tw.new_conn()) {
             None => None,
-            Some(Ok(tls)) => Some(tls),
+            Some(Ok(tls)) => Some(Box::new(TlsState::new(tls))),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "TLS connection setup failed");
                 self.unadmit(ip);

@@ -1,8 +1,8 @@
 //! The epoll event loop (mio): wait for readiness, read sockets until
 //! WouldBlock into their sessions, write what the sessions produced with
 //! `send`/`sendmsg`, accept in batches; with `--tls-cert`, through the TLS
-//! layer (`tls_io`, `worker::tls`), which only this loop has. What it
-//! shares with the io_uring loop is in the parent module.
+//! layer (`tls_io`, `worker::tls`). What it shares with the io_uring loop
+//! is in the parent module.
 
 use std::io::{self, Read};
 use std::time::Instant;
@@ -17,13 +17,12 @@ use super::accept::AcceptState;
 use super::tls::{TlsReadResult, TlsWorker};
 use super::{Worker, FLUSH_AT, LISTENER, READ_BUDGET, WAKER};
 use crate::session::Now;
+use crate::stats::WorkerStats;
 
-/// The epoll loop's side of a worker: its poll, its listener, and with
-/// `--tls-cert` the TLS buffers its connections share.
+/// The epoll loop's side of a worker: its poll and its listener.
 pub(crate) struct Epoll {
     pub poll: Poll,
     pub accept: AcceptState,
-    pub tls: Option<TlsWorker>,
 }
 
 /// What the epoll loop keeps per connection: the socket and, with TLS, the
@@ -181,9 +180,9 @@ impl Worker<Epoll> {
             if !conn.session.wants_read() {
                 break;
             }
-            let read = match self.io.tls.as_mut() {
+            let read = match self.tls.as_mut() {
                 Some(tw) if conn.stream.tls.is_some() => {
-                    match tw.read(&mut conn.stream, &self.stats) {
+                    match read_tls(tw, &mut conn.stream, &self.stats) {
                         TlsReadResult::Bytes { raw, peer_closed } => Ok((raw, true, peer_closed)),
                         TlsReadResult::Eof => Ok((0, true, false)),
                         TlsReadResult::WouldBlock => Err(io::ErrorKind::WouldBlock.into()),
@@ -205,15 +204,9 @@ impl Worker<Epoll> {
                 }
                 Ok((n, from_tls, peer_closed)) => {
                     // `on_input` counts the bytes in; a TLS read counted
-                    // the ciphertext already.
-                    let alive = if let Some(tw) = self.io.tls.as_mut().filter(|_| from_tls) {
-                        let mut plain = std::mem::take(&mut tw.plain);
-                        // A TLS read may carry only handshake records.
-                        let alive = plain.is_empty() || self.on_plaintext(key, &mut plain, now, t);
-                        if let Some(tw) = self.io.tls.as_mut() {
-                            tw.plain = plain;
-                        }
-                        alive
+                    // its plaintext already.
+                    let alive = if from_tls {
+                        self.take_plaintext(key, now, t)
                     } else {
                         let mut scratch = std::mem::take(&mut self.scratch);
                         let alive = self.on_input(key, &mut scratch[..n], now, t);
@@ -227,10 +220,7 @@ impl Worker<Epoll> {
                         return;
                     }
                     if peer_closed {
-                        // close_notify: the TLS stream's EOF.
-                        if self.flush(key) {
-                            self.on_eof(key, t);
-                        }
+                        self.on_close_notify(key, t);
                         return;
                     }
                     // A short read drained the socket. Under edge triggering
@@ -265,5 +255,28 @@ impl Worker<Epoll> {
         {
             self.flush(key);
         }
+    }
+}
+
+/// Reads `conn`'s socket once through its TLS layer (straight into the
+/// worker's scratch) and writes the records the read produced.
+fn read_tls(tw: &mut TlsWorker, conn: &mut EpollConn, stats: &WorkerStats) -> TlsReadResult {
+    let Some(tls) = conn.tls.as_deref_mut() else {
+        return TlsReadResult::Eof;
+    };
+    let stream = &conn.stream;
+    let (tc, records) = tls.parts();
+    let result = tw.read(
+        tc,
+        super::SCRATCH_BYTES,
+        |b| (&*stream).read(b),
+        records,
+        stats,
+    );
+    // Best effort after a failure: the alert tells the peer why.
+    let flushed = tls.flush(stream);
+    match result {
+        TlsReadResult::Bytes { .. } if flushed.is_err() => TlsReadResult::Eof,
+        r => r,
     }
 }

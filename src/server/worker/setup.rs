@@ -34,8 +34,7 @@ use super::{Shared, Worker, FLUSH_AT, LISTENER, SCRATCH_BYTES};
 use crate::stats::WorkerStats;
 
 impl Epoll {
-    /// The epoll side of a worker: `listener` registered with `poll`, and
-    /// with `--tls-cert` the TLS buffers its connections share.
+    /// The epoll side of a worker: `listener` registered with `poll`.
     pub(crate) fn new(
         poll: Poll,
         listener: std::net::TcpListener,
@@ -45,20 +44,13 @@ impl Epoll {
         let mut listener = TcpListener::from_std(listener);
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
-        let config = &shared.config;
         Ok(Epoll {
             poll,
             accept: AcceptState::new(
                 listener,
                 listen_addr,
-                ListenOptions::for_clients(config.idle_timeout),
+                ListenOptions::for_clients(shared.config.idle_timeout),
             ),
-            tls: shared.tls.clone().map(|ctx| {
-                let limits = crate::tls::TlsLimits {
-                    max_handshake_buffer: config.tls_handshake_buffer,
-                };
-                super::TlsWorker::new(ctx, limits)
-            }),
         })
     }
 }
@@ -152,6 +144,12 @@ impl<I: Io> Worker<I> {
             read_again: Vec::new(),
             doomed: Vec::new(),
             trouble: Trouble::new(now),
+            tls: shared.tls.clone().map(|ctx| {
+                let limits = crate::tls::TlsLimits {
+                    max_handshake_buffer: config.tls_handshake_buffer,
+                };
+                super::TlsWorker::new(ctx, limits)
+            }),
             debug_panic: cfg!(debug_assertions) && config.debug_panic_trigger,
             config,
         }
