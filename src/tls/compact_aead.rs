@@ -94,23 +94,46 @@ impl Tls13AeadAlgorithm for CompactAead {
 }
 
 /// One direction's traffic key: the raw key (zeroed on drop by
-/// [`AeadKey`]) and IV, ~64 bytes instead of the expanded context.
-struct CompactKey {
+/// [`AeadKey`]) and IV, ~64 bytes instead of the expanded context. rustls
+/// holds these during the handshake; after it the server's own record
+/// layer ([`record`](super::record)) holds them.
+pub struct CompactKey {
     kind: Kind,
     key: AeadKey,
     iv: Iv,
 }
 
 impl CompactKey {
-    /// The expanded key for one record. Dropping it frees and wipes the C
-    /// context.
-    fn expand(&self) -> Result<aead::LessSafeKey, ()> {
+    /// The key of extracted TLS 1.3 traffic secrets (`None` for an AEAD
+    /// this module does not know, i.e. a TLS 1.2-only one).
+    pub fn from_secrets(secrets: ConnectionTrafficSecrets) -> Option<Self> {
+        let (kind, key, iv) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (Kind::Aes128Gcm, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (Kind::Aes256Gcm, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (Kind::Chacha20Poly1305, key, iv)
+            }
+            _ => return None,
+        };
+        (key.as_ref().len() == kind.algorithm().key_len()).then_some(Self { kind, key, iv })
+    }
+
+    /// The expanded key for one record (or one batch of records). Dropping
+    /// it frees and wipes the C context.
+    pub fn expand(&self) -> Result<aead::LessSafeKey, ()> {
         aead::UnboundKey::new(self.kind.algorithm(), self.key.as_ref())
             .map(aead::LessSafeKey::new)
             .map_err(|_| ())
     }
 
-    fn tag_len(&self) -> usize {
+    /// The TLS 1.3 per-record nonce: the IV xor the sequence number
+    /// (RFC 8446 5.3).
+    pub fn nonce(&self, seq: u64) -> aead::Nonce {
+        aead::Nonce::assume_unique_for_key(Nonce::new(&self.iv, seq).0)
+    }
+
+    /// Bytes the AEAD adds to each record.
+    pub fn tag_len(&self) -> usize {
         self.kind.algorithm().tag_len()
     }
 }
@@ -123,7 +146,7 @@ impl MessageEncrypter for CompactKey {
     ) -> Result<OutboundOpaqueMessage, Error> {
         let total_len = self.encrypted_payload_len(msg.payload.len());
         let mut payload = PrefixedPayload::with_capacity(total_len);
-        let nonce = aead::Nonce::assume_unique_for_key(Nonce::new(&self.iv, seq).0);
+        let nonce = self.nonce(seq);
         let aad = aead::Aad::from(make_tls13_aad(total_len));
         payload.extend_from_chunks(&msg.payload);
         payload.extend_from_slice(&msg.typ.to_array());
@@ -155,7 +178,7 @@ impl MessageDecrypter for CompactKey {
         if payload.len() < self.tag_len() {
             return Err(Error::DecryptError);
         }
-        let nonce = aead::Nonce::assume_unique_for_key(Nonce::new(&self.iv, seq).0);
+        let nonce = self.nonce(seq);
         let aad = aead::Aad::from(make_tls13_aad(payload.len()));
         let plain_len = self
             .expand()

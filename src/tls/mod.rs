@@ -22,6 +22,7 @@ pub mod certs;
 pub mod compact_aead;
 pub mod config;
 pub mod error;
+pub mod record;
 pub mod resolver;
 pub mod session;
 pub mod ticket_keys;
