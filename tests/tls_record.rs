@@ -89,9 +89,7 @@ fn expand_label(secret: &[u8], label: &str, len: usize) -> Vec<u8> {
     let SupportedCipherSuite::Tls13(suite) = SUITE else {
         unreachable!()
     };
-    let expander = suite
-        .hkdf_provider
-        .expander_for_okm(&OkmBlock::new(secret));
+    let expander = suite.hkdf_provider.expander_for_okm(&OkmBlock::new(secret));
     let full = format!("tls13 {label}");
     let info = [
         &(len as u16).to_be_bytes()[..],

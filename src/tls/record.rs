@@ -161,9 +161,7 @@ pub fn record_len(buf: &[u8]) -> Result<Option<usize>, RecordError> {
     let Some(header) = buf.get(..HEADER_LEN) else {
         // Even a lone first byte can be judged.
         return match buf.first() {
-            Some(&t) if t != CONTENT_APPLICATION_DATA => {
-                Err(RecordError::UnexpectedContentType(t))
-            }
+            Some(&t) if t != CONTENT_APPLICATION_DATA => Err(RecordError::UnexpectedContentType(t)),
             _ => Ok(None),
         };
     };
@@ -321,7 +319,8 @@ fn seal_one(
     let body = out.len();
     out.extend_from_slice(content);
     out.push(inner_type);
-    let sealed = key.seal_in_place_separate_tag(tx.key.nonce(seq), Aad::from(header), &mut out[body..]);
+    let sealed =
+        key.seal_in_place_separate_tag(tx.key.nonce(seq), Aad::from(header), &mut out[body..]);
     match sealed {
         Ok(tag) => {
             out.extend_from_slice(tag.as_ref());
@@ -354,7 +353,10 @@ mod tests {
     }
 
     fn pair(chacha: bool) -> (Direction, Direction) {
-        (Direction::new(key(chacha), 0), Direction::new(key(chacha), 0))
+        (
+            Direction::new(key(chacha), 0),
+            Direction::new(key(chacha), 0),
+        )
     }
 
     fn open_all(mut buf: Vec<u8>, rx: &mut Direction) -> Result<Vec<Vec<u8>>, RecordError> {
@@ -545,13 +547,21 @@ mod tests {
             Err(RecordError::Decode("KeyUpdate")),
         );
         check(b"\x18\0\0\x16", Err(RecordError::Decode("KeyUpdate")));
-        check(b"\x04\0\0\x01\x00\x16", Err(RecordError::UnexpectedHandshake(4)));
-        check(b"\x14\0\0\x00\x16", Err(RecordError::UnexpectedHandshake(20)));
+        check(
+            b"\x04\0\0\x01\x00\x16",
+            Err(RecordError::UnexpectedHandshake(4)),
+        );
+        check(
+            b"\x14\0\0\x00\x16",
+            Err(RecordError::UnexpectedHandshake(20)),
+        );
         // Alerts: close_notify; the peer's fatal alert (no answer); junk.
         check(b"\x01\x00\x15", Ok("CloseNotify"));
         check(
             b"\x02\x28\x15",
-            Err(RecordError::AlertReceived(AlertDescription::HandshakeFailure)),
+            Err(RecordError::AlertReceived(
+                AlertDescription::HandshakeFailure,
+            )),
         );
         check(b"\x02\x28\x00\x15", Err(RecordError::Decode("alert")));
         assert_eq!(
@@ -607,7 +617,10 @@ mod tests {
             Err(RecordError::SequenceExhausted)
         );
         assert_eq!((out.len(), tx.seq), (len, u64::MAX - 1));
-        assert_eq!(open_one(out.clone(), &mut rx), Ok("Data([108, 97, 115, 116])".into()));
+        assert_eq!(
+            open_one(out.clone(), &mut rx),
+            Ok("Data([108, 97, 115, 116])".into())
+        );
         let err = open_record(&mut out, &mut rx).unwrap_err();
         assert_eq!(err, RecordError::SequenceExhausted);
         assert_eq!(err.alert(), None);
