@@ -120,10 +120,8 @@ impl CompactKey {
 
     /// The expanded key for one record (or one batch of records). Dropping
     /// it frees and wipes the C context.
-    pub fn expand(&self) -> Result<aead::LessSafeKey, ()> {
-        aead::UnboundKey::new(self.kind.algorithm(), self.key.as_ref())
-            .map(aead::LessSafeKey::new)
-            .map_err(|_| ())
+    pub fn expand(&self) -> Result<aead::LessSafeKey, aws_lc_rs::error::Unspecified> {
+        aead::UnboundKey::new(self.kind.algorithm(), self.key.as_ref()).map(aead::LessSafeKey::new)
     }
 
     /// The TLS 1.3 per-record nonce: the IV xor the sequence number

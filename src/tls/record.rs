@@ -193,7 +193,7 @@ pub fn open_record<'a>(
     if body.len() < rx.key.tag_len() {
         return Err(RecordError::BadRecordMac);
     }
-    let key = rx.key.expand().map_err(|()| RecordError::KeySetup)?;
+    let key = rx.key.expand().map_err(|_| RecordError::KeySetup)?;
     let seq = rx.take_seq()?;
     let plain = key
         .open_in_place(rx.key.nonce(seq), Aad::from(aad), body)
@@ -252,7 +252,7 @@ pub fn seal_data(data: &[u8], tx: &mut Direction, out: &mut Vec<u8>) -> Result<(
     let seq = tx.seq;
     let result = (|| {
         // One key expansion for the whole batch.
-        let key = tx.key.expand().map_err(|()| RecordError::KeySetup)?;
+        let key = tx.key.expand().map_err(|_| RecordError::KeySetup)?;
         let records = data.len().div_ceil(MAX_PLAINTEXT).max(1);
         out.reserve(data.len() + records * (HEADER_LEN + 1 + tx.key.tag_len()));
         for chunk in data.chunks(MAX_PLAINTEXT) {
@@ -278,7 +278,7 @@ pub fn seal_alert(
         AlertDescription::CloseNotify => ALERT_WARNING,
         _ => ALERT_FATAL,
     };
-    let key = tx.key.expand().map_err(|()| RecordError::KeySetup)?;
+    let key = tx.key.expand().map_err(|_| RecordError::KeySetup)?;
     seal_one(&key, CONTENT_ALERT, &[level, u8::from(alert)], tx, out)
 }
 
@@ -289,7 +289,7 @@ pub fn seal_key_update(
     tx: &mut Direction,
     out: &mut Vec<u8>,
 ) -> Result<(), RecordError> {
-    let key = tx.key.expand().map_err(|()| RecordError::KeySetup)?;
+    let key = tx.key.expand().map_err(|_| RecordError::KeySetup)?;
     let message = [HANDSHAKE_KEY_UPDATE, 0, 0, 1, u8::from(update_requested)];
     seal_one(&key, CONTENT_HANDSHAKE, &message, tx, out)
 }
@@ -483,7 +483,9 @@ mod tests {
         let mut inner = vec![7u8; MAX_PLAINTEXT];
         inner.push(23);
         let record = seal_inner(&inner, &mut tx);
-        assert_eq!(open_one(record, &mut rx).map(|s| s.len() > 0), Ok(true));
+        assert!(open_one(record, &mut rx)
+            .unwrap()
+            .starts_with("Data([7, 7,"));
         // Inner plaintext over 2^14 + 1 (padding counts) is refused.
         let mut inner = vec![7u8; MAX_PLAINTEXT];
         inner.extend_from_slice(&[23, 0]);
