@@ -383,6 +383,39 @@ fn a_flood_of_key_updates_is_refused() {
     );
 }
 
+/// The server updates its own write key when a key has protected as many
+/// records as the suite allows (here lowered to 4): the client reads every
+/// message, and ends up with the server's third key generation: the first
+/// key also carried the session tickets, so of 8 messages the second key
+/// carries 4 and the first and third the rest.
+#[test]
+fn the_server_updates_its_key_at_the_record_limit() {
+    let pki = Pki::new();
+    let (ctx, _) = pki.server();
+    let log = Arc::new(Secrets::default());
+    let mut config = (*pki.client_config_with(&[&TLS13], {
+        let mut p = rustls::crypto::ring::default_provider();
+        p.cipher_suites = vec![SUITE];
+        p
+    }))
+    .clone();
+    config.key_log = log.clone();
+    config.enable_secret_extraction = true;
+    let mut pair = Pair::new(Arc::new(config), &ctx, usize::MAX);
+    pair.handshake().unwrap();
+    pair.server.set_write_key_limit(4);
+    let mut got = Vec::new();
+    for n in 0..8 {
+        got.extend(pair.server_sends(format!("message {n};").as_bytes()));
+    }
+    let want: String = (0..8).map(|n| format!("message {n};")).collect();
+    assert_eq!(String::from_utf8(got).unwrap(), want);
+    let secrets = pair.client.dangerous_extract_secrets().unwrap();
+    let server_secret = log.get("SERVER_TRAFFIC_SECRET_0");
+    assert_eq!(aes128_key(secrets.rx.1), key_after(&server_secret, 2));
+    assert!((1..4).contains(&secrets.rx.0), "{}", secrets.rx.0);
+}
+
 /// TLS 1.2 stays on rustls, and works as before.
 #[test]
 fn tls12_connections_stay_on_rustls() {

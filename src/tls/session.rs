@@ -408,6 +408,17 @@ impl TlsConn {
         matches!(self.engine, Engine::Records(_))
     }
 
+    /// Lowers the number of records this side writes under one key before
+    /// it updates its key (the suite's confidentiality limit otherwise,
+    /// 2^24.5 records for AES-GCM), so that tests reach it. Does nothing
+    /// unless the connection uses our record layer.
+    #[doc(hidden)]
+    pub fn set_write_key_limit(&mut self, records: u64) {
+        if let Engine::Records(records_state) = &mut self.engine {
+            records_state.tx_limit = records;
+        }
+    }
+
     /// Moves an established TLS 1.3 connection from rustls to our record
     /// layer, if the configuration allows it and it has not happened yet.
     fn switch_to_records(&mut self) -> Result<(), TlsError> {
