@@ -1,8 +1,9 @@
 //! TLS errors of one connection, and the close reason each one maps to.
 //!
 //! Every error a peer can provoke is a value here, never a panic: the event
-//! loop sends whatever alert rustls queued (already in the output `Vec`) and
-//! closes the socket, counting the close under [`TlsCloseReason::label`].
+//! loop sends whatever alert rustls or our record layer queued (already in
+//! the output `Vec`) and closes the socket, counting the close under
+//! [`TlsCloseReason::label`].
 
 use thiserror::Error;
 
