@@ -13,7 +13,7 @@
 //! buffers) is turned into a `rustls::kernel::KernelConnection`, which
 //! keeps only the key schedule, and the record keys and sequence numbers
 //! are taken out of it: from then on records are read and written by
-//! [`record`](super::record), and rustls is asked only for the next keys
+//! [`record`], and rustls is asked only for the next keys
 //! when a KeyUpdate comes or is due (bench/results/tls-idle-memory.md).
 //! TLS 1.2 connections stay on rustls throughout.
 
