@@ -121,7 +121,56 @@ impl CompactKey {
     /// The expanded key for one record (or one batch of records). Dropping
     /// it frees and wipes the C context.
     pub fn expand(&self) -> Result<aead::LessSafeKey, aws_lc_rs::error::Unspecified> {
-        aead::UnboundKey::new(self.kind.algorithm(), self.key.as_ref()).map(aead::LessSafeKey::new)
+        aead::UnboundKey::new(self.kind.algorithm(), self.key_bytes()?).map(aead::LessSafeKey::new)
+    }
+
+    /// The key itself: a key made by [`CompactKey::with_same_aead`] is
+    /// kept in a 32-byte [`AeadKey`] whatever the AEAD's key length.
+    fn key_bytes(&self) -> Result<&[u8], aws_lc_rs::error::Unspecified> {
+        self.key
+            .as_ref()
+            .get(..self.key_len())
+            .ok_or(aws_lc_rs::error::Unspecified)
+    }
+
+    /// The AEAD's key length in bytes (16 or 32).
+    pub fn key_len(&self) -> usize {
+        self.kind.algorithm().key_len()
+    }
+
+    /// A key for the same AEAD from raw bytes (the first
+    /// [`CompactKey::key_len`] of `key`), e.g. after a KeyUpdate.
+    pub fn with_same_aead(&self, key: [u8; 32], iv: [u8; 12]) -> Self {
+        Self {
+            kind: self.kind,
+            key: AeadKey::from(key),
+            iv: Iv::new(iv),
+        }
+    }
+
+    /// An all-zero AES-128-GCM key, to name the AEAD in tests (rustls'
+    /// `AeadKey` has no public 16-byte constructor).
+    #[cfg(test)]
+    pub(crate) fn aes128_for_tests() -> Self {
+        Self {
+            kind: Kind::Aes128Gcm,
+            key: AeadKey::from([0u8; 32]),
+            iv: Iv::new([0; 12]),
+        }
+    }
+
+    /// Same AEAD, key and IV (compared in constant time).
+    pub fn same_as(&self, other: &CompactKey) -> bool {
+        let (Ok(a), Ok(b)) = (self.key_bytes(), other.key_bytes()) else {
+            return false;
+        };
+        self.key_len() == other.key_len()
+            && aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+            && aws_lc_rs::constant_time::verify_slices_are_equal(
+                self.iv.as_ref(),
+                other.iv.as_ref(),
+            )
+            .is_ok()
     }
 
     /// The TLS 1.3 per-record nonce: the IV xor the sequence number

@@ -118,7 +118,11 @@ impl TlsContext {
         // TLS 1.3 connections leave rustls after the handshake for our own
         // record layer (`session`), which takes the record keys out of
         // rustls: rustls allows that only when asked to.
-        Arc::make_mut(&mut ctx.config).enable_secret_extraction = true;
+        // Its KeyLog catches the traffic secrets (for KeyUpdates) and
+        // nothing else; see `traffic_keys`.
+        let config = Arc::make_mut(&mut ctx.config);
+        config.enable_secret_extraction = true;
+        config.key_log = Arc::new(super::traffic_keys::TrafficSecretLog);
         Ok(ctx)
     }
 

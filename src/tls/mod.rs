@@ -31,6 +31,7 @@ pub mod record;
 pub mod resolver;
 pub mod session;
 pub mod ticket_keys;
+pub mod traffic_keys;
 
 pub use certs::{load_certified_key, CertError};
 pub use config::{TlsConfigError, TlsContext, TlsSettings};

@@ -9,31 +9,31 @@
 //! between records; an idle connection holds no buffer of its own.
 //!
 //! Once a TLS 1.3 handshake is over and rustls has written all it owes
-//! (the session tickets), the rustls connection (≈ 2 KiB with its private
-//! buffers) is turned into a `rustls::kernel::KernelConnection`, which
-//! keeps only the key schedule, and the record keys and sequence numbers
-//! are taken out of it: from then on records are read and written by
-//! [`record`], and rustls is asked only for the next keys
-//! when a KeyUpdate comes or is due (bench/results/tls-idle-memory.md).
+//! (the session tickets), the record keys and sequence numbers are taken
+//! out of rustls (`dangerous_extract_secrets`) and its connection (≈ 2 KiB
+//! with its private buffers) is dropped. What is left is the keys, the
+//! sequence numbers and the two traffic secrets ([`traffic_keys`], caught
+//! from rustls' `KeyLog` during the handshake) for KeyUpdates: records are
+//! read and written by [`record`] (bench/results/tls-idle-memory.md).
 //! TLS 1.2 connections stay on rustls throughout.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
-use rustls::kernel::KernelConnection;
-use rustls::server::{ServerConnectionData, UnbufferedServerConnection};
+use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus,
 };
 use rustls::{
     AlertDescription, ConnectionTrafficSecrets, HandshakeKind, ProtocolVersion, ServerConfig,
-    SupportedCipherSuite,
+    SupportedCipherSuite, Tls13CipherSuite,
 };
 
 use super::compact_aead::CompactKey;
 use super::config::ALPN_HTTP11;
 use super::error::TlsError;
 use super::record::{self, Content, Direction, RecordError, MAX_KEY_UPDATES_IN_A_ROW};
+use super::traffic_keys::{self, HandshakeSecrets, TrafficSecret};
 
 /// Budgets for a worker's TLS connections.
 #[derive(Debug, Clone, Copy)]
@@ -114,20 +114,42 @@ pub struct TlsConn {
 enum Engine {
     /// rustls: every handshake, and TLS 1.2 connections for their whole
     /// life. Boxed so that a connection past it does not keep its size.
-    Rustls(Box<UnbufferedServerConnection>),
+    Rustls(Box<Handshake>),
     /// Our own record layer, for an established TLS 1.3 connection.
     Records(Box<Tls13Records>),
     /// The switch to our record layer failed; nothing more can be done.
     Failed,
 }
 
-/// An established TLS 1.3 connection without rustls' record layer.
+/// A connection on rustls.
+struct Handshake {
+    conn: UnbufferedServerConnection,
+    /// The TLS 1.3 traffic secrets rustls logged during this handshake.
+    secrets: Option<Box<HandshakeSecrets>>,
+}
+
+impl std::ops::Deref for Handshake {
+    type Target = UnbufferedServerConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Handshake {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
+
+/// An established TLS 1.3 connection without rustls.
 struct Tls13Records {
-    /// rustls' key schedule: the traffic secrets behind the keys, asked
-    /// for the next key on a KeyUpdate.
-    keys: KernelConnection<ServerConnectionData>,
+    suite: &'static Tls13CipherSuite,
     rx: Direction,
     tx: Direction,
+    /// The traffic secrets behind `rx` and `tx` (the client's and the
+    /// server's), for the next keys on a KeyUpdate.
+    rx_secret: TrafficSecret,
+    tx_secret: TrafficSecret,
     /// Records under one key after which this side updates its own key
     /// (the suite's confidentiality limit, 2^24.5 for AES-GCM; rustls
     /// does the same).
@@ -160,9 +182,10 @@ impl TlsConn {
         let own_records = config.enable_secret_extraction;
         Ok(Self {
             own_records,
-            engine: Engine::Rustls(Box::new(
-                UnbufferedServerConnection::new(config).map_err(TlsError::Setup)?,
-            )),
+            engine: Engine::Rustls(Box::new(Handshake {
+                conn: UnbufferedServerConnection::new(config).map_err(TlsError::Setup)?,
+                secrets: None,
+            })),
             carry: Vec::new(),
             established: false,
             peer_closed: false,
@@ -422,15 +445,32 @@ impl TlsConn {
     /// Moves an established TLS 1.3 connection from rustls to our record
     /// layer, if the configuration allows it and it has not happened yet.
     fn switch_to_records(&mut self) -> Result<(), TlsError> {
-        let Engine::Rustls(conn) = &self.engine else {
+        let Engine::Rustls(hs) = &self.engine else {
             return Ok(());
         };
-        let suite = match conn.negotiated_cipher_suite() {
+        let suite = match hs.negotiated_cipher_suite() {
             Some(SupportedCipherSuite::Tls13(suite)) if self.own_records => suite,
             _ => return Ok(()),
         };
-        let Engine::Rustls(conn) = std::mem::replace(&mut self.engine, Engine::Failed) else {
+        // Without both traffic secrets a KeyUpdate could not be answered:
+        // such a connection stays on rustls (it cannot happen with the
+        // server's configuration, whose KeyLog catches them).
+        if !hs
+            .secrets
+            .as_ref()
+            .is_some_and(|s| s.client.is_some() && s.server.is_some())
+        {
             return Ok(());
+        }
+        let Engine::Rustls(hs) = std::mem::replace(&mut self.engine, Engine::Failed) else {
+            return Ok(());
+        };
+        let Handshake { conn, secrets } = *hs;
+        let (Some(rx_secret), Some(tx_secret)) = secrets.map_or((None, None), |s| {
+            let HandshakeSecrets { client, server, .. } = *s;
+            (client, server)
+        }) else {
+            return Err(TlsError::Record(RecordError::KeySetup));
         };
         let alpn = conn.alpn_protocol().map(|p| match p {
             // The protocol wsgate offers: no allocation for it.
@@ -439,19 +479,29 @@ impl TlsConn {
         });
         let handshake_kind = conn.handshake_kind();
         // rustls refuses if it still has records to send; it has none here:
-        // `process` ran it to WriteTraffic, past its tickets.
-        let (secrets, keys) = conn
-            .dangerous_into_kernel_connection()
-            .map_err(TlsError::Setup)?;
-        let direction = |(seq, secrets): (u64, ConnectionTrafficSecrets)| {
-            CompactKey::from_secrets(secrets)
-                .map(|key| Direction::new(key, seq))
-                .ok_or(TlsError::Record(RecordError::KeySetup))
+        // `process` ran it to WriteTraffic, past its tickets. The
+        // deprecation warns that rustls would not handle tickets or key
+        // updates after this: the server has sent its tickets, and key
+        // updates are ours.
+        #[allow(deprecated)]
+        let extracted = conn.dangerous_extract_secrets().map_err(TlsError::Setup)?;
+        let direction = |(seq, keys): (u64, ConnectionTrafficSecrets), secret: &TrafficSecret| {
+            let key = CompactKey::from_secrets(keys).ok_or(RecordError::KeySetup)?;
+            // The secrets caught from the KeyLog must be this connection's:
+            // they derive exactly the keys rustls hands over.
+            match secret.key(suite, &key) {
+                Some(derived) if derived.same_as(&key) => Ok(Direction::new(key, seq)),
+                _ => Err(TlsError::Record(RecordError::KeySetup)),
+            }
         };
+        let rx = direction(extracted.rx, &rx_secret)?;
+        let tx = direction(extracted.tx, &tx_secret)?;
         self.engine = Engine::Records(Box::new(Tls13Records {
-            keys,
-            rx: direction(secrets.rx)?,
-            tx: direction(secrets.tx)?,
+            suite,
+            rx,
+            tx,
+            rx_secret,
+            tx_secret,
             tx_limit: suite.common.confidentiality_limit,
             key_updates_left: MAX_KEY_UPDATES_IN_A_ROW,
             alpn,
@@ -507,8 +557,14 @@ impl TlsConn {
             return Ok(());
         };
         loop {
+            // The traffic secrets rustls logs during this call are this
+            // connection's (see `traffic_keys` for why).
+            traffic_keys::arm();
             let UnbufferedStatus { discard, state } =
-                conn.process_tls_records(&mut buf[*consumed..]);
+                conn.conn.process_tls_records(&mut buf[*consumed..]);
+            if let Some(secrets) = traffic_keys::take() {
+                conn.secrets = Some(secrets);
+            }
             *consumed += discard;
             let state = state.map_err(TlsError::Protocol)?;
             match state {
@@ -653,8 +709,11 @@ impl Tls13Records {
                         .key_updates_left
                         .checked_sub(1)
                         .ok_or(RecordError::TooManyKeyUpdates(MAX_KEY_UPDATES_IN_A_ROW))?;
-                    let next = self.keys.update_rx_secret();
-                    self.rx = next_direction(next)?;
+                    self.rx_secret = self
+                        .rx_secret
+                        .next(self.suite)
+                        .ok_or(RecordError::KeySetup)?;
+                    self.rx = next_direction(self.suite, &self.rx_secret, &self.rx)?;
                     // RFC 8446 4.6.3: answer before any more application
                     // data; after our close_notify nothing more is sent.
                     if update_requested && !sent_close {
@@ -679,19 +738,24 @@ impl Tls13Records {
     /// then switches to the next.
     fn update_tx(&mut self, outgoing: &mut Vec<u8>) -> Result<(), RecordError> {
         record::seal_key_update(false, &mut self.tx, outgoing)?;
-        let next = self.keys.update_tx_secret();
-        self.tx = next_direction(next)?;
+        self.tx_secret = self
+            .tx_secret
+            .next(self.suite)
+            .ok_or(RecordError::KeySetup)?;
+        self.tx = next_direction(self.suite, &self.tx_secret, &self.tx)?;
         Ok(())
     }
 }
 
-/// The record state for the next traffic key rustls derived.
+/// The record state of a new traffic secret: its key and IV, for the same
+/// AEAD as `old`, from sequence number 0.
 fn next_direction(
-    next: Result<(u64, ConnectionTrafficSecrets), rustls::Error>,
+    suite: &Tls13CipherSuite,
+    secret: &TrafficSecret,
+    old: &Direction,
 ) -> Result<Direction, RecordError> {
-    let (seq, secrets) = next.map_err(|_| RecordError::KeySetup)?;
-    let key = CompactKey::from_secrets(secrets).ok_or(RecordError::KeySetup)?;
-    Ok(Direction::new(key, seq))
+    let key = secret.key(suite, &old.key).ok_or(RecordError::KeySetup)?;
+    Ok(Direction::new(key, 0))
 }
 
 /// A read in progress into the worker's scratch ([`TlsConn::begin_read`]).
