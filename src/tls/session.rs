@@ -445,12 +445,16 @@ impl TlsConn {
     /// Moves an established TLS 1.3 connection from rustls to our record
     /// layer, if the configuration allows it and it has not happened yet.
     fn switch_to_records(&mut self) -> Result<(), TlsError> {
-        let Engine::Rustls(hs) = &self.engine else {
+        let Engine::Rustls(hs) = &mut self.engine else {
             return Ok(());
         };
         let suite = match hs.negotiated_cipher_suite() {
             Some(SupportedCipherSuite::Tls13(suite)) if self.own_records => suite,
-            _ => return Ok(()),
+            _ => {
+                // Staying on rustls (TLS 1.2): nothing to keep.
+                hs.secrets = None;
+                return Ok(());
+            }
         };
         // Without both traffic secrets a KeyUpdate could not be answered:
         // such a connection stays on rustls (it cannot happen with the

@@ -60,6 +60,11 @@ pub struct TrafficSecretLog;
 
 impl KeyLog for TrafficSecretLog {
     fn log(&self, label: &str, client_random: &[u8], secret: &[u8]) {
+        // rustls may log other labels (TLS 1.2's CLIENT_RANDOM) without
+        // asking `will_log`: they make no entry.
+        if !self.will_log(label) {
+            return;
+        }
         let Ok(client_random) = <[u8; 32]>::try_from(client_random) else {
             return;
         };
@@ -203,6 +208,10 @@ mod tests {
         let random_b = [2u8; 32];
         // Unarmed: nothing is kept.
         log.log(CLIENT_LABEL, &random_a, &[7; 32]);
+        assert!(take().is_none());
+        // Other labels make no entry.
+        arm();
+        log.log("CLIENT_RANDOM", &random_a, &[7; 48]);
         assert!(take().is_none());
         arm();
         log.log(CLIENT_LABEL, &random_a, &[7; 32]);
