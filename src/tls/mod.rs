@@ -7,7 +7,7 @@
 //! write buffers belong to the worker ([`TlsScratch`], the caller's output
 //! `Vec`s); an established TLS 1.3 connection leaves rustls' record layer
 //! for ours ([`record`]) and keeps only its keys, sequence numbers and
-//! rustls' key schedule (≈ 1 KiB idle).
+//! traffic secrets (≈ 400 B idle).
 //!
 //! - [`certs`]: PEM certificate chain and private key loading.
 //! - [`compact_aead`]: TLS 1.3 record keys kept raw (not expanded) per
@@ -19,6 +19,8 @@
 //!   for the handshake, then (TLS 1.3) our record layer.
 //! - [`record`]: TLS 1.3 records after the handshake (RFC 8446 5): parsing,
 //!   protection, alerts, KeyUpdate messages; pure code over bytes.
+//! - [`traffic_keys`]: TLS 1.3 traffic secrets caught from rustls' `KeyLog`
+//!   during the handshake, and the next keys derived for a KeyUpdate.
 //! - [`ticket_keys`]: session-ticket keys shared through a file
 //!   (`--tls-ticket-keys`), for resumption across restarts and nodes.
 //! - [`error`]: what can go wrong, typed, with the close reason each maps to.
