@@ -389,12 +389,25 @@ fn a_tampered_record_after_the_handshake_is_a_bad_record() {
         .server
         .read_tls(&bytes, &mut pair.scratch, &mut plain, &mut out)
         .unwrap_err();
-    assert!(matches!(err, TlsError::Protocol(_)), "{err}");
+    // TLS 1.3 records after the handshake are the server's own record
+    // layer's: it refuses the record and queues the bad_record_mac alert.
+    assert!(
+        matches!(
+            err,
+            TlsError::Record(wsgate::tls::record::RecordError::BadRecordMac)
+        ),
+        "{err}"
+    );
     assert_eq!(
         err.close_reason(pair.server.is_handshaking()),
         TlsCloseReason::BadRecord
     );
     assert!(plain.is_empty());
+    pair.client.read_tls(&mut &out[..]).unwrap();
+    assert_eq!(
+        pair.client.process_new_packets().unwrap_err(),
+        rustls::Error::AlertReceived(rustls::AlertDescription::BadRecordMac)
+    );
 }
 
 trait WriteAllVec {

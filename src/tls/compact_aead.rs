@@ -94,23 +94,93 @@ impl Tls13AeadAlgorithm for CompactAead {
 }
 
 /// One direction's traffic key: the raw key (zeroed on drop by
-/// [`AeadKey`]) and IV, ~64 bytes instead of the expanded context.
-struct CompactKey {
+/// [`AeadKey`]) and IV, ~64 bytes instead of the expanded context. rustls
+/// holds these during the handshake; after it the server's own record
+/// layer ([`record`](super::record)) holds them.
+pub struct CompactKey {
     kind: Kind,
     key: AeadKey,
     iv: Iv,
 }
 
 impl CompactKey {
-    /// The expanded key for one record. Dropping it frees and wipes the C
-    /// context.
-    fn expand(&self) -> Result<aead::LessSafeKey, ()> {
-        aead::UnboundKey::new(self.kind.algorithm(), self.key.as_ref())
-            .map(aead::LessSafeKey::new)
-            .map_err(|_| ())
+    /// The key of extracted TLS 1.3 traffic secrets (`None` for an AEAD
+    /// this module does not know, i.e. a TLS 1.2-only one).
+    pub fn from_secrets(secrets: ConnectionTrafficSecrets) -> Option<Self> {
+        let (kind, key, iv) = match secrets {
+            ConnectionTrafficSecrets::Aes128Gcm { key, iv } => (Kind::Aes128Gcm, key, iv),
+            ConnectionTrafficSecrets::Aes256Gcm { key, iv } => (Kind::Aes256Gcm, key, iv),
+            ConnectionTrafficSecrets::Chacha20Poly1305 { key, iv } => {
+                (Kind::Chacha20Poly1305, key, iv)
+            }
+            _ => return None,
+        };
+        (key.as_ref().len() == kind.algorithm().key_len()).then_some(Self { kind, key, iv })
     }
 
-    fn tag_len(&self) -> usize {
+    /// The expanded key for one record (or one batch of records). Dropping
+    /// it frees and wipes the C context.
+    pub fn expand(&self) -> Result<aead::LessSafeKey, aws_lc_rs::error::Unspecified> {
+        aead::UnboundKey::new(self.kind.algorithm(), self.key_bytes()?).map(aead::LessSafeKey::new)
+    }
+
+    /// The key itself: a key made by [`CompactKey::with_same_aead`] is
+    /// kept in a 32-byte [`AeadKey`] whatever the AEAD's key length.
+    fn key_bytes(&self) -> Result<&[u8], aws_lc_rs::error::Unspecified> {
+        self.key
+            .as_ref()
+            .get(..self.key_len())
+            .ok_or(aws_lc_rs::error::Unspecified)
+    }
+
+    /// The AEAD's key length in bytes (16 or 32).
+    pub fn key_len(&self) -> usize {
+        self.kind.algorithm().key_len()
+    }
+
+    /// A key for the same AEAD from raw bytes (the first
+    /// [`CompactKey::key_len`] of `key`), e.g. after a KeyUpdate.
+    pub fn with_same_aead(&self, key: [u8; 32], iv: [u8; 12]) -> Self {
+        Self {
+            kind: self.kind,
+            key: AeadKey::from(key),
+            iv: Iv::new(iv),
+        }
+    }
+
+    /// An all-zero AES-128-GCM key, to name the AEAD in tests (rustls'
+    /// `AeadKey` has no public 16-byte constructor).
+    #[cfg(test)]
+    pub(crate) fn aes128_for_tests() -> Self {
+        Self {
+            kind: Kind::Aes128Gcm,
+            key: AeadKey::from([0u8; 32]),
+            iv: Iv::new([0; 12]),
+        }
+    }
+
+    /// Same AEAD, key and IV (compared in constant time).
+    pub fn same_as(&self, other: &CompactKey) -> bool {
+        let (Ok(a), Ok(b)) = (self.key_bytes(), other.key_bytes()) else {
+            return false;
+        };
+        self.key_len() == other.key_len()
+            && aws_lc_rs::constant_time::verify_slices_are_equal(a, b).is_ok()
+            && aws_lc_rs::constant_time::verify_slices_are_equal(
+                self.iv.as_ref(),
+                other.iv.as_ref(),
+            )
+            .is_ok()
+    }
+
+    /// The TLS 1.3 per-record nonce: the IV xor the sequence number
+    /// (RFC 8446 5.3).
+    pub fn nonce(&self, seq: u64) -> aead::Nonce {
+        aead::Nonce::assume_unique_for_key(Nonce::new(&self.iv, seq).0)
+    }
+
+    /// Bytes the AEAD adds to each record.
+    pub fn tag_len(&self) -> usize {
         self.kind.algorithm().tag_len()
     }
 }
@@ -123,7 +193,7 @@ impl MessageEncrypter for CompactKey {
     ) -> Result<OutboundOpaqueMessage, Error> {
         let total_len = self.encrypted_payload_len(msg.payload.len());
         let mut payload = PrefixedPayload::with_capacity(total_len);
-        let nonce = aead::Nonce::assume_unique_for_key(Nonce::new(&self.iv, seq).0);
+        let nonce = self.nonce(seq);
         let aad = aead::Aad::from(make_tls13_aad(total_len));
         payload.extend_from_chunks(&msg.payload);
         payload.extend_from_slice(&msg.typ.to_array());
@@ -155,7 +225,7 @@ impl MessageDecrypter for CompactKey {
         if payload.len() < self.tag_len() {
             return Err(Error::DecryptError);
         }
-        let nonce = aead::Nonce::assume_unique_for_key(Nonce::new(&self.iv, seq).0);
+        let nonce = self.nonce(seq);
         let aad = aead::Aad::from(make_tls13_aad(payload.len()));
         let plain_len = self
             .expand()

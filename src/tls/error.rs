@@ -1,8 +1,9 @@
 //! TLS errors of one connection, and the close reason each one maps to.
 //!
 //! Every error a peer can provoke is a value here, never a panic: the event
-//! loop sends whatever alert rustls queued (already in the output `Vec`) and
-//! closes the socket, counting the close under [`TlsCloseReason::label`].
+//! loop sends whatever alert rustls or our record layer queued (already in
+//! the output `Vec`) and closes the socket, counting the close under
+//! [`TlsCloseReason::label`].
 
 use thiserror::Error;
 
@@ -14,6 +15,12 @@ pub enum TlsError {
     /// suite). rustls has queued a fatal alert where the protocol allows one.
     #[error("TLS protocol error: {0}")]
     Protocol(#[source] rustls::Error),
+    /// A TLS 1.3 record after the handshake was bad (the server's own
+    /// record layer, [`record`](super::record)): failed tag, wrong type,
+    /// oversize, a handshake message other than KeyUpdate, the peer's
+    /// fatal alert. The fatal alert RFC 8446 names for it has been queued.
+    #[error("TLS record error: {0}")]
+    Record(#[from] super::record::RecordError),
     /// A handshake that has not finished holds more buffered bytes than the
     /// handshake budget allows (a huge or never-ending ClientHello).
     #[error("TLS handshake buffered {buffered} bytes, over the {limit}-byte budget")]
@@ -67,7 +74,9 @@ impl TlsError {
     pub fn close_reason(&self, handshaking: bool) -> TlsCloseReason {
         match self {
             TlsError::Protocol(_) if handshaking => TlsCloseReason::HandshakeFailed,
-            TlsError::Protocol(_) | TlsError::RecordTooLarge { .. } => TlsCloseReason::BadRecord,
+            TlsError::Protocol(_) | TlsError::Record(_) | TlsError::RecordTooLarge { .. } => {
+                TlsCloseReason::BadRecord
+            }
             TlsError::HandshakeTooLarge { .. } => TlsCloseReason::HandshakeTooLarge,
             TlsError::NotWritable | TlsError::KeysExhausted | TlsError::Setup(_) => {
                 TlsCloseReason::ServerClose

@@ -1,21 +1,39 @@
-//! One connection's TLS state machine, sans IO, over rustls' unbuffered API.
+//! One connection's TLS state machine, sans IO: the handshake (and TLS 1.2)
+//! over rustls' unbuffered API, TLS 1.3 traffic over our own record layer.
 //!
 //! Buffers are the caller's: ciphertext is processed in the worker's
 //! [`TlsScratch`]; decrypted bytes are appended to the caller's plaintext
 //! `Vec` and TLS records to the caller's output `Vec`. A [`TlsConn`] keeps
-//! only rustls' connection state plus `carry`, the ciphertext of a record
-//! that has not fully arrived, which is empty (and unallocated) whenever the
-//! peer is between records; an idle connection holds no buffer of its own.
+//! only its session state plus `carry`, the ciphertext of a record that has
+//! not fully arrived, which is empty (and unallocated) whenever the peer is
+//! between records; an idle connection holds no buffer of its own.
+//!
+//! Once a TLS 1.3 handshake is over and rustls has written all it owes
+//! (the session tickets), the record keys and sequence numbers are taken
+//! out of rustls (`dangerous_extract_secrets`) and its connection (≈ 2 KiB
+//! with its private buffers) is dropped. What is left is the keys, the
+//! sequence numbers and the two traffic secrets ([`traffic_keys`], caught
+//! from rustls' `KeyLog` during the handshake) for KeyUpdates: records are
+//! read and written by [`record`] (bench/results/tls-idle-memory.md).
+//! TLS 1.2 connections stay on rustls throughout.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use rustls::server::UnbufferedServerConnection;
 use rustls::unbuffered::{
     ConnectionState, EncodeError, EncodeTlsData, EncryptError, UnbufferedStatus,
 };
-use rustls::{HandshakeKind, ProtocolVersion, ServerConfig};
+use rustls::{
+    AlertDescription, ConnectionTrafficSecrets, HandshakeKind, ProtocolVersion, ServerConfig,
+    SupportedCipherSuite, Tls13CipherSuite,
+};
 
+use super::compact_aead::CompactKey;
+use super::config::ALPN_HTTP11;
 use super::error::TlsError;
+use super::record::{self, Content, Direction, RecordError, MAX_KEY_UPDATES_IN_A_ROW};
+use super::traffic_keys::{self, HandshakeSecrets, TrafficSecret};
 
 /// Budgets for a worker's TLS connections.
 #[derive(Debug, Clone, Copy)]
@@ -78,7 +96,7 @@ pub struct ReadOutcome {
 
 /// One TLS connection's state.
 pub struct TlsConn {
-    conn: UnbufferedServerConnection,
+    engine: Engine,
     /// Ciphertext not yet consumed by rustls: an incomplete record (or, in
     /// the handshake, a handshake message split across records). Kept here
     /// only while non-empty; freed as soon as it is.
@@ -86,11 +104,71 @@ pub struct TlsConn {
     established: bool,
     peer_closed: bool,
     sent_close: bool,
+    /// The configuration allows secret extraction
+    /// (`enable_secret_extraction`, set by `TlsContext::new`): TLS 1.3
+    /// connections move to our record layer after the handshake.
+    own_records: bool,
+}
+
+/// Who reads and writes this connection's records.
+enum Engine {
+    /// rustls: every handshake, and TLS 1.2 connections for their whole
+    /// life. Boxed so that a connection past it does not keep its size.
+    Rustls(Box<Handshake>),
+    /// Our own record layer, for an established TLS 1.3 connection.
+    Records(Box<Tls13Records>),
+    /// The switch to our record layer failed; nothing more can be done.
+    Failed,
+}
+
+/// A connection on rustls.
+struct Handshake {
+    conn: UnbufferedServerConnection,
+    /// The TLS 1.3 traffic secrets rustls logged during this handshake.
+    secrets: Option<Box<HandshakeSecrets>>,
+}
+
+impl std::ops::Deref for Handshake {
+    type Target = UnbufferedServerConnection;
+    fn deref(&self) -> &Self::Target {
+        &self.conn
+    }
+}
+
+impl std::ops::DerefMut for Handshake {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.conn
+    }
+}
+
+/// An established TLS 1.3 connection without rustls.
+struct Tls13Records {
+    suite: &'static Tls13CipherSuite,
+    rx: Direction,
+    tx: Direction,
+    /// The traffic secrets behind `rx` and `tx` (the client's and the
+    /// server's), for the next keys on a KeyUpdate.
+    rx_secret: TrafficSecret,
+    tx_secret: TrafficSecret,
+    /// Records under one key after which this side updates its own key
+    /// (the suite's confidentiality limit, 2^24.5 for AES-GCM; rustls
+    /// does the same).
+    tx_limit: u64,
+    /// KeyUpdates still accepted before application data must come.
+    key_updates_left: u8,
+    alpn: Option<Cow<'static, [u8]>>,
+    handshake_kind: Option<HandshakeKind>,
 }
 
 impl std::fmt::Debug for TlsConn {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let engine = match self.engine {
+            Engine::Rustls(_) => "rustls",
+            Engine::Records(_) => "tls13-records",
+            Engine::Failed => "failed",
+        };
         f.debug_struct("TlsConn")
+            .field("engine", &engine)
             .field("established", &self.established)
             .field("carry", &self.carry.len())
             .field("peer_closed", &self.peer_closed)
@@ -101,8 +179,13 @@ impl std::fmt::Debug for TlsConn {
 
 impl TlsConn {
     pub fn new(config: Arc<ServerConfig>) -> Result<Self, TlsError> {
+        let own_records = config.enable_secret_extraction;
         Ok(Self {
-            conn: UnbufferedServerConnection::new(config).map_err(TlsError::Setup)?,
+            own_records,
+            engine: Engine::Rustls(Box::new(Handshake {
+                conn: UnbufferedServerConnection::new(config).map_err(TlsError::Setup)?,
+                secrets: None,
+            })),
             carry: Vec::new(),
             established: false,
             peer_closed: false,
@@ -174,7 +257,16 @@ impl TlsConn {
         let buf = &mut scratch.incoming[..end];
         let before = plaintext.len();
         let mut consumed = 0;
-        let result = self.process(buf, &mut consumed, plaintext, outgoing, &mut outcome);
+        let mut result = self.process(buf, &mut consumed, plaintext, outgoing, &mut outcome);
+        if result.is_ok() && self.established && !self.peer_closed {
+            // The handshake may have ended in this very call, with the
+            // first application records right behind it in `buf`: those
+            // are ours to read.
+            result = self.switch_to_records();
+            if result.is_ok() {
+                result = self.read_records(buf, &mut consumed, plaintext, outgoing, &mut outcome);
+            }
+        }
         outcome.plaintext = plaintext.len() - before;
         if let Err(e) = result {
             if matches!(e, TlsError::Protocol(_)) {
@@ -216,6 +308,12 @@ impl TlsConn {
         if !self.established || self.sent_close {
             return Err(TlsError::NotWritable);
         }
+        if let Engine::Records(records) = &mut self.engine {
+            return records.write(data, outgoing).map_err(|e| match e {
+                RecordError::SequenceExhausted => TlsError::KeysExhausted,
+                e => TlsError::Record(e),
+            });
+        }
         self.with_write_traffic(outgoing, |wt, out| {
             // Room for the records' overhead: header, content type, tag
             // (and TLS 1.2's explicit nonce) per 16 KiB fragment.
@@ -255,6 +353,11 @@ impl TlsConn {
             // just closes the socket.
             self.sent_close = true;
             return Ok(());
+        }
+        if let Engine::Records(records) = &mut self.engine {
+            self.sent_close = true;
+            return record::seal_alert(AlertDescription::CloseNotify, &mut records.tx, outgoing)
+                .map_err(|_| TlsError::NotWritable);
         }
         let result = self.with_write_traffic(outgoing, |wt, out| {
             let start = out.len();
@@ -297,17 +400,151 @@ impl TlsConn {
 
     /// The negotiated ALPN protocol.
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
-        self.conn.alpn_protocol()
+        match &self.engine {
+            Engine::Rustls(conn) => conn.alpn_protocol(),
+            Engine::Records(records) => records.alpn.as_deref(),
+            Engine::Failed => None,
+        }
     }
 
     /// The negotiated protocol version, once known.
     pub fn protocol_version(&self) -> Option<ProtocolVersion> {
-        self.conn.protocol_version()
+        match &self.engine {
+            Engine::Rustls(conn) => conn.protocol_version(),
+            Engine::Records(_) => Some(ProtocolVersion::TLSv1_3),
+            Engine::Failed => None,
+        }
     }
 
     /// Full or resumed handshake, once known.
     pub fn handshake_kind(&self) -> Option<HandshakeKind> {
-        self.conn.handshake_kind()
+        match &self.engine {
+            Engine::Rustls(conn) => conn.handshake_kind(),
+            Engine::Records(records) => records.handshake_kind,
+            Engine::Failed => None,
+        }
+    }
+
+    /// The connection's records are read and written by our own TLS 1.3
+    /// record layer (not rustls).
+    pub fn uses_own_records(&self) -> bool {
+        matches!(self.engine, Engine::Records(_))
+    }
+
+    /// Lowers the number of records this side writes under one key before
+    /// it updates its key (the suite's confidentiality limit otherwise,
+    /// 2^24.5 records for AES-GCM), so that tests reach it. Does nothing
+    /// unless the connection uses our record layer.
+    #[doc(hidden)]
+    pub fn set_write_key_limit(&mut self, records: u64) {
+        if let Engine::Records(records_state) = &mut self.engine {
+            records_state.tx_limit = records;
+        }
+    }
+
+    /// Moves an established TLS 1.3 connection from rustls to our record
+    /// layer, if the configuration allows it and it has not happened yet.
+    fn switch_to_records(&mut self) -> Result<(), TlsError> {
+        let Engine::Rustls(hs) = &mut self.engine else {
+            return Ok(());
+        };
+        let suite = match hs.negotiated_cipher_suite() {
+            Some(SupportedCipherSuite::Tls13(suite)) if self.own_records => suite,
+            _ => {
+                // Staying on rustls (TLS 1.2): nothing to keep.
+                hs.secrets = None;
+                return Ok(());
+            }
+        };
+        // Without both traffic secrets a KeyUpdate could not be answered:
+        // such a connection stays on rustls (it cannot happen with the
+        // server's configuration, whose KeyLog catches them).
+        if !hs
+            .secrets
+            .as_ref()
+            .is_some_and(|s| s.client.is_some() && s.server.is_some())
+        {
+            return Ok(());
+        }
+        let Engine::Rustls(hs) = std::mem::replace(&mut self.engine, Engine::Failed) else {
+            return Ok(());
+        };
+        let Handshake { conn, secrets } = *hs;
+        let (Some(rx_secret), Some(tx_secret)) = secrets.map_or((None, None), |s| {
+            let HandshakeSecrets { client, server, .. } = *s;
+            (client, server)
+        }) else {
+            return Err(TlsError::Record(RecordError::KeySetup));
+        };
+        let alpn = conn.alpn_protocol().map(|p| match p {
+            // The protocol wsgate offers: no allocation for it.
+            p if p == ALPN_HTTP11 => Cow::Borrowed(ALPN_HTTP11),
+            p => Cow::Owned(p.to_vec()),
+        });
+        let handshake_kind = conn.handshake_kind();
+        // rustls refuses if it still has records to send; it has none here:
+        // `process` ran it to WriteTraffic, past its tickets. The
+        // deprecation warns that rustls would not handle tickets or key
+        // updates after this: the server has sent its tickets, and key
+        // updates are ours.
+        #[allow(deprecated)]
+        let extracted = conn.dangerous_extract_secrets().map_err(TlsError::Setup)?;
+        let direction = |(seq, keys): (u64, ConnectionTrafficSecrets), secret: &TrafficSecret| {
+            let key = CompactKey::from_secrets(keys).ok_or(RecordError::KeySetup)?;
+            // The secrets caught from the KeyLog must be this connection's:
+            // they derive exactly the keys rustls hands over.
+            match secret.key(suite, &key) {
+                Some(derived) if derived.same_as(&key) => Ok(Direction::new(key, seq)),
+                _ => Err(TlsError::Record(RecordError::KeySetup)),
+            }
+        };
+        let rx = direction(extracted.rx, &rx_secret)?;
+        let tx = direction(extracted.tx, &tx_secret)?;
+        self.engine = Engine::Records(Box::new(Tls13Records {
+            suite,
+            rx,
+            tx,
+            rx_secret,
+            tx_secret,
+            tx_limit: suite.common.confidentiality_limit,
+            key_updates_left: MAX_KEY_UPDATES_IN_A_ROW,
+            alpn,
+            handshake_kind,
+        }));
+        Ok(())
+    }
+
+    /// Reads the whole records of `buf[*consumed..]` with our record layer
+    /// (does nothing on rustls). On an error the alert it calls for is
+    /// queued and nothing more is written.
+    fn read_records(
+        &mut self,
+        buf: &mut [u8],
+        consumed: &mut usize,
+        plaintext: &mut Vec<u8>,
+        outgoing: &mut Vec<u8>,
+        outcome: &mut ReadOutcome,
+    ) -> Result<(), TlsError> {
+        let Engine::Records(records) = &mut self.engine else {
+            return Ok(());
+        };
+        match records.read(buf, consumed, plaintext, outgoing, self.sent_close) {
+            Ok(peer_closed) => {
+                if peer_closed {
+                    self.peer_closed = true;
+                    outcome.peer_closed = true;
+                }
+                Ok(())
+            }
+            Err(e) => {
+                if let Some(alert) = e.alert().filter(|_| !self.sent_close) {
+                    // Best effort: the connection is closing either way.
+                    let _ = record::seal_alert(alert, &mut records.tx, outgoing);
+                }
+                self.sent_close = true;
+                Err(TlsError::Record(e))
+            }
+        }
     }
 
     /// Runs rustls over `buf` until it needs more input. `consumed` counts
@@ -320,9 +557,18 @@ impl TlsConn {
         outgoing: &mut Vec<u8>,
         outcome: &mut ReadOutcome,
     ) -> Result<(), TlsError> {
+        let Engine::Rustls(conn) = &mut self.engine else {
+            return Ok(());
+        };
         loop {
+            // The traffic secrets rustls logs during this call are this
+            // connection's (see `traffic_keys` for why).
+            traffic_keys::arm();
             let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(&mut buf[*consumed..]);
+                conn.conn.process_tls_records(&mut buf[*consumed..]);
+            if let Some(secrets) = traffic_keys::take() {
+                conn.secrets = Some(secrets);
+            }
             *consumed += discard;
             let state = state.map_err(TlsError::Protocol)?;
             match state {
@@ -379,12 +625,15 @@ impl TlsConn {
         // (a handshake message split across records is tracked by offset),
         // so the carry is passed, not an empty slice. It holds no complete
         // record, so no plaintext can come out of it.
+        let Engine::Rustls(conn) = &mut self.engine else {
+            return Err(TlsError::NotWritable);
+        };
         let mut carry = std::mem::take(&mut self.carry);
         let mut f = Some(f);
         let mut consumed = 0;
         let result = loop {
             let UnbufferedStatus { discard, state } =
-                self.conn.process_tls_records(&mut carry[consumed..]);
+                conn.process_tls_records(&mut carry[consumed..]);
             consumed += discard;
             match state {
                 Err(e) => {
@@ -428,12 +677,89 @@ impl TlsConn {
         // rustls hands out queued records before it looks at input again,
         // so one call yields the alert. Exactly one: a second call would
         // re-read the failed record and try to queue a second alert.
-        let UnbufferedStatus { state, .. } = self.conn.process_tls_records(rest);
+        let Engine::Rustls(conn) = &mut self.engine else {
+            return;
+        };
+        let UnbufferedStatus { state, .. } = conn.process_tls_records(rest);
         if let Ok(ConnectionState::EncodeTlsData(encode)) = state {
             // Best effort: the connection is closing either way.
             let _ = encode_into(encode, outgoing);
         }
     }
+}
+
+impl Tls13Records {
+    /// Reads whole records from `buf[*consumed..]`, advancing `consumed`
+    /// past each; stops at an incomplete one. Returns whether the peer sent
+    /// close_notify (bytes behind it are left unread).
+    fn read(
+        &mut self,
+        buf: &mut [u8],
+        consumed: &mut usize,
+        plaintext: &mut Vec<u8>,
+        outgoing: &mut Vec<u8>,
+        sent_close: bool,
+    ) -> Result<bool, RecordError> {
+        while let Some((len, content)) = record::open_record(&mut buf[*consumed..], &mut self.rx)? {
+            *consumed += len;
+            match content {
+                Content::Data(data) => {
+                    plaintext.extend_from_slice(data);
+                    self.key_updates_left = MAX_KEY_UPDATES_IN_A_ROW;
+                }
+                Content::CloseNotify => return Ok(true),
+                Content::KeyUpdate { update_requested } => {
+                    self.key_updates_left = self
+                        .key_updates_left
+                        .checked_sub(1)
+                        .ok_or(RecordError::TooManyKeyUpdates(MAX_KEY_UPDATES_IN_A_ROW))?;
+                    self.rx_secret = self
+                        .rx_secret
+                        .next(self.suite)
+                        .ok_or(RecordError::KeySetup)?;
+                    self.rx = next_direction(self.suite, &self.rx_secret, &self.rx)?;
+                    // RFC 8446 4.6.3: answer before any more application
+                    // data; after our close_notify nothing more is sent.
+                    if update_requested && !sent_close {
+                        self.update_tx(outgoing)?;
+                    }
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    /// Appends `data` as records, first updating this side's key when it
+    /// has protected as many records as its suite allows.
+    fn write(&mut self, data: &[u8], outgoing: &mut Vec<u8>) -> Result<(), RecordError> {
+        if self.tx.seq >= self.tx_limit {
+            self.update_tx(outgoing)?;
+        }
+        record::seal_data(data, &mut self.tx, outgoing)
+    }
+
+    /// Sends a KeyUpdate (not requesting one back) under the current key,
+    /// then switches to the next.
+    fn update_tx(&mut self, outgoing: &mut Vec<u8>) -> Result<(), RecordError> {
+        record::seal_key_update(false, &mut self.tx, outgoing)?;
+        self.tx_secret = self
+            .tx_secret
+            .next(self.suite)
+            .ok_or(RecordError::KeySetup)?;
+        self.tx = next_direction(self.suite, &self.tx_secret, &self.tx)?;
+        Ok(())
+    }
+}
+
+/// The record state of a new traffic secret: its key and IV, for the same
+/// AEAD as `old`, from sequence number 0.
+fn next_direction(
+    suite: &Tls13CipherSuite,
+    secret: &TrafficSecret,
+    old: &Direction,
+) -> Result<Direction, RecordError> {
+    let key = secret.key(suite, &old.key).ok_or(RecordError::KeySetup)?;
+    Ok(Direction::new(key, 0))
 }
 
 /// A read in progress into the worker's scratch ([`TlsConn::begin_read`]).
