@@ -81,7 +81,8 @@ cargo test --workspace --locked --all-targets --no-fail-fast || status=$?
 # io_uring syscalls fails the pass with the server's start-up error, which
 # names the missing feature.
 uring_tests=(close echo pubsub handshake lifecycle attacker_budgets attacker_isolation hostile
-  hostile_soak sigpipe history cluster users deflate workers binary io_backend tls admin_tls)
+  hostile_soak sigpipe history cluster users deflate workers binary io_backend tls admin_tls
+  tls_record)
 # Tests known to fail on io_uring would be listed here (left out of this
 # pass, still run on epoll above); none are.
 uring_skip=()
