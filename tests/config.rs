@@ -395,6 +395,16 @@ fn value_errors_say_where_the_bad_value_came_from() {
         "{err}"
     );
     assert!(!err.contains("unexpected argument"), "{err}");
+    // A TLS version the server does not offer is named with the choices.
+    let out = wsgate(&["--tls-min-version", "1.1"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("invalid value '1.1' for '--tls-min-version")
+            && err.contains("1.2")
+            && err.contains("1.3"),
+        "{err}"
+    );
     // No workers is refused, not turned into one.
     let out = wsgate(&["--workers", "0"], &[]);
     assert_eq!(out.status.code(), Some(2));

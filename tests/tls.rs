@@ -125,6 +125,51 @@ fn echo_over_tls13_and_tls12() {
     assert_eq!(s.tls_handshakes_full, 2, "{s:?}");
 }
 
+/// `--tls-min-version 1.3`: a client that speaks only TLS 1.2 gets a
+/// protocol_version alert and no connection; a TLS 1.3 client is served as
+/// before. With the default (1.2) the same TLS 1.2-only client is served
+/// (`echo_over_tls13_and_tls12`).
+#[test]
+fn tls_min_version_1_3_refuses_a_tls12_only_client() {
+    let pki = Pki::new();
+    issue(&pki);
+    let server = start(&pki, AppKind::Echo, false, |c| {
+        c.tls_min_version = wsgate::config::TlsMinVersion::Tls13;
+    });
+    let mut tcp = TcpStream::connect(server.local_addr()).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut client = ClientConnection::new(pki.client_config(&[&TLS12]), name).unwrap();
+    let refused = loop {
+        match client.complete_io(&mut tcp) {
+            Ok(_) if client.is_handshaking() => continue,
+            Ok(_) => panic!("a TLS 1.2-only client completed a handshake"),
+            Err(e) => break e,
+        }
+    };
+    let alert = refused
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+        .cloned();
+    assert_eq!(
+        alert,
+        Some(rustls::Error::AlertReceived(
+            rustls::AlertDescription::ProtocolVersion
+        )),
+        "{refused}"
+    );
+
+    let mut ws = connect(server.local_addr(), &pki.client_config(&[&TLS13, &TLS12]));
+    assert_eq!(
+        tls_of(&ws).protocol_version(),
+        Some(ProtocolVersion::TLSv1_3)
+    );
+    echo(&mut ws, "served over TLS 1.3");
+    close_cleanly(&mut ws);
+    let s = server.total_stats();
+    assert_eq!(s.tls_handshakes_full, 1, "{s:?}");
+}
+
 /// `wsgate_bytes_in`/`_out` count WebSocket bytes on a TLS connection as
 /// on a plain one: a 100-byte text echo is a 106-byte masked frame in and a
 /// 102-byte frame out, not the 22 bytes more of its TLS 1.3 record.

@@ -119,15 +119,10 @@ fn aes128_key(secrets: ConnectionTrafficSecrets) -> Vec<u8> {
     }
 }
 
-/// A client asks for new keys twice (rustls' `refresh_traffic_keys` sends
-/// KeyUpdate with update_requested): messages keep flowing both ways, and
-/// the keys the client ends up with are the second generation each way,
-/// which it only has if the server answered each request with a KeyUpdate
-/// of its own and then wrote under its new key.
-#[test]
-fn rustls_client_key_updates_over_a_real_socket() {
-    let pki = Pki::new();
-    let server = start(&pki);
+/// A TLS 1.3 client config offering only [`SUITE`], logging its secrets to
+/// the returned log and allowing their extraction, so a test can check the
+/// keys both sides ended up with.
+fn logging_client(pki: &Pki) -> (Arc<ClientConfig>, Arc<Secrets>) {
     let log = Arc::new(Secrets::default());
     let mut config = (*pki.client_config_with(&[&TLS13], {
         let mut p = rustls::crypto::ring::default_provider();
@@ -137,7 +132,19 @@ fn rustls_client_key_updates_over_a_real_socket() {
     .clone();
     config.key_log = log.clone();
     config.enable_secret_extraction = true;
-    let config = Arc::new(config);
+    (Arc::new(config), log)
+}
+
+/// A client asks for new keys twice (rustls' `refresh_traffic_keys` sends
+/// KeyUpdate with update_requested): messages keep flowing both ways, and
+/// the keys the client ends up with are the second generation each way,
+/// which it only has if the server answered each request with a KeyUpdate
+/// of its own and then wrote under its new key.
+#[test]
+fn rustls_client_key_updates_over_a_real_socket() {
+    let pki = Pki::new();
+    let server = start(&pki);
+    let (config, log) = logging_client(&pki);
     let mut ws = connect(server.local_addr(), &config);
     echo(&mut ws, "before any key update");
     for round in 1..=2 {
@@ -392,16 +399,8 @@ fn a_flood_of_key_updates_is_refused() {
 fn the_server_updates_its_key_at_the_record_limit() {
     let pki = Pki::new();
     let (ctx, _) = pki.server();
-    let log = Arc::new(Secrets::default());
-    let mut config = (*pki.client_config_with(&[&TLS13], {
-        let mut p = rustls::crypto::ring::default_provider();
-        p.cipher_suites = vec![SUITE];
-        p
-    }))
-    .clone();
-    config.key_log = log.clone();
-    config.enable_secret_extraction = true;
-    let mut pair = Pair::new(Arc::new(config), &ctx, usize::MAX);
+    let (config, log) = logging_client(&pki);
+    let mut pair = Pair::new(config, &ctx, usize::MAX);
     pair.handshake().unwrap();
     pair.server.set_write_key_limit(4);
     let mut got = Vec::new();

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::admin::AdminServer;
-use crate::config::{Config, IoBackend};
+use crate::config::{Config, IoBackend, TlsMinVersion};
 use crate::metrics::MetricsSource;
 use crate::protocol::message::ReassemblyBudget;
 use crate::pubsub::budget::TopicBudget;
@@ -53,6 +53,7 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         (&config.tls_key, "--tls-key"),
         config.tls_session_cache,
         config.tls_ticket_keys.as_ref(),
+        config.tls_min_version == TlsMinVersion::Tls12,
     )
     .map_err(|e| e.for_client())?;
     let admin_tls = tls_context(
@@ -61,6 +62,8 @@ pub fn start(config: Config) -> Result<ServerHandle, StartError> {
         config.tls_session_cache,
         // Admin clients are few: per-process ticket keys are enough.
         None,
+        // And few enough that TLS 1.2's larger state does not matter.
+        true,
     )
     .map_err(|e| e.for_admin())?;
     if admin_tls.is_some() && config.admin_listen.is_none() {
@@ -186,6 +189,7 @@ fn tls_context(
     (key, key_flag): (&Option<PathBuf>, &'static str),
     session_cache: usize,
     ticket_keys: Option<&PathBuf>,
+    tls12: bool,
 ) -> Result<Option<crate::tls::TlsContext>, ContextError> {
     let (cert, key) = match (cert, key) {
         (Some(cert), Some(key)) => (cert, key),
@@ -206,6 +210,7 @@ fn tls_context(
     let mut settings = crate::tls::TlsSettings::new(cert, key);
     settings.session_cache_entries = session_cache;
     settings.ticket_keys = ticket_keys.cloned();
+    settings.tls12 = tls12;
     crate::tls::TlsContext::new(settings)
         .map(Some)
         .map_err(|e| match e {

@@ -39,6 +39,8 @@ pub struct TlsSettings {
     /// across restarts and nodes). None: random keys of this process,
     /// rotated every 6 hours.
     pub ticket_keys: Option<PathBuf>,
+    /// `--tls-min-version 1.2` (true, the default) or `1.3` (false).
+    pub tls12: bool,
 }
 
 impl TlsSettings {
@@ -50,6 +52,7 @@ impl TlsSettings {
             session_cache_entries: DEFAULT_SESSION_CACHE_ENTRIES,
             tls13_tickets: 2,
             ticket_keys: None,
+            tls12: true,
         }
     }
 }
@@ -57,6 +60,11 @@ impl TlsSettings {
 /// Default session cache size: ~256 bytes per entry, so about 8 MiB at
 /// most. Clients past it fall back to tickets (TLS 1.3) or a full handshake.
 pub const DEFAULT_SESSION_CACHE_ENTRIES: usize = 32 * 1024;
+
+/// The versions `--tls-min-version` 1.2 and 1.3 allow.
+const BOTH_VERSIONS: &[&rustls::SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+const TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
 
 /// The ALPN protocol wsgate speaks over TLS (WebSocket over HTTP/1.1).
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
@@ -141,7 +149,11 @@ impl TlsContext {
         let initial = load_certified_key(&settings.cert_path, &settings.key_path, &provider)?;
         let resolver = Arc::new(ReloadableResolver::new(initial));
         let mut config = ServerConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_protocol_versions(if settings.tls12 {
+                BOTH_VERSIONS
+            } else {
+                TLS13_ONLY
+            })?
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
         config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
