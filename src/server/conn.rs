@@ -83,7 +83,7 @@ mod tests {
             std::mem::size_of::<Session>()
         );
         assert!(
-            release <= 192,
+            release <= 176,
             "Conn grew to {release} bytes ({size} in this build)"
         );
     }

@@ -62,10 +62,10 @@ impl Session {
             }
         } else {
             match scan_head(data, 0, cap) {
-                Ok(None) => self.head = Some(data.to_vec()),
+                Ok(None) => self.head = Some(Box::new(data.to_vec())),
                 Ok(Some(_)) => {
                     if self.try_upgrade(key, data, now, cx) == HeadStatus::NeedMore {
-                        self.head = Some(data.to_vec());
+                        self.head = Some(Box::new(data.to_vec()));
                     }
                 }
                 Err(e) => self.reject(key, &e, cx),
