@@ -13,6 +13,7 @@ use std::sync::Arc;
 use slab::Slab;
 
 use crate::app::commands::{self, Command, CommandError, Since};
+use crate::app::topic_ids::TopicIds;
 use crate::config::ClientBroadcast;
 use crate::protocol::deflate::Replies;
 use crate::protocol::{MessageKind, OpCode};
@@ -95,7 +96,7 @@ pub struct Caller<'a> {
     pub key: u32,
     pub serial: u32,
     /// Local topic ids this connection joined.
-    pub topics: &'a mut Vec<u32>,
+    pub topics: &'a mut TopicIds,
     /// Its token's grant, with authentication on.
     pub auth: &'a mut Option<Box<Grant>>,
     pub allowances: &'a mut Allowances,
@@ -202,8 +203,7 @@ fn run(
         Command::Subscribe { topic, since } => subscribe(&topic, since, caller, cx, out),
         Command::Unsubscribe { topic } => {
             if let Some(id) = cx.topics.id_of(&topic) {
-                if let Some(pos) = caller.topics.iter().position(|t| *t == id) {
-                    caller.topics.swap_remove(pos);
+                if caller.topics.remove(id) {
                     cx.hub.presence.leave(&topic, caller.user());
                     leave_topic(cx.topics, cx.hub, cx.worker, id, caller.key);
                 }
@@ -278,7 +278,7 @@ fn subscribe(
     out: &mut Replies<'_>,
 ) {
     let existing = cx.topics.id_of(topic);
-    if existing.is_some_and(|id| caller.topics.contains(&id)) {
+    if existing.is_some_and(|id| caller.topics.contains(id)) {
         // Already in (and receiving live): idempotent, costs nothing.
         return reply(out, &commands::subscription_text(true, topic));
     }
@@ -503,10 +503,10 @@ fn publish(
 /// subscription counts against the process's topic budgets like any other;
 /// when they are spent the connection is still served, but messages to its
 /// user do not reach it (the refusal is counted).
-pub fn join_user(user: &str, conn: u32, conn_topics: &mut Vec<u32>, cx: &mut PubSubCx<'_>) {
+pub fn join_user(user: &str, conn: u32, conn_topics: &mut TopicIds, cx: &mut PubSubCx<'_>) {
     let topic = users::user_topic(user);
     let existing = cx.topics.id_of(&topic);
-    if existing.is_some_and(|id| conn_topics.contains(&id)) {
+    if existing.is_some_and(|id| conn_topics.contains(id)) {
         return;
     }
     let budget = &cx.hub.topic_budget;
@@ -570,15 +570,14 @@ fn refresh(token: &str, caller: &mut Caller<'_>, cx: &mut PubSubCx<'_>, out: &mu
     reply(out, &commands::refreshed_text(grant.exp));
     // Leave what the new grant no longer allows, and say so: a narrower
     // token must not keep receiving topics it was taken off.
-    let mut i = 0;
-    while i < caller.topics.len() {
-        let id = caller.topics[i];
+    let held: Vec<u32> = caller.topics.iter().collect();
+    for id in held {
         let name = cx.topics.get(id).map(|t| t.name.clone());
         match name {
             // The user's own topic is not a grant of `topics` (and a
             // refresh keeps the same `sub`).
             Some(name) if !users::is_reserved(&name) && !grant.topics.allows(&name) => {
-                caller.topics.swap_remove(i);
+                caller.topics.remove(id);
                 cx.hub.presence.leave(&name, caller.user());
                 leave_topic(cx.topics, cx.hub, cx.worker, id, caller.key);
                 cx.stats.subscriptions_revoked.inc();
@@ -586,7 +585,7 @@ fn refresh(token: &str, caller: &mut Caller<'_>, cx: &mut PubSubCx<'_>, out: &mu
                     commands::revoked_text(&name, "the refreshed token does not allow this topic");
                 reply(out, &text);
             }
-            _ => i += 1,
+            _ => {}
         }
     }
     *caller.auth = Some(Box::new(grant));

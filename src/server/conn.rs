@@ -83,7 +83,7 @@ mod tests {
             std::mem::size_of::<Session>()
         );
         assert!(
-            release <= 176,
+            release <= 168,
             "Conn grew to {release} bytes ({size} in this build)"
         );
     }

@@ -331,7 +331,7 @@ impl<I: Io> Worker<I> {
             self.admission.closed(ip);
         }
         let user = s.auth.as_ref().and_then(|g| g.user.as_deref());
-        for id in s.topics.drain(..) {
+        for id in s.topics.take_all() {
             if let Some(topic) = self.fanout.topics.get(id) {
                 self.hub.presence.leave(&topic.name, user);
             }

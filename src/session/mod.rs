@@ -38,6 +38,7 @@ use std::net::IpAddr;
 use rustc_hash::FxHashMap;
 
 use crate::app::pubsub::{Allowances, PubSubCx};
+use crate::app::topic_ids::TopicIds;
 use crate::config::AppKind;
 use crate::protocol::deflate::Deflater;
 use crate::protocol::handshake::HandshakeConfig;
@@ -139,7 +140,7 @@ pub struct Session {
     head: Option<Box<Vec<u8>>>,
     wq: Option<Box<WriteQueue>>,
     /// Local topic ids this connection subscribed to (pub/sub app).
-    pub topics: Vec<u32>,
+    pub topics: TopicIds,
     /// The one deadline: handshake, heartbeat, idle, token or close by phase.
     deadline: u32,
     /// Tick of the last traffic in either direction (pings excluded).
@@ -173,7 +174,7 @@ impl Session {
             rx: Receiver::new(),
             head: None,
             wq: None,
-            topics: Vec::new(),
+            topics: TopicIds::default(),
             deadline: now.tick.saturating_add(config.handshake_ticks),
             last_activity: now.tick,
             ping_at: 0,

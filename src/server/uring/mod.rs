@@ -299,6 +299,6 @@ mod tests {
         assert!(std::mem::size_of::<Handle>() <= 24);
         let size = std::mem::size_of::<Conn<Handle>>();
         eprintln!("Conn<Handle>: {size} B");
-        assert!(size <= 184, "Conn<Handle> grew to {size} bytes");
+        assert!(size <= 176, "Conn<Handle> grew to {size} bytes");
     }
 }
