@@ -184,6 +184,20 @@ pub fn open_record<'a>(
     buf: &'a mut [u8],
     rx: &mut Direction,
 ) -> Result<Option<(usize, Content<'a>)>, RecordError> {
+    if record_len(buf)?.is_none() {
+        return Ok(None);
+    }
+    let key = rx.key.expand().map_err(|_| RecordError::KeySetup)?;
+    open_record_with(buf, rx, &key)
+}
+
+/// [`open_record`] with `rx`'s key already expanded, so that a read of
+/// several records expands it once (as [`seal_data`] does for a batch).
+pub fn open_record_with<'a>(
+    buf: &'a mut [u8],
+    rx: &mut Direction,
+    key: &aws_lc_rs::aead::LessSafeKey,
+) -> Result<Option<(usize, Content<'a>)>, RecordError> {
     let Some(total) = record_len(buf)? else {
         return Ok(None);
     };
@@ -193,7 +207,6 @@ pub fn open_record<'a>(
     if body.len() < rx.key.tag_len() {
         return Err(RecordError::BadRecordMac);
     }
-    let key = rx.key.expand().map_err(|_| RecordError::KeySetup)?;
     let seq = rx.take_seq()?;
     let plain = key
         .open_in_place(rx.key.nonce(seq), Aad::from(aad), body)

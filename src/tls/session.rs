@@ -700,7 +700,19 @@ impl Tls13Records {
         outgoing: &mut Vec<u8>,
         sent_close: bool,
     ) -> Result<bool, RecordError> {
-        while let Some((len, content)) = record::open_record(&mut buf[*consumed..], &mut self.rx)? {
+        // The read key, expanded once for every record of this read (and
+        // again after a KeyUpdate replaces it).
+        let mut key = None;
+        while record::record_len(&buf[*consumed..])?.is_some() {
+            let k = match &key {
+                Some(k) => k,
+                None => key.insert(self.rx.key.expand().map_err(|_| RecordError::KeySetup)?),
+            };
+            let Some((len, content)) =
+                record::open_record_with(&mut buf[*consumed..], &mut self.rx, k)?
+            else {
+                break;
+            };
             *consumed += len;
             match content {
                 Content::Data(data) => {
@@ -718,6 +730,7 @@ impl Tls13Records {
                         .next(self.suite)
                         .ok_or(RecordError::KeySetup)?;
                     self.rx = next_direction(self.suite, &self.rx_secret, &self.rx)?;
+                    key = None;
                     // RFC 8446 4.6.3: answer before any more application
                     // data; after our close_notify nothing more is sent.
                     if update_requested && !sent_close {
