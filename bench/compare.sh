@@ -20,6 +20,16 @@
 #                          give another one when a second comparison may run
 #                          on the machine: servers bound with SO_REUSEPORT
 #                          would silently share one port and split the load
+#   --perf                 also profile every server in every run (perf
+#                          record -g, 999 Hz) and split its CPU: the share
+#                          spent delivering its own sends into the client's
+#                          socket (the softirq half of loopback, under
+#                          net_rx_action: the peer's TCP receive and its
+#                          wake-up, which a real network runs on the
+#                          client's host) and the share in user space. The
+#                          table gets each per-operation figure without
+#                          that delivery. Needs perf; sampling costs the
+#                          servers a few percent each, alike.
 #
 # Scenarios, each against a freshly started server:
 #   connect    N idle connections: server bytes per connection, server CPU
@@ -51,6 +61,7 @@ port=18611
 connections=10000
 listeners=5000
 out=target/bench/compare
+perf=0
 names=()
 commands=()
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; }
@@ -67,11 +78,15 @@ while [ $# -gt 0 ]; do
     --listeners) [ $# -ge 2 ] || die "--listeners needs a value"; number --listeners "$2"; listeners=$2; shift 2 ;;
     --port) [ $# -ge 2 ] || die "--port needs a value"; number --port "$2"; port=$2; shift 2 ;;
     --out) [ $# -ge 2 ] && [ -n "$2" ] || die "--out needs a value"; out=$2; shift 2 ;;
+    --perf) perf=1; shift ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown argument $1" ;;
   esac
 done
 [ "${#names[@]}" -ge 2 ] || die "give at least two --server NAME=COMMAND"
+if [ "$perf" = 1 ]; then
+  command -v perf >/dev/null || die "--perf needs perf (apt-get install linux-perf)"
+fi
 mkdir -p "$out"
 cargo build --release --bin wsbench
 wsbench=target/release/wsbench
@@ -104,9 +119,31 @@ start_server() {
   exit 1
 }
 bench() {
-  local file=$1
+  local file=$1 recorder=
   shift
+  if [ "$perf" = 1 ]; then
+    perf record -q -g -F 999 -p "$server" -o "${file%.json}.perf" >/dev/null 2>&1 &
+    recorder=$!
+  fi
   "$wsbench" "$@" --url "ws://127.0.0.1:$port/ws" --server-pid "$server" --out "$file" >/dev/null
+  if [ -n "$recorder" ]; then
+    kill -INT "$recorder" 2>/dev/null || true
+    wait "$recorder" 2>/dev/null || true
+    split "${file%.json}.perf" >"${file%.json}.split.json"
+    rm -f "${file%.json}.perf" "${file%.json}.perf.old"
+  fi
+}
+# The CPU split of one profile, as JSON: the share of samples under
+# net_rx_action (loopback delivery into the peer's socket) and in user space.
+# (`|| true`: awk stops reading at its line, and perf's broken pipe must not
+# end the script.)
+split() {
+  local rx kernel
+  rx=$(perf report -i "$1" --children --sort sym --stdio 2>/dev/null |
+    awk '$3 == "[k]" && $4 == "net_rx_action" { sub(/%/, "", $1); print $1; exit }' || true)
+  kernel=$(perf report -i "$1" --no-children --sort dso --stdio 2>/dev/null |
+    awk '$2 == "[kernel.kallsyms]" { sub(/%/, "", $1); print $1; exit }' || true)
+  echo "{\"loopback_delivery_share\": $(awk -v v="${rx:-0}" 'BEGIN { print v / 100 }'), \"user_share\": $(awk -v v="${kernel:-100}" 'BEGIN { print 1 - v / 100 }')}"
 }
 
 for round in $(seq 1 "$rounds"); do
@@ -137,21 +174,41 @@ figures = [
     ("echo", "server_cpu_us_per_round_trip", "server µs/echo round trip"),
     ("broadcast", "server_cpu_us_per_delivery", "server µs/broadcast delivery"),
 ]
-def median(name, scenario, key):
+def load(name, scenario, r, suffix=""):
+    try:
+        return json.load(open(f"{out}/{name}-{scenario}-{r}{suffix}.json"))
+    except FileNotFoundError:
+        return {}
+def value(name, scenario, r, key, split):
+    v = load(name, scenario, r).get(key)
+    if v is None or split is None:
+        return v
+    s = load(name, scenario, r, ".split").get(split)
+    if s is None:
+        return None
+    # Without the loopback delivery: the figure times the share left; the
+    # user share as a percentage.
+    return float(v) * (1 - s) if split == "loopback_delivery_share" else 100 * s
+def median(name, scenario, key, split=None):
     values = []
     for r in range(1, rounds + 1):
-        value = json.load(open(f"{out}/{name}-{scenario}-{r}.json")).get(key)
-        if value is not None:
-            values.append(float(value))
+        v = value(name, scenario, r, key, split)
+        if v is not None:
+            values.append(float(v))
     return statistics.median(values) if values else None
+if any(load(n, "echo", 1, ".split") for n in names):
+    per_op = [f for f in figures if "µs" in f[2]]
+    figures += [(s, k, l + " without loopback delivery", "loopback_delivery_share") for s, k, l in per_op]
+    figures += [(s, k, l.replace("server µs/", "% user space, "), "user_share") for s, k, l in per_op]
 print(f"Medians of {rounds} interleaved rounds; ratio against {names[0]}.\n")
 print("| figure | " + " | ".join(names) + " |")
 print("|---|" + "---|" * len(names))
-for scenario, key, label in figures:
-    base = median(names[0], scenario, key)
+for scenario, key, label, *split in figures:
+    split = split[0] if split else None
+    base = median(names[0], scenario, key, split)
     cells = []
     for name in names:
-        m = median(name, scenario, key)
+        m = median(name, scenario, key, split)
         if m is None:
             cells.append("–")
         elif name == names[0] or not base:

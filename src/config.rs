@@ -274,6 +274,16 @@ pub struct Config {
     #[arg(long, env = "WSGATE_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub handshake_timeout: Duration,
 
+    /// Let the kernel hold each new client connection until its first bytes
+    /// arrive (TCP_DEFER_ACCEPT), for at most this long (seconds, or with a
+    /// unit; 0 = off). Saves the worker a wake-up per handshake. A client
+    /// that connects and sends nothing is then not accepted (not counted in
+    /// --max-handshaking or wsgate_connections_handshaking) until this time
+    /// is over, rounded up to the kernel's SYN-ACK retransmissions; then
+    /// --handshake-timeout applies.
+    #[arg(long, env = "WSGATE_DEFER_ACCEPT", default_value = "0", value_parser = parse_duration)]
+    pub defer_accept: Duration,
+
     /// Send a WebSocket ping to a connection silent (in both directions) this long.
     #[arg(long, env = "WSGATE_PING_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub ping_interval: Duration,

@@ -4,8 +4,9 @@
 //!
 //! Covers: a handshake that panicked the JWT code, a bug hit inside one
 //! connection's processing (debug-build trigger), a worker that dies anyway
-//! (health turns 503), half-open handshakes from one address, a request head
-//! sent a byte per segment, and client text reaching the log.
+//! (health turns 503), half-open handshakes from one address, silent
+//! clients under `--defer-accept`, a request head sent a byte per segment,
+//! and client text reaching the log.
 
 mod common;
 
@@ -250,6 +251,37 @@ fn half_open_handshakes_from_one_address_do_not_lock_out_another() {
     let held = sample(&metrics, "wsgate_connections_handshaking").unwrap();
     assert_eq!(held, 512.0, "the per-address cap holds");
     drop(attacker);
+}
+
+/// `--defer-accept`: a client that connects and sends nothing stays with
+/// the kernel (never accepted, so it holds no handshake slot), while one
+/// that sends its request is served; without the setting the silent one is
+/// accepted at once and counts as handshaking.
+#[test]
+fn with_defer_accept_a_silent_client_is_not_accepted_while_a_sending_one_is_served() {
+    for (defer, silent_held) in [(Duration::from_secs(5), 0.0), (Duration::ZERO, 1.0)] {
+        let server = start_echo(|c| {
+            c.defer_accept = defer;
+            c.admin_listen = Some("127.0.0.1:0".parse().unwrap());
+        });
+        let admin = server.admin_addr().unwrap();
+        let _silent = connect_from("127.0.0.2", server.local_addr());
+        let mut c = RawClient::from_stream(connect_from("127.0.0.3", server.local_addr()));
+        c.send(upgrade_request("/ws", SAMPLE_KEY).as_bytes());
+        let head = c.read_head();
+        assert!(head.starts_with("HTTP/1.1 101 "), "{head:?}");
+        c.send_frame(true, OpCode::Text, b"served");
+        assert_eq!(c.frame(), (OpCode::Text, b"served".to_vec()));
+        // The silent client connected before the served one, so the kernel
+        // had it ready first: given time, it would have been accepted.
+        std::thread::sleep(Duration::from_millis(300));
+        let (_, metrics) = admin_get(admin, "/metrics");
+        assert_eq!(
+            sample(&metrics, "wsgate_connections_handshaking"),
+            Some(silent_held),
+            "defer {defer:?}"
+        );
+    }
 }
 
 #[test]

@@ -3,10 +3,12 @@
 //!
 //! Owns socket options of listeners, and those accepted sockets inherit from
 //! them (Linux copies a listener's TCP options to every socket it accepts,
-//! so setting them here once saves two `setsockopt` calls per connection).
+//! so setting them here once saves two `setsockopt` calls per connection),
+//! and `TCP_DEFER_ACCEPT` (`--defer-accept`), which only a listener has.
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
@@ -23,6 +25,9 @@ pub struct ListenOptions {
     /// given up after this long instead of ~15 min of retransmissions
     /// (covers receive-only clients, which are not pinged).
     pub user_timeout: Option<Duration>,
+    /// `TCP_DEFER_ACCEPT`: accept a connection only once its first bytes
+    /// are there (or this long has passed); `None` accepts at once.
+    pub defer_accept: Option<Duration>,
 }
 
 impl ListenOptions {
@@ -30,10 +35,11 @@ impl ListenOptions {
     /// What client connections get: `TCP_NODELAY`, and `TCP_USER_TIMEOUT`
     /// at the connection idle timeout. (The listener is a leaf module: the
     /// caller passes the setting in.)
-    pub fn for_clients(idle_timeout: Duration) -> ListenOptions {
+    pub fn for_clients(idle_timeout: Duration, defer_accept: Duration) -> ListenOptions {
         ListenOptions {
             nodelay: true,
             user_timeout: Some(idle_timeout),
+            defer_accept: (!defer_accept.is_zero()).then_some(defer_accept),
         }
     }
 }
@@ -60,6 +66,14 @@ pub fn bind_reuseport_with(
     }
     if let Some(timeout) = options.user_timeout {
         socket.set_tcp_user_timeout(Some(timeout))?;
+    }
+    if let Some(defer) = options.defer_accept {
+        // Whole seconds, rounded up: a sub-second setting must not turn it off.
+        let secs = defer.as_secs() + u64::from(defer.subsec_nanos() > 0);
+        wsgate_uring::set_tcp_defer_accept(
+            socket.as_fd(),
+            u32::try_from(secs).unwrap_or(u32::MAX),
+        )?;
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
@@ -104,7 +118,7 @@ mod tests {
     /// retransmissions to a dead peer.
     #[test]
     fn accepted_sockets_inherit_nodelay_and_the_idle_timeout() {
-        let options = ListenOptions::for_clients(Duration::from_secs(77));
+        let options = ListenOptions::for_clients(Duration::from_secs(77), Duration::ZERO);
         let ls = bind_all("127.0.0.1:0".parse().unwrap(), 2, &options).unwrap();
         for l in &ls {
             // SO_REUSEPORT spreads connections; connect until this one

@@ -64,7 +64,7 @@ pub(crate) type Links = Vec<(Sender<WorkerMsg>, Arc<dyn Wake>)>;
 /// worker's poll, waker and inbox.
 pub(crate) fn bind(config: &Config) -> io::Result<(Bound, Links)> {
     let n = config.worker_count();
-    let options = listener::ListenOptions::for_clients(config.idle_timeout);
+    let options = listener::ListenOptions::for_clients(config.idle_timeout, config.defer_accept);
     let listeners = listener::bind_all(config.listen, n, &options)?;
     let local_addr = listeners[0].local_addr()?;
     let mut workers = Vec::with_capacity(n);
@@ -189,7 +189,10 @@ fn worker_main(
             Ok(Box::new(move || worker.run()))
         }
         LoopSeed::IoUring(wake_rx) => Ok(Box::new(move || {
-            let options = listener::ListenOptions::for_clients(shared.config.idle_timeout);
+            let options = listener::ListenOptions::for_clients(
+                shared.config.idle_timeout,
+                shared.config.defer_accept,
+            );
             match uring::Uring::new(listener, options, wake_rx) {
                 Ok(io) => Worker::new(id, io, inbox, stats, &shared).run(),
                 Err(e) => {

@@ -6,6 +6,8 @@
 //!
 //! All `unsafe` lives in the private `sys` module; see its header for the
 //! ownership invariants and the crate README for the rules callers follow.
+//! It also holds the one socket option the server sets that no safe crate
+//! wraps ([`set_tcp_defer_accept`]).
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -18,3 +20,4 @@ mod sys;
 pub use error::{Error, Feature};
 pub use ring::{Completion, EndReason, Fd, Features, RecvBuf, Ring, RingConfig, Stats};
 pub use send::{SendData, MAX_SEND};
+pub use sys::set_tcp_defer_accept;

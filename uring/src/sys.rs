@@ -22,6 +22,10 @@
 //! * The SQE pushes themselves ([`push`]): the only way an SQE reaches the
 //!   submission queue.
 //!
+//! Besides the ring it holds one plain syscall no safe crate in use wraps
+//! ([`set_tcp_defer_accept`]), so the workspace's audited `unsafe` stays in
+//! this one file.
+//!
 //! `Ring`'s `Drop` upholds the end of both lifetimes: it cancels everything
 //! and waits for the final CQE of every op and every armed multishot (a
 //! recv may write into the pool until its last CQE) before the pool's
@@ -32,7 +36,7 @@
 
 use std::alloc::{self, Layout};
 use std::cell::Cell;
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU16, Ordering};
 
@@ -480,4 +484,33 @@ pub(crate) fn accepted_fd(res: i32) -> OwnedFd {
     // just installed in our fd table for this CQE alone (we do not use direct
     // descriptors), so nothing else owns or will close it.
     unsafe { OwnedFd::from_raw_fd(res) }
+}
+
+/// Sets `TCP_DEFER_ACCEPT` on a TCP socket before it listens: the kernel
+/// then completes an accept only once the client's first bytes have
+/// arrived, or once about `secs` seconds are over (rounded up to its SYN-ACK
+/// retransmission schedule; 0 turns it off). socket2, rustix and nix (the
+/// crates in use) expose no setter for this option.
+pub fn set_tcp_defer_accept(fd: BorrowedFd<'_>, secs: u32) -> std::io::Result<()> {
+    let value = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>())
+        .expect("the size of a c_int fits a socklen_t");
+    // SAFETY: `fd` is borrowed for the whole call, so it names an open
+    // descriptor; `optval` points to `value`, a live `c_int` on this frame,
+    // and `optlen` is exactly its size: the kernel reads those bytes during
+    // the call and keeps no pointer to them.
+    let r = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            std::ptr::from_ref(&value).cast(),
+            len,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }

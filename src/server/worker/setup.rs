@@ -49,7 +49,7 @@ impl Epoll {
             accept: AcceptState::new(
                 listener,
                 listen_addr,
-                ListenOptions::for_clients(shared.config.idle_timeout),
+                ListenOptions::for_clients(shared.config.idle_timeout, shared.config.defer_accept),
             ),
         })
     }
